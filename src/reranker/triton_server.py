@@ -1,0 +1,181 @@
+"""Launches the ``tritonserver`` binary that the nvidia-pytriton wheel ships.
+
+The wheel is used as a plain binary: the model repository is ours, and so is the backend
+directory, assembled in a temporary folder from links to the wheel's Python backend and
+the stub built for the running interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import tritonclient.grpc as triton_grpc
+
+from reranker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def triton_home() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def assemble_backends(target: Path) -> Path:
+    """Creates ``target/python`` with the Python backend and the stub for this interpreter."""
+    home = triton_home()
+    python_backend = target / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = [
+        home / "backends" / "python" / "libtriton_python.so",
+        home / "backends" / "python" / "triton_python_backend_utils.py",
+        home / "python_backend_stubs" / version / "triton_python_backend_stub",
+    ]
+    for source in sources:
+        if not source.exists():
+            raise FileNotFoundError(f"the Triton wheel lacks {source}")
+        link = python_backend / source.name
+        if not link.exists():
+            link.symlink_to(source)
+    return target
+
+
+def _die_with_parent() -> None:
+    # Triton must not outlive the launcher, even if the launcher is killed outright.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class TritonServer:
+    """One ``tritonserver`` process bound to loopback."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+        self._shm_prefix = f"reranker{os.getpid()}_{id(self) & 0xFFFF:x}_"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self._settings.triton_grpc_port}"
+
+    def command(self, backend_directory: Path) -> list[str]:
+        s = self._settings
+        return [
+            str(triton_home() / "bin" / "tritonserver"),
+            f"--model-repository={s.model_repository.resolve()}",
+            f"--backend-directory={backend_directory}",
+            "--model-control-mode=none",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=5",
+            "--http-address=127.0.0.1",
+            f"--http-port={s.triton_http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={s.triton_grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={s.triton_metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=true",
+            "--log-verbose=0",
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=4194304",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+        ]
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """The stub embeds the system libpython: it needs the base interpreter's LIBDIR on the
+        library path, and finds this virtual environment through ``PATH``."""
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in [libdir, env.get("LD_LIBRARY_PATH", "")] if p
+        )
+        return env
+
+    def start(self) -> None:
+        """Starts Triton and waits until it and every model in the repository are ready."""
+        self._workdir = Path(tempfile.mkdtemp(prefix="reranker-triton-"))
+        backends = assemble_backends(self._workdir / "backends")
+        log_path = self._settings.triton_log
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self._process = subprocess.Popen(
+                self.command(backends),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                preexec_fn=_die_with_parent,
+            )
+        log.info("tritonserver started (pid %d), log %s", self._process.pid, log_path)
+        try:
+            self._wait_ready(self._settings.triton_startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout_s
+        client = triton_grpc.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise RuntimeError(
+                        f"tritonserver exited with code {self._process.returncode}; "
+                        f"see {self._settings.triton_log}:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(Exception):
+                    if client.is_server_ready():
+                        return
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise TimeoutError(
+            f"tritonserver not ready after {timeout_s:.0f}s; see {self._settings.triton_log}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self._settings.triton_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stops Triton with SIGTERM (SIGKILL if it hangs) and removes what it left behind."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", timeout_s)
+                process.kill()
+                process.wait()
+        for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
