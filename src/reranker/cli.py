@@ -64,7 +64,9 @@ def _build(args: argparse.Namespace) -> int:
     from reranker.builder import DEFAULT_MODEL_NAME, BuildError, BuildOptions, build, build_default
 
     name = args.name or (DEFAULT_MODEL_NAME if args.default else _name_from(args.source))
-    options = BuildOptions(name=name, max_length=args.max_length, max_batch_size=args.max_batch_size)
+    options = BuildOptions(
+        name=name, max_length=args.max_length, max_batch_size=args.max_batch_size
+    )
     print(f"building {name} into {args.repository}", file=sys.stderr)
     try:
         if args.default:

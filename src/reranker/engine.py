@@ -20,7 +20,12 @@ from reranker.repository import SCORE, ServedModel, describe
 
 log = logging.getLogger(__name__)
 
-_UNREACHABLE = ("StatusCode.UNAVAILABLE", "failed to connect", "Connection refused", "Socket closed")
+_UNREACHABLE = (
+    "StatusCode.UNAVAILABLE",
+    "failed to connect",
+    "Connection refused",
+    "Socket closed",
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,10 @@ class TritonEngine:
         rows = len(documents)
         queries = np.full((rows, 1), query, dtype=np.object_)
         texts = np.array([d.encode("utf-8") for d in documents], dtype=np.object_).reshape(rows, 1)
-        inputs = [InferInput("QUERY", [rows, 1], "BYTES"), InferInput("DOCUMENT", [rows, 1], "BYTES")]
+        inputs = [
+            InferInput("QUERY", [rows, 1], "BYTES"),
+            InferInput("DOCUMENT", [rows, 1], "BYTES"),
+        ]
         inputs[0].set_data_from_numpy(queries)
         inputs[1].set_data_from_numpy(texts)
         try:

@@ -17,9 +17,7 @@ from reranker.tokenization import TOKEN_TENSORS, PairTokenizer
 OPSET = 17
 
 
-def _export(
-    module: nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path
-) -> None:
+def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(inputs)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
@@ -67,7 +65,7 @@ class PairCosineScorer(nn.Module):
     embedding equals what encoding the text alone gives, with one pass for the pair.
     """
 
-    def __init__(self, bert: nn.Module) -> None:
+    def __init__(self, bert: Any) -> None:
         super().__init__()
         self.bert = bert
 
@@ -100,7 +98,7 @@ def _mean_pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return summed / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
-def export_pair_scorer(bert: nn.Module, sample: dict[str, np.ndarray], path: Path) -> None:
+def export_pair_scorer(bert: Any, sample: dict[str, np.ndarray], path: Path) -> None:
     """Exports a bare encoder (``BertModel``) as a cosine pair scorer; output ``cosine``."""
     inputs = {name: torch.from_numpy(sample[name]) for name in TOKEN_TENSORS}
     _export(PairCosineScorer(bert).eval(), inputs, "cosine", path)
@@ -117,7 +115,7 @@ def sample_batch(tokenizer: PairTokenizer) -> dict[str, np.ndarray]:
 
 
 def max_export_error(
-    path: Path, reference: Callable[[dict[str, np.ndarray]], Any], batch: dict[str, np.ndarray]
+    path: Path, reference: Callable[[dict[str, torch.Tensor]], Any], batch: dict[str, np.ndarray]
 ) -> float:
     """Largest absolute difference between the ONNX graph and the torch module on a batch."""
     session = create_session(path, 0)

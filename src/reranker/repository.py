@@ -26,7 +26,7 @@ ONNX_FILE = "model.onnx"
 SCORE = "SCORE"
 
 
-class ModelKind(str, enum.Enum):
+class ModelKind(enum.StrEnum):
     CROSS_ENCODER = "cross-encoder"
     BI_ENCODER = "bi-encoder"
 
@@ -104,9 +104,7 @@ def encoder_config(model: ServedModel) -> mc.ModelConfig:
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     config.instance_group.add(count=model.encoder_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.dynamic_batching.max_queue_delay_microseconds = model.encoder_queue_delay_us
-    _parameters(
-        config, {"onnx_file": ONNX_FILE, "intra_op_threads": model.intra_op_threads}
-    )
+    _parameters(config, {"onnx_file": ONNX_FILE, "intra_op_threads": model.intra_op_threads})
     return config
 
 
@@ -115,7 +113,9 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     config.max_batch_size = model.max_batch_size
     _string_inputs(config)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
-    tokenize = config.ensemble_scheduling.step.add(model_name=model.tokenizer_model, model_version=-1)
+    tokenize = config.ensemble_scheduling.step.add(
+        model_name=model.tokenizer_model, model_version=-1
+    )
     encode = config.ensemble_scheduling.step.add(model_name=model.encoder_model, model_version=-1)
     for name in ("QUERY", "DOCUMENT"):
         tokenize.input_map[name] = name

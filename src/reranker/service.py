@@ -100,7 +100,7 @@ class RankServicer(pb_grpc.RankServicer):
         limit = self._settings.inference_timeout_s
         return limit if remaining is None else max(0.001, min(limit, remaining))
 
-    async def Rank(  # noqa: N802 - gRPC method name
+    async def Rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext
     ) -> pb.RankResponse:
         start = time.perf_counter()
@@ -122,7 +122,7 @@ class RankServicer(pb_grpc.RankServicer):
             ),
         )
 
-    async def ListModels(  # noqa: N802 - gRPC method name
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         if not self._engine.models:
@@ -212,7 +212,11 @@ async def create_server(
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")

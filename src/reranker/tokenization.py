@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class PairMode(str, Enum):
+class PairMode(StrEnum):
     JOINT = "joint"
     SEPARATE = "separate"
 
@@ -76,15 +76,16 @@ class PairTokenizer:
         clipped_queries = [q[:limit] for q in queries]
         clipped_documents = [d[:limit] for d in documents]
         if self._config.pair_mode is PairMode.JOINT:
-            encodings = self._tokenizer.encode_batch(list(zip(clipped_queries, clipped_documents)))
+            encodings = self._tokenizer.encode_batch(
+                list(zip(clipped_queries, clipped_documents, strict=True))
+            )
             return [TokenizedRow(e.ids, e.type_ids) for e in encodings]
         unique_queries = list(dict.fromkeys(clipped_queries))
-        query_ids = dict(
-            zip(unique_queries, (e.ids for e in self._tokenizer.encode_batch(unique_queries)))
-        )
+        query_encodings = self._tokenizer.encode_batch(unique_queries)
+        query_ids = {q: e.ids for q, e in zip(unique_queries, query_encodings, strict=True)}
         document_encodings = self._tokenizer.encode_batch(clipped_documents)
         rows = []
-        for query, document in zip(clipped_queries, document_encodings):
+        for query, document in zip(clipped_queries, document_encodings, strict=True):
             ids = query_ids[query]
             rows.append(TokenizedRow(ids + document.ids, [0] * len(ids) + [1] * len(document.ids)))
         return rows

@@ -55,7 +55,9 @@ class TritonPythonModel:
                 if len(request_queries) != len(request_documents):
                     raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
             except ValueError as error:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(error))
+                )
                 continue
             spans.append((index, len(queries), len(queries) + len(request_queries)))
             queries.extend(request_queries)
