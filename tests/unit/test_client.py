@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+from reranker_client import InvalidArgumentError, RerankError, UnavailableError
+from reranker_client._convert import build_rank_request, rank_results
+from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
+from reranker_client.errors import from_rpc_error
+
+
+def test_request_carries_every_option() -> None:
+    request = build_rank_request(
+        "q", ("a", "b"), top_k=1, return_documents=True, model="m", raw_scores=True
+    )
+    assert request.documents == ["a", "b"]
+    assert request.top_k == 1 and request.HasField("top_k")
+    assert request.return_documents and request.raw_scores and request.model == "m"
+    unset = build_rank_request(
+        "q", ["a"], top_k=None, return_documents=False, model="", raw_scores=False
+    )
+    assert not unset.HasField("top_k")
+
+
+def test_a_single_string_is_not_taken_for_a_list_of_documents() -> None:
+    with pytest.raises(TypeError):
+        build_rank_request(
+            "q", "abc", top_k=None, return_documents=False, model="", raw_scores=False
+        )
+
+
+def test_results_have_the_cross_encoder_rank_shape() -> None:
+    response = pb.RankResponse(
+        results=[pb.RankResult(index=2, score=0.5, text="c"), pb.RankResult(index=0, score=0.25)]
+    )
+    assert rank_results(response) == [
+        {"corpus_id": 2, "score": 0.5, "text": "c"},
+        {"corpus_id": 0, "score": 0.25},
+    ]
+
+
+class _Failure(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_errors_map_to_the_exception_tree() -> None:
+    error = from_rpc_error(_Failure(grpc.StatusCode.INVALID_ARGUMENT, "query must not be empty"))
+    assert isinstance(error, InvalidArgumentError)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details == "query must not be empty"
+    assert isinstance(from_rpc_error(_Failure(grpc.StatusCode.UNAVAILABLE, "x")), UnavailableError)
+    other = from_rpc_error(_Failure(grpc.StatusCode.ABORTED, "x"))
+    assert type(other) is RerankError

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_committed_stubs_are_what_the_pinned_command_generates(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHON=sys.executable)
+    subprocess.run([str(ROOT / "tools" / "gen_proto.sh"), str(tmp_path)], check=True, env=env)
+    generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(generated) >= 4
+    for relative in generated:
+        committed = ROOT / "client" / relative
+        assert committed.read_text() == (tmp_path / relative).read_text(), relative

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reranker.errors import InvalidArgument
+from reranker.ranking import activate, assemble, plan_requests, validate_rank_request
+
+
+@pytest.mark.parametrize(
+    ("query", "documents", "top_k", "field"),
+    [
+        ("", ["a"], None, "query"),
+        ("  \n", ["a"], None, "query"),
+        ("q", [], None, "documents"),
+        ("q", ["a", ""], None, "documents[1]"),
+        ("q", ["a", " \t"], None, "documents[1]"),
+        ("q", ["a"], 0, "top_k"),
+        ("q", ["a"], -2, "top_k"),
+    ],
+)
+def test_validation_names_the_field(
+    query: str, documents: list[str], top_k: int | None, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_rank_request(query, documents, top_k)
+    assert str(raised.value).startswith(field + " ")
+
+
+def test_valid_request_passes() -> None:
+    validate_rank_request("q", ["a", "b"], 1)
+    validate_rank_request("q", ["a"], None)
+
+
+@pytest.mark.parametrize(("count", "max_rows"), [(1, 32), (32, 32), (33, 32), (100, 32), (7, 1)])
+def test_plan_covers_every_row_once_in_balanced_requests(count: int, max_rows: int) -> None:
+    documents = [("x" * ((i * 37) % 101)) or "y" for i in range(count)]
+    plan = plan_requests(documents, max_rows)
+    flat = [i for request in plan for i in request]
+    assert sorted(flat) == list(range(count))
+    sizes = [len(request) for request in plan]
+    assert max(sizes) <= max_rows
+    assert max(sizes) - min(sizes) <= 1
+    assert len(plan) == -(-count // max_rows)
+
+
+def test_plan_groups_rows_of_similar_length() -> None:
+    documents = ["a" * n for n in (50, 1, 40, 2, 30, 3)]
+    plan = plan_requests(documents, 3)
+    assert [sorted(len(documents[i]) for i in r) for r in plan] == [[1, 2, 3], [30, 40, 50]]
+
+
+def test_plan_rejects_nonpositive_size() -> None:
+    with pytest.raises(ValueError):
+        plan_requests(["a"], 0)
+
+
+def test_activate() -> None:
+    raw = np.array([0.0, 2.0, -3.0], dtype=np.float32)
+    np.testing.assert_allclose(activate(raw, "sigmoid", False), 1 / (1 + np.exp(-raw)))
+    np.testing.assert_array_equal(activate(raw, "sigmoid", True), raw)
+    np.testing.assert_array_equal(activate(raw, "none", False), raw)
+    with pytest.raises(ValueError):
+        activate(raw, "softmax", False)
+
+
+def test_assemble_sorts_best_first_keeps_tie_order_and_cuts() -> None:
+    scores = np.array([0.1, 0.9, 0.5, 0.9])
+    ranked = assemble(scores, ["a", "b", "c", "d"], None, False)
+    assert [r.index for r in ranked] == [1, 3, 2, 0]
+    assert all(r.text is None for r in ranked)
+    top = assemble(scores, ["a", "b", "c", "d"], 2, True)
+    assert [(r.index, r.text) for r in top] == [(1, "b"), (3, "d")]
+    assert assemble(scores, ["a", "b", "c", "d"], 10, False)[-1].index == 0

