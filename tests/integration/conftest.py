@@ -1,0 +1,162 @@
+"""One real Triton + rank service for the whole test session, started by the real launcher
+(``python -m reranker serve``) on loopback, with three models built by the real builder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
+from reranker.checkpoints import minilm_cross_encoder
+
+CROSS_ENCODER = "minilm-cross-encoder"
+CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    address: str
+    triton_grpc: str
+    log: Path
+    triton_log: Path
+
+    def tail(self, lines: int = 60) -> str:
+        parts = []
+        for path in (self.log, self.triton_log):
+            text = path.read_text(errors="replace") if path.exists() else "(none)"
+            parts.append(f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
+
+def wait_serving(server: Server, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.tail()}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{server.tail()}")
+
+
+def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    triton_port = free_port()
+    env = dict(
+        os.environ,
+        RERANKER_GRPC_PORT=str(port),
+        RERANKER_MODEL_REPOSITORY=str(repository),
+        RERANKER_DEFAULT_MODEL=default_model,
+        RERANKER_TRITON_GRPC_PORT=str(triton_port),
+        RERANKER_TRITON_HTTP_PORT=str(free_port()),
+        RERANKER_TRITON_METRICS_PORT=str(free_port()),
+        RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
+    )
+    log = workdir / "reranker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reranker", "serve"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server(
+        process, f"127.0.0.1:{port}", f"127.0.0.1:{triton_port}", log, workdir / "tritonserver.log"
+    )
+    try:
+        wait_serving(server)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: Server, timeout_s: float = 30.0) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MiniLM cross-encoder checkpoint: real encoder weights, seeded head."""
+    return minilm_cross_encoder(tmp_path_factory.mktemp("checkpoint") / "minilm-cross-encoder")
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
+    """A model repository with the offline default, a cross-encoder built from a checkpoint
+    (source a) and the same cross-encoder built from an ONNX export directory (source b)."""
+    root = tmp_path_factory.mktemp("model_repository")
+    build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
+    model = build(str(checkpoint), BuildOptions(name=CROSS_ENCODER), root)
+    # Lay the export out as the seed rerankers publish it on the hub: onnx/model.onnx beside
+    # config and tokenizer files.
+    exported = tmp_path_factory.mktemp("onnx-export")
+    (exported / "onnx").mkdir()
+    shutil.copyfile(
+        root / model.encoder_model / "1" / "model.onnx", exported / "onnx" / "model.onnx"
+    )
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(checkpoint / name, exported / name)
+    build(str(exported), BuildOptions(name=CROSS_ENCODER_FROM_ONNX), root)
+    return root
+
+
+_SERVER: Server | None = None
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    global _SERVER
+    _SERVER = start_server(repository, tmp_path_factory.mktemp("server"), DEFAULT_MODEL_NAME)
+    try:
+        yield _SERVER
+    finally:
+        stop_server(_SERVER)
+        _SERVER = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.failed and _SERVER is not None:
+        report.sections.append(("server logs", _SERVER.tail()))
+    return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.nodeid:
+            item.add_marker(pytest.mark.integration)

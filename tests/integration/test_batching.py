@@ -1,0 +1,41 @@
+"""Triton's dynamic batcher really merges concurrent rank calls into shared executions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import tritonclient.grpc as triton_grpc
+from reranker_client import AsyncRerankClient
+
+from tests.integration.conftest import CROSS_ENCODER, Server
+
+
+def encoder_counts(server: Server) -> tuple[int, int]:
+    client = triton_grpc.InferenceServerClient(server.triton_grpc)
+    try:
+        (stats,) = client.get_inference_statistics(CROSS_ENCODER + "__encoder").model_stats
+    finally:
+        client.close()
+    return stats.inference_count, stats.execution_count
+
+
+async def test_concurrent_calls_merge_into_shared_executions(server: Server) -> None:
+    # One document per call: a call is one row, so any execution of more than one row
+    # holds rows of different calls, merged although their padded lengths differ.
+    documents = [f"document {i}: " + "words of varying length " * (1 + i % 5) for i in range(32)]
+    async with AsyncRerankClient(server.address, timeout=60) as client:
+        await client.rank("warm up", ["document"], model=CROSS_ENCODER)
+        inferences_before, executions_before = encoder_counts(server)
+        results = await asyncio.gather(
+            *(
+                client.rank(f"query {i}", [doc], model=CROSS_ENCODER)
+                for i, doc in enumerate(documents)
+            )
+        )
+    inferences, executions = encoder_counts(server)
+    assert all(len(r) == 1 for r in results)
+    rows = inferences - inferences_before
+    runs = executions - executions_before
+    print(f"{rows} rows in {runs} executions: {rows / runs:.1f} rows per execution")
+    assert rows >= len(documents)
+    assert rows / runs >= 2

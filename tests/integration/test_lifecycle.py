@@ -1,0 +1,88 @@
+"""Starting, stopping, and an unreachable inference server."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from reranker_client import AsyncRerankClient, UnavailableError
+
+from reranker.builder import DEFAULT_MODEL_NAME
+from reranker.engine import TritonEngine
+from reranker.service import create_server
+from reranker.settings import Settings
+from tests.integration.conftest import free_port, start_server, stop_server
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_the_service_and_triton_and_cleans_up(
+    repository: Path, tmp_path: Path
+) -> None:
+    server = start_server(repository, tmp_path, DEFAULT_MODEL_NAME)
+    tritons = [p for p in _children(server.process.pid) if "tritonserver" in _cmdline(p)]
+    assert len(tritons) == 1
+    assert stop_server(server) == 0
+    assert not Path(f"/proc/{tritons[0]}").exists() or "zombie" in _status(tritons[0])
+    prefix = f"reranker{server.process.pid}_"
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
+    assert "SERVING on" in server.log.read_text()
+
+
+def test_interrupt_stops_cleanly(repository: Path, tmp_path: Path) -> None:
+    server = start_server(repository, tmp_path, DEFAULT_MODEL_NAME)
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(30) == 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return ""
+
+
+async def test_unreachable_triton_is_unavailable_and_the_service_stays_up() -> None:
+    settings = Settings(grpc_port=0)
+    engine = TritonEngine(f"127.0.0.1:{free_port()}", settings.max_rows_per_request)
+    server, port, monitor = await create_server(settings, engine, health_interval_s=0.2)
+    await server.start()
+    monitor.start()
+    try:
+        async with AsyncRerankClient(f"127.0.0.1:{port}", timeout=10) as client:
+            for _ in range(2):
+                with pytest.raises(UnavailableError) as raised:
+                    await client.rank("q", ["a document"])
+                assert "unreachable" in raised.value.details
+            with pytest.raises(UnavailableError):
+                await client.models()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            response = await health.Check(health_pb2.HealthCheckRequest())
+            assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await monitor.stop()
+        await server.stop(0)
+        await engine.close()

