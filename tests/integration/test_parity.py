@@ -19,7 +19,7 @@ from tests.texts import varied_pairs
 TOLERANCE = 1e-5
 # 56 pairs: a quarter of the documents run far past 512 tokens, every seventh query is long,
 # and one document is longer than the characters the tokenizer reads before truncating.
-PAIRS = varied_pairs(55) + [("Who wrote it?", "Harper Lee wrote a novel. " * 2000)]
+PAIRS = [*varied_pairs(55), ("Who wrote it?", "Harper Lee wrote a novel. " * 2000)]
 
 
 def served_scores(server: Server, model: str, raw: bool = False) -> np.ndarray:
