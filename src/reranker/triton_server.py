@@ -122,6 +122,9 @@ class TritonServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=self.environment(),
+                # Its own process group: a Ctrl-C reaches the launcher, which stops the rank
+                # service first and Triton after it, so in-flight calls can drain.
+                start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         log.info("tritonserver started (pid %d), log %s", self._process.pid, log_path)
