@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient
@@ -32,8 +33,13 @@ async def test_concurrent_calls_merge_into_shared_executions(server: Server) -> 
                 for i, doc in enumerate(documents)
             )
         )
-    inferences, executions = encoder_counts(server)
     assert all(len(r) == 1 for r in results)
+    # Triton records statistics just after it sends the responses: wait until all rows show.
+    deadline = time.monotonic() + 10
+    inferences, executions = encoder_counts(server)
+    while inferences - inferences_before < len(documents) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        inferences, executions = encoder_counts(server)
     rows = inferences - inferences_before
     runs = executions - executions_before
     print(f"{rows} rows in {runs} executions: {rows / runs:.1f} rows per execution")
