@@ -14,16 +14,18 @@ import json
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tokenizers import Tokenizer
 
+from reranker.precision import REPORT_FILE, Precision, reduce_precision, write_accuracy_report
 from reranker.repository import (
     ModelKind,
     ServedModel,
@@ -55,6 +57,7 @@ class BuildOptions:
     name: str
     max_length: int | None = None
     max_batch_size: int = 64
+    precision: Precision = Precision.FP32
 
 
 @contextmanager
@@ -113,16 +116,59 @@ def _pair_tokenizer(tokenizer: Tokenizer, model: ServedModel) -> PairTokenizer:
     return PairTokenizer(Tokenizer.from_str(tokenizer.to_str()), config)
 
 
+def _graph_inputs(path: Path) -> tuple[str, ...]:
+    """The token tensors an ONNX graph really reads (exporters drop unused ones)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    unknown = inputs - set(TOKEN_TENSORS)
+    if unknown:
+        raise BuildError(f"{path} reads inputs this server cannot feed: {sorted(unknown)}")
+    if len(graph.output) != 1:
+        raise BuildError(f"{path} has {len(graph.output)} outputs; expected one")
+    return tuple(name for name in TOKEN_TENSORS if name in inputs)
+
+
+def _install(
+    model: ServedModel,
+    tokenizer: Tokenizer,
+    graph: Path,
+    options: BuildOptions,
+    repository: Path,
+) -> ServedModel:
+    """Puts an fp32 graph (or its reduced-precision variant, with an accuracy report) and
+    the tokenizer into the repository, and writes the configurations."""
+    model = replace(model, token_inputs=_graph_inputs(graph), precision=options.precision.value)
+    target = onnx_path(model, repository)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (target.with_name(target.name + "_data"), target.parent / REPORT_FILE):
+        stale.unlink(missing_ok=True)
+    if options.precision is Precision.FP32:
+        shutil.copyfile(graph, target)
+        external = graph.with_name(graph.name + "_data")
+        if external.is_file():
+            shutil.copyfile(external, target.with_name(target.name + "_data"))
+    else:
+        with step(f"converting to {options.precision.value}"):
+            reduce_precision(graph, target, options.precision)
+        with step(f"measuring {options.precision.value} against fp32 on real-text pairs"):
+            report = write_accuracy_report(
+                graph, target, _pair_tokenizer(tokenizer, model), options.precision
+            )
+        print(f"  accuracy: {json.dumps(report)}", file=sys.stderr)
+    path = tokenizer_path(model, repository)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    write_configs(model, repository)
+    return model
+
+
 def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
     """(a) Exports a sequence-classification checkpoint with one label."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from reranker.onnx_export import (
-        export_cross_encoder,
-        graph_inputs,
-        max_export_error,
-        sample_batch,
-    )
+    from reranker.onnx_export import export_cross_encoder, max_export_error, sample_batch
 
     config = _read_json(source / "config.json")
     with step(f"loading checkpoint {source}"):
@@ -140,18 +186,17 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
         architecture=_architecture(config, type(network).__name__),
         max_length=_max_length(options, source),
         activation=_activation(config),
-        token_inputs=graph_inputs(network),
+        token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
     )
     tokenizer = hf_tokenizer.backend_tokenizer
     batch = sample_batch(_pair_tokenizer(tokenizer, model))
-    target = onnx_path(model, repository)
-    with step(f"exporting {model.architecture} to ONNX"):
-        export_cross_encoder(network, batch, target)
-    _check_export(max_export_error(target, lambda feeds: network(**feeds).logits, batch))
-    _write_tokenizer(tokenizer, model, repository)
-    write_configs(model, repository)
-    return model
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "model.onnx"
+        with step(f"exporting {model.architecture} to ONNX"):
+            export_cross_encoder(network, batch, graph)
+        _check_export(max_export_error(graph, lambda feeds: network(**feeds).logits, batch))
+        return _install(model, tokenizer, graph, options, repository)
 
 
 def _default_source() -> Path:
@@ -172,6 +217,7 @@ def default_model(options: BuildOptions) -> ServedModel:
         activation="none",
         token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
+        precision=options.precision.value,
     )
 
 
@@ -193,35 +239,25 @@ def build_default(options: BuildOptions, repository: Path) -> ServedModel:
         bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
     tokenizer = hf_tokenizer.backend_tokenizer
     batch = sample_batch(_pair_tokenizer(tokenizer, model))
-    target = onnx_path(model, repository)
-    with step("exporting the cosine pair scorer to ONNX"):
-        export_pair_scorer(bert, batch, target)
     scorer = PairCosineScorer(bert).eval()
-    _check_export(max_export_error(target, lambda feeds: scorer(**feeds), batch))
-    _write_tokenizer(tokenizer, model, repository)
-    write_configs(model, repository)
-    return model
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "model.onnx"
+        with step("exporting the cosine pair scorer to ONNX"):
+            export_pair_scorer(bert, batch, graph)
+        _check_export(max_export_error(graph, lambda feeds: scorer(**feeds), batch))
+        return _install(model, tokenizer, graph, options, repository)
 
 
 def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
     """(b) Serves an existing ONNX export with its ``tokenizer.json``."""
-    import onnx
-
-    graph_file = _onnx_file(source)
-    assert graph_file is not None
-    metadata_dirs = [source] if graph_file.parent == source else [graph_file.parent, source]
+    graph = _onnx_file(source)
+    assert graph is not None
+    metadata_dirs = [source] if graph.parent == source else [graph.parent, source]
     tokenizer_file = next(
         (d / "tokenizer.json" for d in metadata_dirs if (d / "tokenizer.json").is_file()), None
     )
     if tokenizer_file is None:
         raise BuildError(f"{source} holds an ONNX export but no tokenizer.json")
-    graph = onnx.load(str(graph_file), load_external_data=False)
-    inputs = tuple(i.name for i in graph.graph.input)
-    unknown = set(inputs) - set(TOKEN_TENSORS)
-    if unknown:
-        raise BuildError(f"{graph_file} reads inputs this server cannot feed: {sorted(unknown)}")
-    if len(graph.graph.output) != 1:
-        raise BuildError(f"{graph_file} has {len(graph.graph.output)} outputs; expected one")
     config = _read_json(source / "config.json")
     model = ServedModel(
         name=options.name,
@@ -229,19 +265,11 @@ def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> Se
         architecture=_architecture(config, "onnx"),
         max_length=_max_length(options, *metadata_dirs),
         activation=_activation(config),
-        token_inputs=tuple(name for name in TOKEN_TENSORS if name in inputs),
+        token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
     )
-    target = onnx_path(model, repository)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with step(f"copying {graph_file}"):
-        shutil.copyfile(graph_file, target)
-        external = graph_file.with_name(graph_file.name + "_data")
-        if external.is_file():
-            shutil.copyfile(external, target.with_name(target.name + "_data"))
-    _write_tokenizer(Tokenizer.from_file(str(tokenizer_file)), model, repository)
-    write_configs(model, repository)
-    return model
+    with step(f"installing {graph}"):
+        return _install(model, Tokenizer.from_file(str(tokenizer_file)), graph, options, repository)
 
 
 def _onnx_file(directory: Path) -> Path | None:
@@ -249,12 +277,6 @@ def _onnx_file(directory: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def _write_tokenizer(tokenizer: Tokenizer, model: ServedModel, repository: Path) -> None:
-    target = tokenizer_path(model, repository)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(target))
 
 
 def download(model_id: str, cache_dir: Path | None) -> Path:

@@ -44,6 +44,7 @@ class ServedModel:
     # Token tensors the ONNX graph reads, a subset of tokenization.TOKEN_TENSORS.
     token_inputs: tuple[str, ...]
     max_batch_size: int = 64
+    precision: str = "fp32"
     length_buckets: tuple[int, ...] = ()
     tokenizer_instances: int = 1
     encoder_instances: int = 1
@@ -130,6 +131,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
             "architecture": model.architecture,
             "max_length": model.max_length,
             "activation": model.activation,
+            "precision": model.precision,
         },
     )
     return config
@@ -146,8 +148,9 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
         architecture=params["architecture"],
         max_length=int(params["max_length"]),
         activation=params["activation"],
-        token_inputs=tuple(config.ensemble_scheduling.step[0].output_map.keys()),
+        token_inputs=tuple(sorted(config.ensemble_scheduling.step[0].output_map.keys())),
         max_batch_size=config.max_batch_size,
+        precision=params.get("precision", "fp32"),
     )
 
 
