@@ -52,6 +52,7 @@ class ModelInfo:
         max_length: Longest input, in tokens, the model reads.
         is_default: Whether it is used when no model is named.
         architecture: The checkpoint's architecture name.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
     """
 
     name: str
@@ -59,6 +60,7 @@ class ModelInfo:
     max_length: int
     is_default: bool
     architecture: str
+    precision: str
 
 
 _KIND_NAMES = {
@@ -67,24 +69,50 @@ _KIND_NAMES = {
 }
 
 
+_TRUNCATIONS = {
+    "longest_first": pb.TRUNCATION_LONGEST_FIRST,
+    "refuse": pb.TRUNCATION_REFUSE,
+}
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Options of a rank call beyond query and documents; see ``RerankClient.rank``."""
+
+    top_k: int | None = None
+    return_documents: bool = False
+    model: str = ""
+    raw_scores: bool = False
+    truncation: str = "longest_first"
+    max_document_tokens: int | None = None
+    chunking: bool = False
+    chunk_overlap_tokens: int | None = None
+    max_chunks: int | None = None
+
+
 def build_rank_request(
-    query: str,
-    documents: Sequence[str],
-    *,
-    top_k: int | None,
-    return_documents: bool,
-    model: str,
-    raw_scores: bool,
+    query: str, documents: Sequence[str], options: RankOptions
 ) -> pb.RankRequest:
     if isinstance(documents, str):
         raise TypeError("documents must be a sequence of strings, not a single string")
+    if options.truncation not in _TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {sorted(_TRUNCATIONS)}")
     return pb.RankRequest(
         query=query,
         documents=list(documents),
-        model=model,
-        top_k=top_k,
-        return_documents=return_documents,
-        raw_scores=raw_scores,
+        model=options.model,
+        top_k=options.top_k,
+        return_documents=options.return_documents,
+        raw_scores=options.raw_scores,
+        truncation=_TRUNCATIONS[options.truncation],
+        max_document_tokens=options.max_document_tokens or 0,
+        chunking=pb.Chunking(
+            enabled=options.chunking,
+            overlap_tokens=options.chunk_overlap_tokens,
+            max_chunks=options.max_chunks or 0,
+        )
+        if options.chunking
+        else None,
     )
 
 
@@ -107,6 +135,7 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             max_length=m.max_length,
             is_default=m.is_default,
             architecture=m.architecture,
+            precision=m.precision,
         )
         for m in response.models
     ]

@@ -11,6 +11,7 @@ import grpc.aio
 
 from reranker_client._convert import (
     ModelInfo,
+    RankOptions,
     build_rank_request,
     channel_options,
     model_infos,
@@ -62,9 +63,30 @@ class RerankClient:
         return_documents: bool = False,
         model: str = "",
         raw_scores: bool = False,
+        truncation: str = "longest_first",
+        max_document_tokens: int | None = None,
+        chunking: bool = False,
+        chunk_overlap_tokens: int | None = None,
+        max_chunks: int | None = None,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Ranks ``documents`` by relevance to ``query``.
+
+        Args:
+            query: The query.
+            documents: The documents to rank.
+            top_k: Return only the best ``top_k`` (default: all).
+            return_documents: Include each document's text as ``"text"``.
+            model: Served model to use (default: the server's default model).
+            raw_scores: Return logits instead of sigmoid scores (cross-encoders).
+            truncation: ``"longest_first"`` (default) truncates pairs that are too long;
+                ``"refuse"`` fails with ``InvalidArgumentError`` naming the document.
+            max_document_tokens: Read at most this many tokens of each document.
+            chunking: Score long documents window by window and keep each document's best
+                window instead of truncating it.
+            chunk_overlap_tokens: Tokens consecutive windows share (default: the server's).
+            max_chunks: Windows per document at most (default: the server's limit).
+            timeout: Seconds for this call (default: the client's timeout).
 
         Returns:
             ``[{"corpus_id": int, "score": float, "text": str?}, ...]`` best first, as
@@ -76,10 +98,17 @@ class RerankClient:
         request = build_rank_request(
             query,
             documents,
-            top_k=top_k,
-            return_documents=return_documents,
-            model=model,
-            raw_scores=raw_scores,
+            RankOptions(
+                top_k=top_k,
+                return_documents=return_documents,
+                model=model,
+                raw_scores=raw_scores,
+                truncation=truncation,
+                max_document_tokens=max_document_tokens,
+                chunking=chunking,
+                chunk_overlap_tokens=chunk_overlap_tokens,
+                max_chunks=max_chunks,
+            ),
         )
         try:
             response = self._stub.Rank(
@@ -149,16 +178,28 @@ class AsyncRerankClient:
         return_documents: bool = False,
         model: str = "",
         raw_scores: bool = False,
+        truncation: str = "longest_first",
+        max_document_tokens: int | None = None,
+        chunking: bool = False,
+        chunk_overlap_tokens: int | None = None,
+        max_chunks: int | None = None,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Ranks ``documents`` by relevance to ``query``; see :meth:`RerankClient.rank`."""
         request = build_rank_request(
             query,
             documents,
-            top_k=top_k,
-            return_documents=return_documents,
-            model=model,
-            raw_scores=raw_scores,
+            RankOptions(
+                top_k=top_k,
+                return_documents=return_documents,
+                model=model,
+                raw_scores=raw_scores,
+                truncation=truncation,
+                max_document_tokens=max_document_tokens,
+                chunking=chunking,
+                chunk_overlap_tokens=chunk_overlap_tokens,
+                max_chunks=max_chunks,
+            ),
         )
         try:
             response = await self._stub.Rank(

@@ -14,9 +14,16 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from reranker.errors import DeadlineExceeded, InferenceFailed, RerankError, Unavailable
+from reranker.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidArgument,
+    RerankError,
+    Unavailable,
+)
 from reranker.ranking import plan_requests
 from reranker.repository import SCORE, ServedModel, describe
+from reranker.tokenization import LONGEST_FIRST, Overflow, TruncationOptions
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +87,33 @@ class TritonEngine:
             return False
 
     async def score(
-        self, model: ServedModel, query: str, documents: Sequence[str], timeout_s: float
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        timeout_s: float,
+        options: TruncationOptions = LONGEST_FIRST,
+        labels: Sequence[int] | None = None,
     ) -> Scores:
-        """Scores every document against the query, in as few requests as the model allows."""
+        """Scores every document against the query, in as few requests as the model allows.
+
+        ``labels[i]`` is the caller's index of ``documents[i]`` (default ``i``), for errors.
+        """
         max_rows = max(1, min(self._max_rows, model.max_batch_size))
         plan = plan_requests(documents, max_rows)
         start = time.perf_counter()
         encoded_query = query.encode("utf-8")
+        parameters = options.parameters() if options != LONGEST_FIRST else None
         parts = await asyncio.gather(
             *(
-                self._infer(model.name, encoded_query, [documents[i] for i in rows], timeout_s)
+                self._infer(
+                    model.name,
+                    encoded_query,
+                    [documents[i] for i in rows],
+                    timeout_s,
+                    parameters,
+                    [labels[i] if labels is not None else i for i in rows],
+                )
                 for rows in plan
             )
         )
@@ -99,7 +123,13 @@ class TritonEngine:
         return Scores(values, len(plan), time.perf_counter() - start)
 
     async def _infer(
-        self, model: str, query: bytes, documents: list[str], timeout_s: float
+        self,
+        model: str,
+        query: bytes,
+        documents: list[str],
+        timeout_s: float,
+        parameters: dict[str, int | str] | None,
+        labels: list[int],
     ) -> np.ndarray:
         rows = len(documents)
         queries = np.full((rows, 1), query, dtype=np.object_)
@@ -116,8 +146,17 @@ class TritonEngine:
                 inputs,
                 outputs=[InferRequestedOutput(SCORE)],
                 client_timeout=timeout_s,
+                parameters=parameters,
             )
         except InferenceServerException as error:
+            overflow = Overflow.parse(error.message() or "")
+            if overflow is not None:
+                more = "more than " if overflow.clipped else ""
+                raise InvalidArgument(
+                    f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens with "
+                    f"the query; the model reads at most {overflow.limit} "
+                    "(truncation is REFUSE)"
+                ) from None
             raise _translate(error, self.url) from None
         except grpc.RpcError as error:  # raised directly by some channel failures
             raise Unavailable(f"inference server at {self.url} is unreachable: {error}") from None

@@ -17,6 +17,12 @@ class InvalidArgument(RerankError):
     status = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class FailedPrecondition(RerankError):
+    """The request is valid but this deployment cannot serve it as configured."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(RerankError):
     """The server is at capacity, or the request is larger than allowed."""
 

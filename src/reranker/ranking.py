@@ -9,6 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from reranker.errors import InvalidArgument
+from reranker.tokenization import TruncationOptions
+
+# RankRequest.truncation values (reranker.v1.Truncation).
+TRUNCATION_UNSPECIFIED, TRUNCATION_LONGEST_FIRST, TRUNCATION_REFUSE = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,33 @@ def validate_rank_request(query: str, documents: Sequence[str], top_k: int | Non
             raise InvalidArgument(f"documents[{index}] must not be empty")
     if top_k is not None and top_k < 1:
         raise InvalidArgument(f"top_k must be >= 1 when set, got {top_k}")
+
+
+@dataclass(frozen=True)
+class ChunkingChoice:
+    overlap: int
+    max_chunks: int
+
+
+def resolve_options(
+    truncation: int,
+    max_document_tokens: int,
+    chunking: ChunkingChoice | None,
+    chunk_limit: int,
+) -> TruncationOptions:
+    """Validates the truncation and chunking options of a request."""
+    if truncation not in (TRUNCATION_UNSPECIFIED, TRUNCATION_LONGEST_FIRST, TRUNCATION_REFUSE):
+        raise InvalidArgument(f"truncation has no value {truncation}")
+    refuse = truncation == TRUNCATION_REFUSE
+    if chunking is not None:
+        if refuse:
+            raise InvalidArgument("truncation REFUSE and chunking exclude each other")
+        if not 1 <= chunking.max_chunks <= chunk_limit:
+            raise InvalidArgument(
+                f"chunking.max_chunks must be between 1 and {chunk_limit}, "
+                f"got {chunking.max_chunks}"
+            )
+    return TruncationOptions(max_document_tokens=max_document_tokens, refuse=refuse)
 
 
 def plan_requests(documents: Sequence[str], max_rows: int) -> list[list[int]]:

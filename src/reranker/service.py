@@ -16,9 +16,16 @@ from grpc_reflection.v1alpha import reflection
 from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
+from reranker.chunking import DocumentChunker, best_per_document
 from reranker.engine import TritonEngine
 from reranker.errors import InvalidArgument, RerankError, Unavailable
-from reranker.ranking import activate, assemble, validate_rank_request
+from reranker.ranking import (
+    ChunkingChoice,
+    activate,
+    assemble,
+    resolve_options,
+    validate_rank_request,
+)
 from reranker.repository import ModelKind, ServedModel
 from reranker.settings import Settings
 
@@ -70,6 +77,7 @@ class RankServicer(pb_grpc.RankServicer):
     def __init__(self, settings: Settings, engine: TritonEngine) -> None:
         self._settings = settings
         self._engine = engine
+        self._chunker = DocumentChunker(settings.model_repository, settings.max_chunks_per_document)
 
     def default_model(self) -> str:
         if self._settings.default_model:
@@ -95,6 +103,17 @@ class RankServicer(pb_grpc.RankServicer):
             )
         return model
 
+    def _chunking(self, request: pb.RankRequest) -> ChunkingChoice | None:
+        if not request.chunking.enabled:
+            return None
+        settings = self._settings
+        return ChunkingChoice(
+            overlap=request.chunking.overlap_tokens
+            if request.chunking.HasField("overlap_tokens")
+            else settings.chunk_overlap_tokens,
+            max_chunks=request.chunking.max_chunks or settings.max_chunks_per_document,
+        )
+
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
         limit = self._settings.inference_timeout_s
@@ -107,15 +126,44 @@ class RankServicer(pb_grpc.RankServicer):
         top_k = request.top_k if request.HasField("top_k") else None
         documents = list(request.documents)
         validate_rank_request(request.query, documents, top_k)
+        chunking = self._chunking(request)
+        options = resolve_options(
+            request.truncation,
+            request.max_document_tokens,
+            chunking,
+            self._settings.max_chunks_per_document,
+        )
         model = await self._model(request.model)
-        scores = await self._engine.score(model, request.query, documents, self._timeout(context))
-        values = activate(scores.values, model.activation, request.raw_scores)
+        timeout = self._timeout(context)
+        if chunking is None:
+            scores = await self._engine.score(model, request.query, documents, timeout, options)
+            raw = scores.values
+        else:
+            chunks = await asyncio.to_thread(
+                self._chunker.chunks,
+                model,
+                request.query,
+                documents,
+                chunking.overlap,
+                chunking.max_chunks,
+                request.max_document_tokens,
+            )
+            scores = await self._engine.score(
+                model,
+                request.query,
+                [c.text for c in chunks],
+                timeout,
+                options,
+                labels=[c.document for c in chunks],
+            )
+            raw = best_per_document(scores.values, chunks, len(documents))
+        values = activate(raw, model.activation, request.raw_scores)
         ranked = assemble(values, documents, top_k, request.return_documents)
         return pb.RankResponse(
             results=[pb.RankResult(index=r.index, score=r.score, text=r.text) for r in ranked],
             model=model.name,
             metadata=pb.RankMetadata(
-                pairs=len(documents),
+                pairs=len(scores.values),
                 inference_requests=scores.requests,
                 inference_time_us=int(scores.inference_time_s * 1e6),
                 total_time_us=int((time.perf_counter() - start) * 1e6),
@@ -136,6 +184,7 @@ class RankServicer(pb_grpc.RankServicer):
                     max_length=m.max_length,
                     is_default=m.name == default,
                     architecture=m.architecture,
+                    precision=m.precision,
                 )
                 for m in sorted(self._engine.models.values(), key=lambda m: m.name)
             ]

@@ -50,6 +50,12 @@ class Settings:
         default=32,
         metadata={"help": "largest inference request a call is split into (capped by the model)"},
     )
+    max_chunks_per_document: int = field(
+        default=16, metadata={"help": "most windows a chunked document is scored in"}
+    )
+    chunk_overlap_tokens: int = field(
+        default=32, metadata={"help": "tokens consecutive windows share unless a call says"}
+    )
     inference_timeout_s: float = field(
         default=60.0, metadata={"help": "upper bound for one call's inference when no deadline"}
     )

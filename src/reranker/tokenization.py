@@ -9,12 +9,13 @@ truncated on its own, placed side by side (``SentenceTransformer.encode`` of eac
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 # Tensor names the encoders read; a model uses the subset its graph has.
 TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
@@ -56,38 +57,128 @@ def padded_length(longest: int, buckets: Sequence[int]) -> int:
     return buckets[position] if position < len(buckets) else longest
 
 
+@dataclass(frozen=True)
+class TruncationOptions:
+    """Per-request truncation choices (sent as request parameters)."""
+
+    # Keep at most this many document tokens (0: only the model's max length applies).
+    max_document_tokens: int = 0
+    # Refuse a row that does not fit instead of truncating it.
+    refuse: bool = False
+
+    @classmethod
+    def from_parameters(cls, parameters: dict[str, object]) -> TruncationOptions:
+        cap = parameters.get("max_document_tokens", 0)
+        truncation = parameters.get("truncation", "longest_first")
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            raise ValueError(f"max_document_tokens must be a non-negative integer, got {cap!r}")
+        if truncation not in ("longest_first", "refuse"):
+            raise ValueError(f"truncation must be 'longest_first' or 'refuse', got {truncation!r}")
+        return cls(max_document_tokens=cap, refuse=truncation == "refuse")
+
+    def parameters(self) -> dict[str, int | str]:
+        return {
+            "max_document_tokens": self.max_document_tokens,
+            "truncation": "refuse" if self.refuse else "longest_first",
+        }
+
+
+LONGEST_FIRST = TruncationOptions()
+
+_OVERFLOW = re.compile(r"^row (\d+) has (more than )?(\d+) tokens; the model reads at most (\d+)")
+
+
+class Overflow(ValueError):
+    """A row is longer than the model reads and the request refused truncation."""
+
+    def __init__(self, row: int, tokens: int, limit: int, clipped: bool) -> None:
+        more = "more than " if clipped else ""
+        super().__init__(f"row {row} has {more}{tokens} tokens; the model reads at most {limit}")
+        self.row, self.tokens, self.limit, self.clipped = row, tokens, limit, clipped
+
+    @classmethod
+    def parse(cls, message: str) -> Overflow | None:
+        """Recovers an overflow from its message (it crosses Triton as error text)."""
+        match = _OVERFLOW.search(message)
+        if match is None:
+            return None
+        row, more, tokens, limit = match.groups()
+        return cls(int(row), int(tokens), int(limit), bool(more))
+
+
 class PairTokenizer:
-    """Turns (query, document) rows into model inputs."""
+    """Turns (query, document) rows into model inputs.
+
+    Each text is encoded alone, untruncated; then the pair is truncated and given its
+    special tokens by the tokenizer's own post-processing, which is what encoding the pair
+    in one call does. Encoding apart yields every row's full length for free, and lets the
+    document be capped before the pair is truncated.
+    """
 
     def __init__(self, tokenizer: Tokenizer, config: PairTokenizerConfig) -> None:
         self._config = config
         self.pad_id = _pad_token_id(tokenizer)
-        self._tokenizer = tokenizer
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(config.max_length, strategy="longest_first")
+        self._encoder = Tokenizer.from_str(tokenizer.to_str())
+        self._encoder.no_padding()
+        self._encoder.no_truncation()
+        self._finisher = Tokenizer.from_str(tokenizer.to_str())
+        self._finisher.no_padding()
+        self._finisher.enable_truncation(config.max_length, strategy="longest_first")
+        self._pair_specials = self._encoder.num_special_tokens_to_add(is_pair=True)
+        self._single_specials = self._encoder.num_special_tokens_to_add(is_pair=False)
 
     @classmethod
     def from_file(cls, path: str, config: PairTokenizerConfig) -> PairTokenizer:
         return cls(Tokenizer.from_file(path), config)
 
-    def tokenize(self, queries: Sequence[str], documents: Sequence[str]) -> list[TokenizedRow]:
-        """Tokenizes rows; ``queries[i]`` pairs with ``documents[i]``."""
+    @property
+    def config(self) -> PairTokenizerConfig:
+        return self._config
+
+    def special_tokens(self, pair: bool) -> int:
+        """Special tokens added to a pair (or to a single text)."""
+        return self._pair_specials if pair else self._single_specials
+
+    def encode_texts(self, texts: Sequence[str]) -> list[Encoding]:
+        """Encodes texts alone, untruncated and without special tokens (after clipping)."""
         limit = self._config.max_chars
-        clipped_queries = [q[:limit] for q in queries]
-        clipped_documents = [d[:limit] for d in documents]
-        if self._config.pair_mode is PairMode.JOINT:
-            encodings = self._tokenizer.encode_batch(
-                list(zip(clipped_queries, clipped_documents, strict=True))
-            )
-            return [TokenizedRow(e.ids, e.type_ids) for e in encodings]
-        unique_queries = list(dict.fromkeys(clipped_queries))
-        query_encodings = self._tokenizer.encode_batch(unique_queries)
-        query_ids = {q: e.ids for q, e in zip(unique_queries, query_encodings, strict=True)}
-        document_encodings = self._tokenizer.encode_batch(clipped_documents)
+        return self._encoder.encode_batch([t[:limit] for t in texts], add_special_tokens=False)
+
+    def tokenize(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        options: TruncationOptions = LONGEST_FIRST,
+    ) -> list[TokenizedRow]:
+        """Tokenizes rows; ``queries[i]`` pairs with ``documents[i]``.
+
+        Raises:
+            Overflow: a row does not fit and ``options.refuse`` is set.
+        """
+        unique_queries = list(dict.fromkeys(queries))
+        encoded = dict(zip(unique_queries, self.encode_texts(unique_queries), strict=True))
+        limit = self._config.max_length
         rows = []
-        for query, document in zip(clipped_queries, document_encodings, strict=True):
-            ids = query_ids[query]
-            rows.append(TokenizedRow(ids + document.ids, [0] * len(ids) + [1] * len(document.ids)))
+        for row, (query, document) in enumerate(
+            zip(queries, self.encode_texts(documents), strict=True)
+        ):
+            if options.max_document_tokens:
+                document.truncate(options.max_document_tokens)
+            question = encoded[query]
+            clipped = max(len(query), len(documents[row])) > self._config.max_chars
+            if self._config.pair_mode is PairMode.JOINT:
+                length = len(question) + len(document) + self._pair_specials
+                if options.refuse and length > limit:
+                    raise Overflow(row, length, limit, clipped)
+                pair = self._finisher.post_process(question, document)
+                rows.append(TokenizedRow(pair.ids, pair.type_ids))
+            else:
+                length = max(len(question), len(document)) + self._single_specials
+                if options.refuse and length > limit:
+                    raise Overflow(row, length, limit, clipped)
+                first = self._finisher.post_process(question).ids
+                second = self._finisher.post_process(document).ids
+                rows.append(TokenizedRow(first + second, [0] * len(first) + [1] * len(second)))
         return rows
 
     def pad(self, rows: Sequence[TokenizedRow]) -> dict[str, np.ndarray]:

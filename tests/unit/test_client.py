@@ -3,22 +3,37 @@ from __future__ import annotations
 import grpc
 import pytest
 from reranker_client import InvalidArgumentError, RerankError, UnavailableError
-from reranker_client._convert import build_rank_request, rank_results
+from reranker_client._convert import RankOptions, build_rank_request, rank_results
 from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 from reranker_client.errors import from_rpc_error
 
 
 def test_request_carries_every_option() -> None:
-    request = build_rank_request(
-        "q", ("a", "b"), top_k=1, return_documents=True, model="m", raw_scores=True
+    options = RankOptions(
+        top_k=1,
+        return_documents=True,
+        model="m",
+        raw_scores=True,
+        truncation="refuse",
+        max_document_tokens=100,
+        chunking=True,
+        chunk_overlap_tokens=0,
+        max_chunks=3,
     )
+    request = build_rank_request("q", ("a", "b"), options)
     assert request.documents == ["a", "b"]
     assert request.top_k == 1 and request.HasField("top_k")
     assert request.return_documents and request.raw_scores and request.model == "m"
-    unset = build_rank_request(
-        "q", ["a"], top_k=None, return_documents=False, model="", raw_scores=False
-    )
+    assert request.truncation == pb.TRUNCATION_REFUSE
+    assert request.max_document_tokens == 100
+    assert request.chunking.enabled and request.chunking.max_chunks == 3
+    assert request.chunking.HasField("overlap_tokens") and request.chunking.overlap_tokens == 0
+    unset = build_rank_request("q", ["a"], RankOptions())
     assert not unset.HasField("top_k")
+    assert not unset.HasField("chunking")
+    assert unset.truncation == pb.TRUNCATION_LONGEST_FIRST
+    with pytest.raises(ValueError):
+        build_rank_request("q", ["a"], RankOptions(truncation="middle"))
 
 
 def test_a_single_string_is_not_taken_for_a_list_of_documents() -> None:

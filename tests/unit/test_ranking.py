@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from reranker.chunking import Chunk, best_per_document, plan_windows
 from reranker.errors import InvalidArgument
 from reranker.ranking import activate, assemble, plan_requests, validate_rank_request
 
@@ -72,3 +73,35 @@ def test_assemble_sorts_best_first_keeps_tie_order_and_cuts() -> None:
     top = assemble(scores, ["a", "b", "c", "d"], 2, True)
     assert [(r.index, r.text) for r in top] == [(1, "b"), (3, "d")]
     assert assemble(scores, ["a", "b", "c", "d"], 10, False)[-1].index == 0
+
+
+def test_windows_cover_the_document_on_word_boundaries() -> None:
+    # words of 1, 2 and 3 tokens
+    word_ids = [w for w in range(30) for _ in range(1 + w % 3)]
+    windows = plan_windows(word_ids, window=10, overlap=3, max_chunks=100)
+    assert windows[0][0] == 0 and windows[-1][1] == len(word_ids)
+    for start, end in windows:
+        assert 0 < end - start <= 10
+        assert start == 0 or word_ids[start] != word_ids[start - 1]
+        assert end == len(word_ids) or word_ids[end] != word_ids[end - 1]
+    for (s1, e1), (s2, _) in zip(windows, windows[1:], strict=False):
+        assert s1 < s2 <= e1  # advancing, overlapping or touching: nothing skipped
+        assert e1 - s2 <= 3
+
+
+def test_windows_are_capped_and_oversized_words_are_cut() -> None:
+    assert len(plan_windows(list(range(100)), window=10, overlap=0, max_chunks=3)) == 3
+    assert plan_windows([0] * 25, window=10, overlap=0, max_chunks=10) == [
+        (0, 10),
+        (10, 20),
+        (20, 25),
+    ]
+    assert plan_windows([0, 1, 2], window=10, overlap=2, max_chunks=4) == [(0, 3)]
+    with pytest.raises(ValueError):
+        plan_windows([0, 1], window=4, overlap=4, max_chunks=1)
+
+
+def test_best_per_document() -> None:
+    chunks = [Chunk(0, "a"), Chunk(1, "b"), Chunk(0, "c"), Chunk(2, "d")]
+    best = best_per_document(np.array([0.1, 0.5, 0.7, -1.0]), chunks, 3)
+    assert best.tolist() == [0.7, 0.5, -1.0]

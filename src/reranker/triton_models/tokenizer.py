@@ -1,10 +1,14 @@
 """Tokenizer model: (QUERY, DOCUMENT) string rows in, padded token tensors out.
 
-All requests of one ``execute`` are tokenized together; each request's rows are then
-padded to one length bucket of their own.
+Each request's rows are tokenized with that request's truncation options (request
+parameters ``max_document_tokens`` and ``truncation``) and padded to one length bucket.
+A request that cannot be served gets its own error; the others in the batch go on.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -13,12 +17,13 @@ from reranker.tokenization import (
     PairMode,
     PairTokenizer,
     PairTokenizerConfig,
+    TruncationOptions,
     parse_buckets,
 )
 from reranker.triton_models._config import ModelArgs
 
 
-def _texts(request: object, name: str) -> list[str]:
+def _texts(request: Any, name: str) -> list[str]:
     array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
     texts = []
     for row, value in enumerate(array):
@@ -43,32 +48,24 @@ class TritonPythonModel:
         self._tokenizer = PairTokenizer.from_file(str(path), config)
         self._outputs = model.output_names()
 
-    def execute(self, requests: list[object]) -> list[object]:
-        responses: list[object] = [None] * len(requests)
-        queries: list[str] = []
-        documents: list[str] = []
-        spans: list[tuple[int, int, int]] = []
-        for index, request in enumerate(requests):
+    def _respond(self, request: Any) -> Any:
+        queries = _texts(request, "QUERY")
+        documents = _texts(request, "DOCUMENT")
+        if len(queries) != len(documents):
+            raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
+        options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
+        tensors = self._tokenizer.pad(self._tokenizer.tokenize(queries, documents, options))
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(name, np.ascontiguousarray(tensors[name])) for name in self._outputs
+            ]
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
             try:
-                request_queries = _texts(request, "QUERY")
-                request_documents = _texts(request, "DOCUMENT")
-                if len(request_queries) != len(request_documents):
-                    raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
-            except ValueError as error:
-                responses[index] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(error))
-                )
-                continue
-            spans.append((index, len(queries), len(queries) + len(request_queries)))
-            queries.extend(request_queries)
-            documents.extend(request_documents)
-        rows = self._tokenizer.tokenize(queries, documents) if queries else []
-        for index, start, end in spans:
-            tensors = self._tokenizer.pad(rows[start:end])
-            responses[index] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(name, np.ascontiguousarray(tensors[name]))
-                    for name in self._outputs
-                ]
-            )
+                responses.append(self._respond(request))
+            except ValueError as error:  # bad input or a refused overflow: this request only
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
         return responses
