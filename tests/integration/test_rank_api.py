@@ -17,7 +17,15 @@ from reranker_client import (
 )
 
 from reranker.builder import DEFAULT_MODEL_NAME
-from tests.integration.conftest import CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX, Server
+from tests.integration.conftest import (
+    ALL_MODELS,
+    CROSS_ENCODER,
+    CROSS_ENCODER_FROM_ONNX,
+    DEBERTA,
+    DEFAULT_INT8,
+    JINA,
+    Server,
+)
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
 
 
@@ -95,13 +103,30 @@ def test_a_deadline_shorter_than_inference_is_deadline_exceeded(client: RerankCl
 
 def test_list_models(client: RerankClient) -> None:
     models = {m.name: m for m in client.models()}
-    assert set(models) == {DEFAULT_MODEL_NAME, CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX}
-    default = models[DEFAULT_MODEL_NAME]
-    assert (default.kind, default.max_length, default.is_default) == ("bi-encoder", 256, True)
-    assert default.architecture == "BertModel"
-    cross = models[CROSS_ENCODER]
-    assert (cross.kind, cross.max_length, cross.is_default) == ("cross-encoder", 512, False)
-    assert cross.architecture == "BertForSequenceClassification"
+    assert set(models) == set(ALL_MODELS)
+    expected = {
+        DEFAULT_MODEL_NAME: ("bi-encoder", "BertModel", 256, "fp32", True),
+        DEFAULT_INT8: ("bi-encoder", "BertModel", 256, "int8", False),
+        CROSS_ENCODER: ("cross-encoder", "BertForSequenceClassification", 512, "fp32", False),
+        CROSS_ENCODER_FROM_ONNX: (
+            "cross-encoder",
+            "BertForSequenceClassification",
+            512,
+            "fp32",
+            False,
+        ),
+        DEBERTA: ("cross-encoder", "DebertaV2ForSequenceClassification", 512, "fp32", False),
+        JINA: ("cross-encoder", "JinaBertForSequenceClassification", 8192, "fp32", False),
+    }
+    for name, (kind, architecture, max_length, precision, is_default) in expected.items():
+        m = models[name]
+        assert (m.kind, m.architecture, m.max_length, m.precision, m.is_default) == (
+            kind,
+            architecture,
+            max_length,
+            precision,
+            is_default,
+        ), name
 
 
 def test_health_and_reflection(server: Server) -> None:
@@ -131,4 +156,4 @@ async def test_async_client_matches_the_blocking_one(server: Server, client: Rer
         assert [r["corpus_id"] for r in result] == [r["corpus_id"] for r in expected]
         for got, want in zip(result, expected, strict=True):
             assert got["score"] == pytest.approx(want["score"], abs=1e-6)
-    assert len(models) == 3
+    assert len(models) == len(ALL_MODELS)

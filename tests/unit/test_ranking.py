@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -84,7 +86,7 @@ def test_windows_cover_the_document_on_word_boundaries() -> None:
         assert 0 < end - start <= 10
         assert start == 0 or word_ids[start] != word_ids[start - 1]
         assert end == len(word_ids) or word_ids[end] != word_ids[end - 1]
-    for (s1, e1), (s2, _) in zip(windows, windows[1:], strict=False):
+    for (s1, e1), (s2, _) in itertools.pairwise(windows):
         assert s1 < s2 <= e1  # advancing, overlapping or touching: nothing skipped
         assert e1 - s2 <= 3
 

@@ -1,0 +1,103 @@
+"""Several architectures served at once: long context, precision, interleaved traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from reranker_client import AsyncRerankClient, RerankClient
+from transformers import AutoTokenizer
+
+from tests.integration.conftest import ALL_MODELS, DEFAULT_INT8, JINA, Server
+from tests.integration.test_parity import jina_reference
+from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY, varied_pairs
+
+
+def long_document(tokenizer: Any, tokens: int) -> str:
+    """Real-text document of exactly ``tokens`` tokens (alone, without special tokens)."""
+    text = " ".join(d for _, d in varied_pairs(40))
+    while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
+        text = f"{text} {text}"
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return text[: offsets["offset_mapping"][tokens - 1][1]]
+
+
+def test_an_8000_token_pair_is_served_with_the_8192_limit(
+    server: Server, jina_export: tuple[Path, Any]
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(jina_export[0])
+    document = long_document(tokenizer, 7980)
+    query = "what does the documentation say about loops"
+    length = len(tokenizer(query, document)["input_ids"])
+    assert 7990 <= length <= 8192
+    with RerankClient(server.address, timeout=300) as client:
+        start = time.perf_counter()
+        (result,) = client.rank(query, [document], model=JINA, truncation="refuse")
+        elapsed = time.perf_counter() - start
+    reference = jina_reference(jina_export, [(query, document)])
+    delta = abs(result["score"] - reference[0])
+    print(f"{length}-token pair served in {elapsed:.2f}s, |served - reference| {delta:.1e}")
+    assert delta <= 1e-5
+
+
+def test_short_pairs_are_padded_only_to_their_own_length(
+    server: Server, jina_export: tuple[Path, Any]
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(jina_export[0])
+    lengths = [
+        len(tokenizer("short query", "a short document")["input_ids"]),
+        len(tokenizer("q", "doc")["input_ids"]),
+    ]
+    client = triton_grpc.InferenceServerClient(server.triton_grpc)
+    try:
+        inputs = [
+            triton_grpc.InferInput("QUERY", [2, 1], "BYTES"),
+            triton_grpc.InferInput("DOCUMENT", [2, 1], "BYTES"),
+        ]
+        inputs[0].set_data_from_numpy(np.array([[b"short query"], [b"q"]], dtype=np.object_))
+        inputs[1].set_data_from_numpy(np.array([[b"a short document"], [b"doc"]], dtype=np.object_))
+        result = client.infer(JINA + "__tokenizer", inputs)
+        config = client.get_model_config(JINA + "__tokenizer").config
+    finally:
+        client.close()
+    assert config.parameters["max_length"].string_value == "8192"
+    assert result.as_numpy("input_ids").shape == (2, max(lengths))
+    assert result.as_numpy("attention_mask").sum(axis=1).tolist() == lengths
+
+
+def test_int8_accuracy_report_meets_its_bound_and_ranks_sensibly(
+    server: Server, repository: Path
+) -> None:
+    report = json.loads(
+        (repository / f"{DEFAULT_INT8}__encoder" / "1" / "accuracy.json").read_text()
+    )
+    print(report)
+    assert report["precision"] == "int8" and report["pairs"] >= 500
+    assert report["spearman"] >= 0.99
+    assert report["top10_overlap_min"] >= 9
+    with RerankClient(server.address) as client:
+        top = client.rank(MOCKINGBIRD_QUERY, MOCKINGBIRD_DOCUMENTS, model=DEFAULT_INT8, top_k=2)
+    assert {r["corpus_id"] for r in top} == {0, 2}
+
+
+async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> None:
+    query = MOCKINGBIRD_QUERY
+    documents = MOCKINGBIRD_DOCUMENTS + [d for _, d in varied_pairs(10)]
+    async with AsyncRerankClient(server.address, timeout=120) as client:
+        expected = {m: await client.rank(query, documents, model=m) for m in ALL_MODELS}
+        calls = [(m, i) for i in range(3) for m in ALL_MODELS]
+        results = await asyncio.gather(
+            *(client.rank(query, documents[i:], model=m) for m, i in calls)
+        )
+    for (model, skip), result in zip(calls, results, strict=True):
+        want = {r["corpus_id"]: r["score"] for r in expected[model] if r["corpus_id"] >= skip}
+        got = {r["corpus_id"] + skip: r["score"] for r in result}
+        assert got.keys() == want.keys(), model
+        for index, score in got.items():
+            assert score == pytest.approx(want[index], abs=1e-5), (model, index)
