@@ -126,7 +126,7 @@ def _alibi_slopes(heads: int) -> list[float]:
 
 
 def jina_bert_like_model(
-    vocab_size: int, hidden: int = 384, heads: int = 6, layers: int = 2, seed: int = 0
+    vocab_size: int, hidden: int = 256, heads: int = 4, layers: int = 2, seed: int = 0
 ) -> Any:
     """A JinaBERT-like cross-encoder: BERT layers with symmetric ALiBi attention bias and no
     position embeddings (as jina-reranker-v1-tiny-en), a CLS pooler and one logit."""
@@ -164,6 +164,7 @@ def jina_bert_like_model(
             self.layers = nn.ModuleList(Layer() for _ in range(layers))
             self.pooler = nn.Linear(hidden, hidden)
             self.classifier = nn.Linear(hidden, 1)
+            self.slopes: torch.Tensor
             self.register_buffer("slopes", torch.tensor(_alibi_slopes(heads)), persistent=False)
 
         def forward(

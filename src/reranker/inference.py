@@ -1,34 +1,72 @@
-"""Pure logic of the encoder model: merging ragged requests into one batch, and back."""
+"""Pure logic of the encoder model: ragged requests in, length-sorted micro-batches out.
+
+Requests arrive padded to their own lengths (``allow_ragged_batch``). Their rows are pooled,
+sorted by real length and cut into micro-batches whose attention matrices stay within a
+budget (rows x length^2 cells), each padded only to its own longest row: little padding is
+computed, and a batch of long-context rows cannot exhaust memory.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 
-def merge_ragged(
-    requests: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Stacks requests of ``[rows_i, length_i]`` tensors into one ``[sum rows, max length]``.
+@dataclass(frozen=True)
+class PooledRows:
+    """Every row of a set of requests, trimmed to its real length."""
 
-    Padding is zeros: every model input here is masked by ``attention_mask``, so padded
-    positions never reach a score.
-    """
-    length = max(request[names[0]].shape[1] for request in requests)
-    rows = sum(request[names[0]].shape[0] for request in requests)
-    merged = {}
-    for name in names:
-        batch = np.zeros((rows, length), dtype=np.int64)
-        start = 0
-        for request in requests:
-            tensor = request[name]
-            batch[start : start + tensor.shape[0], : tensor.shape[1]] = tensor
-            start += tensor.shape[0]
-        merged[name] = batch
-    return merged
+    tensors: dict[str, list[np.ndarray]]
+    lengths: list[int]
+    counts: list[int]  # rows per request, in request order
+
+
+def pool_rows(requests: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]) -> PooledRows:
+    tensors: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    lengths: list[int] = []
+    counts: list[int] = []
+    for request in requests:
+        mask = request.get("attention_mask")
+        width = request[names[0]].shape[1]
+        real = mask.sum(axis=1) if mask is not None else np.full(len(request[names[0]]), width)
+        counts.append(len(real))
+        for row, length in enumerate(real.tolist()):
+            lengths.append(int(length))
+            for name in names:
+                tensors[name].append(request[name][row, :length])
+    return PooledRows(tensors, lengths, counts)
+
+
+def micro_batches(lengths: Sequence[int], max_cells: int) -> list[list[int]]:
+    """Row indices grouped longest first into batches of at most ``max_cells`` attention
+    cells (rows x longest length squared); a row longer than the budget runs alone."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            current = batches[-1]
+            longest = lengths[current[0]]
+            if (len(current) + 1) * longest * longest <= max_cells:
+                current.append(index)
+                continue
+        batches.append([index])
+    return batches
+
+
+def pad_batch(pooled: PooledRows, rows: Sequence[int]) -> dict[str, np.ndarray]:
+    """The chosen rows, zero-padded to the longest of them (padding is masked out)."""
+    length = max(max(pooled.lengths[i] for i in rows), 1)
+    batch = {}
+    for name, tensors in pooled.tensors.items():
+        padded = np.zeros((len(rows), length), dtype=np.int64)
+        for r, index in enumerate(rows):
+            padded[r, : pooled.lengths[index]] = tensors[index]
+        batch[name] = padded
+    return batch
 
 
 def split_rows(values: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
@@ -37,10 +75,13 @@ def split_rows(values: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
 
 
 def create_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with all graph optimizations and a fixed thread count."""
+    """An ONNX Runtime CPU session: all graph optimizations, a fixed thread count."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
+    # Without the arena, memory a long-context batch needed goes back to the system when the
+    # batch is done instead of staying reserved by the session for its lifetime.
+    options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

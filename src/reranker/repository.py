@@ -49,6 +49,9 @@ class ServedModel:
     tokenizer_instances: int = 1
     encoder_instances: int = 1
     intra_op_threads: int = 2
+    # Attention cells (rows x length^2) one ONNX Runtime call may hold: 2^22 is 16 rows of
+    # 512 tokens; a row longer than that (up to 2048 tokens) runs alone.
+    max_attention_cells: int = 1 << 22
     tokenizer_queue_delay_us: int = 500
     encoder_queue_delay_us: int = 2000
 
@@ -105,7 +108,14 @@ def encoder_config(model: ServedModel) -> mc.ModelConfig:
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     config.instance_group.add(count=model.encoder_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     config.dynamic_batching.max_queue_delay_microseconds = model.encoder_queue_delay_us
-    _parameters(config, {"onnx_file": ONNX_FILE, "intra_op_threads": model.intra_op_threads})
+    _parameters(
+        config,
+        {
+            "onnx_file": ONNX_FILE,
+            "intra_op_threads": model.intra_op_threads,
+            "max_attention_cells": model.max_attention_cells,
+        },
+    )
     return config
 
 

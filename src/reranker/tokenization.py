@@ -85,7 +85,7 @@ class TruncationOptions:
 
 LONGEST_FIRST = TruncationOptions()
 
-_OVERFLOW = re.compile(r"^row (\d+) has (more than )?(\d+) tokens; the model reads at most (\d+)")
+_OVERFLOW = re.compile(r"\brow (\d+) has (more than )?(\d+) tokens; the model reads at most (\d+)")
 
 
 class Overflow(ValueError):

@@ -55,7 +55,7 @@ def assemble_backends(target: Path) -> Path:
     return target
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Triton must not outlive the launcher, even if the launcher is killed outright.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -125,7 +125,7 @@ class TritonServer:
                 # Its own process group: a Ctrl-C reaches the launcher, which stops the rank
                 # service first and Triton after it, so in-flight calls can drain.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         log.info("tritonserver started (pid %d), log %s", self._process.pid, log_path)
         try:

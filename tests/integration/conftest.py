@@ -26,6 +26,7 @@ from reranker.checkpoints import (
     minilm_cross_encoder,
 )
 from reranker.precision import Precision
+from reranker.triton_server import die_with_parent
 
 CROSS_ENCODER = "minilm-cross-encoder"
 CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
@@ -102,6 +103,7 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=die_with_parent,  # no server outlives a killed test run
         )
     server = Server(
         process, f"127.0.0.1:{port}", f"127.0.0.1:{triton_port}", log, workdir / "tritonserver.log"

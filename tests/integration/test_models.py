@@ -14,14 +14,16 @@ import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient, RerankClient
 from transformers import AutoTokenizer
 
+from reranker.evaluation import eval_pairs
 from tests.integration.conftest import ALL_MODELS, DEFAULT_INT8, JINA, Server
 from tests.integration.test_parity import jina_reference
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY, varied_pairs
 
 
 def long_document(tokenizer: Any, tokens: int) -> str:
-    """Real-text document of exactly ``tokens`` tokens (alone, without special tokens)."""
-    text = " ".join(d for _, d in varied_pairs(40))
+    """A document of exactly ``tokens`` tokens (alone, without special tokens) of real prose
+    about the Python language."""
+    text = " ".join(dict.fromkeys(p.passage for p in eval_pairs()))
     while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
         text = f"{text} {text}"
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

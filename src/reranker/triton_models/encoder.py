@@ -1,15 +1,17 @@
 """Encoder model: runs the ONNX graph with ONNX Runtime on merged ragged requests.
 
-Requests arrive with their own padded lengths (``allow_ragged_batch``); they are padded
-once to the longest of the batch, run as one ONNX Runtime call and split back.
+The rows of all requests in the batch are pooled, run in length-sorted micro-batches
+(bounded by ``max_attention_cells``) and split back per request.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from reranker.inference import create_session, merge_ragged, split_rows
+from reranker.inference import create_session, micro_batches, pad_batch, pool_rows, split_rows
 from reranker.triton_models._config import ModelArgs
 
 
@@ -19,24 +21,32 @@ class TritonPythonModel:
         path = model.version_dir / model.parameter("onnx_file", "model.onnx")
         self._session = create_session(path, int(model.parameter("intra_op_threads", "0")))
         self._inputs = [i.name for i in self._session.get_inputs()]
+        self._graph_output = self._session.get_outputs()[0].name
+        self._max_cells = int(model.parameter("max_attention_cells"))
         (self._output,) = model.output_names()
 
-    def execute(self, requests: list[object]) -> list[object]:
-        batches = [
-            {
-                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                for name in self._inputs
-            }
-            for request in requests
-        ]
-        counts = [batch[self._inputs[0]].shape[0] for batch in batches]
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pooled = pool_rows(
+            [
+                {
+                    name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                    for name in self._inputs
+                }
+                for request in requests
+            ],
+            self._inputs,
+        )
+        scores = np.empty(len(pooled.lengths), dtype=np.float32)
         try:
-            (scores,) = self._session.run(None, merge_ragged(batches, self._inputs))
+            for rows in micro_batches(pooled.lengths, self._max_cells):
+                (out,) = self._session.run([self._graph_output], pad_batch(pooled, rows))
+                scores[rows] = out.reshape(-1)
         except Exception as error:  # noqa: BLE001 - every request of the batch is told why
             failure = pb_utils.TritonError(f"inference failed: {error}")
             return [pb_utils.InferenceResponse(error=failure) for _ in requests]
-        scores = scores.reshape(-1, 1).astype(np.float32, copy=False)
         return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self._output, part)])
-            for part in split_rows(scores, counts)
+            pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(self._output, part.reshape(-1, 1))]
+            )
+            for part in split_rows(scores, pooled.counts)
         ]
