@@ -5,30 +5,51 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__encoder/1/model.onnx
 
-.PHONY: serve test lint format proto install models bench-env clean
+.PHONY: serve test lint format proto install models bench bench-env clean
 
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
 
 test: $(INSTALLED)  ## lint, type-check and run the whole test suite
-	$(VENV)/bin/ruff check src client tests
-	$(VENV)/bin/ruff format --check src client tests
+	$(VENV)/bin/ruff check src client tests bench
+	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
-	$(VENV)/bin/ruff check src client tests
-	$(VENV)/bin/ruff format --check src client tests
+	$(VENV)/bin/ruff check src client tests bench
+	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
 
 format: $(INSTALLED)
-	$(VENV)/bin/ruff format src client tests
-	$(VENV)/bin/ruff check --fix src client tests
+	$(VENV)/bin/ruff format src client tests bench
+	$(VENV)/bin/ruff check --fix src client tests bench
 
 proto: $(INSTALLED)  ## regenerate the gRPC stubs from proto/ (the only way they are made)
 	PYTHON=$(PY) tools/gen_proto.sh
 
 install: $(INSTALLED)
+
+BENCH := build/bench-env.installed
+INFINITY := build/infinity-venv
+
+bench: $(BENCH)  ## side-by-side benchmark (not part of `make test`): table, JSON and plot
+	$(PY) bench/run.py
+
+# Infinity pins sentence-transformers < 4: it gets its own environment, torch first again.
+# perf_analyzer comes from the tritonclient 2.41.1 wheel, the last whose binary runs on
+# glibc 2.36; its libb64 and libcudart are taken from the nvidia-pytriton wheel at run time.
+$(BENCH): $(INSTALLED) bench/requirements.txt
+	$(PY) -m pip install -q -r bench/requirements.txt
+	test -x $(INFINITY)/bin/python || $(PYTHON) -m venv $(INFINITY)
+	$(INFINITY)/bin/python -m pip install -q --upgrade pip
+	$(INFINITY)/bin/python -m pip install -q torch==2.13.0
+	$(INFINITY)/bin/python -m pip install -q "infinity-emb[server,torch]==0.0.78" "numpy<2"
+	mkdir -p build/perf_analyzer && cd build/perf_analyzer && \
+	  $(CURDIR)/$(PY) -m pip download -q --no-deps tritonclient==2.41.1 -d . && \
+	  unzip -o -q -j tritonclient-2.41.1-*.whl 'tritonclient-2.41.1.data/data/bin/perf_analyzer' && \
+	  chmod +x perf_analyzer
+	touch $@
 
 models: $(DEFAULT_MODEL)
 

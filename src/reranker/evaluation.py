@@ -45,7 +45,7 @@ class EvalPair:
     passage: str
 
 
-def _paragraphs(text: str) -> list[str]:
+def prose_paragraphs(text: str) -> list[str]:
     paragraphs = []
     for block in re.split(r"\n\s*\n", text):
         words = block.split()
@@ -59,7 +59,7 @@ def eval_pairs(passages_per_query: int = 40, seed: int = 0) -> list[EvalPair]:
     """For each query: passages of its own topic first, filled up with other topics'."""
     from pydoc_data.topics import topics
 
-    by_topic = {name: _paragraphs(text) for name, text in sorted(topics.items())}
+    by_topic = {name: prose_paragraphs(text) for name, text in sorted(topics.items())}
     everything = [(name, p) for name, ps in by_topic.items() for p in ps]
     rng = random.Random(seed)
     pairs: list[EvalPair] = []

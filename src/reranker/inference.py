@@ -41,16 +41,17 @@ def pool_rows(requests: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
     return PooledRows(tensors, lengths, counts)
 
 
-def micro_batches(lengths: Sequence[int], max_cells: int) -> list[list[int]]:
-    """Row indices grouped longest first into batches of at most ``max_cells`` attention
-    cells (rows x longest length squared); a row longer than the budget runs alone."""
+def micro_batches(lengths: Sequence[int], max_cells: int, max_rows: int) -> list[list[int]]:
+    """Row indices grouped longest first into batches of at most ``max_rows`` rows and
+    ``max_cells`` attention cells (rows x longest length squared); a row longer than the
+    budget runs alone. On CPU, sorted batches of 16 rows beat one padded batch of 100."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     for index in order:
         if batches:
             current = batches[-1]
             longest = lengths[current[0]]
-            if (len(current) + 1) * longest * longest <= max_cells:
+            if len(current) < max_rows and (len(current) + 1) * longest * longest <= max_cells:
                 current.append(index)
                 continue
         batches.append([index])

@@ -30,7 +30,7 @@ def test_rows_are_pooled_at_their_real_length_and_repadded_per_batch() -> None:
 
 def test_micro_batches_sort_longest_first_and_respect_the_cell_budget() -> None:
     lengths = [10, 100, 20, 100, 5000, 30]
-    batches = micro_batches(lengths, max_cells=2 * 100 * 100)
+    batches = micro_batches(lengths, max_cells=2 * 100 * 100, max_rows=8)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert batches[0] == [4]  # over budget alone: runs by itself
     assert batches[1] == [1, 3]
@@ -38,7 +38,12 @@ def test_micro_batches_sort_longest_first_and_respect_the_cell_budget() -> None:
         longest = lengths[batch[0]]
         assert all(lengths[i] <= longest for i in batch)
         assert len(batch) == 1 or len(batch) * longest**2 <= 2 * 100 * 100
-    assert micro_batches([7] * 10, max_cells=10**6) == [list(range(10))]
+    assert micro_batches([7] * 10, max_cells=10**6, max_rows=16) == [list(range(10))]
+    assert micro_batches([7] * 10, max_cells=10**6, max_rows=4) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+    ]
 
 
 def test_split_rows_restores_requests() -> None:

@@ -1,7 +1,7 @@
 """Encoder model: runs the ONNX graph with ONNX Runtime on merged ragged requests.
 
 The rows of all requests in the batch are pooled, run in length-sorted micro-batches
-(bounded by ``max_attention_cells``) and split back per request.
+(bounded by ``max_rows_per_run`` and ``max_attention_cells``) and split back per request.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class TritonPythonModel:
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._graph_output = self._session.get_outputs()[0].name
         self._max_cells = int(model.parameter("max_attention_cells"))
+        self._max_rows = int(model.parameter("max_rows_per_run"))
         (self._output,) = model.output_names()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -38,7 +39,7 @@ class TritonPythonModel:
         )
         scores = np.empty(len(pooled.lengths), dtype=np.float32)
         try:
-            for rows in micro_batches(pooled.lengths, self._max_cells):
+            for rows in micro_batches(pooled.lengths, self._max_cells, self._max_rows):
                 (out,) = self._session.run([self._graph_output], pad_batch(pooled, rows))
                 scores[rows] = out.reshape(-1)
         except Exception as error:  # noqa: BLE001 - every request of the batch is told why

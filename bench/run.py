@@ -1,0 +1,573 @@
+"""Side-by-side reranking benchmark: the same checkpoints and inputs through this server and
+the alternatives, on this machine, in one run (``make bench``).
+
+Engines: sentence-transformers ``CrossEncoder.rank`` in-process; ONNX Runtime in-process on
+the served ONNX file (all documents in one padded batch, and length-sorted batches); this
+server through ``RerankClient.rank``; Infinity serving the same checkpoint; and
+``perf_analyzer`` against the Triton ensemble alone. Prints a table, writes JSON and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERY = "how does the interpreter handle an exception raised inside a loop"
+# name: (documents, fewest words, most words)
+WORKLOADS = {"a": (100, 55, 80), "b": (100, 15, 25), "c": (20, 1400, 1600)}
+SORTED_BATCH = 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def workload(name: str, seed: int = 0) -> list[str]:
+    """Deterministic documents of real prose (the Python reference topics, without their
+    grammar rules and code samples)."""
+    from pydoc_data.topics import topics
+
+    from reranker.evaluation import prose_paragraphs
+
+    words = " ".join(
+        p for _, text in sorted(topics.items()) for p in prose_paragraphs(text)
+    ).split()
+    count, fewest, most = WORKLOADS[name]
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(count):
+        size = rng.randint(fewest, most)
+        start = rng.randrange(len(words) - size)
+        documents.append(" ".join(words[start : start + size]))
+    return documents
+
+
+@dataclass
+class Result:
+    engine: str
+    model: str
+    workload: str
+    concurrency: int
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    runs: int
+    ratio_to_ort_naive: float = 0.0
+    flop_fraction: float = 0.0
+
+
+def measure(
+    engine: str,
+    model: str,
+    name: str,
+    call: Callable[[], object],
+    pairs: int,
+    concurrency: int,
+    runs: int,
+) -> Result:
+    """Median pairs/s over ``runs`` runs after one warm-up; in each run every one of
+    ``concurrency`` workers makes one call. Latency percentiles over all calls."""
+    latencies: list[float] = []
+
+    def timed() -> None:
+        start = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - start)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: call(), range(concurrency)))  # warm-up
+        throughputs = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            list(pool.map(lambda _: timed(), range(concurrency)))
+            throughputs.append(pairs * concurrency / (time.perf_counter() - start))
+    ordered = sorted(latencies)
+    result = Result(
+        engine,
+        model,
+        name,
+        concurrency,
+        statistics.median(throughputs),
+        1000 * ordered[len(ordered) // 2],
+        1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        runs,
+    )
+    print(
+        f"  {engine:<24} {model:<10} ({name}) c={concurrency:<2} "
+        f"{result.pairs_per_s:7.1f} pairs/s  p50 {result.p50_ms:7.0f} ms",
+        flush=True,
+    )
+    return result
+
+
+def ort_engines(
+    onnx: Path, tokenizer: Any, documents: list[str]
+) -> dict[str, Callable[[], object]]:
+    from reranker.inference import create_session
+
+    session = create_session(onnx, 0)
+    names = [i.name for i in session.get_inputs()]
+
+    def feed(docs: Sequence[str]) -> dict[str, np.ndarray]:
+        batch = tokenizer(
+            [QUERY] * len(docs), list(docs), padding=True, truncation=True, return_tensors="np"
+        )
+        return {n: batch[n].astype(np.int64) for n in names}
+
+    def naive() -> object:
+        return session.run(None, feed(documents))
+
+    def length_sorted() -> object:
+        lengths = [
+            len(ids)
+            for ids in tokenizer([QUERY] * len(documents), documents, truncation=True)["input_ids"]
+        ]
+        order = sorted(range(len(documents)), key=lambda i: lengths[i])
+        scores = np.empty(len(documents), dtype=np.float32)
+        for start in range(0, len(order), SORTED_BATCH):
+            rows = order[start : start + SORTED_BATCH]
+            (out,) = session.run(None, feed([documents[i] for i in rows]))
+            scores[rows] = out.ravel()
+        return scores
+
+    return {"onnxruntime naive": naive, "onnxruntime sorted": length_sorted}
+
+
+class Server:
+    """This server (Triton + rank service) on loopback."""
+
+    def __init__(self, repository: Path, log: Path) -> None:
+        from reranker.triton_server import die_with_parent
+
+        self.port, self.triton = free_port(), free_port()
+        env = dict(
+            os.environ,
+            RERANKER_GRPC_PORT=str(self.port),
+            RERANKER_MODEL_REPOSITORY=str(repository),
+            RERANKER_DEFAULT_MODEL="minilm",
+            RERANKER_TRITON_GRPC_PORT=str(self.triton),
+            RERANKER_TRITON_HTTP_PORT=str(free_port()),
+            RERANKER_TRITON_METRICS_PORT=str(free_port()),
+            RERANKER_TRITON_LOG=str(log.with_name("tritonserver.log")),
+        )
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "reranker", "serve"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + 300
+        while b"SERVING on" not in log.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start; see {log}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+class Infinity:
+    """Infinity (infinity-emb) serving the same checkpoint, in its own environment."""
+
+    def __init__(self, venv: Path, checkpoint: Path, log: Path) -> None:
+        self.port = free_port()
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(venv / "bin" / "infinity_emb"),
+                    "v2",
+                    "--model-id",
+                    str(checkpoint),
+                    "--served-model-name",
+                    "reranker",
+                    "--engine",
+                    "torch",
+                    "--device",
+                    "cpu",
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    "127.0.0.1",
+                    "--batch-size",
+                    "32",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0"),
+            )
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"infinity did not start; see {log}") from None
+                time.sleep(1)
+
+    def rank(self, documents: list[str]) -> object:
+        body = json.dumps({"model": "reranker", "query": QUERY, "documents": documents}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/rerank", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.load(response)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def perf_analyzer(
+    binary: Path, triton: int, documents: list[str], workdir: Path
+) -> dict[str, float]:
+    """Rows/s Triton's ensemble sustains alone (perf_analyzer, requests of 25 rows)."""
+    rows = 25
+    data = {"data": [{"QUERY": [QUERY], "DOCUMENT": [document]} for document in documents]}
+    (workdir / "pa-input.json").write_text(json.dumps(data))
+    libs = workdir / "pa-libs"
+    libs.mkdir(exist_ok=True)
+    import pytriton
+
+    # The nvidia-pytriton wheel's bundled libraries include the two perf_analyzer needs.
+    shipped = Path(pytriton.__file__).parents[1] / "nvidia_pytriton.libs"
+    for pattern, name in (
+        ("libb64-*.so.0d", "libb64.so.0d"),
+        ("libcudart-*.so.12*", "libcudart.so.12"),
+    ):
+        link = libs / name
+        if not link.exists():
+            link.symlink_to(next(shipped.glob(pattern)))
+    output = subprocess.run(
+        [
+            str(binary),
+            "-m",
+            "minilm",
+            "-u",
+            f"127.0.0.1:{triton}",
+            "-i",
+            "grpc",
+            "--input-data",
+            str(workdir / "pa-input.json"),
+            "-b",
+            str(rows),
+            "--concurrency-range",
+            "4",
+            "--measurement-interval",
+            "8000",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LD_LIBRARY_PATH=str(libs)),
+        check=False,
+    ).stdout
+    for line in output.splitlines():
+        if "Throughput:" in line:
+            requests = float(line.split("Throughput:")[1].split()[0])
+            return {"requests_per_s": requests, "pairs_per_s": requests * rows}
+    raise RuntimeError(f"perf_analyzer printed no throughput:\n{output[-2000:]}")
+
+
+def bert_flops(length: float, hidden: int, layers: int, intermediate: int) -> float:
+    """Multiply-add FLOPs of one sequence through a BERT-style encoder."""
+    projections = 2 * length * hidden * hidden * 4
+    feed_forward = 2 * length * hidden * intermediate * 2
+    attention = 2 * length * length * hidden * 2
+    return layers * (projections + feed_forward + attention)
+
+
+def deberta_flops(length: float, hidden: int, layers: int, intermediate: int) -> float:
+    """BERT's FLOPs plus disentangled attention over the relative positions a sequence of
+    this length can use (2 x length, not the 512 Hugging Face's code computes against)."""
+    relative = min(2 * length, 512)
+    extra = 2 * (2 * length * relative * hidden) + 2 * (2 * relative * hidden * hidden)
+    return bert_flops(length, hidden, layers, intermediate) + layers * extra
+
+
+def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> tuple[float, float]:
+    """Median and best fp32 GEMM rate of this machine (numpy, all cores)."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates), max(rates)
+
+
+def build_models(workdir: Path, deberta: bool) -> Path:
+    """The benchmark's repository: MiniLM cross-encoder fp32 and int8 (and DeBERTa-v2 of the
+    mxbai-rerank-xsmall-v1 shape, 12 layers), built once and reused."""
+    from reranker.builder import BuildOptions, build
+    from reranker.checkpoints import deberta_v2_cross_encoder, minilm_cross_encoder
+    from reranker.precision import Precision
+
+    repository = workdir / "model_repository"
+    checkpoints = workdir / "checkpoints"
+    if not (checkpoints / "minilm").is_dir():
+        minilm_cross_encoder(checkpoints / "minilm")
+    if not (repository / "minilm").is_dir():
+        build(str(checkpoints / "minilm"), BuildOptions(name="minilm"), repository)
+        build(
+            str(checkpoints / "minilm"),
+            BuildOptions(name="minilm-int8", precision=Precision.INT8),
+            repository,
+        )
+    if deberta and not (repository / "deberta").is_dir():
+        deberta_v2_cross_encoder(checkpoints / "deberta", layers=12)
+        build(str(checkpoints / "deberta"), BuildOptions(name="deberta"), repository)
+    return repository
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    chosen = [r for r in results if r.model == "minilm" and r.workload == "a"]
+    for engine in dict.fromkeys(r.engine for r in chosen):
+        points = sorted((r.concurrency, r.pairs_per_s) for r in chosen if r.engine == engine)
+        if len(points) > 1:
+            axis.plot(*zip(*points, strict=True), marker="o", label=engine)
+        else:
+            axis.axhline(points[0][1], linestyle="--", linewidth=1, label=f"{engine} (in-process)")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("concurrent rank calls")
+    axis.set_ylabel("pairs / s")
+    axis.set_title("MiniLM-L6 cross-encoder, 1 query x 100 passages (workload a), 2 CPU cores")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--infinity-venv", type=Path, default=ROOT / "build" / "infinity-venv")
+    parser.add_argument("--perf-analyzer", type=Path, default=ROOT / "build" / "perf_analyzer")
+    parser.add_argument("--no-deberta", action="store_true")
+    args = parser.parse_args()
+
+    from reranker_client import RerankClient
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
+    repository = build_models(args.workdir, deberta=not args.no_deberta)
+    models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
+    results: list[Result] = []
+    lengths: dict[str, dict[str, float]] = {}
+    median_gflops, best_gflops = gemm_peak_gflops()
+    print(f"fp32 GEMM: median {median_gflops:.0f} GFLOP/s, best {best_gflops:.0f}", flush=True)
+
+    print("in-process engines", flush=True)
+    for model in models:
+        checkpoint = args.workdir / "checkpoints" / model
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
+        onnx = {
+            m: repository / f"{m}__encoder" / "1" / "model.onnx" for m in (model, f"{model}-int8")
+        }
+        for name in WORKLOADS if model == "minilm" else ["a"]:
+            documents = workload(name)
+            pair_lengths = [
+                len(i)
+                for i in tokenizer([QUERY] * len(documents), documents, truncation=True)[
+                    "input_ids"
+                ]
+            ]
+            lengths[f"{model}/{name}"] = {
+                "mean": float(np.mean(pair_lengths)),
+                "max": float(max(pair_lengths)),
+            }
+            n = len(documents)
+            results.append(
+                measure(
+                    "CrossEncoder.rank",
+                    model,
+                    name,
+                    lambda d=documents, ce=cross_encoder: ce.rank(QUERY, d),
+                    n,
+                    1,
+                    args.runs,
+                )
+            )
+            for precision, path in onnx.items():
+                if not path.exists():
+                    continue
+                suffix = " int8" if precision.endswith("int8") else ""
+                for engine, call in ort_engines(path, tokenizer, documents).items():
+                    results.append(measure(engine + suffix, model, name, call, n, 1, args.runs))
+
+    print("this server", flush=True)
+    server = Server(repository, args.workdir / "reranker.log")
+    try:
+        with RerankClient(f"127.0.0.1:{server.port}", timeout=600) as client:
+            for model in models:
+                for served in (model, f"{model}-int8"):
+                    if not (repository / served).is_dir():
+                        continue
+                    suffix = " int8" if served.endswith("int8") else ""
+                    for name in WORKLOADS if model == "minilm" else ["a"]:
+                        documents = workload(name)
+                        levels = args.concurrency if (name == "a" and not suffix) else [4]
+                        for concurrency in levels:
+                            results.append(
+                                measure(
+                                    "this server" + suffix,
+                                    model,
+                                    name,
+                                    lambda d=documents, m=served: client.rank(QUERY, d, model=m),
+                                    len(documents),
+                                    concurrency,
+                                    args.runs,
+                                )
+                            )
+        perf: dict[str, float] = {}
+        binary = args.perf_analyzer / "perf_analyzer"
+        if binary.exists():
+            perf = perf_analyzer(binary, server.triton, workload("a"), args.workdir)
+            print(
+                f"  perf_analyzer (Triton ensemble alone, c=4): {perf['pairs_per_s']:.1f} pairs/s",
+                flush=True,
+            )
+    finally:
+        server.stop()
+
+    if (args.infinity_venv / "bin" / "infinity_emb").exists():
+        print("infinity", flush=True)
+        infinity = Infinity(
+            args.infinity_venv,
+            args.workdir / "checkpoints" / "minilm",
+            args.workdir / "infinity.log",
+        )
+        try:
+            documents = workload("a")
+            for concurrency in args.concurrency:
+                results.append(
+                    measure(
+                        "infinity",
+                        "minilm",
+                        "a",
+                        lambda: infinity.rank(documents),
+                        len(documents),
+                        concurrency,
+                        args.runs,
+                    )
+                )
+        finally:
+            infinity.stop()
+
+    for result in results:
+        naive = next(
+            r.pairs_per_s
+            for r in results
+            if r.engine == "onnxruntime naive"
+            and r.model == result.model
+            and r.workload == result.workload
+        )
+        result.ratio_to_ort_naive = result.pairs_per_s / naive
+        length = lengths[f"{result.model}/{result.workload}"]["mean"]
+        flops = (deberta_flops if result.model == "deberta" else bert_flops)(
+            length, 384, 12 if result.model == "deberta" else 6, 1536
+        )
+        result.flop_fraction = result.pairs_per_s * flops / (median_gflops * 1e9)
+
+    print()
+    columns = ("engine", "model", "wl", "c", "pairs/s", "p50 ms", "p99 ms", "x naive", "of bound")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in results:
+        cells = (
+            r.engine,
+            r.model,
+            r.workload,
+            str(r.concurrency),
+            f"{r.pairs_per_s:.1f}",
+            f"{r.p50_ms:.0f}",
+            f"{r.p99_ms:.0f}",
+            f"{r.ratio_to_ort_naive:.2f}",
+            f"{r.flop_fraction:.2f}",
+        )
+        print("| " + " | ".join(cells) + " |")
+    bounds = {
+        key: {
+            "flops_per_pair": (deberta_flops if key.startswith("deberta") else bert_flops)(
+                value["mean"], 384, 12 if key.startswith("deberta") else 6, 1536
+            ),
+        }
+        for key, value in lengths.items()
+    }
+    for key, value in bounds.items():
+        value["bound_pairs_per_s_median_gemm"] = median_gflops * 1e9 / value["flops_per_pair"]
+        value["bound_pairs_per_s_best_gemm"] = best_gflops * 1e9 / value["flops_per_pair"]
+        median, best = value["bound_pairs_per_s_median_gemm"], value["bound_pairs_per_s_best_gemm"]
+        print(f"bound {key}: {median:.1f} pairs/s at the median GEMM rate ({best:.1f} at the best)")
+    if perf:
+        rate = perf["pairs_per_s"]
+        print(f"perf_analyzer, Triton ensemble alone (minilm, a, c=4): {rate:.1f} pairs/s")
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "versions": _versions(),
+        "gemm_gflops": {"median": median_gflops, "best": best_gflops},
+        "token_lengths": lengths,
+        "bounds": bounds,
+        "perf_analyzer": perf,
+        "results": [asdict(r) for r in results],
+    }
+    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.output / "throughput.png")
+    print(f"wrote {args.output / 'results.json'} and {args.output / 'throughput.png'}")
+    return 0
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = [
+        "onnxruntime",
+        "torch",
+        "transformers",
+        "sentence-transformers",
+        "tokenizers",
+        "nvidia-pytriton",
+    ]
+    return {name: version(name) for name in names}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
