@@ -355,12 +355,21 @@ def plot(results: list[Result], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     chosen = [r for r in results if r.model == "minilm" and r.workload == "a"]
-    for engine in dict.fromkeys(r.engine for r in chosen):
+    for n, engine in enumerate(dict.fromkeys(r.engine for r in chosen)):
         points = sorted((r.concurrency, r.pairs_per_s) for r in chosen if r.engine == engine)
+        color = f"C{n % 10}"
         if len(points) > 1:
-            axis.plot(*zip(*points, strict=True), marker="o", label=engine)
+            axis.plot(*zip(*points, strict=True), marker="o", color=color, label=engine)
+        elif engine.startswith(("this server", "infinity")):
+            axis.plot(*points[0], marker="s", color=color, label=f"{engine} (c={points[0][0]})")
         else:
-            axis.axhline(points[0][1], linestyle="--", linewidth=1, label=f"{engine} (in-process)")
+            axis.axhline(
+                points[0][1],
+                linestyle="--",
+                linewidth=1,
+                color=color,
+                label=f"{engine} (in-process)",
+            )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("concurrent rank calls")
     axis.set_ylabel("pairs / s")
