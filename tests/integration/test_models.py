@@ -101,5 +101,8 @@ async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> No
         want = {r["corpus_id"]: r["score"] for r in expected[model] if r["corpus_id"] >= skip}
         got = {r["corpus_id"] + skip: r["score"] for r in result}
         assert got.keys() == want.keys(), model
+        # Dynamic int8 quantizes activations with one scale per batch, so an int8 score moves
+        # slightly with the rows it happens to be batched with; fp32 scores do not.
+        tolerance = 5e-2 if model == DEFAULT_INT8 else 1e-5
         for index, score in got.items():
-            assert score == pytest.approx(want[index], abs=1e-5), (model, index)
+            assert score == pytest.approx(want[index], abs=tolerance), (model, index)
