@@ -131,10 +131,6 @@ class PairTokenizer:
     def from_file(cls, path: str, config: PairTokenizerConfig) -> PairTokenizer:
         return cls(Tokenizer.from_file(path), config)
 
-    @property
-    def config(self) -> PairTokenizerConfig:
-        return self._config
-
     def special_tokens(self, pair: bool) -> int:
         """Special tokens added to a pair (or to a single text)."""
         return self._pair_specials if pair else self._single_specials

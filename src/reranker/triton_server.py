@@ -162,9 +162,6 @@ class TritonServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stops Triton with SIGTERM (SIGKILL if it hangs) and removes what it left behind."""
         process, self._process = self._process, None
