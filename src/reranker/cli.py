@@ -9,12 +9,21 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reranker.settings import Settings, add_arguments, settings_from
 
+if TYPE_CHECKING:
+    from reranker.repository import ServedModel
+    from reranker.triton_server import TritonServer
+
 log = logging.getLogger("reranker")
+
+_RESTART_BACKOFF_S = 1.0
+_MAX_RESTART_BACKOFF_S = 30.0
 
 
 async def serve(settings: Settings) -> None:
@@ -35,7 +44,17 @@ async def serve(settings: Settings) -> None:
         await asyncio.to_thread(triton.start)
     url = settings.triton_url or (triton.grpc_url if triton else "")
     engine = TritonEngine(url, settings.max_rows_per_request)
-    server, port, monitor = await create_server(settings, engine)
+    on_dead_model = None
+    if triton is not None:
+        launched = triton
+
+        async def on_dead_model(model: ServedModel) -> None:
+            log.error("a process of model %s died: restarting tritonserver", model.name)
+            await asyncio.to_thread(launched.kill)  # the supervisor starts a new one
+
+    server, port, monitor = await create_server(settings, engine, on_dead_model)
+    supervisor = asyncio.create_task(supervise(triton)) if triton else None
+    _warn_if_exposed(settings)
     try:
         await server.start()
         monitor.start()
@@ -52,12 +71,50 @@ async def serve(settings: Settings) -> None:
         await stopping
         starting.cancel()
     finally:
-        log.info("shutting down")
+        log.info(
+            "shutting down: draining in-flight calls for up to %.1fs", settings.shutdown_grace_s
+        )
+        if supervisor is not None:
+            supervisor.cancel()
         await monitor.stop()
         await server.stop(settings.shutdown_grace_s)
         await engine.close()
         if triton is not None:
             await asyncio.to_thread(triton.stop)
+
+
+async def supervise(triton: TritonServer, poll_s: float = 0.1) -> None:
+    """Restarts Triton whenever it exits by itself. Meanwhile calls fail fast with
+    UNAVAILABLE; the engine's channel reconnects on its own once Triton is back."""
+    backoff = _RESTART_BACKOFF_S
+    while True:
+        await asyncio.sleep(poll_s)
+        if triton.running():
+            continue
+        log.error(
+            "tritonserver is not running (exit code %s); restarting it\n%s",
+            triton.exit_code(),
+            triton.log_tail(10),
+        )
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(triton.restart)
+        except (OSError, RuntimeError, TimeoutError) as error:
+            log.error("restarting tritonserver failed: %s; next try in %.0fs", error, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_RESTART_BACKOFF_S)
+            continue
+        log.info("tritonserver restarted in %.1fs", time.monotonic() - started)
+        backoff = _RESTART_BACKOFF_S
+
+
+def _warn_if_exposed(settings: Settings) -> None:
+    if settings.host in ("127.0.0.1", "::1", "localhost"):
+        return
+    if not settings.tls_cert_file:
+        log.warning("serving on %s without TLS: traffic is plaintext", settings.host)
+    if not settings.resolved_api_key():
+        log.warning("serving on %s without an API key: any caller is admitted", settings.host)
 
 
 def _build(args: argparse.Namespace) -> int:

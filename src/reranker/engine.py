@@ -18,7 +18,9 @@ from reranker.errors import (
     DeadlineExceeded,
     InferenceFailed,
     InvalidArgument,
+    ModelRestarting,
     RerankError,
+    ResourceExhausted,
     Unavailable,
 )
 from reranker.ranking import plan_requests
@@ -33,6 +35,20 @@ _UNREACHABLE = (
     "Connection refused",
     "Socket closed",
 )
+# What Triton says when a Python-backend stub process has died (Triton does not restart it).
+_STUB_DEAD = "is not healthy"
+_QUEUE_FULL = "Exceeds maximum queue size"
+_QUEUE_TIMEOUT = "Request timeout expired"
+_MESSAGE_BYTES = 256 * 1024 * 1024
+
+# Reconnect quickly after Triton restarts: gRPC's default backoff grows to two minutes.
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", _MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,18 @@ class Scores:
 def _translate(error: InferenceServerException, url: str) -> RerankError:
     status = error.status() or ""
     message = error.message() or str(error)
-    if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
+    if (
+        status == "StatusCode.DEADLINE_EXCEEDED"
+        or "Deadline Exceeded" in message
+        or _QUEUE_TIMEOUT in message
+    ):
         return DeadlineExceeded("the deadline passed before inference finished")
     if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
         return Unavailable(f"inference server at {url} is unreachable")
+    if _STUB_DEAD in message:
+        return ModelRestarting(f"a model process died and is being restarted: {message}")
+    if _QUEUE_FULL in message:
+        return ResourceExhausted(f"inference queue full: {message}; retry with backoff")
     return InferenceFailed(f"inference failed: {message}")
 
 
@@ -60,8 +84,10 @@ class TritonEngine:
     def __init__(self, url: str, max_rows_per_request: int) -> None:
         self.url = url
         self._max_rows = max_rows_per_request
-        self._client = triton_aio.InferenceServerClient(url)
+        self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
         self.models: dict[str, ServedModel] = {}
+        # Set when a call meets a dead model process, so health checks run now, not later.
+        self.trouble = asyncio.Event()
 
     async def refresh(self) -> dict[str, ServedModel]:
         """Reads the served models from the ready ensembles of Triton's repository."""
@@ -79,12 +105,6 @@ class TritonEngine:
             raise _translate(error, self.url) from None
         self.models = models
         return models
-
-    async def is_ready(self) -> bool:
-        try:
-            return bool(await self._client.is_server_ready())
-        except InferenceServerException:
-            return False
 
     async def score(
         self,
@@ -146,6 +166,9 @@ class TritonEngine:
                 inputs,
                 outputs=[InferRequestedOutput(SCORE)],
                 client_timeout=timeout_s,
+                # Triton's own timeout, in microseconds: a request still queued when the
+                # caller's deadline passes is dropped instead of computed.
+                timeout=max(1, int(timeout_s * 1e6)),
                 parameters=parameters,
             )
         except InferenceServerException as error:
@@ -157,7 +180,10 @@ class TritonEngine:
                     f"the query; the model reads at most {overflow.limit} "
                     "(truncation is REFUSE)"
                 ) from None
-            raise _translate(error, self.url) from None
+            translated = _translate(error, self.url)
+            if isinstance(translated, Unavailable):
+                self.trouble.set()
+            raise translated from None
         except grpc.RpcError as error:  # raised directly by some channel failures
             raise Unavailable(f"inference server at {self.url} is unreachable: {error}") from None
         scores = result.as_numpy(SCORE)

@@ -35,6 +35,16 @@ class Unavailable(RerankError):
     status = grpc.StatusCode.UNAVAILABLE
 
 
+class ModelRestarting(Unavailable):
+    """A model's backend process died; the server is restarting it."""
+
+
+class Unauthenticated(RerankError):
+    """The call carried no valid API key."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
 class DeadlineExceeded(RerankError):
     """The call's deadline passed before inference finished."""
 

@@ -56,6 +56,11 @@ class ServedModel:
     max_rows_per_run: int = 16
     tokenizer_queue_delay_us: int = 500
     encoder_queue_delay_us: int = 2000
+    # Requests each composing model queues at most before Triton rejects more. A request
+    # holds at least one row, so this matches the rank service's default max_rows_in_flight:
+    # within its budget the service never meets the limit; beyond it (other callers, more
+    # service replicas than planned) Triton refuses at once instead of queueing without bound.
+    max_queue_size: int = 1024
 
     @property
     def pair_mode(self) -> PairMode:
@@ -80,6 +85,17 @@ def _string_inputs(config: mc.ModelConfig) -> None:
         config.input.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
 
 
+def _dynamic_batching(config: mc.ModelConfig, model: ServedModel, queue_delay_us: int) -> None:
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = queue_delay_us
+    policy = batching.default_queue_policy
+    policy.max_queue_size = model.max_queue_size
+    # The rank service sends each request's remaining deadline as its timeout; a request
+    # whose caller has given up is dropped from the queue instead of being computed.
+    policy.allow_timeout_override = True
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+
+
 def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.tokenizer_model, backend="python")
     config.max_batch_size = model.max_batch_size
@@ -87,7 +103,7 @@ def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
     for name in model.token_inputs:
         config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
     config.instance_group.add(count=model.tokenizer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.dynamic_batching.max_queue_delay_microseconds = model.tokenizer_queue_delay_us
+    _dynamic_batching(config, model, model.tokenizer_queue_delay_us)
     _parameters(
         config,
         {
@@ -109,7 +125,7 @@ def encoder_config(model: ServedModel) -> mc.ModelConfig:
         config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     config.instance_group.add(count=model.encoder_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.dynamic_batching.max_queue_delay_microseconds = model.encoder_queue_delay_us
+    _dynamic_batching(config, model, model.encoder_queue_delay_us)
     _parameters(
         config,
         {

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
@@ -18,7 +21,14 @@ from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.chunking import DocumentChunker, best_per_document
 from reranker.engine import TritonEngine
-from reranker.errors import InvalidArgument, RerankError, Unavailable
+from reranker.errors import (
+    InvalidArgument,
+    ModelRestarting,
+    RerankError,
+    Unauthenticated,
+    Unavailable,
+)
+from reranker.limits import CallLimits, RowBudget
 from reranker.ranking import (
     ChunkingChoice,
     activate,
@@ -32,15 +42,32 @@ from reranker.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rank"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _KINDS = {
     ModelKind.CROSS_ENCODER: pb.MODEL_KIND_CROSS_ENCODER,
     ModelKind.BI_ENCODER: pb.MODEL_KIND_BI_ENCODER,
 }
 
 
+_HEALTH_METHODS = "/" + health_pb2.DESCRIPTOR.services_by_name["Health"].full_name + "/"
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps the error taxonomy to gRPC status codes: the one place that does."""
+    """Maps the error taxonomy to gRPC status codes: the one place that does. It also checks
+    the API key (health checks are exempt, so probes need no secret) and decodes requests
+    itself, so a malformed message is INVALID_ARGUMENT rather than a bare INTERNAL."""
+
+    def __init__(self, api_key: str = "") -> None:
+        self._expected = f"Bearer {api_key}".encode() if api_key else b""
+
+    def _authenticate(self, details: grpc.HandlerCallDetails) -> None:
+        if not self._expected or details.method.startswith(_HEALTH_METHODS):
+            return
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                presented = value if isinstance(value, bytes) else value.encode()
+                if hmac.compare_digest(presented, self._expected):
+                    return
+        raise Unauthenticated("missing or invalid API key: send 'authorization: Bearer <key>'")
 
     async def intercept_service(
         self,
@@ -48,13 +75,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
+            return handler
+        try:
+            self._authenticate(details)
+        except Unauthenticated as error:
+            log.info("refused %s: %s", details.method, error)
+            return _refusal(handler, error)
+        if handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         behavior = handler.unary_unary
+        decode = handler.request_deserializer
         method = details.method
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
+                try:
+                    request = decode(raw)
+                except DecodeError:
+                    raise InvalidArgument(
+                        f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
+                        "(malformed protobuf or a string that is not UTF-8)"
+                    ) from None
                 return await behavior(request, context)
             except RerankError as error:
                 await context.abort(error.status, str(error))
@@ -68,9 +110,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
+
+
+def _refusal(handler: grpc.RpcMethodHandler, error: RerankError) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that only aborts with ``error``."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(error.status, str(error))
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 class RankServicer(pb_grpc.RankServicer):
@@ -78,6 +135,8 @@ class RankServicer(pb_grpc.RankServicer):
         self._settings = settings
         self._engine = engine
         self._chunker = DocumentChunker(settings.model_repository, settings.max_chunks_per_document)
+        self._limits = CallLimits.from_settings(settings)
+        self.budget = RowBudget(settings.max_rows_in_flight)
 
     def default_model(self) -> str:
         if self._settings.default_model:
@@ -126,6 +185,7 @@ class RankServicer(pb_grpc.RankServicer):
         top_k = request.top_k if request.HasField("top_k") else None
         documents = list(request.documents)
         validate_rank_request(request.query, documents, top_k)
+        self._limits.check(request.query, documents)
         chunking = self._chunking(request)
         options = resolve_options(
             request.truncation,
@@ -136,26 +196,29 @@ class RankServicer(pb_grpc.RankServicer):
         model = await self._model(request.model)
         timeout = self._timeout(context)
         if chunking is None:
-            scores = await self._engine.score(model, request.query, documents, timeout, options)
+            with self.budget.hold(len(documents)):
+                scores = await self._engine.score(model, request.query, documents, timeout, options)
             raw = scores.values
         else:
-            chunks = await asyncio.to_thread(
-                self._chunker.chunks,
-                model,
-                request.query,
-                documents,
-                chunking.overlap,
-                chunking.max_chunks,
-                request.max_document_tokens,
-            )
-            scores = await self._engine.score(
-                model,
-                request.query,
-                [c.text for c in chunks],
-                timeout,
-                options,
-                labels=[c.document for c in chunks],
-            )
+            with self.budget.hold(len(documents)):
+                chunks = await asyncio.to_thread(
+                    self._chunker.chunks,
+                    model,
+                    request.query,
+                    documents,
+                    chunking.overlap,
+                    chunking.max_chunks,
+                    request.max_document_tokens,
+                )
+            with self.budget.hold(len(chunks)):
+                scores = await self._engine.score(
+                    model,
+                    request.query,
+                    [c.text for c in chunks],
+                    timeout,
+                    options,
+                    labels=[c.document for c in chunks],
+                )
             raw = best_per_document(scores.values, chunks, len(documents))
         values = activate(raw, model.activation, request.raw_scores)
         ranked = assemble(values, documents, top_k, request.return_documents)
@@ -193,14 +256,25 @@ class RankServicer(pb_grpc.RankServicer):
 
 class HealthMonitor:
     """Keeps ``grpc.health.v1`` in step with the engine: SERVING only while every served
-    model answers a canary request (Triton's own readiness flag can lie after a stub dies)."""
+    model answers a canary request (Triton's own readiness flag can lie after a stub dies).
+    Checks run every ``interval_s``, and at once when a call meets a failing backend.
+
+    Triton does not restart a Python-backend stub process that died, and unloading such a
+    model hangs once a request has reached it; so a model found dead is reported to
+    ``on_dead_model`` (the launcher restarts Triton), and the service heals by itself.
+    """
 
     def __init__(
-        self, health_servicer: health.aio.HealthServicer, engine: TritonEngine, interval_s: float
+        self,
+        health_servicer: health.aio.HealthServicer,
+        engine: TritonEngine,
+        interval_s: float,
+        on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
     ) -> None:
         self._health = health_servicer
         self._engine = engine
         self._interval_s = interval_s
+        self._on_dead_model = on_dead_model
         self._task: asyncio.Task[None] | None = None
         self.serving = asyncio.Event()
 
@@ -208,7 +282,13 @@ class HealthMonitor:
         try:
             models = await self._engine.refresh()
             for model in models.values():
-                await self._engine.score(model, "canary", ["canary"], timeout_s=10.0)
+                try:
+                    await self._engine.score(model, "canary", ["canary"], timeout_s=10.0)
+                except ModelRestarting as error:
+                    log.error("model %s failed its canary: %s", model.name, error)
+                    if self._on_dead_model is not None:
+                        await self._on_dead_model(model)
+                    return False
         except RerankError as error:
             log.warning("engine not ready: %s", error)
             return False
@@ -229,8 +309,10 @@ class HealthMonitor:
 
     async def _run(self) -> None:
         while True:
+            self._engine.trouble.clear()
             await self._set(await self.check())
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._engine.trouble.wait(), self._interval_s)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -244,15 +326,20 @@ class HealthMonitor:
 
 
 async def create_server(
-    settings: Settings, engine: TritonEngine, health_interval_s: float = 5.0
+    settings: Settings,
+    engine: TritonEngine,
+    on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthMonitor]:
     """Builds the gRPC server (not started) and binds it; returns it, its port and its
     health monitor. Health reports NOT_SERVING until the monitor has seen the engine work."""
+    # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED, naming both sizes.
+    # A response holds at most the request's texts plus a few bytes per result.
+    send_limit = settings.max_request_bytes + 64 * settings.max_documents_per_call + (1 << 20)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[ErrorInterceptor(settings.resolved_api_key())],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.max_send_message_length", send_limit),
         ],
     )
     pb_grpc.add_RankServicer_to_server(RankServicer(settings, engine), server)
@@ -268,7 +355,29 @@ async def create_server(
         ),
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.host}:{settings.grpc_port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
-        raise OSError(f"cannot bind {settings.host}:{settings.grpc_port}")
-    return server, port, HealthMonitor(health_servicer, engine, health_interval_s)
+        raise OSError(f"cannot bind {address}")
+    monitor = HealthMonitor(health_servicer, engine, settings.health_interval_s, on_dead_model)
+    return server, port, monitor
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files (None: plaintext)."""
+    if not settings.tls_cert_file:
+        return None
+    chain = Path(settings.tls_cert_file).read_bytes()
+    key = Path(settings.tls_key_file).read_bytes()
+    client_ca = (
+        Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )

@@ -62,7 +62,75 @@ class Settings:
     shutdown_grace_s: float = field(
         default=5.0, metadata={"help": "time in-flight calls get to finish on shutdown"}
     )
+    health_interval_s: float = field(
+        default=2.0,
+        metadata={"help": "seconds between canary checks of every served model"},
+    )
+    # Limits. A call over one is refused with a message naming the limit and the value.
+    max_documents_per_call: int = field(
+        default=1000, metadata={"help": "most documents one rank call may carry"}
+    )
+    max_query_bytes: int = field(
+        default=64 * 1024, metadata={"help": "largest query, in UTF-8 bytes"}
+    )
+    max_document_bytes: int = field(
+        default=1024 * 1024, metadata={"help": "largest document, in UTF-8 bytes"}
+    )
+    max_request_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata={"help": "largest serialized rank request (gRPC max receive message size)"},
+    )
+    max_rows_in_flight: int = field(
+        default=1024,
+        metadata={
+            "help": "rows (query-document pairs, chunks included) being scored at once; "
+            "a call that does not fit is refused with RESOURCE_EXHAUSTED at once"
+        },
+    )
+    # Security.
+    api_key: str = field(
+        default="",
+        repr=False,
+        metadata={"help": "callers must send 'authorization: Bearer KEY' (empty: no key)"},
+    )
+    api_key_file: str = field(
+        default="", metadata={"help": "file holding the API key (beats api_key)"}
+    )
+    tls_cert_file: str = field(
+        default="", metadata={"help": "PEM certificate chain: serve TLS (with tls_key_file)"}
+    )
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key for TLS"})
+    tls_client_ca_file: str = field(
+        default="", metadata={"help": "PEM CA bundle: require client certificates (mTLS)"}
+    )
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_rows_per_request",
+            "max_documents_per_call",
+            "max_query_bytes",
+            "max_document_bytes",
+            "max_request_bytes",
+            "max_rows_in_flight",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_documents_per_call > self.max_rows_in_flight:
+            raise ValueError(
+                f"setting max_documents_per_call ({self.max_documents_per_call}) exceeds "
+                f"max_rows_in_flight ({self.max_rows_in_flight}): such a call could never run"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("settings tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("setting tls_client_ca_file needs tls_cert_file and tls_key_file")
+
+    def resolved_api_key(self) -> str:
+        """The API key callers must present ('' when none is required)."""
+        if self.api_key_file:
+            return Path(self.api_key_file).read_text().strip()
+        return self.api_key
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

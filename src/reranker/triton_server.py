@@ -79,7 +79,10 @@ class TritonServer:
             str(triton_home() / "bin" / "tritonserver"),
             f"--model-repository={s.model_repository.resolve()}",
             f"--backend-directory={backend_directory}",
-            "--model-control-mode=none",
+            # Explicit control, so the rank service can restart a model whose stub process
+            # died; the control API is on loopback only, like every Triton endpoint here.
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--disable-auto-complete-config",
             "--strict-readiness=true",
             "--exit-timeout-secs=5",
@@ -154,6 +157,24 @@ class TritonServer:
         raise TimeoutError(
             f"tritonserver not ready after {timeout_s:.0f}s; see {self._settings.triton_log}"
         )
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def exit_code(self) -> int | None:
+        """The exit code of a Triton that exited by itself (None if never started)."""
+        return None if self._process is None else self._process.poll()
+
+    def kill(self) -> None:
+        """Kills Triton outright (a graceful stop waits on requests a dead stub holds)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def restart(self) -> None:
+        """Cleans up after an exited Triton and starts a new one on the same ports."""
+        self.stop()
+        self.start()
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -65,9 +65,9 @@ def _status(pid: int) -> str:
 
 
 async def test_unreachable_triton_is_unavailable_and_the_service_stays_up() -> None:
-    settings = Settings(grpc_port=0)
+    settings = Settings(grpc_port=0, health_interval_s=0.2)
     engine = TritonEngine(f"127.0.0.1:{free_port()}", settings.max_rows_per_request)
-    server, port, monitor = await create_server(settings, engine, health_interval_s=0.2)
+    server, port, monitor = await create_server(settings, engine)
     await server.start()
     monitor.start()
     try:
