@@ -42,6 +42,15 @@ def channel_options(extra: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, An
     ]
 
 
+def call_metadata(
+    metadata: Sequence[tuple[str, str]], api_key: str | None
+) -> tuple[tuple[str, str], ...]:
+    """Metadata sent with every call: the caller's, plus the API key as a bearer token."""
+    if api_key:
+        return (*metadata, ("authorization", f"Bearer {api_key}"))
+    return tuple(metadata)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """A model the server serves.

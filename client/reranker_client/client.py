@@ -13,6 +13,7 @@ from reranker_client._convert import (
     ModelInfo,
     RankOptions,
     build_rank_request,
+    call_metadata,
     channel_options,
     model_infos,
     rank_results,
@@ -31,7 +32,8 @@ class RerankClient:
         target: Server address, e.g. ``"localhost:50051"``.
         timeout: Default per-call timeout in seconds (None waits indefinitely).
         credentials: Channel credentials for TLS; None for a plaintext channel.
-        metadata: Metadata sent with every call (e.g. an authorization header).
+        metadata: Metadata sent with every call.
+        api_key: The server's API key, sent as ``authorization: Bearer <key>``.
         options: Extra gRPC channel options.
     """
 
@@ -42,6 +44,7 @@ class RerankClient:
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: _Metadata = (),
+        api_key: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         opts = channel_options(options)
@@ -52,7 +55,7 @@ class RerankClient:
         )
         self._stub = pb_grpc.RankStub(self._channel)
         self._timeout = timeout
-        self._metadata = tuple(metadata)
+        self._metadata = call_metadata(metadata, api_key)
 
     def rank(
         self,
@@ -157,6 +160,7 @@ class AsyncRerankClient:
         timeout: float | None = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: _Metadata = (),
+        api_key: str | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         opts = channel_options(options)
@@ -167,7 +171,7 @@ class AsyncRerankClient:
         )
         self._stub = pb_grpc.RankStub(self._channel)
         self._timeout = timeout
-        self._metadata = tuple(metadata)
+        self._metadata = call_metadata(metadata, api_key)
 
     async def rank(
         self,

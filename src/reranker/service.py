@@ -94,7 +94,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     request = decode(raw)
                 except DecodeError:
                     raise InvalidArgument(
-                        f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
+                        f"the request is not a valid message for {method} "
                         "(malformed protobuf or a string that is not UTF-8)"
                     ) from None
                 return await behavior(request, context)

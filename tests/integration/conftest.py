@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -10,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,3 +203,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.nodeid:
             item.add_marker(pytest.mark.integration)
+
+
+@contextlib.asynccontextmanager
+async def rank_service(triton_url: str, **settings: Any) -> AsyncIterator[str]:
+    """A rank service in this process, with its own settings, over a running Triton; yields
+    its address once it is SERVING."""
+    from reranker.engine import TritonEngine
+    from reranker.service import create_server
+    from reranker.settings import Settings
+
+    config = Settings(grpc_port=0, health_interval_s=0.5, **settings)
+    engine = TritonEngine(triton_url, config.max_rows_per_request)
+    grpc_server, port, monitor = await create_server(config, engine)
+    await grpc_server.start()
+    monitor.start()
+    try:
+        await asyncio.wait_for(monitor.serving.wait(), 60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        await monitor.stop()
+        await grpc_server.stop(0)
+        await engine.close()
