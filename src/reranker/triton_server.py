@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tritonclient.grpc as triton_grpc
 
-from reranker.settings import Settings
+from reranker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class TritonServer:
     def environment() -> dict[str, str]:
         """The stub embeds the system libpython: it needs the base interpreter's LIBDIR on the
         library path, and finds this virtual environment through ``PATH``."""
-        env = dict(os.environ)
+        # Triton and its stubs need none of the rank service's settings (an API key among them).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         libdir = sysconfig.get_config_var("LIBDIR")
         env["LD_LIBRARY_PATH"] = os.pathsep.join(

@@ -225,3 +225,28 @@ async def rank_service(triton_url: str, **settings: Any) -> AsyncIterator[str]:
         await monitor.stop()
         await grpc_server.stop(0)
         await engine.close()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def triton_pid(server: Server) -> int:
+    (pid,) = [p for p in children(server.process.pid) if "tritonserver" in cmdline(p)]
+    return pid

@@ -15,27 +15,14 @@ from reranker.builder import DEFAULT_MODEL_NAME
 from reranker.engine import TritonEngine
 from reranker.service import create_server
 from reranker.settings import Settings
-from tests.integration.conftest import free_port, start_server, stop_server
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
+from tests.integration.conftest import children, cmdline, free_port, start_server, stop_server
 
 
 def test_sigterm_stops_the_service_and_triton_and_cleans_up(
     repository: Path, tmp_path: Path
 ) -> None:
     server = start_server(repository, tmp_path, DEFAULT_MODEL_NAME)
-    tritons = [p for p in _children(server.process.pid) if "tritonserver" in _cmdline(p)]
+    tritons = [p for p in children(server.process.pid) if "tritonserver" in cmdline(p)]
     assert len(tritons) == 1
     assert stop_server(server) == 0
     assert not Path(f"/proc/{tritons[0]}").exists() or "zombie" in _status(tritons[0])
@@ -48,13 +35,6 @@ def test_interrupt_stops_cleanly(repository: Path, tmp_path: Path) -> None:
     server = start_server(repository, tmp_path, DEFAULT_MODEL_NAME)
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(30) == 0
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _status(pid: int) -> str:

@@ -1,0 +1,152 @@
+"""API key, TLS (and mutual TLS), and what is reachable from outside."""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from reranker_client import AsyncRerankClient, UnauthenticatedError, UnavailableError
+
+from reranker.builder import DEFAULT_MODEL_NAME
+from reranker.settings import Settings
+from reranker.triton_server import TritonServer
+from tests.certificates import make_certificates
+from tests.integration.conftest import Server, rank_service, triton_pid
+
+API_KEY = "rk-9f1c2e7a4b5d6c8e0f13a2b4c6d8e0f1"
+DOCUMENTS = ["a river meets the sea", "tax forms"]
+
+
+async def test_api_key_is_required_except_for_health(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with rank_service(
+        server.triton_grpc, default_model=DEFAULT_MODEL_NAME, api_key=API_KEY
+    ) as address:
+        for key in (None, "wrong", API_KEY + "x", API_KEY[:-1]):
+            async with AsyncRerankClient(address, api_key=key) as client:
+                with pytest.raises(UnauthenticatedError, match="API key"):
+                    await client.rank("where do rivers go", DOCUMENTS)
+                with pytest.raises(UnauthenticatedError):
+                    await client.models()
+        async with AsyncRerankClient(address, api_key=API_KEY) as client:
+            results = await client.rank("where do rivers go", DOCUMENTS)
+            assert results[0]["corpus_id"] == 0
+        async with grpc.aio.insecure_channel(address) as channel:
+            # Probes need no secret.
+            health = health_pb2_grpc.HealthStub(channel)
+            status = (await health.Check(health_pb2.HealthCheckRequest())).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for _ in call:
+                    pass
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "refused /reranker.v1.Rank/Rank" in caplog.text
+    assert API_KEY not in caplog.text
+    assert API_KEY[:-1] not in caplog.text
+
+
+def test_the_key_stays_out_of_reprs_and_tritons_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(api_key=API_KEY)
+    assert API_KEY not in repr(settings)
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    assert Settings(api_key_file=str(key_file)).resolved_api_key() == API_KEY
+    monkeypatch.setenv("RERANKER_API_KEY", API_KEY)
+    assert API_KEY not in TritonServer.environment().values()
+
+
+async def test_tls_and_mutual_tls(server: Server, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    trusting = grpc.ssl_channel_credentials(root_certificates=certs.ca.read_bytes())
+    async with rank_service(
+        server.triton_grpc,
+        default_model=DEFAULT_MODEL_NAME,
+        tls_cert_file=str(certs.server_cert),
+        tls_key_file=str(certs.server_key),
+    ) as address:
+        async with AsyncRerankClient(address, credentials=trusting) as client:
+            assert (await client.rank("where do rivers go", DOCUMENTS))[0]["corpus_id"] == 0
+        async with AsyncRerankClient(address, timeout=5) as plaintext:
+            with pytest.raises(UnavailableError):
+                await plaintext.rank("where do rivers go", DOCUMENTS)
+
+    async with rank_service(
+        server.triton_grpc,
+        default_model=DEFAULT_MODEL_NAME,
+        tls_cert_file=str(certs.server_cert),
+        tls_key_file=str(certs.server_key),
+        tls_client_ca_file=str(certs.ca),
+    ) as address:
+        async with AsyncRerankClient(address, credentials=trusting, timeout=5) as anonymous:
+            with pytest.raises(UnavailableError):
+                await anonymous.rank("where do rivers go", DOCUMENTS)
+        with_certificate = grpc.ssl_channel_credentials(
+            root_certificates=certs.ca.read_bytes(),
+            private_key=certs.client_key.read_bytes(),
+            certificate_chain=certs.client_cert.read_bytes(),
+        )
+        async with AsyncRerankClient(address, credentials=with_certificate) as client:
+            assert (await client.rank("where do rivers go", DOCUMENTS))[0]["corpus_id"] == 0
+
+
+def _listening_addresses(pid: int) -> set[tuple[IPv4Address | IPv6Address, int]]:
+    """Local (address, port) of every TCP socket ``pid`` listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().as_posix()
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found: set[tuple[IPv4Address | IPv6Address, int]] = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            hex_address, hex_port = local.split(":")
+            # The kernel prints each 32-bit word of the address in host (little-endian) order.
+            raw = b"".join(
+                bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)
+            )
+            address = ip_address(raw)
+            if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            found.add((address, int(hex_port, 16)))
+    return found
+
+
+def test_triton_listens_on_loopback_only(server: Server) -> None:
+    addresses = _listening_addresses(triton_pid(server))
+    assert len(addresses) >= 3, addresses  # gRPC, HTTP, metrics
+    assert all(address.is_loopback for address, _ in addresses), addresses
+    assert int(server.triton_grpc.rsplit(":", 1)[1]) in {port for _, port in addresses}
+
+
+def test_the_rank_service_exposes_no_triton_api(server: Server) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (response,) = list(reflection.ServerReflectionInfo(iter([request])))
+        names = {s.name for s in response.list_services_response.service}
+        # No inference, model-control or shared-memory API from Triton is proxied.
+        assert not any("inference" in name for name in names), names
+        triton = channel.unary_unary("/inference.GRPCInferenceService/RepositoryModelLoad")
+        with pytest.raises(grpc.RpcError) as raised:
+            triton(b"", timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
