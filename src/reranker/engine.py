@@ -39,6 +39,8 @@ _UNREACHABLE = (
 _STUB_DEAD = "is not healthy"
 _QUEUE_FULL = "Exceeds maximum queue size"
 _QUEUE_TIMEOUT = "Request timeout expired"
+# A model the service knows but Triton does not have loaded: Triton is (re)starting.
+_NOT_LOADED = ("Request for unknown model", "has no available versions")
 _MESSAGE_BYTES = 256 * 1024 * 1024
 
 # Reconnect quickly after Triton restarts: gRPC's default backoff grows to two minutes.
@@ -71,6 +73,8 @@ def _translate(error: InferenceServerException, url: str) -> RerankError:
         return DeadlineExceeded("the deadline passed before inference finished")
     if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
         return Unavailable(f"inference server at {url} is unreachable")
+    if any(s in message for s in _NOT_LOADED):
+        return Unavailable(f"the model is not loaded yet: {message}")
     if _STUB_DEAD in message:
         return ModelRestarting(f"a model process died and is being restarted: {message}")
     if _QUEUE_FULL in message:

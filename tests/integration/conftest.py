@@ -177,6 +177,14 @@ def repository(
     return root
 
 
+@pytest.fixture(scope="session")
+def default_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository of the default model alone, for servers that tests stop or break."""
+    root = tmp_path_factory.mktemp("default_repository")
+    build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
+    return root
+
+
 _SERVER: Server | None = None
 
 

@@ -19,9 +19,9 @@ from tests.integration.conftest import children, cmdline, free_port, start_serve
 
 
 def test_sigterm_stops_the_service_and_triton_and_cleans_up(
-    repository: Path, tmp_path: Path
+    default_repository: Path, tmp_path: Path
 ) -> None:
-    server = start_server(repository, tmp_path, DEFAULT_MODEL_NAME)
+    server = start_server(default_repository, tmp_path, DEFAULT_MODEL_NAME)
     tritons = [p for p in children(server.process.pid) if "tritonserver" in cmdline(p)]
     assert len(tritons) == 1
     assert stop_server(server) == 0
@@ -31,8 +31,8 @@ def test_sigterm_stops_the_service_and_triton_and_cleans_up(
     assert "SERVING on" in server.log.read_text()
 
 
-def test_interrupt_stops_cleanly(repository: Path, tmp_path: Path) -> None:
-    server = start_server(repository, tmp_path, DEFAULT_MODEL_NAME)
+def test_interrupt_stops_cleanly(default_repository: Path, tmp_path: Path) -> None:
+    server = start_server(default_repository, tmp_path, DEFAULT_MODEL_NAME)
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(30) == 0
 
