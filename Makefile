@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__encoder/1/model.onnx
 
-.PHONY: serve test lint format proto install models bench bench-env clean
+.PHONY: serve test lint format proto install models bench bench-env load clean
 
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
@@ -29,6 +29,9 @@ proto: $(INSTALLED)  ## regenerate the gRPC stubs from proto/ (the only way they
 	PYTHON=$(PY) tools/gen_proto.sh
 
 install: $(INSTALLED)
+
+load: models  ## overload (4x capacity, 60 s) and 10-minute soak; not part of `make test`
+	$(PY) bench/load.py
 
 BENCH := build/bench-env.installed
 INFINITY := build/infinity-venv

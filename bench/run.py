@@ -156,7 +156,13 @@ def ort_engines(
 class Server:
     """This server (Triton + rank service) on loopback."""
 
-    def __init__(self, repository: Path, log: Path) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        log: Path,
+        default_model: str = "minilm",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         from reranker.triton_server import die_with_parent
 
         self.port, self.triton = free_port(), free_port()
@@ -164,14 +170,17 @@ class Server:
             os.environ,
             RERANKER_GRPC_PORT=str(self.port),
             RERANKER_MODEL_REPOSITORY=str(repository),
-            RERANKER_DEFAULT_MODEL="minilm",
+            RERANKER_DEFAULT_MODEL=default_model,
             RERANKER_TRITON_GRPC_PORT=str(self.triton),
             RERANKER_TRITON_HTTP_PORT=str(free_port()),
             RERANKER_TRITON_METRICS_PORT=str(free_port()),
             RERANKER_TRITON_LOG=str(log.with_name("tritonserver.log")),
             # Deep queues at high concurrency are the point here, not a failure.
             RERANKER_INFERENCE_TIMEOUT_S="600",
+            RERANKER_MAX_ROWS_IN_FLIGHT="100000",
+            RERANKER_MAX_DOCUMENTS_PER_CALL="100000",
         )
+        env.update({"RERANKER_" + k.upper(): v for k, v in (settings or {}).items()})
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "reranker", "serve"],
