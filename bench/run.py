@@ -169,6 +169,7 @@ class Server:
         env = dict(
             os.environ,
             RERANKER_GRPC_PORT=str(self.port),
+            RERANKER_METRICS_PORT=str(free_port()),
             RERANKER_MODEL_REPOSITORY=str(repository),
             RERANKER_DEFAULT_MODEL=default_model,
             RERANKER_TRITON_GRPC_PORT=str(self.triton),

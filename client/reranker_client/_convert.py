@@ -12,8 +12,11 @@ from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 SERVICE_NAME = "reranker.v1.Rank"
 
 # Retries on UNAVAILABLE are left to gRPC itself (transparent retries + this policy), so a
-# restarting server is ridden over without a hand-written loop.
+# restarting server is ridden over without a hand-written loop. Several server addresses
+# (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` or a DNS name with many addresses) are spread
+# over by gRPC's round robin.
 _SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
             "name": [{"service": SERVICE_NAME}],
@@ -25,7 +28,7 @@ _SERVICE_CONFIG = {
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
-    ]
+    ],
 }
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

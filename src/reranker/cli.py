@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from reranker.settings import Settings, add_arguments, settings_from
 
 if TYPE_CHECKING:
+    from reranker.metrics import ServiceMetrics
     from reranker.repository import ServedModel
     from reranker.triton_server import TritonServer
 
@@ -29,6 +30,7 @@ _MAX_RESTART_BACKOFF_S = 30.0
 async def serve(settings: Settings) -> None:
     """Runs Triton (unless one is given) and the rank service until SIGINT or SIGTERM."""
     from reranker.engine import TritonEngine
+    from reranker.metrics import ServiceMetrics
     from reranker.service import create_server
     from reranker.triton_server import TritonServer
 
@@ -52,8 +54,13 @@ async def serve(settings: Settings) -> None:
             log.error("a process of model %s died: restarting tritonserver", model.name)
             await asyncio.to_thread(launched.kill)  # the supervisor starts a new one
 
-    server, port, monitor = await create_server(settings, engine, on_dead_model)
-    supervisor = asyncio.create_task(supervise(triton)) if triton else None
+    metrics = ServiceMetrics()
+    server, port, monitor = await create_server(settings, engine, on_dead_model, metrics)
+    supervisor = asyncio.create_task(supervise(triton, metrics)) if triton else None
+    metrics_note = ""
+    if settings.metrics_port >= 0:
+        metrics_port = metrics.serve(settings.host, settings.metrics_port)
+        metrics_note = f"; metrics on http://{settings.host}:{metrics_port}/metrics"
     _warn_if_exposed(settings)
     try:
         await server.start()
@@ -65,7 +72,7 @@ async def serve(settings: Settings) -> None:
             models = ", ".join(sorted(engine.models))
             print(
                 f"reranker: SERVING on {settings.host}:{port} (gRPC reranker.v1.Rank); "
-                f"Triton gRPC on {url}; models: {models}",
+                f"Triton gRPC on {url}; models: {models}{metrics_note}",
                 flush=True,
             )
         await stopping
@@ -83,7 +90,7 @@ async def serve(settings: Settings) -> None:
             await asyncio.to_thread(triton.stop)
 
 
-async def supervise(triton: TritonServer, poll_s: float = 0.1) -> None:
+async def supervise(triton: TritonServer, metrics: ServiceMetrics, poll_s: float = 0.1) -> None:
     """Restarts Triton whenever it exits by itself. Meanwhile calls fail fast with
     UNAVAILABLE; the engine's channel reconnects on its own once Triton is back."""
     backoff = _RESTART_BACKOFF_S
@@ -104,6 +111,7 @@ async def supervise(triton: TritonServer, poll_s: float = 0.1) -> None:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_RESTART_BACKOFF_S)
             continue
+        metrics.backend_restarts.inc()
         log.info("tritonserver restarted in %.1fs", time.monotonic() - started)
         backoff = _RESTART_BACKOFF_S
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -43,14 +44,41 @@ _QUEUE_TIMEOUT = "Request timeout expired"
 _NOT_LOADED = ("Request for unknown model", "has no available versions")
 _MESSAGE_BYTES = 256 * 1024 * 1024
 
-# Reconnect quickly after Triton restarts: gRPC's default backoff grows to two minutes.
+# Several Triton replicas are spread over by gRPC's own round robin; a request that meets
+# an unreachable replica is retried (by gRPC) on another.
+_SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": "inference.GRPCInferenceService"}],
+            "retryPolicy": {
+                "maxAttempts": 3,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "0.2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
 _CHANNEL_ARGS = [
     ("grpc.max_send_message_length", _MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _MESSAGE_BYTES),
+    ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 1),
+    # Reconnect quickly after Triton restarts: gRPC's default backoff grows to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+def grpc_target(url: str) -> str:
+    """The gRPC target for Triton: ``host:port``, a comma-separated list of ``ip:port``
+    replicas, or any gRPC target URI (``dns:///triton:8001`` resolves to every replica)."""
+    if "," in url and ":///" not in url and not url.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + url
+    return url
 
 
 @dataclass(frozen=True)
@@ -88,7 +116,9 @@ class TritonEngine:
     def __init__(self, url: str, max_rows_per_request: int) -> None:
         self.url = url
         self._max_rows = max_rows_per_request
-        self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+        self._client = triton_aio.InferenceServerClient(
+            grpc_target(url), channel_args=_CHANNEL_ARGS
+        )
         self.models: dict[str, ServedModel] = {}
         # Set when a call meets a dead model process, so health checks run now, not later.
         self.trouble = asyncio.Event()

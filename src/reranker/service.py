@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from reranker.errors import (
     Unavailable,
 )
 from reranker.limits import CallLimits, RowBudget
+from reranker.metrics import ServiceMetrics
 from reranker.ranking import (
     ChunkingChoice,
     activate,
@@ -56,7 +57,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     the API key (health checks are exempt, so probes need no secret) and decodes requests
     itself, so a malformed message is INVALID_ARGUMENT rather than a bare INTERNAL."""
 
-    def __init__(self, api_key: str = "") -> None:
+    def __init__(self, metrics: ServiceMetrics, api_key: str = "") -> None:
+        self._metrics = metrics
         self._expected = f"Bearer {api_key}".encode() if api_key else b""
 
     def _authenticate(self, details: grpc.HandlerCallDetails) -> None:
@@ -81,12 +83,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             self._authenticate(details)
         except Unauthenticated as error:
             log.info("refused %s: %s", details.method, error)
+            self._metrics.calls.labels(details.method, error.status.name).inc()
             return _refusal(handler, error)
         if handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         behavior = handler.unary_unary
         decode = handler.request_deserializer
         method = details.method
+
+        calls = self._metrics.calls
 
         async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -97,16 +102,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         f"the request is not a valid message for {method} "
                         "(malformed protobuf or a string that is not UTF-8)"
                     ) from None
-                return await behavior(request, context)
+                response = await behavior(request, context)
             except RerankError as error:
+                calls.labels(method, error.status.name).inc()
                 await context.abort(error.status, str(error))
             except asyncio.CancelledError:
+                calls.labels(method, grpc.StatusCode.CANCELLED.name).inc()
                 raise
             except Exception:
                 if context.code() is not None:  # already aborted by the handler
                     raise
                 log.exception("unexpected error in %s", method)
+                calls.labels(method, grpc.StatusCode.INTERNAL.name).inc()
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            calls.labels(method, grpc.StatusCode.OK.name).inc()
+            return response
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
@@ -131,12 +141,14 @@ def _refusal(handler: grpc.RpcMethodHandler, error: RerankError) -> grpc.RpcMeth
 
 
 class RankServicer(pb_grpc.RankServicer):
-    def __init__(self, settings: Settings, engine: TritonEngine) -> None:
+    def __init__(self, settings: Settings, engine: TritonEngine, metrics: ServiceMetrics) -> None:
         self._settings = settings
         self._engine = engine
+        self._metrics = metrics
         self._chunker = DocumentChunker(settings.model_repository, settings.max_chunks_per_document)
         self._limits = CallLimits.from_settings(settings)
         self.budget = RowBudget(settings.max_rows_in_flight)
+        metrics.track_rows_in_flight(lambda: self.budget.in_flight)
 
     def default_model(self) -> str:
         if self._settings.default_model:
@@ -200,7 +212,7 @@ class RankServicer(pb_grpc.RankServicer):
                 scores = await self._engine.score(model, request.query, documents, timeout, options)
             raw = scores.values
         else:
-            with self.budget.hold(len(documents)):
+            with self.budget.hold(len(documents)), self._stage("chunk"):
                 chunks = await asyncio.to_thread(
                     self._chunker.chunks,
                     model,
@@ -220,8 +232,13 @@ class RankServicer(pb_grpc.RankServicer):
                     labels=[c.document for c in chunks],
                 )
             raw = best_per_document(scores.values, chunks, len(documents))
+        self._metrics.rows.labels(model.name).inc(len(scores.values))
+        self._metrics.rows_per_call.observe(len(scores.values))
+        self._metrics.stage_seconds.labels("inference").observe(scores.inference_time_s)
         values = activate(raw, model.activation, request.raw_scores)
         ranked = assemble(values, documents, top_k, request.return_documents)
+        total_s = time.perf_counter() - start
+        self._metrics.stage_seconds.labels("total").observe(total_s)
         return pb.RankResponse(
             results=[pb.RankResult(index=r.index, score=r.score, text=r.text) for r in ranked],
             model=model.name,
@@ -229,9 +246,17 @@ class RankServicer(pb_grpc.RankServicer):
                 pairs=len(scores.values),
                 inference_requests=scores.requests,
                 inference_time_us=int(scores.inference_time_s * 1e6),
-                total_time_us=int((time.perf_counter() - start) * 1e6),
+                total_time_us=int(total_s * 1e6),
             ),
         )
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._metrics.stage_seconds.labels(name).observe(time.perf_counter() - start)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -269,9 +294,11 @@ class HealthMonitor:
         health_servicer: health.aio.HealthServicer,
         engine: TritonEngine,
         interval_s: float,
+        metrics: ServiceMetrics,
         on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
     ) -> None:
         self._health = health_servicer
+        self._metrics = metrics
         self._engine = engine
         self._interval_s = interval_s
         self._on_dead_model = on_dead_model
@@ -302,6 +329,7 @@ class HealthMonitor:
         )
         for service in ("", SERVICE_NAME):
             await self._health.set(service, status)
+        self._metrics.serving.set(1 if serving else 0)
         if serving:
             self.serving.set()
         else:
@@ -329,20 +357,22 @@ async def create_server(
     settings: Settings,
     engine: TritonEngine,
     on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthMonitor]:
     """Builds the gRPC server (not started) and binds it; returns it, its port and its
     health monitor. Health reports NOT_SERVING until the monitor has seen the engine work."""
     # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED, naming both sizes.
     # A response holds at most the request's texts plus a few bytes per result.
     send_limit = settings.max_request_bytes + 64 * settings.max_documents_per_call + (1 << 20)
+    metrics = metrics or ServiceMetrics()
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(settings.resolved_api_key())],
+        interceptors=[ErrorInterceptor(metrics, settings.resolved_api_key())],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", send_limit),
         ],
     )
-    pb_grpc.add_RankServicer_to_server(RankServicer(settings, engine), server)
+    pb_grpc.add_RankServicer_to_server(RankServicer(settings, engine, metrics), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
@@ -363,7 +393,9 @@ async def create_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    monitor = HealthMonitor(health_servicer, engine, settings.health_interval_s, on_dead_model)
+    monitor = HealthMonitor(
+        health_servicer, engine, settings.health_interval_s, metrics, on_dead_model
+    )
     return server, port, monitor
 
 

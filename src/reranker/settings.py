@@ -33,7 +33,10 @@ class Settings:
     )
     triton_url: str = field(
         default="",
-        metadata={"help": "host:port of a running Triton's gRPC endpoint; empty launches one"},
+        metadata={
+            "help": "gRPC endpoint of running Triton(s): host:port, ip:port,ip:port (replicas, "
+            "round robin) or a gRPC target such as dns:///triton:8001; empty launches one"
+        },
     )
     triton_grpc_port: int = field(default=8001, metadata={"help": "gRPC port of launched Triton"})
     triton_http_port: int = field(default=8000, metadata={"help": "HTTP port of launched Triton"})
@@ -61,6 +64,10 @@ class Settings:
     )
     shutdown_grace_s: float = field(
         default=5.0, metadata={"help": "time in-flight calls get to finish on shutdown"}
+    )
+    metrics_port: int = field(
+        default=8003,
+        metadata={"help": "Prometheus /metrics port of the rank service, on host (-1: off)"},
     )
     health_interval_s: float = field(
         default=2.0,

@@ -58,6 +58,8 @@ class Server:
     triton_grpc: str
     log: Path
     triton_log: Path
+    metrics_url: str
+    triton_metrics_url: str
 
     def tail(self, lines: int = 60) -> str:
         parts = []
@@ -86,16 +88,16 @@ def wait_serving(server: Server, timeout_s: float = 180.0) -> None:
 
 def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    triton_port = free_port()
+    port, triton_port, metrics_port, triton_metrics_port = (free_port() for _ in range(4))
     env = dict(
         os.environ,
         RERANKER_GRPC_PORT=str(port),
+        RERANKER_METRICS_PORT=str(metrics_port),
         RERANKER_MODEL_REPOSITORY=str(repository),
         RERANKER_DEFAULT_MODEL=default_model,
         RERANKER_TRITON_GRPC_PORT=str(triton_port),
         RERANKER_TRITON_HTTP_PORT=str(free_port()),
-        RERANKER_TRITON_METRICS_PORT=str(free_port()),
+        RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
         RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
     )
     log = workdir / "reranker.log"
@@ -108,7 +110,13 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
             preexec_fn=die_with_parent,  # no server outlives a killed test run
         )
     server = Server(
-        process, f"127.0.0.1:{port}", f"127.0.0.1:{triton_port}", log, workdir / "tritonserver.log"
+        process,
+        f"127.0.0.1:{port}",
+        f"127.0.0.1:{triton_port}",
+        log,
+        workdir / "tritonserver.log",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        f"http://127.0.0.1:{triton_metrics_port}/metrics",
     )
     try:
         wait_serving(server)
@@ -214,16 +222,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def rank_service(triton_url: str, **settings: Any) -> AsyncIterator[str]:
+async def rank_service(
+    triton_url: str, metrics: Any = None, grace_s: float = 0.0, **settings: Any
+) -> AsyncIterator[str]:
     """A rank service in this process, with its own settings, over a running Triton; yields
-    its address once it is SERVING."""
+    its address once it is SERVING, and gives calls in flight ``grace_s`` when it stops."""
     from reranker.engine import TritonEngine
     from reranker.service import create_server
     from reranker.settings import Settings
 
-    config = Settings(grpc_port=0, health_interval_s=0.5, **settings)
+    config = Settings(**{"grpc_port": 0, "health_interval_s": 0.5, **settings})
     engine = TritonEngine(triton_url, config.max_rows_per_request)
-    grpc_server, port, monitor = await create_server(config, engine)
+    grpc_server, port, monitor = await create_server(config, engine, metrics=metrics)
     await grpc_server.start()
     monitor.start()
     try:
@@ -231,7 +241,7 @@ async def rank_service(triton_url: str, **settings: Any) -> AsyncIterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         await monitor.stop()
-        await grpc_server.stop(0)
+        await grpc_server.stop(grace_s)
         await engine.close()
 
 

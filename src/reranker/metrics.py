@@ -1,0 +1,66 @@
+"""Prometheus metrics of the rank service, exported beside Triton's own (``nv_*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# From a short call on a GPU to a long chunked call on a CPU.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class ServiceMetrics:
+    """The rank service's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "reranker_calls",
+            "Calls by gRPC method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            "reranker_rows",
+            "Rows (query-document pairs; chunks of chunked documents) scored, by model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.rows_per_call = Histogram(
+            "reranker_rows_per_call",
+            "Rows one rank call scores",
+            buckets=_ROW_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "reranker_stage_seconds",
+            "Time per stage of a rank call: chunk, inference, total",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rows_in_flight = Gauge(
+            "reranker_rows_in_flight",
+            "Rows being scored now (admission limit: max_rows_in_flight)",
+            registry=self.registry,
+        )
+        self.serving = Gauge(
+            "reranker_serving",
+            "1 while every served model answers its canary request",
+            registry=self.registry,
+        )
+        self.backend_restarts = Counter(
+            "reranker_backend_restarts",
+            "Times Triton was restarted after it or a model process died",
+            registry=self.registry,
+        )
+
+    def track_rows_in_flight(self, read: Callable[[], int]) -> None:
+        self.rows_in_flight.set_function(lambda: float(read()))
+
+    def serve(self, host: str, port: int) -> int:
+        """Serves ``/metrics`` over HTTP; returns the port (``port`` 0 picks one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

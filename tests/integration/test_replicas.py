@@ -1,0 +1,104 @@
+"""Two Triton replicas behind two rank services, spread over by gRPC's round robin: calls
+keep succeeding while one of each is stopped and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import tritonclient.grpc.aio as triton_aio
+from reranker_client import AsyncRerankClient, RerankError
+
+from reranker.builder import DEFAULT_MODEL_NAME
+from reranker.metrics import ServiceMetrics
+from reranker.settings import Settings
+from reranker.triton_server import TritonServer
+from tests.integration.conftest import free_port, rank_service
+
+DOCUMENTS = ["rivers flow into the sea", "tax forms are due in april", "the delta of a river"]
+RANK = "/reranker.v1.Rank/Rank"
+
+
+def _triton(repository: Path, log: Path) -> TritonServer:
+    return TritonServer(
+        Settings(
+            model_repository=repository,
+            triton_grpc_port=free_port(),
+            triton_http_port=free_port(),
+            triton_metrics_port=free_port(),
+            triton_log=log,
+        )
+    )
+
+
+async def _inferences(url: str) -> int:
+    async with triton_aio.InferenceServerClient(url) as client:
+        stats = await client.get_inference_statistics(DEFAULT_MODEL_NAME)
+    return sum(m.inference_count for m in stats.model_stats)
+
+
+async def test_calls_succeed_while_a_triton_and_a_rank_service_restart(
+    default_repository: Path, tmp_path: Path
+) -> None:
+    tritons = [_triton(default_repository, tmp_path / f"triton{i}.log") for i in range(2)]
+    await asyncio.gather(*(asyncio.to_thread(t.start) for t in tritons))
+    ports = [free_port(), free_port()]
+    metrics = [ServiceMetrics(), ServiceMetrics()]
+    triton_url = ",".join(t.grpc_url for t in tritons)
+
+    def service(i: int) -> contextlib.AbstractAsyncContextManager[str]:
+        return rank_service(
+            triton_url,
+            grpc_port=ports[i],
+            default_model=DEFAULT_MODEL_NAME,
+            metrics=metrics[i],
+            grace_s=5.0,
+        )
+
+    failures: list[str] = []
+    succeeded = 0
+    done = asyncio.Event()
+    target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    try:
+        async with contextlib.AsyncExitStack() as services:
+            first = await services.enter_async_context(contextlib.AsyncExitStack())
+            await first.enter_async_context(service(0))
+            await services.enter_async_context(service(1))
+            async with AsyncRerankClient(target, timeout=30) as client:
+
+                async def call_repeatedly() -> None:
+                    nonlocal succeeded
+                    while not done.is_set():
+                        try:
+                            results = await client.rank("where do rivers go", DOCUMENTS)
+                            assert sorted(r["corpus_id"] for r in results) == [0, 1, 2]
+                            succeeded += 1
+                        except RerankError as error:
+                            failures.append(str(error))
+
+                callers = [asyncio.create_task(call_repeatedly()) for _ in range(4)]
+                await asyncio.sleep(2)
+                await asyncio.to_thread(tritons[0].stop)
+                await asyncio.sleep(2)
+                await asyncio.to_thread(tritons[0].start)
+                await asyncio.sleep(2)
+                await first.aclose()  # rank service 0 drains and stops
+                await asyncio.sleep(2)
+                async with service(0):
+                    await asyncio.sleep(3)
+                    done.set()
+                    await asyncio.gather(*callers)
+                inferences = [await _inferences(t.grpc_url) for t in tritons]
+    finally:
+        for triton in tritons:
+            await asyncio.to_thread(triton.stop)
+    assert not failures, failures[:5]
+    assert succeeded > 20
+    # Both of each did work (the restarted Triton counts from its restart).
+    assert all(n > 0 for n in inferences), inferences
+    calls = [
+        m.registry.get_sample_value("reranker_calls_total", {"method": RANK, "code": "OK"})
+        for m in metrics
+    ]
+    assert all(c and c > 0 for c in calls), calls
