@@ -27,6 +27,7 @@ from tokenizers import Tokenizer
 
 from reranker.precision import REPORT_FILE, Precision, reduce_precision, write_accuracy_report
 from reranker.repository import (
+    Device,
     ModelKind,
     ServedModel,
     onnx_path,
@@ -58,6 +59,7 @@ class BuildOptions:
     max_length: int | None = None
     max_batch_size: int = 64
     precision: Precision = Precision.FP32
+    device: Device = Device.CPU
 
 
 @contextmanager
@@ -116,8 +118,9 @@ def _pair_tokenizer(tokenizer: Tokenizer, model: ServedModel) -> PairTokenizer:
     return PairTokenizer(Tokenizer.from_str(tokenizer.to_str()), config)
 
 
-def _graph_inputs(path: Path) -> tuple[str, ...]:
-    """The token tensors an ONNX graph really reads (exporters drop unused ones)."""
+def _graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
+    """The token tensors an ONNX graph really reads (exporters drop unused ones), and the
+    name of its one output, which must be one score per row: ``[batch, 1]``."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -127,7 +130,11 @@ def _graph_inputs(path: Path) -> tuple[str, ...]:
         raise BuildError(f"{path} reads inputs this server cannot feed: {sorted(unknown)}")
     if len(graph.output) != 1:
         raise BuildError(f"{path} has {len(graph.output)} outputs; expected one")
-    return tuple(name for name in TOKEN_TENSORS if name in inputs)
+    (output,) = graph.output
+    dims = [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim]
+    if len(dims) != 2 or dims[1] != 1:
+        raise BuildError(f"{path} outputs {output.name} of shape {dims}; expected [batch, 1]")
+    return tuple(name for name in TOKEN_TENSORS if name in inputs), output.name
 
 
 def _install(
@@ -139,12 +146,23 @@ def _install(
 ) -> ServedModel:
     """Puts an fp32 graph (or its reduced-precision variant, with an accuracy report) and
     the tokenizer into the repository, and writes the configurations."""
-    model = replace(model, token_inputs=_graph_inputs(graph), precision=options.precision.value)
+    token_inputs, graph_output = _graph_signature(graph)
+    model = replace(
+        model,
+        token_inputs=token_inputs,
+        graph_output=graph_output,
+        precision=options.precision.value,
+        device=options.device,
+    )
     target = onnx_path(model, repository)
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in (target.with_name(target.name + "_data"), target.parent / REPORT_FILE):
         stale.unlink(missing_ok=True)
-    if options.precision is Precision.FP32:
+    if options.device is Device.GPU and options.precision is Precision.INT8:
+        raise BuildError("int8 here is dynamic quantization for CPU; on GPU use fp16")
+    # On GPU the fp32 graph is served and TensorRT builds fp16 engines from it on the GPU
+    # (its accuracy can only be measured there).
+    if options.precision is Precision.FP32 or options.device is Device.GPU:
         shutil.copyfile(graph, target)
         external = graph.with_name(graph.name + "_data")
         if external.is_file():

@@ -128,6 +128,7 @@ def _warn_if_exposed(settings: Settings) -> None:
 def _build(args: argparse.Namespace) -> int:
     from reranker.builder import DEFAULT_MODEL_NAME, BuildError, BuildOptions, build, build_default
     from reranker.precision import Precision
+    from reranker.repository import Device
 
     name = args.name or (DEFAULT_MODEL_NAME if args.default else _name_from(args.source))
     options = BuildOptions(
@@ -135,6 +136,7 @@ def _build(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         max_batch_size=args.max_batch_size,
         precision=Precision(args.precision),
+        device=Device(args.device),
     )
     print(f"building {name} into {args.repository}", file=sys.stderr)
     try:
@@ -182,6 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="fp32",
         help="fp32 (default); int8: dynamic quantization for CPU; fp16: for GPU profiles. "
         "A reduced precision writes accuracy.json (vs fp32) beside the graph",
+    )
+    build_parser.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="cpu (default): Python-backend ONNX Runtime, ragged batching; gpu: Triton's "
+        "onnxruntime_onnx platform with TensorRT (fp16 with --precision fp16), length buckets",
     )
     args = parser.parse_args(argv)
 

@@ -31,6 +31,23 @@ class ModelKind(enum.StrEnum):
     BI_ENCODER = "bi-encoder"
 
 
+class Device(enum.StrEnum):
+    """Where the encoder runs. CPU: a Python-backend model running ONNX Runtime on ragged
+    batches (the Triton of the nvidia-pytriton wheel has no ONNX Runtime backend). GPU: Triton's
+    ``onnxruntime_onnx`` platform with the TensorRT execution accelerator, on rows the
+    tokenizer pads to length buckets (native backends cannot pad ragged batches)."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+# Padded lengths on GPU: every distinct length is another TensorRT engine shape, and only
+# requests of equal shape are batched together.
+GPU_LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+GPU_PREFERRED_BATCH_SIZES = (8, 16, 32, 64, 128)
+TENSORRT_CACHE = "/engine_cache"
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """Everything the repository needs to know to serve one model."""
@@ -61,6 +78,13 @@ class ServedModel:
     # within its budget the service never meets the limit; beyond it (other callers, more
     # service replicas than planned) Triton refuses at once instead of queueing without bound.
     max_queue_size: int = 1024
+    device: Device = Device.CPU
+    # The ONNX graph's output, [batch, 1]: a native backend names it as the graph does.
+    graph_output: str = SCORE
+    gpu_queue_delay_us: int = 1000
+    tensorrt_workspace_bytes: int = 1 << 31
+    # Tokenizing runs on CPU beside a GPU that scores thousands of rows a second.
+    gpu_tokenizer_instances: int = 4
 
     @property
     def pair_mode(self) -> PairMode:
@@ -102,7 +126,10 @@ def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
     _string_inputs(config)
     for name in model.token_inputs:
         config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
-    config.instance_group.add(count=model.tokenizer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    instances = (
+        model.gpu_tokenizer_instances if model.device is Device.GPU else model.tokenizer_instances
+    )
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     _dynamic_batching(config, model, model.tokenizer_queue_delay_us)
     _parameters(
         config,
@@ -111,13 +138,24 @@ def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
             "max_length": model.max_length,
             "pair_mode": model.pair_mode.value,
             "max_chars": model.max_length * 16,
-            "length_buckets": ",".join(str(b) for b in model.length_buckets),
+            "length_buckets": ",".join(str(b) for b in gpu_buckets(model)),
         },
     )
     return config
 
 
+def gpu_buckets(model: ServedModel) -> tuple[int, ...]:
+    """The tokenizer's padded lengths: the model's own, or on GPU a fixed set up to its
+    max length (CPU pads each merged batch to its longest row instead)."""
+    if model.length_buckets or model.device is Device.CPU:
+        return model.length_buckets
+    below = tuple(b for b in GPU_LENGTH_BUCKETS if b < model.max_length)
+    return (*below, model.max_length)
+
+
 def encoder_config(model: ServedModel) -> mc.ModelConfig:
+    if model.device is Device.GPU:
+        return gpu_encoder_config(model)
     config = mc.ModelConfig(name=model.encoder_model, backend="python")
     config.max_batch_size = model.max_batch_size
     for name in model.token_inputs:
@@ -138,6 +176,58 @@ def encoder_config(model: ServedModel) -> mc.ModelConfig:
     return config
 
 
+def gpu_encoder_config(model: ServedModel) -> mc.ModelConfig:
+    """The same ``model.onnx`` under Triton's ONNX Runtime backend on a GPU, accelerated by
+    TensorRT (FP16 for ``precision`` fp16), with the engines cached on a volume so a restart
+    does not rebuild them."""
+    config = mc.ModelConfig(
+        name=model.encoder_model,
+        platform="onnxruntime_onnx",
+        default_model_filename=ONNX_FILE,
+    )
+    config.max_batch_size = model.max_batch_size
+    for name in model.token_inputs:
+        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
+    config.output.add(name=model.graph_output, data_type=mc.TYPE_FP32, dims=[1])
+    config.instance_group.add(
+        count=model.encoder_instances, kind=mc.ModelInstanceGroup.KIND_GPU, gpus=[0]
+    )
+    _dynamic_batching(config, model, model.gpu_queue_delay_us)
+    config.dynamic_batching.preferred_batch_size.extend(
+        b for b in GPU_PREFERRED_BATCH_SIZES if b <= model.max_batch_size
+    )
+    tensorrt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+        name="tensorrt"
+    )
+    for key, value in {
+        "precision_mode": "FP16" if model.precision == "fp16" else "FP32",
+        "max_workspace_size_bytes": str(model.tensorrt_workspace_bytes),
+        "trt_engine_cache_enable": "true",
+        "trt_engine_cache_path": TENSORRT_CACHE,
+        **tensorrt_profile(model),
+    }.items():
+        tensorrt.parameters[key] = value
+    return config
+
+
+def tensorrt_profile(model: ServedModel) -> dict[str, str]:
+    """One optimization profile spanning the shapes the tokenizer produces: 1 to
+    ``max_batch_size`` rows, padded to the shortest bucket up to the model's max length,
+    tuned for half a full batch at a middle bucket."""
+    buckets = gpu_buckets(model)
+    shapes = {
+        "min": (1, buckets[0]),
+        "opt": (max(1, model.max_batch_size // 2), buckets[(len(buckets) - 1) // 2]),
+        "max": (model.max_batch_size, buckets[-1]),
+    }
+    return {
+        f"trt_profile_{kind}_shapes": ",".join(
+            f"{name}:{rows}x{length}" for name in model.token_inputs
+        )
+        for kind, (rows, length) in shapes.items()
+    }
+
+
 def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.name, platform="ensemble")
     config.max_batch_size = model.max_batch_size
@@ -152,7 +242,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     for name in model.token_inputs:
         tokenize.output_map[name] = name
         encode.input_map[name] = name
-    encode.output_map[SCORE] = SCORE
+    encode.output_map[model.graph_output if model.device is Device.GPU else SCORE] = SCORE
     _parameters(
         config,
         {
@@ -161,6 +251,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
             "max_length": model.max_length,
             "activation": model.activation,
             "precision": model.precision,
+            "device": model.device.value,
         },
     )
     return config
@@ -180,6 +271,7 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
         token_inputs=tuple(sorted(config.ensemble_scheduling.step[0].output_map.keys())),
         max_batch_size=config.max_batch_size,
         precision=params.get("precision", "fp32"),
+        device=Device(params.get("device", Device.CPU.value)),
     )
 
 
@@ -193,10 +285,11 @@ __all__ = ["TritonPythonModel"]
 
 def write_configs(model: ServedModel, repository: Path) -> None:
     """Writes the three models' configurations and entry points (artifacts are separate)."""
+    encoder_module = "reranker.triton_models.encoder" if model.device is Device.CPU else None
     entries = [
         (model.name, ensemble_config(model), None),
         (model.tokenizer_model, tokenizer_config(model), "reranker.triton_models.tokenizer"),
-        (model.encoder_model, encoder_config(model), "reranker.triton_models.encoder"),
+        (model.encoder_model, encoder_config(model), encoder_module),
     ]
     for directory, config, module in entries:
         version = repository / directory / "1"
@@ -205,6 +298,8 @@ def write_configs(model: ServedModel, repository: Path) -> None:
         if module is not None:
             role = module.rsplit(".", 1)[1]
             (version / "model.py").write_text(_MODEL_PY.format(role=role, module=module))
+        else:
+            (version / "model.py").unlink(missing_ok=True)
 
 
 def tokenizer_path(model: ServedModel, repository: Path) -> Path:

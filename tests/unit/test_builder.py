@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,25 @@ def test_checkpoint_with_several_labels_is_refused(tmp_path: Path) -> None:
     BertForSequenceClassification(config).save_pretrained(tmp_path / "ckpt")
     with pytest.raises(BuildError, match="3 labels"):
         build(str(tmp_path / "ckpt"), BuildOptions(name="m"), tmp_path / "repo")
+
+
+def test_gpu_build_serves_the_fp32_graph_to_tensorrt_and_refuses_int8(tmp_path: Path) -> None:
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from reranker.builder import DEFAULT_MODEL_NAME, build_default
+    from reranker.precision import Precision
+    from reranker.repository import Device, onnx_path
+
+    options = BuildOptions(name=DEFAULT_MODEL_NAME, precision=Precision.FP16, device=Device.GPU)
+    model = build_default(options, tmp_path)
+    graph = onnx.load(str(onnx_path(model, tmp_path)))
+    assert graph.graph.initializer[0].data_type == onnx.TensorProto.FLOAT
+    config = text_format.Parse(
+        (tmp_path / model.encoder_model / "config.pbtxt").read_text(), mc.ModelConfig()
+    )
+    assert config.platform == "onnxruntime_onnx"
+    assert [o.name for o in config.output] == [graph.graph.output[0].name]
+    with pytest.raises(BuildError, match="int8"):
+        build_default(replace(options, precision=Precision.INT8), tmp_path / "int8")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -7,6 +8,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
 from reranker.repository import (
+    Device,
     ModelKind,
     ServedModel,
     describe,
@@ -73,3 +75,65 @@ def test_committed_default_model_configs_are_what_the_builder_writes(tmp_path: P
     for relative in written:
         committed = ROOT / "model_repository" / relative
         assert committed.read_text() == (tmp_path / relative).read_text(), relative
+
+
+GPU_MODEL = replace(MODEL, device=Device.GPU, precision="fp16", graph_output="logits")
+
+
+def _parsed(config: mc.ModelConfig) -> mc.ModelConfig:
+    return text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
+
+
+def test_gpu_encoder_is_onnx_runtime_with_tensorrt_fp16_and_a_cached_engine() -> None:
+    config = _parsed(encoder_config(GPU_MODEL))
+    assert config.platform == "onnxruntime_onnx" and not config.backend
+    assert config.default_model_filename == "model.onnx"
+    assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, [0])
+    ]
+    # Native backends cannot pad: no ragged inputs; the output is the graph's own.
+    assert not any(i.allow_ragged_batch for i in config.input)
+    assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [1])]
+    batching = config.dynamic_batching
+    assert list(batching.preferred_batch_size) == [8, 16]
+    assert batching.max_queue_delay_microseconds == 1000
+    assert batching.default_queue_policy.allow_timeout_override
+    (tensorrt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert tensorrt.name == "tensorrt"
+    parameters = dict(tensorrt.parameters)
+    assert parameters["precision_mode"] == "FP16"
+    assert parameters["trt_engine_cache_enable"] == "true"
+    assert parameters["trt_engine_cache_path"] == "/engine_cache"
+    # One profile over what the tokenizer produces: buckets 64..512, up to 16 rows.
+    assert parameters["trt_profile_min_shapes"] == "input_ids:1x64,attention_mask:1x64"
+    assert parameters["trt_profile_opt_shapes"] == "input_ids:8x128,attention_mask:8x128"
+    assert parameters["trt_profile_max_shapes"] == "input_ids:16x512,attention_mask:16x512"
+    fp32 = _parsed(encoder_config(replace(GPU_MODEL, precision="fp32")))
+    (fp32_tensorrt,) = fp32.optimization.execution_accelerators.gpu_execution_accelerator
+    assert fp32_tensorrt.parameters["precision_mode"] == "FP32"
+
+
+def test_gpu_tokenizer_runs_on_cpu_and_pads_to_buckets() -> None:
+    config = _parsed(tokenizer_config(GPU_MODEL))
+    assert config.backend == "python"
+    assert [(g.kind, g.count) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_CPU, 4)
+    ]
+    assert config.parameters["length_buckets"].string_value == "64,128,256,512"
+    assert tokenizer_config(MODEL).parameters["length_buckets"].string_value == ""
+
+
+def test_gpu_ensemble_maps_the_graph_output_to_score_and_says_where_it_runs() -> None:
+    config = _parsed(ensemble_config(GPU_MODEL))
+    _, encode = config.ensemble_scheduling.step
+    assert dict(encode.output_map) == {"logits": "SCORE"}
+    described = describe(config)
+    assert described is not None and described.device is Device.GPU
+
+
+def test_gpu_repository_has_no_python_entry_point_for_the_encoder(tmp_path: Path) -> None:
+    write_configs(MODEL, tmp_path)
+    assert (tmp_path / "m__encoder" / "1" / "model.py").exists()
+    write_configs(GPU_MODEL, tmp_path)
+    assert not (tmp_path / "m__encoder" / "1" / "model.py").exists()
+    assert (tmp_path / "m__tokenizer" / "1" / "model.py").exists()
