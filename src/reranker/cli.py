@@ -155,6 +155,28 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(address: str, timeout_s: float, tls_ca_file: str | None) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes()))
+        if tls_ca_file
+        else grpc.insecure_channel(address)
+    )
+    with channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.RpcError as error:
+            print(f"{address}: {error.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{address}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _name_from(source: str | None) -> str:
     if not source:
         raise SystemExit("error: give a SOURCE or --default")
@@ -192,10 +214,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="cpu (default): Python-backend ONNX Runtime, ragged batching; gpu: Triton's "
         "onnxruntime_onnx platform with TensorRT (fp16 with --precision fp16), length buckets",
     )
+    health_parser = commands.add_parser(
+        "health",
+        help="exit 0 if a rank service reports SERVING (for container health checks)",
+    )
+    health_parser.add_argument("--address", default="127.0.0.1:50051")
+    health_parser.add_argument("--timeout-s", type=float, default=3.0)
+    health_parser.add_argument("--tls-ca-file", help="PEM CA to verify a TLS rank service")
     args = parser.parse_args(argv)
 
     if args.command == "build":
         return _build(args)
+    if args.command == "health":
+        return _health(args.address, args.timeout_s, args.tls_ca_file)
     settings = settings_from(args, os.environ)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -60,6 +60,7 @@ class Server:
     triton_log: Path
     metrics_url: str
     triton_metrics_url: str
+    triton_http_url: str
 
     def tail(self, lines: int = 60) -> str:
         parts = []
@@ -88,7 +89,9 @@ def wait_serving(server: Server, timeout_s: float = 180.0) -> None:
 
 def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    port, triton_port, metrics_port, triton_metrics_port = (free_port() for _ in range(4))
+    port, triton_port, metrics_port, triton_metrics_port, triton_http_port = (
+        free_port() for _ in range(5)
+    )
     env = dict(
         os.environ,
         RERANKER_GRPC_PORT=str(port),
@@ -96,7 +99,7 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
         RERANKER_MODEL_REPOSITORY=str(repository),
         RERANKER_DEFAULT_MODEL=default_model,
         RERANKER_TRITON_GRPC_PORT=str(triton_port),
-        RERANKER_TRITON_HTTP_PORT=str(free_port()),
+        RERANKER_TRITON_HTTP_PORT=str(triton_http_port),
         RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
         RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
     )
@@ -117,6 +120,7 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
         workdir / "tritonserver.log",
         f"http://127.0.0.1:{metrics_port}/metrics",
         f"http://127.0.0.1:{triton_metrics_port}/metrics",
+        f"http://127.0.0.1:{triton_http_port}",
     )
     try:
         wait_serving(server)

@@ -1,0 +1,162 @@
+"""Offline checks of the GPU deployment artifacts: the Helm chart renders into manifests that
+pass Kubernetes' schemas, the compose file and Dockerfiles agree with the project's pins, and
+the KServe manifests wire the same runtime. (That their health checks hit real endpoints is
+checked against a running server in tests/integration/test_deploy_endpoints.py.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python.chart import Chart
+
+ROOT = Path(__file__).parents[2]
+CHART = ROOT / "deploy" / "helm" / "reranker"
+KUBERNETES = "1.30.0"
+TRITON_HEALTH = ["curl", "-fsS", "http://127.0.0.1:8000/v2/health/ready"]
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    manifests = Chart.load(CHART).render(values, name="rr", namespace="search")
+    return [doc for text in manifests.values() for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in documents}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        None,
+        {
+            "model": {"prebuilt": True},
+            "autoscaling": {"enabled": False},
+            "persistence": {"engineCache": {"enabled": False}, "models": {"existingClaim": "m"}},
+            "rankService": {"apiKeySecret": "reranker-key"},
+            "podDisruptionBudget": {"enabled": False},
+            "service": {"headless": False},
+        },
+    ],
+)
+def test_the_chart_renders_valid_kubernetes_manifests(values: dict[str, Any] | None) -> None:
+    documents = render(values)
+    assert {"Deployment", "Service"} <= {d["kind"] for d in documents}
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+
+
+def test_the_pod_reserves_a_gpu_and_probes_real_endpoints() -> None:
+    kinds = by_kind(render())
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    triton, rank = containers["triton"], containers["rank-service"]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in rank["resources"].get("limits", {})
+    assert triton["readinessProbe"]["exec"]["command"] == TRITON_HEALTH
+    assert triton["livenessProbe"]["exec"]["command"][-1].endswith("/v2/health/live")
+    assert rank["readinessProbe"]["grpc"]["port"] == 50051
+    # Only the rank service's gRPC and the two metrics ports leave the pod.
+    exposed = {p["containerPort"] for c in containers.values() for p in c["ports"]}
+    assert exposed == {50051, 8003, 8002}
+    (builder,) = pod["initContainers"]
+    assert builder["args"][:2] == ["build", "mixedbread-ai/mxbai-rerank-xsmall-v1"]
+    assert builder["args"][4:6] == ["--device", "gpu"]
+
+
+def test_autoscaling_reads_triton_queue_time_and_disruptions_are_bounded() -> None:
+    kinds = by_kind(render())
+    (metric,) = kinds["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "triton_queue_time_us_per_request"
+    assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+    assert kinds["Service"]["spec"]["clusterIP"] == "None"  # clients round-robin over pods
+
+
+def test_the_api_key_comes_from_a_secret_never_from_values() -> None:
+    pod = by_kind(render({"rankService": {"apiKeySecret": "reranker-key"}}))["Deployment"]
+    (rank,) = [
+        c for c in pod["spec"]["template"]["spec"]["containers"] if c["name"] == "rank-service"
+    ]
+    (key,) = [e for e in rank["env"] if e["name"] == "RERANKER_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "reranker-key", "key": "api-key"}
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)", line)
+        if match:
+            pins[re.sub(r"\[.*\]", "", match.group(1)).lower()] = match.group(2)
+    return pins
+
+
+def test_images_install_the_pinned_versions() -> None:
+    requirements = _pins(ROOT / "requirements.txt")
+    triton = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    rank = (ROOT / "docker" / "rank-service.Dockerfile").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    # The Triton image's release matches the tritonserver the CPU path runs (2.51 = 24.10).
+    assert "nvcr.io/nvidia/tritonserver:24.10-py3" in triton
+    # Both images take their versions from requirements.txt rather than restating them.
+    selections = re.findall(r"grep -E '([^']+)' /tmp/requirements.txt", triton)
+    for package in ("numpy", "tokenizers", "nvidia-pytriton"):
+        line = f"{package}=={requirements[package]}"
+        assert any(re.match(pattern, line) for pattern in selections), package
+    assert "pip install -r requirements.txt" in rank
+    torch = re.search(r"torch==(\S+)", makefile)
+    assert torch is not None and f"torch=={torch.group(1)} " in rank
+
+
+def test_compose_runs_triton_on_the_gpu_and_the_rank_service_beside_it() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    triton, rank, models = services["triton"], services["reranker"], services["models"]
+    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    assert triton["healthcheck"]["test"] == ["CMD", *TRITON_HEALTH]
+    assert rank["healthcheck"]["test"][1:] == [
+        "python",
+        "-m",
+        "reranker",
+        "health",
+        "--address",
+        "127.0.0.1:50051",
+    ]
+    assert rank["network_mode"] == "service:triton"
+    assert rank["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert triton["depends_on"]["models"]["condition"] == "service_completed_successfully"
+    assert "models:/models:ro" in triton["volumes"]
+    assert {"--device", "gpu"} <= set(models["command"])
+    # Triton's HTTP and gRPC ports are not published.
+    published = {p.split(":")[0] for p in triton["ports"]}
+    assert published == {"50051", "8003", "8002"}
+
+
+def test_kserve_serves_the_repository_with_this_triton_runtime() -> None:
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())
+    service = yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert runtime["kind"] == "ClusterServingRuntime"
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
+    (container,) = runtime["spec"]["containers"]
+    assert container["image"] == values["image"]["triton"]
+    assert "--model-control-mode=none" in container["args"]
+    assert runtime["spec"]["supportedModelFormats"][0]["name"] == "triton"
+    assert service["kind"] == "InferenceService"
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] == "triton"
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # The runtime container itself is a valid Kubernetes container.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "runtime"},
+        "spec": {"containers": [container]},
+    }
+    kubernetes_validate.validate(pod, KUBERNETES, strict=True)
