@@ -43,6 +43,7 @@ _QUEUE_TIMEOUT = "Request timeout expired"
 # A model the service knows but Triton does not have loaded: Triton is (re)starting.
 _NOT_LOADED = ("Request for unknown model", "has no available versions")
 _MESSAGE_BYTES = 256 * 1024 * 1024
+_ATTEMPTS = 3
 
 # Several Triton replicas are spread over by gRPC's own round robin; a request that meets
 # an unreachable replica is retried (by gRPC) on another.
@@ -194,32 +195,41 @@ class TritonEngine:
         ]
         inputs[0].set_data_from_numpy(queries)
         inputs[1].set_data_from_numpy(texts)
-        try:
-            result = await self._client.infer(
-                model,
-                inputs,
-                outputs=[InferRequestedOutput(SCORE)],
-                client_timeout=timeout_s,
-                # Triton's own timeout, in microseconds: a request still queued when the
-                # caller's deadline passes is dropped instead of computed.
-                timeout=max(1, int(timeout_s * 1e6)),
-                parameters=parameters,
-            )
-        except InferenceServerException as error:
-            overflow = Overflow.parse(error.message() or "")
-            if overflow is not None:
-                more = "more than " if overflow.clipped else ""
-                raise InvalidArgument(
-                    f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens with "
-                    f"the query; the model reads at most {overflow.limit} "
-                    "(truncation is REFUSE)"
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                result = await self._client.infer(
+                    model,
+                    inputs,
+                    outputs=[InferRequestedOutput(SCORE)],
+                    client_timeout=timeout_s,
+                    # Triton's own timeout, in microseconds: a request still queued when the
+                    # caller's deadline passes is dropped instead of computed.
+                    timeout=max(1, int(timeout_s * 1e6)),
+                    parameters=parameters,
+                )
+                break
+            except InferenceServerException as error:
+                overflow = Overflow.parse(error.message() or "")
+                if overflow is not None:
+                    more = "more than " if overflow.clipped else ""
+                    raise InvalidArgument(
+                        f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens "
+                        f"with the query; the model reads at most {overflow.limit} "
+                        "(truncation is REFUSE)"
+                    ) from None
+                translated = _translate(error, self.url)
+                if isinstance(translated, Unavailable):
+                    self.trouble.set()
+                # A replica that is still loading its models fails at once; round robin sends
+                # the next attempt to another one. (A dead model process is not retried: Triton
+                # takes a second to report it, and the launcher is restarting it anyway.)
+                if type(translated) is Unavailable and attempt < _ATTEMPTS:
+                    continue
+                raise translated from None
+            except grpc.RpcError as error:  # raised directly by some channel failures
+                raise Unavailable(
+                    f"inference server at {self.url} is unreachable: {error}"
                 ) from None
-            translated = _translate(error, self.url)
-            if isinstance(translated, Unavailable):
-                self.trouble.set()
-            raise translated from None
-        except grpc.RpcError as error:  # raised directly by some channel failures
-            raise Unavailable(f"inference server at {self.url} is unreachable: {error}") from None
         scores = result.as_numpy(SCORE)
         if scores is None or scores.size != rows:
             raise InferenceFailed(f"model {model} returned no score for some rows")

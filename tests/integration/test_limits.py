@@ -5,7 +5,9 @@ Triton."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -81,7 +83,9 @@ async def test_malformed_messages_are_invalid_arguments(server: Server) -> None:
         assert len(response.results) == 2
 
 
-async def test_calls_over_capacity_are_refused_at_once(server: Server) -> None:
+@contextlib.asynccontextmanager
+async def budget_of_48_rows(server: Server) -> AsyncIterator[AsyncRerankClient]:
+    """A client of a rank service that admits 48 rows at a time."""
     async with (
         rank_service(
             server.triton_grpc,
@@ -91,6 +95,11 @@ async def test_calls_over_capacity_are_refused_at_once(server: Server) -> None:
         ) as address,
         AsyncRerankClient(address, timeout=60) as client,
     ):
+        yield client
+
+
+async def test_calls_over_capacity_are_refused_at_once(server: Server) -> None:
+    async with budget_of_48_rows(server) as client:
         busy = asyncio.create_task(client.rank("moon", [LONG_DOCUMENT] * 48))
         await asyncio.sleep(0.2)
         assert not busy.done(), "the call must still be running for this test to mean anything"
@@ -106,15 +115,7 @@ async def test_calls_over_capacity_are_refused_at_once(server: Server) -> None:
 
 
 async def test_a_cancelled_or_expired_call_releases_its_capacity(server: Server) -> None:
-    async with (
-        rank_service(
-            server.triton_grpc,
-            default_model=DEFAULT_MODEL_NAME,
-            max_documents_per_call=48,
-            max_rows_in_flight=48,
-        ) as address,
-        AsyncRerankClient(address, timeout=60) as client,
-    ):
+    async with budget_of_48_rows(server) as client:
         full_call = [LONG_DOCUMENT] * 48
         start = time.perf_counter()
         await client.rank("moon", full_call)
