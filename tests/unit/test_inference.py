@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reranker.inference import micro_batches, pad_batch, pool_rows, split_rows
+from reranker.inference import RunCost, micro_batches, pad_batch, pool_rows, split_rows
 
 
 def _request(rows: list[list[int]]) -> dict[str, np.ndarray]:
@@ -28,22 +28,42 @@ def test_rows_are_pooled_at_their_real_length_and_repadded_per_batch() -> None:
     assert batch["input_ids"].dtype == np.int64
 
 
-def test_micro_batches_sort_longest_first_and_respect_the_cell_budget() -> None:
+def test_micro_batches_cover_every_row_within_the_budgets() -> None:
     lengths = [10, 100, 20, 100, 5000, 30]
     batches = micro_batches(lengths, max_cells=2 * 100 * 100, max_rows=8)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    assert batches[0] == [4]  # over budget alone: runs by itself
-    assert batches[1] == [1, 3]
+    assert [4] in batches  # over the cell budget alone: runs by itself
     for batch in batches:
-        longest = lengths[batch[0]]
-        assert all(lengths[i] <= longest for i in batch)
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= 8
         assert len(batch) == 1 or len(batch) * longest**2 <= 2 * 100 * 100
+    # Equal lengths: as few calls as the row limit allows.
     assert micro_batches([7] * 10, max_cells=10**6, max_rows=16) == [list(range(10))]
-    assert micro_batches([7] * 10, max_cells=10**6, max_rows=4) == [
-        [0, 1, 2, 3],
-        [4, 5, 6, 7],
-        [8, 9],
-    ]
+    sizes = sorted(len(b) for b in micro_batches([7] * 10, max_cells=10**6, max_rows=4))
+    assert sum(sizes) == 10 and len(sizes) == 3
+
+
+def test_a_long_row_is_not_padded_into_a_batch_of_short_ones() -> None:
+    lengths = [100] * 15 + [600]
+    batches = micro_batches(lengths, max_cells=1 << 30, max_rows=16)
+    assert [15] in batches
+    assert sorted(len(b) for b in batches) == [1, 15]
+    # The split is the cheapest: no other grouping of the sorted rows costs less.
+    cost = RunCost()
+    chosen = sum(cost(len(b), max(lengths[i] for i in b)) for b in batches)
+    assert chosen < cost(16, 600)
+    assert chosen <= cost(8, 100) + cost(8, 600)
+
+
+def test_long_tailed_lengths_cost_less_than_fixed_sorted_batches() -> None:
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.lognormal(4.6, 0.35, 100)]  # mean ~105, long tail
+    cost = RunCost()
+    batches = micro_batches(lengths, max_cells=1 << 22, max_rows=16)
+    planned = sum(cost(len(b), max(lengths[i] for i in b)) for b in batches)
+    ordered = sorted(lengths)
+    fixed = sum(cost(len(ordered[i : i + 16]), max(ordered[i : i + 16])) for i in range(0, 100, 16))
+    assert planned < fixed
 
 
 def test_split_rows_restores_requests() -> None:
