@@ -2,7 +2,7 @@
 time) through the server, against ONNX Runtime in-process on the same graph, with Triton's
 per-model statistics (queue and compute time of the tokenizer and the encoder).
 
-Usage: python bench/profile.py [--model minilm] [--calls 10] [--set NAME=VALUE ...]
+Usage: python bench/breakdown.py [--model minilm] [--calls 10] [--set NAME=VALUE ...]
 (``--set`` passes rank-service settings, e.g. ``--set max_rows_per_request=100``.)
 Run ``make bench`` once first: it builds the models into build/bench/model_repository.
 """
@@ -90,7 +90,7 @@ def main() -> int:
     print(f"onnxruntime sorted in-process: {rate:.1f} pairs/s, {per_call_ms:.0f} ms/call")
 
     settings = dict(item.split("=", 1) for item in args.set)
-    server = Server(repository, workdir / "profile.log", args.model, settings)
+    server = Server(repository, workdir / "breakdown.log", args.model, settings)
     try:
         for callers in (1, 4):
             profile(server, args.model, documents, args.calls, callers)
