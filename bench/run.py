@@ -276,7 +276,7 @@ def perf_analyzer(
         link = libs / name
         if not link.exists():
             link.symlink_to(next(shipped.glob(pattern)))
-    output = subprocess.run(
+    completed = subprocess.run(
         [
             str(binary),
             "-m",
@@ -293,12 +293,18 @@ def perf_analyzer(
             "4",
             "--measurement-interval",
             "8000",
+            # A shared 2-core machine drifts: accept a looser stability band, more trials.
+            "--stability-percentage",
+            "25",
+            "--max-trials",
+            "20",
         ],
         capture_output=True,
         text=True,
         env=dict(os.environ, LD_LIBRARY_PATH=str(libs)),
         check=False,
-    ).stdout
+    )
+    output = completed.stdout + completed.stderr
     for line in output.splitlines():
         if "Throughput:" in line:
             # "infer/sec" counts batch rows (requests x batch size), i.e. pairs.
@@ -486,11 +492,17 @@ def main() -> int:
         perf: dict[str, float] = {}
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():
-            perf = perf_analyzer(binary, server.triton, workload("a"), args.workdir)
-            print(
-                f"  perf_analyzer (Triton ensemble alone, c=4): {perf['pairs_per_s']:.1f} pairs/s",
-                flush=True,
-            )
+            try:
+                perf = perf_analyzer(binary, server.triton, workload("a"), args.workdir)
+            except RuntimeError as error:  # recorded, not fatal: the other engines still count
+                print(f"  perf_analyzer failed: {error}", flush=True)
+                perf = {"error": str(error)[-500:]}  # type: ignore[dict-item]
+            else:
+                print(
+                    f"  perf_analyzer (Triton ensemble alone, c=4): "
+                    f"{perf['pairs_per_s']:.1f} pairs/s",
+                    flush=True,
+                )
     finally:
         server.stop()
 
@@ -563,7 +575,7 @@ def main() -> int:
         value["bound_pairs_per_s_best_gemm"] = best_gflops * 1e9 / value["flops_per_pair"]
         median, best = value["bound_pairs_per_s_median_gemm"], value["bound_pairs_per_s_best_gemm"]
         print(f"bound {key}: {median:.1f} pairs/s at the median GEMM rate ({best:.1f} at the best)")
-    if perf:
+    if "pairs_per_s" in perf:
         rate = perf["pairs_per_s"]
         print(f"perf_analyzer, Triton ensemble alone (minilm, a, c=4): {rate:.1f} pairs/s")
     report = {

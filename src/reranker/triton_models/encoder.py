@@ -1,7 +1,7 @@
 """Encoder model: runs the ONNX graph with ONNX Runtime on merged ragged requests.
 
-The rows of all requests in the batch are pooled, run in length-sorted micro-batches
-(bounded by ``max_rows_per_run`` and ``max_attention_cells``) and split back per request.
+The rows of all requests in the batch are pooled, run in the micro-batches of least padding
+cost (bounded by ``max_rows_per_run`` and ``max_attention_cells``) and split back per request.
 """
 
 from __future__ import annotations
