@@ -57,12 +57,12 @@ async def serve(settings: Settings) -> None:
     metrics = ServiceMetrics()
     server, port, monitor = await create_server(settings, engine, on_dead_model, metrics)
     supervisor = asyncio.create_task(supervise(triton, metrics)) if triton else None
-    metrics_note = ""
-    if settings.metrics_port >= 0:
-        metrics_port = metrics.serve(settings.host, settings.metrics_port)
-        metrics_note = f"; metrics on http://{settings.host}:{metrics_port}/metrics"
     _warn_if_exposed(settings)
     try:
+        metrics_note = ""
+        if settings.metrics_port >= 0:
+            metrics_port = metrics.serve(settings.host, settings.metrics_port)
+            metrics_note = f"; metrics on http://{settings.host}:{metrics_port}/metrics"
         await server.start()
         monitor.start()
         starting = asyncio.create_task(monitor.serving.wait())

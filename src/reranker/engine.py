@@ -102,6 +102,9 @@ def _translate(error: InferenceServerException, url: str) -> RerankError:
         return DeadlineExceeded("the deadline passed before inference finished")
     if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
         return Unavailable(f"inference server at {url} is unreachable")
+    if status == "StatusCode.CANCELLED" or message == "CANCELLED":
+        # Not the caller (that cancels this task): Triton dropped the request, shutting down.
+        return Unavailable(f"inference server at {url} cancelled the request (stopping?)")
     if any(s in message for s in _NOT_LOADED):
         return Unavailable(f"the model is not loaded yet: {message}")
     if _STUB_DEAD in message:
