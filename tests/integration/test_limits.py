@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,10 +28,11 @@ RANK_METHOD = "/reranker.v1.Rank/Rank"
 LONG_DOCUMENT = " ".join(f"passage {i} about rivers, tides and the moon" for i in range(40))
 
 
-async def test_each_limit_is_named_with_the_value(server: Server) -> None:
+async def test_each_limit_is_named_with_the_value(server: Server, repository: Path) -> None:
     async with (
         rank_service(
             server.triton_grpc,
+            model_repository=repository,  # chunking reads the tokenizer from it
             default_model=DEFAULT_MODEL_NAME,
             max_documents_per_call=8,
             max_rows_in_flight=8,
