@@ -139,13 +139,13 @@ def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
             "max_length": model.max_length,
             "pair_mode": model.pair_mode.value,
             "max_chars": model.max_length * 16,
-            "length_buckets": ",".join(str(b) for b in gpu_buckets(model)),
+            "length_buckets": ",".join(str(b) for b in tokenizer_buckets(model)),
         },
     )
     return config
 
 
-def gpu_buckets(model: ServedModel) -> tuple[int, ...]:
+def tokenizer_buckets(model: ServedModel) -> tuple[int, ...]:
     """The tokenizer's padded lengths: the model's own, or on GPU a fixed set up to its
     max length (CPU pads each merged batch to its longest row instead)."""
     if model.length_buckets or model.device is Device.CPU:
@@ -215,7 +215,7 @@ def tensorrt_profile(model: ServedModel) -> dict[str, str]:
     """One optimization profile spanning the shapes the tokenizer produces: 1 to
     ``max_batch_size`` rows, padded to the shortest bucket up to the model's max length,
     tuned for half a full batch at a middle bucket."""
-    buckets = gpu_buckets(model)
+    buckets = tokenizer_buckets(model)
     shapes = {
         "min": (1, buckets[0]),
         "opt": (max(1, model.max_batch_size // 2), buckets[(len(buckets) - 1) // 2]),
