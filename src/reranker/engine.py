@@ -126,6 +126,9 @@ class TritonEngine:
         self.models: dict[str, ServedModel] = {}
         # Set when a call meets a dead model process, so health checks run now, not later.
         self.trouble = asyncio.Event()
+        # Monotonic time of each model's latest answered request: live traffic proves a model
+        # alive as well as a canary does, without queueing behind that traffic.
+        self.last_answer: dict[str, float] = {}
 
     async def refresh(self) -> dict[str, ServedModel]:
         """Reads the served models from the ready ensembles of Triton's repository."""
@@ -210,6 +213,7 @@ class TritonEngine:
                     timeout=max(1, int(timeout_s * 1e6)),
                     parameters=parameters,
                 )
+                self.last_answer[model] = time.monotonic()
                 break
             except InferenceServerException as error:
                 overflow = Overflow.parse(error.message() or "")
@@ -222,6 +226,7 @@ class TritonEngine:
                     ) from None
                 translated = _translate(error, self.url)
                 if isinstance(translated, Unavailable):
+                    self.last_answer.pop(model, None)
                     self.trouble.set()
                 # A replica that is still loading its models fails at once; round robin sends
                 # the next attempt to another one. (A dead model process is not retried: Triton
@@ -230,6 +235,8 @@ class TritonEngine:
                     continue
                 raise translated from None
             except grpc.RpcError as error:  # raised directly by some channel failures
+                self.last_answer.pop(model, None)
+                self.trouble.set()
                 raise Unavailable(
                     f"inference server at {self.url} is unreachable: {error}"
                 ) from None

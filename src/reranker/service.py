@@ -309,6 +309,9 @@ class HealthMonitor:
         try:
             models = await self._engine.refresh()
             for model in models.values():
+                answered = self._engine.last_answer.get(model.name)
+                if answered is not None and time.monotonic() - answered < self._interval_s:
+                    continue
                 try:
                     await self._engine.score(model, "canary", ["canary"], timeout_s=10.0)
                 except ModelRestarting as error:

@@ -1,0 +1,62 @@
+"""Health checks against a real Triton: canaries while idle, none queued behind live traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from grpc_health.v1 import health
+
+from reranker.engine import Scores, TritonEngine
+from reranker.metrics import ServiceMetrics
+from reranker.service import HealthMonitor
+from tests.integration.conftest import Server
+
+INTERVAL_S = 0.2
+
+
+class CanaryCountingEngine(TritonEngine):
+    """The real engine; counts the health monitor's canary requests as they pass."""
+
+    canaries = 0
+
+    async def score(
+        self, model: Any, query: str, documents: Sequence[str], *args: Any, **kwargs: Any
+    ) -> Scores:
+        if query == "canary":
+            self.canaries += 1
+        return await super().score(model, query, documents, *args, **kwargs)
+
+
+async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
+    engine = CanaryCountingEngine(server.triton_grpc, 64)
+    monitor = HealthMonitor(health.aio.HealthServicer(), engine, INTERVAL_S, ServiceMetrics())
+    monitor.start()
+    try:
+        await asyncio.wait_for(monitor.serving.wait(), 60)
+        models = list(engine.models.values())
+        await asyncio.sleep(5 * INTERVAL_S)
+        idle = engine.canaries
+        assert idle >= 3 * len(models), "idle models are checked every interval"
+
+        # Live traffic for ten intervals: every model answers, so no canary joins its queue.
+        await asyncio.gather(
+            *(engine.score(m, "where do rivers go", ["the sea"], 30) for m in models)
+        )
+        engine.canaries = 0
+        stop = time.monotonic() + 10 * INTERVAL_S
+        while time.monotonic() < stop:
+            await asyncio.gather(
+                *(engine.score(m, "where do rivers go", ["the sea"], 30) for m in models)
+            )
+        assert engine.canaries == 0
+        assert monitor.serving.is_set()
+
+        # Traffic stops: canaries resume within an interval or two.
+        await asyncio.sleep(4 * INTERVAL_S)
+        assert engine.canaries >= len(models)
+    finally:
+        await monitor.stop()
+        await engine.close()
