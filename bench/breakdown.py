@@ -76,9 +76,11 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
+    from reranker.inference import create_session
+
     tokenizer = AutoTokenizer.from_pretrained(workdir / "checkpoints" / "minilm")
     onnx = repository / f"{args.model}__encoder" / "1" / "model.onnx"
-    engines = ort_engines(onnx, tokenizer, documents)
+    engines = ort_engines(create_session(onnx, 0), tokenizer, documents)
     engines["onnxruntime sorted"]()
     times = []
     for _ in range(args.calls):

@@ -10,6 +10,7 @@ server through ``RerankClient.rank``; Infinity serving the same checkpoint; and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,7 +24,8 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,56 +78,73 @@ class Result:
     flop_fraction: float = 0.0
 
 
-def measure(
-    engine: str,
-    model: str,
-    name: str,
-    call: Callable[[], object],
-    pairs: int,
-    concurrency: int,
-    runs: int,
-) -> Result:
-    """Median pairs/s over ``runs`` runs after one warm-up; in each run every one of
-    ``concurrency`` workers makes one call. Latency percentiles over all calls."""
-    latencies: list[float] = []
+@dataclass
+class Case:
+    """One engine at one concurrency on one model and workload: a run is ``concurrency``
+    workers making one call each; throughput per run, latency per call."""
 
-    def timed() -> None:
-        start = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - start)
+    engine: str
+    model: str
+    workload: str
+    concurrency: int
+    call: Callable[[], object]
+    pairs: int
+    throughputs: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda _: call(), range(min(concurrency, 2))))  # warm-up
-        throughputs = []
-        for _ in range(runs):
+    def run(self, record: bool = True) -> None:
+        def timed(_: int) -> None:
             start = time.perf_counter()
-            list(pool.map(lambda _: timed(), range(concurrency)))
-            throughputs.append(pairs * concurrency / (time.perf_counter() - start))
-    ordered = sorted(latencies)
-    result = Result(
-        engine,
-        model,
-        name,
-        concurrency,
-        statistics.median(throughputs),
-        1000 * ordered[len(ordered) // 2],
-        1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        runs,
-    )
-    print(
-        f"  {engine:<24} {model:<10} ({name}) c={concurrency:<2} "
-        f"{result.pairs_per_s:7.1f} pairs/s  p50 {result.p50_ms:7.0f} ms",
-        flush=True,
-    )
-    return result
+            self.call()
+            self.latencies.append(time.perf_counter() - start)
+
+        calls = self.concurrency if record else min(self.concurrency, 2)
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            start = time.perf_counter()
+            if not record:  # warm-up
+                list(pool.map(lambda _: self.call(), range(calls)))
+                return
+            list(pool.map(timed, range(calls)))
+            self.throughputs.append(self.pairs * calls / (time.perf_counter() - start))
+
+    def result(self) -> Result:
+        ordered = sorted(self.latencies)
+        return Result(
+            self.engine,
+            self.model,
+            self.workload,
+            self.concurrency,
+            statistics.median(self.throughputs),
+            1000 * ordered[len(ordered) // 2],
+            1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            len(self.throughputs),
+        )
+
+
+def interleave(cases: list[Case], runs: int) -> list[Result]:
+    """Warms every case up, then takes ``runs`` rounds of one run per case, the order rotated
+    each round: drift of this machine's speed then falls on all engines alike, so the ratios
+    between them hold even when the absolute figures move."""
+    for case in cases:
+        case.run(record=False)
+    for round_ in range(runs):
+        shift = round_ % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            case.run()
+    results = [case.result() for case in cases]
+    for result in results:
+        print(
+            f"  {result.engine:<24} {result.model:<8} ({result.workload}) "
+            f"c={result.concurrency:<2} {result.pairs_per_s:7.1f} pairs/s  "
+            f"p50 {result.p50_ms:7.0f} ms",
+            flush=True,
+        )
+    return results
 
 
 def ort_engines(
-    onnx: Path, tokenizer: Any, documents: list[str]
+    session: Any, tokenizer: Any, documents: list[str]
 ) -> dict[str, Callable[[], object]]:
-    from reranker.inference import create_session
-
-    session = create_session(onnx, 0)
     names = [i.name for i in session.get_inputs()]
 
     def feed(docs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -397,6 +416,53 @@ def plot(results: list[Result], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def engines(
+    model: str,
+    name: str,
+    documents: list[str],
+    cross_encoder: Any,
+    tokenizer: Any,
+    sessions: dict[str, Any],
+    client: Any,
+    infinity: Infinity | None,
+    concurrency: Sequence[int],
+) -> list[Case]:
+    """The cases measured together for one model and workload."""
+    n = len(documents)
+    cases = [
+        Case("CrossEncoder.rank", model, name, 1, lambda: cross_encoder.rank(QUERY, documents), n)
+    ]
+    for served, session in sessions.items():
+        int8 = served.endswith("int8")
+        for engine, call in ort_engines(session, tokenizer, documents).items():
+            if int8 and engine == "onnxruntime naive":
+                continue  # int8 is compared with the sorted in-process batches only
+            cases.append(Case(engine + (" int8" if int8 else ""), model, name, 1, call, n))
+    for served in sessions:
+        int8 = served.endswith("int8")
+        if model != "minilm":
+            levels: Sequence[int] = [1]  # a call takes seconds: deeper queues add nothing
+        elif name == "a" and not int8:
+            levels = concurrency
+        else:
+            levels = [4]
+        for level in levels:
+            cases.append(
+                Case(
+                    "this server" + (" int8" if int8 else ""),
+                    model,
+                    name,
+                    level,
+                    partial(client.rank, QUERY, documents, model=served),
+                    n,
+                )
+            )
+    if infinity is not None and model == "minilm" and name == "a":
+        for level in concurrency:
+            cases.append(Case("infinity", model, name, level, lambda: infinity.rank(documents), n))
+    return cases
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
@@ -412,86 +478,68 @@ def main() -> int:
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer
 
+    from reranker.inference import create_session
+
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
     repository = build_models(args.workdir, deberta=not args.no_deberta)
     models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
     results: list[Result] = []
     lengths: dict[str, dict[str, float]] = {}
-    median_gflops, best_gflops = gemm_peak_gflops()
-    print(f"fp32 GEMM: median {median_gflops:.0f} GFLOP/s, best {best_gflops:.0f}", flush=True)
+    gemm = [gemm_peak_gflops()]
+    print(f"fp32 GEMM: median {gemm[0][0]:.0f} GFLOP/s, best {gemm[0][1]:.0f}", flush=True)
 
-    print("in-process engines", flush=True)
-    for model in models:
-        checkpoint = args.workdir / "checkpoints" / model
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
-        onnx = {
-            m: repository / f"{m}__encoder" / "1" / "model.onnx" for m in (model, f"{model}-int8")
-        }
-        for name in WORKLOADS if model == "minilm" else ["a"]:
-            documents = workload(name)
-            pair_lengths = [
-                len(i)
-                for i in tokenizer([QUERY] * len(documents), documents, truncation=True)[
-                    "input_ids"
-                ]
-            ]
-            lengths[f"{model}/{name}"] = {
-                "mean": float(np.mean(pair_lengths)),
-                "max": float(max(pair_lengths)),
+    # Every engine is up for the whole run, so each model and workload measures all engines
+    # round by round (see ``interleave``).
+    server = Server(repository, args.workdir / "reranker.log")
+    infinity: Infinity | None = None
+    perf: dict[str, float] = {}
+    stack = contextlib.ExitStack()
+    try:
+        if (args.infinity_venv / "bin" / "infinity_emb").exists():
+            infinity = Infinity(
+                args.infinity_venv,
+                args.workdir / "checkpoints" / "minilm",
+                args.workdir / "infinity.log",
+            )
+        client = stack.enter_context(RerankClient(f"127.0.0.1:{server.port}", timeout=600))
+        for model in models:
+            checkpoint = args.workdir / "checkpoints" / model
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+            cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
+            served = [m for m in (model, f"{model}-int8") if (repository / m).is_dir()]
+            sessions = {
+                m: create_session(repository / f"{m}__encoder" / "1" / "model.onnx", 0)
+                for m in served
             }
-            n = len(documents)
-            results.append(
-                measure(
-                    "CrossEncoder.rank",
-                    model,
-                    name,
-                    lambda d=documents, ce=cross_encoder: ce.rank(QUERY, d),
-                    n,
-                    1,
+            for name in WORKLOADS if model == "minilm" else ["a"]:
+                documents = workload(name)
+                pair_lengths = [
+                    len(i)
+                    for i in tokenizer([QUERY] * len(documents), documents, truncation=True)[
+                        "input_ids"
+                    ]
+                ]
+                lengths[f"{model}/{name}"] = {
+                    "mean": float(np.mean(pair_lengths)),
+                    "max": float(max(pair_lengths)),
+                }
+                print(f"{model} ({name})", flush=True)
+                results += interleave(
+                    engines(
+                        model,
+                        name,
+                        documents,
+                        cross_encoder,
+                        tokenizer,
+                        sessions,
+                        client,
+                        infinity,
+                        args.concurrency,
+                    ),
                     args.runs,
                 )
-            )
-            for precision, path in onnx.items():
-                if not path.exists():
-                    continue
-                suffix = " int8" if precision.endswith("int8") else ""
-                for engine, call in ort_engines(path, tokenizer, documents).items():
-                    if suffix and engine == "onnxruntime naive":
-                        continue  # int8 is compared with the sorted in-process batches only
-                    results.append(measure(engine + suffix, model, name, call, n, 1, args.runs))
-
-    print("this server", flush=True)
-    server = Server(repository, args.workdir / "reranker.log")
-    try:
-        with RerankClient(f"127.0.0.1:{server.port}", timeout=600) as client:
-            for model in models:
-                for served in (model, f"{model}-int8"):
-                    if not (repository / served).is_dir():
-                        continue
-                    suffix = " int8" if served.endswith("int8") else ""
-                    for name in WORKLOADS if model == "minilm" else ["a"]:
-                        documents = workload(name)
-                        if model != "minilm":
-                            levels = [1]  # a call takes seconds: deeper queues add nothing
-                        elif name == "a" and not suffix:
-                            levels = args.concurrency
-                        else:
-                            levels = [4]
-                        for concurrency in levels:
-                            results.append(
-                                measure(
-                                    "this server" + suffix,
-                                    model,
-                                    name,
-                                    lambda d=documents, m=served: client.rank(QUERY, d, model=m),
-                                    len(documents),
-                                    concurrency,
-                                    args.runs,
-                                )
-                            )
-        perf: dict[str, float] = {}
+                gemm.append(gemm_peak_gflops())
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():
             try:
@@ -506,31 +554,12 @@ def main() -> int:
                     flush=True,
                 )
     finally:
+        stack.close()
         server.stop()
-
-    if (args.infinity_venv / "bin" / "infinity_emb").exists():
-        print("infinity", flush=True)
-        infinity = Infinity(
-            args.infinity_venv,
-            args.workdir / "checkpoints" / "minilm",
-            args.workdir / "infinity.log",
-        )
-        try:
-            documents = workload("a")
-            for concurrency in args.concurrency:
-                results.append(
-                    measure(
-                        "infinity",
-                        "minilm",
-                        "a",
-                        lambda: infinity.rank(documents),
-                        len(documents),
-                        concurrency,
-                        args.runs,
-                    )
-                )
-        finally:
+        if infinity is not None:
             infinity.stop()
+    median_gflops = statistics.median(rate for rate, _ in gemm)
+    best_gflops = max(best for _, best in gemm)
 
     for result in results:
         naive = next(
