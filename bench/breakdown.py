@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import tritonclient.grpc as triton_grpc
-from run import QUERY, ROOT, Server, ort_engines, workload
+from run import QUERY, ROOT, WORKLOADS, Server, ort_engines, workload
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -68,11 +68,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--workload", default="a", choices=sorted(WORKLOADS))
     parser.add_argument("--set", action="append", default=[], help="rank-service setting")
     args = parser.parse_args()
     workdir = ROOT / "build" / "bench"
     repository = workdir / "model_repository"
-    documents = workload("a")
+    documents = workload(args.workload)
 
     from transformers import AutoTokenizer
 
