@@ -199,6 +199,9 @@ class Server:
             RERANKER_INFERENCE_TIMEOUT_S="600",
             RERANKER_MAX_ROWS_IN_FLIGHT="100000",
             RERANKER_MAX_DOCUMENTS_PER_CALL="100000",
+            # An idle model's canary wakes ONNX Runtime's spinning worker threads (about 2.5% of
+            # a core per model every 2 s): not while the in-process engines are measured.
+            RERANKER_HEALTH_INTERVAL_S="60",
         )
         env.update({"RERANKER_" + k.upper(): v for k, v in (settings or {}).items()})
         with open(log, "wb") as out:
@@ -463,6 +466,93 @@ def engines(
     return cases
 
 
+def table(results: Sequence[Result]) -> str:
+    columns = ("engine", "model", "wl", "c", "pairs/s", "p50 ms", "p99 ms", "x naive", "of bound")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        cells = (
+            r.engine,
+            r.model,
+            r.workload,
+            str(r.concurrency),
+            f"{r.pairs_per_s:.1f}",
+            f"{r.p50_ms:.0f}",
+            f"{r.p99_ms:.0f}",
+            f"{r.ratio_to_ort_naive:.2f}",
+            f"{r.flop_fraction:.2f}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """The performance targets, each as a ratio of two results of this run (workload a)."""
+
+    def find(engine: str, concurrency: int = 1, model: str = "minilm") -> Result | None:
+        return next(
+            (
+                r
+                for r in results
+                if (r.engine, r.concurrency, r.model, r.workload)
+                == (engine, concurrency, model, "a")
+            ),
+            None,
+        )
+
+    server, int8 = find("this server", 4), find("this server int8", 4)
+    server_c1, deberta = find("this server", 1), find("this server", 1, "deberta")
+    checks: list[tuple[str, float | None, str, float]] = []
+
+    def throughput(ours: Result | None, theirs: Result | None) -> float | None:
+        return ours.pairs_per_s / theirs.pairs_per_s if ours and theirs else None
+
+    checks += [
+        ("fp32 c=4 / ORT naive", throughput(server, find("onnxruntime naive")), ">=", 1.0),
+        ("fp32 c=4 / ORT sorted", throughput(server, find("onnxruntime sorted")), ">=", 0.95),
+        ("fp32 c=4 / CrossEncoder", throughput(server, find("CrossEncoder.rank")), ">=", 1.15),
+        ("fp32 c=4 / Infinity c=4", throughput(server, find("infinity", 4)), ">=", 1.15),
+        ("int8 c=4 / CrossEncoder fp32", throughput(int8, find("CrossEncoder.rank")), ">=", 2.2),
+        (
+            "int8 c=4 / ORT int8 sorted",
+            throughput(int8, find("onnxruntime sorted int8")),
+            ">=",
+            0.95,
+        ),
+    ]
+    sorted_c1 = find("onnxruntime sorted")
+    latency = server_c1.p50_ms / sorted_c1.p50_ms if server_c1 and sorted_c1 else None
+    checks.append(("p50 c=1 / ORT sorted p50", latency, "<=", 1.15))
+    fraction = deberta.flop_fraction if deberta else None
+    checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70))
+    return [
+        {
+            "target": name,
+            "measured": value,
+            "goal": f"{relation} {goal}",
+            "met": value is not None and (value >= goal if relation == ">=" else value <= goal),
+        }
+        for name, value, relation, goal in checks
+    ]
+
+
+def target_lines(checks: Sequence[dict[str, Any]]) -> str:
+    lines = ["targets (workload a, ratios within this run):"]
+    for check in checks:
+        value = "n/a" if check["measured"] is None else f"{check['measured']:.2f}"
+        verdict = "met" if check["met"] else "NOT met"
+        lines.append(f"  {check['target']:<38} {value:>5}  (goal {check['goal']}): {verdict}")
+    return "\n".join(lines)
+
+
+def show(path: Path) -> int:
+    """Prints the table and the targets of an earlier run's JSON."""
+    report = json.loads(path.read_text())
+    results = [Result(**r) for r in report["results"]]
+    print(table(results))
+    print(target_lines(targets(results)))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
@@ -472,7 +562,10 @@ def main() -> int:
     parser.add_argument("--infinity-venv", type=Path, default=ROOT / "build" / "infinity-venv")
     parser.add_argument("--perf-analyzer", type=Path, default=ROOT / "build" / "perf_analyzer")
     parser.add_argument("--no-deberta", action="store_true")
+    parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     args = parser.parse_args()
+    if args.show:
+        return show(args.show)
 
     from reranker_client import RerankClient
     from sentence_transformers import CrossEncoder
@@ -577,22 +670,7 @@ def main() -> int:
         result.flop_fraction = result.pairs_per_s * flops / (median_gflops * 1e9)
 
     print()
-    columns = ("engine", "model", "wl", "c", "pairs/s", "p50 ms", "p99 ms", "x naive", "of bound")
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for r in results:
-        cells = (
-            r.engine,
-            r.model,
-            r.workload,
-            str(r.concurrency),
-            f"{r.pairs_per_s:.1f}",
-            f"{r.p50_ms:.0f}",
-            f"{r.p99_ms:.0f}",
-            f"{r.ratio_to_ort_naive:.2f}",
-            f"{r.flop_fraction:.2f}",
-        )
-        print("| " + " | ".join(cells) + " |")
+    print(table(results))
     bounds = {
         key: {
             "flops_per_pair": (deberta_flops if key.startswith("deberta") else bert_flops)(
@@ -619,6 +697,9 @@ def main() -> int:
         "perf_analyzer": perf,
         "results": [asdict(r) for r in results],
     }
+    checks = targets(results)
+    report["targets"] = checks
+    print(target_lines(checks))
     (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.output / "throughput.png")
     print(f"wrote {args.output / 'results.json'} and {args.output / 'throughput.png'}")
