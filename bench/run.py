@@ -314,12 +314,12 @@ def perf_analyzer(
             "--concurrency-range",
             "4",
             "--measurement-interval",
-            "8000",
+            "5000",
             # A shared 2-core machine drifts: accept a looser stability band, more trials.
             "--stability-percentage",
             "25",
             "--max-trials",
-            "20",
+            "10",
         ],
         capture_output=True,
         text=True,
@@ -566,6 +566,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.show:
         return show(args.show)
+    began = time.monotonic()
+
+    def elapsed() -> str:
+        return f"[{(time.monotonic() - began) / 60:4.1f} min]"
 
     from reranker_client import RerankClient
     from sentence_transformers import CrossEncoder
@@ -617,7 +621,7 @@ def main() -> int:
                     "mean": float(np.mean(pair_lengths)),
                     "max": float(max(pair_lengths)),
                 }
-                print(f"{model} ({name})", flush=True)
+                print(f"{elapsed()} {model} ({name})", flush=True)
                 results += interleave(
                     engines(
                         model,
@@ -633,6 +637,7 @@ def main() -> int:
                     args.runs,
                 )
                 gemm.append(gemm_peak_gflops())
+        print(f"{elapsed()} perf_analyzer", flush=True)
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():
             try:
@@ -703,6 +708,7 @@ def main() -> int:
     (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.output / "throughput.png")
     print(f"wrote {args.output / 'results.json'} and {args.output / 'throughput.png'}")
+    print(f"{elapsed()} done")
     return 0
 
 

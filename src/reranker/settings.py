@@ -71,7 +71,7 @@ class Settings:
     )
     health_interval_s: float = field(
         default=2.0,
-        metadata={"help": "seconds between canary checks of every served model"},
+        metadata={"help": "seconds between canary checks of a model that answered no call since"},
     )
     # Limits. A call over one is refused with a message naming the limit and the value.
     max_documents_per_call: int = field(
