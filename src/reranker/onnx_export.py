@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reranker.deberta import used_span_attention
 from reranker.inference import create_session
 from reranker.tokenization import TOKEN_TENSORS, PairTokenizer
 
@@ -54,7 +55,8 @@ class _CrossEncoderLogits(nn.Module):
 def export_cross_encoder(model: nn.Module, sample: dict[str, np.ndarray], path: Path) -> None:
     """Exports a ``*ForSequenceClassification`` model with one label; output ``logits``."""
     inputs = {name: torch.from_numpy(sample[name]) for name in graph_inputs(model)}
-    _export(_CrossEncoderLogits(model, list(inputs)).eval(), inputs, "logits", path)
+    with used_span_attention():  # DeBERTa-v2: only the relative positions a sequence uses
+        _export(_CrossEncoderLogits(model, list(inputs)).eval(), inputs, "logits", path)
 
 
 class PairCosineScorer(nn.Module):
