@@ -58,7 +58,7 @@ def _used_span_bias(
 
     def positions(projection: torch.nn.Module) -> torch.Tensor:
         projected = self.transpose_for_scores(projection(table), heads)
-        return torch.Tensor.repeat(projected, repeats, 1, 1)
+        return projected.repeat(repeats, 1, 1)
 
     rows_q, length_q, length_k = query_layer.size(0), query_layer.size(1), key_layer.size(-2)
     score = torch.zeros((), dtype=query_layer.dtype, device=query_layer.device)
