@@ -92,20 +92,20 @@ class Case:
     throughputs: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
-    def run(self, record: bool = True) -> None:
+    def warm_up(self) -> None:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: self.call(), range(min(self.concurrency, 2))))
+
+    def run(self) -> None:
         def timed(_: int) -> None:
             start = time.perf_counter()
             self.call()
             self.latencies.append(time.perf_counter() - start)
 
-        calls = self.concurrency if record else min(self.concurrency, 2)
         with ThreadPoolExecutor(self.concurrency) as pool:
             start = time.perf_counter()
-            if not record:  # warm-up
-                list(pool.map(lambda _: self.call(), range(calls)))
-                return
-            list(pool.map(timed, range(calls)))
-            self.throughputs.append(self.pairs * calls / (time.perf_counter() - start))
+            list(pool.map(timed, range(self.concurrency)))
+            self.throughputs.append(self.pairs * self.concurrency / (time.perf_counter() - start))
 
     def result(self) -> Result:
         ordered = sorted(self.latencies)
@@ -126,7 +126,7 @@ def interleave(cases: list[Case], runs: int) -> list[Result]:
     each round: drift of this machine's speed then falls on all engines alike, so the ratios
     between them hold even when the absolute figures move."""
     for case in cases:
-        case.run(record=False)
+        case.warm_up()
     for round_ in range(runs):
         shift = round_ % len(cases)
         for case in cases[shift:] + cases[:shift]:
