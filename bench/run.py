@@ -76,6 +76,9 @@ class Result:
     runs: int
     ratio_to_ort_naive: float = 0.0
     flop_fraction: float = 0.0
+    # Each run's pairs/s in round order: a slow stretch of this shared machine shows up as
+    # one or two low runs, which the median leaves out.
+    run_pairs_per_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Case:
             1000 * ordered[len(ordered) // 2],
             1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
             len(self.throughputs),
+            run_pairs_per_s=[round(value, 1) for value in self.throughputs],
         )
 
 
