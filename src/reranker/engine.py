@@ -21,7 +21,6 @@ from reranker.errors import (
     InvalidArgument,
     ModelRestarting,
     RerankError,
-    ResourceExhausted,
     Unavailable,
 )
 from reranker.ranking import plan_requests
@@ -38,8 +37,6 @@ _UNREACHABLE = (
 )
 # What Triton says when a Python-backend stub process has died (Triton does not restart it).
 _STUB_DEAD = "is not healthy"
-_QUEUE_FULL = "Exceeds maximum queue size"
-_QUEUE_TIMEOUT = "Request timeout expired"
 # A model the service knows but Triton does not have loaded: Triton is (re)starting.
 _NOT_LOADED = ("Request for unknown model", "has no available versions")
 _MESSAGE_BYTES = 256 * 1024 * 1024
@@ -94,11 +91,7 @@ class Scores:
 def _translate(error: InferenceServerException, url: str) -> RerankError:
     status = error.status() or ""
     message = error.message() or str(error)
-    if (
-        status == "StatusCode.DEADLINE_EXCEEDED"
-        or "Deadline Exceeded" in message
-        or _QUEUE_TIMEOUT in message
-    ):
+    if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
         return DeadlineExceeded("the deadline passed before inference finished")
     if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
         return Unavailable(f"inference server at {url} is unreachable")
@@ -109,8 +102,6 @@ def _translate(error: InferenceServerException, url: str) -> RerankError:
         return Unavailable(f"the model is not loaded yet: {message}")
     if _STUB_DEAD in message:
         return ModelRestarting(f"a model process died and is being restarted: {message}")
-    if _QUEUE_FULL in message:
-        return ResourceExhausted(f"inference queue full: {message}; retry with backoff")
     return InferenceFailed(f"inference failed: {message}")
 
 
@@ -208,9 +199,6 @@ class TritonEngine:
                     inputs,
                     outputs=[InferRequestedOutput(SCORE)],
                     client_timeout=timeout_s,
-                    # Triton's own timeout, in microseconds: a request still queued when the
-                    # caller's deadline passes is dropped instead of computed.
-                    timeout=max(1, int(timeout_s * 1e6)),
                     parameters=parameters,
                 )
                 self.last_answer[model] = time.monotonic()

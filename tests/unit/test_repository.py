@@ -97,7 +97,8 @@ def test_gpu_encoder_is_onnx_runtime_with_tensorrt_fp16_and_a_cached_engine() ->
     batching = config.dynamic_batching
     assert list(batching.preferred_batch_size) == [8, 16]
     assert batching.max_queue_delay_microseconds == 1000
-    assert batching.default_queue_policy.allow_timeout_override
+    # A queue policy made Triton's batcher hold requests (see _dynamic_batching).
+    assert not batching.HasField("default_queue_policy")
     (tensorrt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert tensorrt.name == "tensorrt"
     parameters = dict(tensorrt.parameters)
