@@ -73,7 +73,6 @@ class Result:
     pairs_per_s: float
     p50_ms: float
     p99_ms: float
-    runs: int
     ratio_to_ort_naive: float = 0.0
     flop_fraction: float = 0.0
     # Each run's pairs/s in round order: a slow stretch of this shared machine shows up as
@@ -120,7 +119,6 @@ class Case:
             statistics.median(self.throughputs),
             1000 * ordered[len(ordered) // 2],
             1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-            len(self.throughputs),
             run_pairs_per_s=[round(value, 1) for value in self.throughputs],
         )
 

@@ -109,9 +109,9 @@ def _dynamic_batching(config: mc.ModelConfig, model: ServedModel, queue_delay_us
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = queue_delay_us
     # No ``default_queue_policy``: with one (a queue size, per-request timeouts) Triton 2.51's
-    # batcher held tokenizer requests 64-130 ms in the queue instead of 3 ms, costing up to a
-    # third of the throughput. The rank service bounds the work it sends (max_rows_in_flight)
-    # and each request's time (its gRPC deadline).
+    # batcher held tokenizer requests 65-128 ms in the queue instead of 3 ms, costing 15-47% of
+    # the throughput. The rank service bounds the work it sends (max_rows_in_flight) and each
+    # request's time (its gRPC deadline).
 
 
 def tokenizer_config(model: ServedModel) -> mc.ModelConfig:

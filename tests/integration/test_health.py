@@ -61,7 +61,7 @@ async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
         assert engine.canaries == 0
         assert monitor.serving.is_set()
 
-        # Traffic stops: canaries resume within an interval or two.
+        # Traffic stops (the count was reset before it): canaries resume.
         assert await canaries_reach(engine, len(models))
     finally:
         await monitor.stop()
