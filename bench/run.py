@@ -184,7 +184,7 @@ class Server:
         default_model: str = "minilm",
         settings: dict[str, str] | None = None,
     ) -> None:
-        from reranker.triton_server import die_with_parent
+        from reranker.triton_server import dies_with_parent
 
         self.port, self.triton = free_port(), free_port()
         env = dict(
@@ -208,11 +208,10 @@ class Server:
         env.update({"RERANKER_" + k.upper(): v for k, v in (settings or {}).items()})
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "reranker", "serve"],
+                dies_with_parent([sys.executable, "-m", "reranker", "serve"]),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + 300
         while b"SERVING on" not in log.read_bytes():

@@ -120,6 +120,8 @@ class TritonEngine:
         # Monotonic time of each model's latest answered request: live traffic proves a model
         # alive as well as a canary does, without queueing behind that traffic.
         self.last_answer: dict[str, float] = {}
+        # Monotonic start time of the latest request that found a model's process dead.
+        self.found_dead: dict[str, float] = {}
 
     async def refresh(self) -> dict[str, ServedModel]:
         """Reads the served models from the ready ensembles of Triton's repository."""
@@ -193,6 +195,7 @@ class TritonEngine:
         inputs[0].set_data_from_numpy(queries)
         inputs[1].set_data_from_numpy(texts)
         for attempt in range(1, _ATTEMPTS + 1):
+            started = time.monotonic()
             try:
                 result = await self._client.infer(
                     model,
@@ -213,6 +216,8 @@ class TritonEngine:
                         "(truncation is REFUSE)"
                     ) from None
                 translated = _translate(error, self.url)
+                if isinstance(translated, ModelRestarting):
+                    self.found_dead[model] = started
                 if isinstance(translated, Unavailable):
                     self.last_answer.pop(model, None)
                     self.trouble.set()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -303,26 +304,41 @@ class HealthMonitor:
         self._interval_s = interval_s
         self._on_dead_model = on_dead_model
         self._task: asyncio.Task[None] | None = None
+        self._restarted_at = -math.inf
         self.serving = asyncio.Event()
 
     async def check(self) -> bool:
         try:
             models = await self._engine.refresh()
             for model in models.values():
-                answered = self._engine.last_answer.get(model.name)
-                if answered is not None and time.monotonic() - answered < self._interval_s:
-                    continue
-                try:
-                    await self._engine.score(model, "canary", ["canary"], timeout_s=10.0)
-                except ModelRestarting as error:
-                    log.error("model %s failed its canary: %s", model.name, error)
+                if not await self._alive(model):
                     if self._on_dead_model is not None:
+                        self._restarted_at = time.monotonic()
                         await self._on_dead_model(model)
                     return False
         except RerankError as error:
             log.warning("engine not ready: %s", error)
             return False
         return bool(models)
+
+    async def _alive(self, model: ServedModel) -> bool:
+        # A call that found the process dead since the last restart is proof enough: a canary
+        # would take Triton another second to fail. Only the launcher's own Triton is
+        # restarted on that word; any other is probed until it answers again.
+        if self._on_dead_model is not None:
+            found_dead = self._engine.found_dead.get(model.name)
+            if found_dead is not None and found_dead > self._restarted_at:
+                log.error("a call found the process of model %s dead", model.name)
+                return False
+        answered = self._engine.last_answer.get(model.name)
+        if answered is not None and time.monotonic() - answered < self._interval_s:
+            return True
+        try:
+            await self._engine.score(model, "canary", ["canary"], timeout_s=10.0)
+        except ModelRestarting as error:
+            log.error("model %s failed its canary: %s", model.name, error)
+            return False
+        return True
 
     async def _set(self, serving: bool) -> None:
         status = (

@@ -8,11 +8,9 @@ the stub built for the running interpreter.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -25,8 +23,6 @@ import tritonclient.grpc as triton_grpc
 from reranker.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 def triton_home() -> Path:
@@ -55,9 +51,19 @@ def assemble_backends(target: Path) -> Path:
     return target
 
 
-def die_with_parent() -> None:
-    # Triton must not outlive the launcher, even if the launcher is killed outright.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def dies_with_parent(command: list[str]) -> list[str]:
+    """``command``, made to get SIGTERM when the process that starts it dies, even if that
+    process is killed outright, so no child outlives it.
+
+    ``setpriv`` asks the kernel for the signal between fork and exec. A ``preexec_fn`` would
+    run Python in the forked child of a process where gRPC's threads run, and such children
+    crash now and then (gRPC's fork handlers); without one, ``subprocess`` can use vfork.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) not found: %s may outlive this process", command[0])
+        return command
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
 
 
 class TritonServer:
@@ -122,14 +128,13 @@ class TritonServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             self._process = subprocess.Popen(
-                self.command(backends),
+                dies_with_parent(self.command(backends)),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=self.environment(),
                 # Its own process group: a Ctrl-C reaches the launcher, which stops the rank
                 # service first and Triton after it, so in-flight calls can drain.
                 start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         log.info("tritonserver started (pid %d), log %s", self._process.pid, log_path)
         try:

@@ -28,7 +28,7 @@ from reranker.checkpoints import (
     minilm_cross_encoder,
 )
 from reranker.precision import Precision
-from reranker.triton_server import die_with_parent
+from reranker.triton_server import dies_with_parent
 
 CROSS_ENCODER = "minilm-cross-encoder"
 CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
@@ -106,11 +106,11 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
     log = workdir / "reranker.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "reranker", "serve"],
+            # No server outlives a killed test run.
+            dies_with_parent([sys.executable, "-m", "reranker", "serve"]),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=die_with_parent,  # no server outlives a killed test run
         )
     server = Server(
         process,

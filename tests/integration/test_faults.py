@@ -113,7 +113,8 @@ async def test_a_killed_model_process_is_recovered(own_server: Server) -> None:
     fault_at, outcomes = await _load_through_fault(
         own_server, lambda: os.kill(stub, signal.SIGKILL)
     )
-    # Triton notices a dead stub only when a request reaches it (about a second).
+    # Triton notices a dead stub only when a request reaches it (about a second); calls
+    # that started meanwhile fail when the launcher kills Triton right after.
     _check(fault_at, outcomes, fail_within_s=2.5)
     assert own_server.process.poll() is None
 

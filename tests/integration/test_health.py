@@ -66,3 +66,31 @@ async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
     finally:
         await monitor.stop()
         await engine.close()
+
+
+async def test_a_call_that_found_a_model_dead_restarts_it_once_without_a_canary(
+    server: Server,
+) -> None:
+    engine = CanaryCountingEngine(server.triton_grpc, 64)
+    restarted: list[str] = []
+
+    async def on_dead_model(model: Any) -> None:
+        restarted.append(model.name)
+
+    monitor = HealthMonitor(
+        health.aio.HealthServicer(), engine, 60.0, ServiceMetrics(), on_dead_model
+    )
+    assert await monitor.check()
+    model = next(iter(engine.models))
+    engine.canaries = 0
+    engine.last_answer.clear()
+    engine.found_dead[model] = time.monotonic()
+
+    assert not await monitor.check()
+    assert restarted == [model]
+    assert engine.canaries == 0, "the call's finding is proof enough"
+
+    # The same finding predates the restart: the model is probed again, and answers.
+    assert await monitor.check()
+    assert restarted == [model]
+    assert engine.canaries >= 1

@@ -1,0 +1,54 @@
+"""How Triton is launched: a child that cannot outlive the process that started it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from reranker.triton_server import dies_with_parent
+
+_PARENT = """
+import subprocess, sys, time
+from reranker.triton_server import dies_with_parent
+child = subprocess.Popen(dies_with_parent([sys.executable, "-c", "import time; time.sleep(60)"]))
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_a_child_dies_when_its_parent_is_killed_outright() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
+        if "child" in locals() and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_the_command_itself_is_unchanged_after_the_prefix() -> None:
+    command = ["tritonserver", "--model-repository=/models", "--log-verbose=0"]
+    wrapped = dies_with_parent(command)
+    assert wrapped[-len(command) :] == command
+    assert subprocess.run(dies_with_parent(["true"]), check=False).returncode == 0
