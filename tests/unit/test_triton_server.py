@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+import psutil
 
 from reranker.triton_server import dies_with_parent
 
@@ -22,14 +22,14 @@ time.sleep(60)
 
 def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return state != "Z"
 
 
 def test_a_child_dies_when_its_parent_is_killed_outright() -> None:
     parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    child = None
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
@@ -43,8 +43,8 @@ def test_a_child_dies_when_its_parent_is_killed_outright() -> None:
     finally:
         parent.kill()
         parent.wait()
-        if "child" in locals() and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        if child is not None and _alive(child):
+            psutil.Process(child).kill()
 
 
 def test_the_command_itself_is_unchanged_after_the_prefix() -> None:
