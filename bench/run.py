@@ -186,10 +186,11 @@ class Server:
     ) -> None:
         from reranker.triton_server import dies_with_parent
 
-        self.port, self.triton = free_port(), free_port()
+        self.port, self.http_port, self.triton = free_port(), free_port(), free_port()
         env = dict(
             os.environ,
             RERANKER_GRPC_PORT=str(self.port),
+            RERANKER_HTTP_PORT=str(self.http_port),
             RERANKER_METRICS_PORT=str(free_port()),
             RERANKER_MODEL_REPOSITORY=str(repository),
             RERANKER_DEFAULT_MODEL=default_model,
@@ -222,6 +223,25 @@ class Server:
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
+
+
+class CohereHttp:
+    """This server's HTTP front door in Cohere's v2 shape (``POST /v2/rerank``)."""
+
+    def __init__(self, port: int) -> None:
+        import httpx
+
+        self._client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+
+    def rank(self, documents: list[str]) -> object:
+        response = self._client.post(
+            "/v2/rerank", json={"model": "minilm", "query": QUERY, "documents": documents}
+        )
+        response.raise_for_status()
+        return response.json()["results"]
+
+    def close(self) -> None:
+        self._client.close()
 
 
 class Infinity:
@@ -428,6 +448,7 @@ def engines(
     tokenizer: Any,
     sessions: dict[str, Any],
     client: Any,
+    http: CohereHttp,
     infinity: Infinity | None,
     concurrency: Sequence[int],
 ) -> list[Case]:
@@ -461,6 +482,9 @@ def engines(
                     n,
                 )
             )
+    if model == "minilm" and name == "a":
+        call = partial(http.rank, documents)
+        cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n))
     if infinity is not None and model == "minilm" and name == "a":
         for level in concurrency:
             cases.append(Case("infinity", model, name, level, lambda: infinity.rank(documents), n))
@@ -512,6 +536,12 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
         ("fp32 c=4 / ORT sorted", throughput(server, find("onnxruntime sorted")), ">=", 0.95),
         ("fp32 c=4 / CrossEncoder", throughput(server, find("CrossEncoder.rank")), ">=", 1.15),
         ("fp32 c=4 / Infinity c=4", throughput(server, find("infinity", 4)), ">=", 1.15),
+        (
+            "HTTP /v2/rerank c=4 / gRPC c=4",
+            throughput(find("this server HTTP /v2/rerank", 4), server),
+            ">=",
+            0.95,
+        ),
         ("int8 c=4 / CrossEncoder fp32", throughput(int8, find("CrossEncoder.rank")), ">=", 2.2),
         (
             "int8 c=4 / ORT int8 sorted",
@@ -601,6 +631,8 @@ def main() -> int:
                 args.workdir / "infinity.log",
             )
         client = stack.enter_context(RerankClient(f"127.0.0.1:{server.port}", timeout=600))
+        http = CohereHttp(server.http_port)
+        stack.callback(http.close)
         for model in models:
             checkpoint = args.workdir / "checkpoints" / model
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -632,6 +664,7 @@ def main() -> int:
                         tokenizer,
                         sessions,
                         client,
+                        http,
                         infinity,
                         args.concurrency,
                     ),

@@ -32,6 +32,7 @@ async def serve(settings: Settings) -> None:
     from reranker.engine import TritonEngine
     from reranker.metrics import ServiceMetrics
     from reranker.service import create_server
+    from reranker.tracing import provider_for, tracer_from
     from reranker.triton_server import TritonServer
 
     stop = asyncio.Event()
@@ -45,7 +46,8 @@ async def serve(settings: Settings) -> None:
         log.info("starting tritonserver on %s (log: %s)", triton.grpc_url, settings.triton_log)
         await asyncio.to_thread(triton.start)
     url = settings.triton_url or (triton.grpc_url if triton else "")
-    engine = TritonEngine(url, settings.max_rows_per_request)
+    tracer_provider = provider_for(settings.otlp_endpoint)
+    engine = TritonEngine(url, settings.max_rows_per_request, tracer_from(tracer_provider))
     on_dead_model = None
     if triton is not None:
         launched = triton
@@ -55,7 +57,7 @@ async def serve(settings: Settings) -> None:
             await asyncio.to_thread(launched.kill)  # the supervisor starts a new one
 
     metrics = ServiceMetrics()
-    server, port, monitor = await create_server(settings, engine, on_dead_model, metrics)
+    server = await create_server(settings, engine, on_dead_model, metrics, tracer_provider)
     supervisor = asyncio.create_task(supervise(triton, metrics)) if triton else None
     _warn_if_exposed(settings)
     try:
@@ -64,15 +66,18 @@ async def serve(settings: Settings) -> None:
             metrics_port = metrics.serve(settings.host, settings.metrics_port)
             metrics_note = f"; metrics on http://{settings.host}:{metrics_port}/metrics"
         await server.start()
-        monitor.start()
-        starting = asyncio.create_task(monitor.serving.wait())
+        starting = asyncio.create_task(server.monitor.serving.wait())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             models = ", ".join(sorted(engine.models))
+            http_note = ""
+            if server.http_port is not None:
+                scheme = "https" if settings.tls_cert_file else "http"
+                http_note = f"; HTTP on {scheme}://{settings.host}:{server.http_port}"
             print(
-                f"reranker: SERVING on {settings.host}:{port} (gRPC reranker.v1.Rank); "
-                f"Triton gRPC on {url}; models: {models}{metrics_note}",
+                f"reranker: SERVING on {settings.host}:{server.grpc_port} (gRPC reranker.v1.Rank, "
+                f"tei.v1){http_note}; Triton gRPC on {url}; models: {models}{metrics_note}",
                 flush=True,
             )
         await stopping
@@ -83,11 +88,12 @@ async def serve(settings: Settings) -> None:
         )
         if supervisor is not None:
             supervisor.cancel()
-        await monitor.stop()
         await server.stop(settings.shutdown_grace_s)
         await engine.close()
         if triton is not None:
             await asyncio.to_thread(triton.stop)
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
 
 
 async def supervise(triton: TritonServer, metrics: ServiceMetrics, poll_s: float = 0.1) -> None:

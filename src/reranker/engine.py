@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
@@ -39,6 +41,7 @@ _UNREACHABLE = (
 _STUB_DEAD = "is not healthy"
 # A model the service knows but Triton does not have loaded: Triton is (re)starting.
 _NOT_LOADED = ("Request for unknown model", "has no available versions")
+_PROPAGATOR = TraceContextTextMapPropagator()
 _MESSAGE_BYTES = 256 * 1024 * 1024
 _ATTEMPTS = 3
 
@@ -108,8 +111,11 @@ def _translate(error: InferenceServerException, url: str) -> RerankError:
 class TritonEngine:
     """Knows the served models and scores rows with them."""
 
-    def __init__(self, url: str, max_rows_per_request: int) -> None:
+    def __init__(
+        self, url: str, max_rows_per_request: int, tracer: trace.Tracer | None = None
+    ) -> None:
         self.url = url
+        self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
         self._client = triton_aio.InferenceServerClient(
             grpc_target(url), channel_args=_CHANNEL_ARGS
@@ -197,13 +203,22 @@ class TritonEngine:
         for attempt in range(1, _ATTEMPTS + 1):
             started = time.monotonic()
             try:
-                result = await self._client.infer(
-                    model,
-                    inputs,
-                    outputs=[InferRequestedOutput(SCORE)],
-                    client_timeout=timeout_s,
-                    parameters=parameters,
-                )
+                with self._tracer.start_as_current_span(
+                    "triton.infer",
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={"triton.model": model, "triton.rows": rows, "attempt": attempt},
+                ):
+                    # Triton joins its own spans to the caller's trace from this header.
+                    headers: dict[str, str] = {}
+                    _PROPAGATOR.inject(headers)
+                    result = await self._client.infer(
+                        model,
+                        inputs,
+                        outputs=[InferRequestedOutput(SCORE)],
+                        client_timeout=timeout_s,
+                        parameters=parameters,
+                        headers=headers or None,
+                    )
                 self.last_answer[model] = time.monotonic()
                 break
             except InferenceServerException as error:

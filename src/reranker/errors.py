@@ -1,38 +1,38 @@
-"""The one error taxonomy of the server, and its one mapping to gRPC status codes."""
+"""The one error taxonomy of the server, and its one mapping to gRPC and HTTP status codes."""
 
 from __future__ import annotations
+
+from http import HTTPStatus
 
 import grpc
 
 
 class RerankError(Exception):
-    """An error a caller is told about, with the gRPC status it maps to."""
+    """An error a caller is told about. :data:`STATUS` gives its code on each transport."""
 
-    status = grpc.StatusCode.INTERNAL
+    @property
+    def status(self) -> grpc.StatusCode:
+        return grpc_status(self)
 
 
 class InvalidArgument(RerankError):
     """The request is malformed; the message names the field."""
 
-    status = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class FailedPrecondition(RerankError):
     """The request is valid but this deployment cannot serve it as configured."""
 
-    status = grpc.StatusCode.FAILED_PRECONDITION
-
 
 class ResourceExhausted(RerankError):
-    """The server is at capacity, or the request is larger than allowed."""
+    """The server is at capacity: retry later."""
 
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+class RequestTooLarge(ResourceExhausted):
+    """The request is larger than the server accepts."""
 
 
 class Unavailable(RerankError):
     """The inference backend cannot be reached or is not ready."""
-
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 class ModelRestarting(Unavailable):
@@ -42,16 +42,48 @@ class ModelRestarting(Unavailable):
 class Unauthenticated(RerankError):
     """The call carried no valid API key."""
 
-    status = grpc.StatusCode.UNAUTHENTICATED
-
 
 class DeadlineExceeded(RerankError):
     """The call's deadline passed before inference finished."""
-
-    status = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class InferenceFailed(RerankError):
     """The inference backend answered with an error."""
 
-    status = grpc.StatusCode.INTERNAL
+
+class NotFound(RerankError):
+    """The caller asked for a route or method this server does not have."""
+
+
+# The one table: every error class and its status on gRPC and on HTTP. A subclass not listed
+# takes its nearest listed ancestor's row.
+STATUS: dict[type[RerankError], tuple[grpc.StatusCode, HTTPStatus]] = {
+    RerankError: (grpc.StatusCode.INTERNAL, HTTPStatus.INTERNAL_SERVER_ERROR),
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, HTTPStatus.BAD_REQUEST),
+    FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, HTTPStatus.UNPROCESSABLE_ENTITY),
+    ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, HTTPStatus.TOO_MANY_REQUESTS),
+    RequestTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, HTTPStatus.SERVICE_UNAVAILABLE),
+    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, HTTPStatus.UNAUTHORIZED),
+    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, HTTPStatus.GATEWAY_TIMEOUT),
+    InferenceFailed: (grpc.StatusCode.INTERNAL, HTTPStatus.INTERNAL_SERVER_ERROR),
+    NotFound: (grpc.StatusCode.UNIMPLEMENTED, HTTPStatus.NOT_FOUND),
+}
+
+
+def _row(error: RerankError) -> tuple[grpc.StatusCode, HTTPStatus]:
+    for kind in type(error).__mro__:
+        row = STATUS.get(kind)
+        if row is not None:
+            return row
+    raise TypeError(f"{type(error).__name__} is not a RerankError")  # unreachable
+
+
+def grpc_status(error: RerankError) -> grpc.StatusCode:
+    """The gRPC status code a caller sees for ``error``."""
+    return _row(error)[0]
+
+
+def http_status(error: RerankError) -> HTTPStatus:
+    """The HTTP status a caller sees for ``error``."""
+    return _row(error)[1]

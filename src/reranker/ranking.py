@@ -11,9 +11,6 @@ import numpy as np
 from reranker.errors import InvalidArgument
 from reranker.tokenization import TruncationOptions
 
-# RankRequest.truncation values (reranker.v1.Truncation).
-TRUNCATION_UNSPECIFIED, TRUNCATION_LONGEST_FIRST, TRUNCATION_REFUSE = 0, 1, 2
-
 
 @dataclass(frozen=True)
 class RankedDocument:
@@ -42,15 +39,12 @@ class ChunkingChoice:
 
 
 def resolve_options(
-    truncation: int,
+    refuse: bool,
     max_document_tokens: int,
     chunking: ChunkingChoice | None,
     chunk_limit: int,
 ) -> TruncationOptions:
     """Validates the truncation and chunking options of a request."""
-    if truncation not in (TRUNCATION_UNSPECIFIED, TRUNCATION_LONGEST_FIRST, TRUNCATION_REFUSE):
-        raise InvalidArgument(f"truncation has no value {truncation}")
-    refuse = truncation == TRUNCATION_REFUSE
     if chunking is not None:
         if refuse:
             raise InvalidArgument("truncation REFUSE and chunking exclude each other")

@@ -1,4 +1,5 @@
-"""The rank service: the public gRPC API (``reranker.v1.Rank``), health and reflection."""
+"""The rank service: the public gRPC API (``reranker.v1.Rank``), TEI's ``tei.v1`` services,
+health and reflection on one port, and the HTTP shapes beside them, all over one core."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +19,30 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
-from reranker.chunking import DocumentChunker, best_per_document
+from reranker import tei_service
+from reranker.core import ChunkingRequest, RankCall, RankCore, Truncation
 from reranker.engine import TritonEngine
 from reranker.errors import (
     InvalidArgument,
     ModelRestarting,
     RerankError,
     Unauthenticated,
-    Unavailable,
+    grpc_status,
 )
-from reranker.limits import CallLimits, RowBudget
+from reranker.http_api import HttpServer
 from reranker.metrics import ServiceMetrics
-from reranker.ranking import (
-    ChunkingChoice,
-    activate,
-    assemble,
-    resolve_options,
-    validate_rank_request,
-)
 from reranker.repository import ModelKind, ServedModel
 from reranker.settings import Settings
+from reranker.tracing import caller_context, tracer_from
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rank"].full_name
-_KINDS = {
+KINDS = {
     ModelKind.CROSS_ENCODER: pb.MODEL_KIND_CROSS_ENCODER,
     ModelKind.BI_ENCODER: pb.MODEL_KIND_BI_ENCODER,
 }
@@ -53,24 +51,33 @@ _KINDS = {
 _HEALTH_METHODS = "/" + health_pb2.DESCRIPTOR.services_by_name["Health"].full_name + "/"
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps the error taxonomy to gRPC status codes: the one place that does. It also checks
-    the API key (health checks are exempt, so probes need no secret) and decodes requests
-    itself, so a malformed message is INVALID_ARGUMENT rather than a bare INTERNAL."""
+def _presents_key(metadata: Any, expected: bytes) -> bool:
+    for key, value in metadata or ():
+        if key == "authorization":
+            presented = value if isinstance(value, bytes) else value.encode()
+            if hmac.compare_digest(presented, expected):
+                return True
+    return False
 
-    def __init__(self, metrics: ServiceMetrics, api_key: str = "") -> None:
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps the error taxonomy to gRPC status codes (the table in :mod:`reranker.errors`),
+    opens each call's server span under the caller's ``traceparent``, checks the API key
+    (health checks are exempt, so probes need no secret) and decodes unary requests itself,
+    so a malformed message is INVALID_ARGUMENT rather than a bare INTERNAL."""
+
+    def __init__(
+        self, metrics: ServiceMetrics, api_key: str = "", tracer: trace.Tracer | None = None
+    ) -> None:
         self._metrics = metrics
         self._expected = f"Bearer {api_key}".encode() if api_key else b""
+        self._tracer = tracer or trace.NoOpTracer()
 
     def _authenticate(self, details: grpc.HandlerCallDetails) -> None:
         if not self._expected or details.method.startswith(_HEALTH_METHODS):
             return
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                presented = value if isinstance(value, bytes) else value.encode()
-                if hmac.compare_digest(presented, self._expected):
-                    return
-        raise Unauthenticated("missing or invalid API key: send 'authorization: Bearer <key>'")
+        if not _presents_key(details.invocation_metadata, self._expected):
+            raise Unauthenticated("missing or invalid API key: send 'authorization: Bearer <key>'")
 
     async def intercept_service(
         self,
@@ -86,16 +93,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             log.info("refused %s: %s", details.method, error)
             self._metrics.calls.labels(details.method, error.status.name).inc()
             return _refusal(handler, error)
-        if handler.unary_unary is None or handler.request_deserializer is None:
-            return handler
-        behavior = handler.unary_unary
-        decode = handler.request_deserializer
         method = details.method
+        metadata = details.invocation_metadata or ()
+        if handler.unary_unary is not None and handler.request_deserializer is not None:
+            decode = handler.request_deserializer
+            behavior = handler.unary_unary
 
-        calls = self._metrics.calls
-
-        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            try:
+            async def decoded(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     request = decode(raw)
                 except DecodeError:
@@ -103,34 +107,64 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         f"the request is not a valid message for {method} "
                         "(malformed protobuf or a string that is not UTF-8)"
                     ) from None
-                response = await behavior(request, context)
-            except RerankError as error:
-                calls.labels(method, error.status.name).inc()
-                await context.abort(error.status, str(error))
-            except asyncio.CancelledError:
-                calls.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-                raise
-            except Exception:
-                if context.code() is not None:  # already aborted by the handler
+                return await behavior(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                self._guard(method, metadata, decoded),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None and not method.startswith("/grpc.reflection"):
+            return grpc.stream_unary_rpc_method_handler(
+                self._guard(method, metadata, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _guard(
+        self,
+        method: str,
+        metadata: Any,
+        behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        calls = self._metrics.calls
+        tracer = self._tracer
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with tracer.start_as_current_span(
+                method.lstrip("/"),
+                context=caller_context(metadata),
+                kind=trace.SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.method": method},
+            ) as span:
+                try:
+                    response = await behavior(request, context)
+                except RerankError as error:
+                    status = grpc_status(error)
+                    span.set_status(trace.StatusCode.ERROR, status.name)
+                    calls.labels(method, status.name).inc()
+                    await context.abort(status, str(error))
+                except asyncio.CancelledError:
+                    calls.labels(method, grpc.StatusCode.CANCELLED.name).inc()
                     raise
-                log.exception("unexpected error in %s", method)
-                calls.labels(method, grpc.StatusCode.INTERNAL.name).inc()
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                except Exception:
+                    if context.code() is not None:  # already aborted by the handler
+                        raise
+                    log.exception("unexpected error in %s", method)
+                    calls.labels(method, grpc.StatusCode.INTERNAL.name).inc()
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             calls.labels(method, grpc.StatusCode.OK.name).inc()
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
+        return guarded
 
 
 def _refusal(handler: grpc.RpcMethodHandler, error: RerankError) -> grpc.RpcMethodHandler:
     """A handler of the same shape as ``handler`` that only aborts with ``error``."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(error.status, str(error))
+        await context.abort(grpc_status(error), str(error))
 
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(refuse)
@@ -141,141 +175,78 @@ def _refusal(handler: grpc.RpcMethodHandler, error: RerankError) -> grpc.RpcMeth
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-class RankServicer(pb_grpc.RankServicer):
-    def __init__(self, settings: Settings, engine: TritonEngine, metrics: ServiceMetrics) -> None:
-        self._settings = settings
-        self._engine = engine
-        self._metrics = metrics
-        self._chunker = DocumentChunker(settings.model_repository, settings.max_chunks_per_document)
-        self._limits = CallLimits.from_settings(settings)
-        self.budget = RowBudget(settings.max_rows_in_flight)
-        metrics.track_rows_in_flight(lambda: self.budget.in_flight)
+_TRUNCATIONS = {
+    pb.TRUNCATION_UNSPECIFIED: Truncation.LONGEST_FIRST,
+    pb.TRUNCATION_LONGEST_FIRST: Truncation.LONGEST_FIRST,
+    pb.TRUNCATION_REFUSE: Truncation.REFUSE,
+}
 
-    def default_model(self) -> str:
-        if self._settings.default_model:
-            return self._settings.default_model
-        if len(self._engine.models) == 1:
-            return next(iter(self._engine.models))
-        return ""
 
-    async def _model(self, name: str) -> ServedModel:
-        if not self._engine.models:
-            await self._engine.refresh()
-        if not self._engine.models:
-            raise Unavailable("no model is loaded yet")
-        chosen = name or self.default_model()
-        if not chosen:
-            raise InvalidArgument(
-                f"model must be set: this server has no default among {sorted(self._engine.models)}"
-            )
-        model = self._engine.models.get(chosen)
-        if model is None:
-            raise InvalidArgument(
-                f"model {chosen!r} is not served; served models: {sorted(self._engine.models)}"
-            )
-        return model
-
-    def _chunking(self, request: pb.RankRequest) -> ChunkingChoice | None:
-        if not request.chunking.enabled:
-            return None
-        settings = self._settings
-        return ChunkingChoice(
-            overlap=request.chunking.overlap_tokens
+def rank_call(request: pb.RankRequest) -> RankCall:
+    """The core's call for a ``reranker.v1`` request."""
+    truncation = _TRUNCATIONS.get(request.truncation)
+    if truncation is None:
+        raise InvalidArgument(f"truncation has no value {request.truncation}")
+    chunking = None
+    if request.chunking.enabled:
+        chunking = ChunkingRequest(
+            overlap_tokens=request.chunking.overlap_tokens
             if request.chunking.HasField("overlap_tokens")
-            else settings.chunk_overlap_tokens,
-            max_chunks=request.chunking.max_chunks or settings.max_chunks_per_document,
+            else None,
+            max_chunks=request.chunking.max_chunks,
         )
+    return RankCall(
+        query=request.query,
+        documents=list(request.documents),
+        model=request.model,
+        top_k=request.top_k if request.HasField("top_k") else None,
+        return_documents=request.return_documents,
+        raw_scores=request.raw_scores,
+        truncation=truncation,
+        max_document_tokens=request.max_document_tokens,
+        chunking=chunking,
+    )
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
-        remaining = context.time_remaining()
-        limit = self._settings.inference_timeout_s
-        return limit if remaining is None else max(0.001, min(limit, remaining))
+
+class RankServicer(pb_grpc.RankServicer):
+    """``reranker.v1.Rank``: converts shapes; the core does the work."""
+
+    def __init__(self, core: RankCore) -> None:
+        self._core = core
 
     async def Rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext
     ) -> pb.RankResponse:
-        start = time.perf_counter()
-        top_k = request.top_k if request.HasField("top_k") else None
-        documents = list(request.documents)
-        validate_rank_request(request.query, documents, top_k)
-        self._limits.check(request.query, documents)
-        chunking = self._chunking(request)
-        options = resolve_options(
-            request.truncation,
-            request.max_document_tokens,
-            chunking,
-            self._settings.max_chunks_per_document,
-        )
-        model = await self._model(request.model)
-        timeout = self._timeout(context)
-        if chunking is None:
-            with self.budget.hold(len(documents)):
-                scores = await self._engine.score(model, request.query, documents, timeout, options)
-            raw = scores.values
-        else:
-            with self.budget.hold(len(documents)), self._stage("chunk"):
-                chunks = await asyncio.to_thread(
-                    self._chunker.chunks,
-                    model,
-                    request.query,
-                    documents,
-                    chunking.overlap,
-                    chunking.max_chunks,
-                    request.max_document_tokens,
-                )
-            with self.budget.hold(len(chunks)):
-                scores = await self._engine.score(
-                    model,
-                    request.query,
-                    [c.text for c in chunks],
-                    timeout,
-                    options,
-                    labels=[c.document for c in chunks],
-                )
-            raw = best_per_document(scores.values, chunks, len(documents))
-        self._metrics.rows.labels(model.name).inc(len(scores.values))
-        self._metrics.rows_per_call.observe(len(scores.values))
-        self._metrics.stage_seconds.labels("inference").observe(scores.inference_time_s)
-        values = activate(raw, model.activation, request.raw_scores)
-        ranked = assemble(values, documents, top_k, request.return_documents)
-        total_s = time.perf_counter() - start
-        self._metrics.stage_seconds.labels("total").observe(total_s)
+        call = rank_call(request)
+        outcome = await self._core.rank(call, self._core.timeout(context.time_remaining()))
         return pb.RankResponse(
-            results=[pb.RankResult(index=r.index, score=r.score, text=r.text) for r in ranked],
-            model=model.name,
+            results=[
+                pb.RankResult(index=r.index, score=r.score, text=r.text) for r in outcome.results
+            ],
+            model=outcome.model.name,
             metadata=pb.RankMetadata(
-                pairs=len(scores.values),
-                inference_requests=scores.requests,
-                inference_time_us=int(scores.inference_time_s * 1e6),
-                total_time_us=int(total_s * 1e6),
+                pairs=outcome.pairs,
+                inference_requests=outcome.inference_requests,
+                inference_time_us=int(outcome.inference_time_s * 1e6),
+                total_time_us=int(outcome.total_time_s * 1e6),
             ),
         )
-
-    @contextlib.contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._metrics.stage_seconds.labels(name).observe(time.perf_counter() - start)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        if not self._engine.models:
-            await self._engine.refresh()
-        default = self.default_model()
+        listing = await self._core.list_models()
         return pb.ListModelsResponse(
             models=[
                 pb.ModelInfo(
                     name=m.name,
-                    kind=_KINDS[m.kind],
+                    kind=KINDS[m.kind],
                     max_length=m.max_length,
-                    is_default=m.name == default,
+                    is_default=m.name == listing.default,
                     architecture=m.architecture,
                     precision=m.precision,
                 )
-                for m in sorted(self._engine.models.values(), key=lambda m: m.name)
+                for m in listing.models
             ]
         )
 
@@ -372,26 +343,62 @@ class HealthMonitor:
         await self._set(False)
 
 
+@dataclass
+class RankServer:
+    """The rank service's front doors over one core: gRPC (``reranker.v1``, ``tei.v1``,
+    health, reflection) and, unless turned off, HTTP; and the health monitor."""
+
+    grpc_server: grpc.aio.Server
+    grpc_port: int
+    http: HttpServer | None
+    monitor: HealthMonitor
+    core: RankCore
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        if self.http is not None:
+            await self.http.start()
+        self.monitor.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuses new calls and gives those in flight ``grace_s`` to finish."""
+        await self.monitor.stop()
+        stopping = [self.grpc_server.stop(grace_s)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace_s))
+        await asyncio.gather(*stopping)
+
+
 async def create_server(
     settings: Settings,
     engine: TritonEngine,
     on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
     metrics: ServiceMetrics | None = None,
-) -> tuple[grpc.aio.Server, int, HealthMonitor]:
-    """Builds the gRPC server (not started) and binds it; returns it, its port and its
-    health monitor. Health reports NOT_SERVING until the monitor has seen the engine work."""
+    tracer_provider: trace.TracerProvider | None = None,
+) -> RankServer:
+    """Builds the servers (not started) and binds their ports. Health reports NOT_SERVING
+    until the monitor has seen the engine work. ``engine`` should trace with the same
+    ``tracer_provider`` for Triton's spans to join the calls' traces."""
     # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED, naming both sizes.
     # A response holds at most the request's texts plus a few bytes per result.
     send_limit = settings.max_request_bytes + 64 * settings.max_documents_per_call + (1 << 20)
     metrics = metrics or ServiceMetrics()
+    tracer = tracer_from(tracer_provider)
+    core = RankCore(settings, engine, metrics, tracer)
+    api_key = settings.resolved_api_key()
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(metrics, settings.resolved_api_key())],
+        interceptors=[ErrorInterceptor(metrics, api_key, tracer)],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", send_limit),
         ],
     )
-    pb_grpc.add_RankServicer_to_server(RankServicer(settings, engine, metrics), server)
+    pb_grpc.add_RankServicer_to_server(RankServicer(core), server)
+    tei_names = tei_service.add_to_server(core, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE_NAME):
@@ -399,6 +406,7 @@ async def create_server(
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            *tei_names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -415,7 +423,11 @@ async def create_server(
     monitor = HealthMonitor(
         health_servicer, engine, settings.health_interval_s, metrics, on_dead_model
     )
-    return server, port, monitor
+    http = None
+    if settings.http_port >= 0:
+        http = HttpServer(settings, core, metrics, monitor.serving, api_key, tracer)
+        http.bind()
+    return RankServer(server, port, http, monitor, core)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -24,6 +24,13 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata={"help": "address the rank service binds"})
     grpc_port: int = field(default=50051, metadata={"help": "rank service port (0 picks one)"})
+    http_port: int = field(
+        default=8080,
+        metadata={
+            "help": "HTTP/JSON port of the rank service (Cohere, Jina, TEI and NIM shapes) on "
+            "host, with the same TLS files (0 picks one, -1: off)"
+        },
+    )
     model_repository: Path = field(
         default=Path("model_repository"), metadata={"help": "Triton model repository"}
     )
@@ -109,6 +116,14 @@ class Settings:
     tls_key_file: str = field(default="", metadata={"help": "PEM private key for TLS"})
     tls_client_ca_file: str = field(
         default="", metadata={"help": "PEM CA bundle: require client certificates (mTLS)"}
+    )
+    # Tracing.
+    otlp_endpoint: str = field(
+        default="",
+        metadata={
+            "help": "OTLP/HTTP collector (http://host:4318) that receives the traces of every "
+            "call; a launched Triton exports its own spans there too (empty: no tracing)"
+        },
     )
     log_level: str = field(default="INFO", metadata={"help": "logging level"})
 

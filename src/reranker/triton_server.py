@@ -21,6 +21,7 @@ from pathlib import Path
 import tritonclient.grpc as triton_grpc
 
 from reranker.settings import ENV_PREFIX, Settings
+from reranker.tracing import otlp_traces_url
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ class TritonServer:
             str(triton_home() / "bin" / "tritonserver"),
             f"--model-repository={s.model_repository.resolve()}",
             f"--backend-directory={backend_directory}",
-            # Explicit control, so the rank service can restart a model whose stub process
-            # died; the control API is on loopback only, like every Triton endpoint here.
+            # Explicit control loads exactly the repository's models at start; the control
+            # API is on loopback only, like every Triton endpoint here.
             "--model-control-mode=explicit",
             "--load-model=*",
             "--disable-auto-complete-config",
@@ -105,6 +106,22 @@ class TritonServer:
             "--backend-config=python,shm-default-byte-size=4194304",
             "--backend-config=python,shm-growth-byte-size=4194304",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+            *self._trace_flags(),
+        ]
+
+    def _trace_flags(self) -> list[str]:
+        """Triton's own OpenTelemetry spans, joined to the rank service's trace through the
+        ``traceparent`` each inference request carries."""
+        endpoint = self._settings.otlp_endpoint
+        if not endpoint:
+            return []
+        return [
+            "--trace-config=mode=opentelemetry",
+            "--trace-config=level=TIMESTAMPS",
+            "--trace-config=rate=1",
+            "--trace-config=count=-1",
+            f"--trace-config=opentelemetry,url={otlp_traces_url(endpoint)}",
+            "--trace-config=opentelemetry,resource=service.name=triton",
         ]
 
     @staticmethod

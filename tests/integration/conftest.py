@@ -28,6 +28,7 @@ from reranker.checkpoints import (
     minilm_cross_encoder,
 )
 from reranker.precision import Precision
+from reranker.service import RankServer
 from reranker.triton_server import dies_with_parent
 
 CROSS_ENCODER = "minilm-cross-encoder"
@@ -55,6 +56,7 @@ def free_port() -> int:
 class Server:
     process: subprocess.Popen[bytes]
     address: str
+    http_url: str
     triton_grpc: str
     log: Path
     triton_log: Path
@@ -89,12 +91,13 @@ def wait_serving(server: Server, timeout_s: float = 180.0) -> None:
 
 def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    port, triton_port, metrics_port, triton_metrics_port, triton_http_port = (
-        free_port() for _ in range(5)
+    port, http_port, triton_port, metrics_port, triton_metrics_port, triton_http_port = (
+        free_port() for _ in range(6)
     )
     env = dict(
         os.environ,
         RERANKER_GRPC_PORT=str(port),
+        RERANKER_HTTP_PORT=str(http_port),
         RERANKER_METRICS_PORT=str(metrics_port),
         RERANKER_MODEL_REPOSITORY=str(repository),
         RERANKER_DEFAULT_MODEL=default_model,
@@ -115,6 +118,7 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
     server = Server(
         process,
         f"127.0.0.1:{port}",
+        f"http://127.0.0.1:{http_port}",
         f"127.0.0.1:{triton_port}",
         log,
         workdir / "tritonserver.log",
@@ -226,27 +230,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def rank_service(
-    triton_url: str, metrics: Any = None, grace_s: float = 0.0, **settings: Any
-) -> AsyncIterator[str]:
+async def rank_server(
+    triton_url: str,
+    metrics: Any = None,
+    grace_s: float = 0.0,
+    tracer_provider: Any = None,
+    **settings: Any,
+) -> AsyncIterator[RankServer]:
     """A rank service in this process, with its own settings, over a running Triton; yields
-    its address once it is SERVING, and gives calls in flight ``grace_s`` when it stops."""
+    it once it is SERVING, and gives calls in flight ``grace_s`` when it stops."""
     from reranker.engine import TritonEngine
     from reranker.service import create_server
     from reranker.settings import Settings
+    from reranker.tracing import tracer_from
 
-    config = Settings(**{"grpc_port": 0, "health_interval_s": 0.5, **settings})
-    engine = TritonEngine(triton_url, config.max_rows_per_request)
-    grpc_server, port, monitor = await create_server(config, engine, metrics=metrics)
-    await grpc_server.start()
-    monitor.start()
+    config = Settings(**{"grpc_port": 0, "http_port": 0, "health_interval_s": 0.5, **settings})
+    engine = TritonEngine(triton_url, config.max_rows_per_request, tracer_from(tracer_provider))
+    server = await create_server(config, engine, metrics=metrics, tracer_provider=tracer_provider)
+    await server.start()
     try:
-        await asyncio.wait_for(monitor.serving.wait(), 60)
-        yield f"127.0.0.1:{port}"
+        await asyncio.wait_for(server.monitor.serving.wait(), 60)
+        yield server
     finally:
-        await monitor.stop()
-        await grpc_server.stop(grace_s)
+        await server.stop(grace_s)
         await engine.close()
+
+
+@contextlib.asynccontextmanager
+async def rank_service(
+    triton_url: str, metrics: Any = None, grace_s: float = 0.0, **settings: Any
+) -> AsyncIterator[str]:
+    """:func:`rank_server`, yielding its gRPC address."""
+    async with rank_server(triton_url, metrics, grace_s, **settings) as server:
+        yield f"127.0.0.1:{server.grpc_port}"
 
 
 def children(pid: int) -> list[int]:

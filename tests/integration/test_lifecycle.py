@@ -45,11 +45,11 @@ def _status(pid: int) -> str:
 
 
 async def test_unreachable_triton_is_unavailable_and_the_service_stays_up() -> None:
-    settings = Settings(grpc_port=0, health_interval_s=0.2)
+    settings = Settings(grpc_port=0, http_port=-1, health_interval_s=0.2)
     engine = TritonEngine(f"127.0.0.1:{free_port()}", settings.max_rows_per_request)
-    server, port, monitor = await create_server(settings, engine)
+    server = await create_server(settings, engine)
     await server.start()
-    monitor.start()
+    port = server.grpc_port
     try:
         async with AsyncRerankClient(f"127.0.0.1:{port}", timeout=10) as client:
             for _ in range(2):
@@ -63,6 +63,5 @@ async def test_unreachable_triton_is_unavailable_and_the_service_stays_up() -> N
             response = await health.Check(health_pb2.HealthCheckRequest())
             assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
-        await monitor.stop()
         await server.stop(0)
         await engine.close()

@@ -1,0 +1,416 @@
+"""The HTTP/JSON front door: Cohere (v1, v2), Jina, Text Embeddings Inference and NVIDIA NIM
+rerank shapes, served by uvicorn in the rank service's own event loop beside gRPC.
+
+Routes only convert shapes (:mod:`reranker.http_shapes`); the core validates, limits, batches
+and scores. One gate in front of every route enforces the body size limit, the API key
+(health routes are exempt) and the call's deadline, opens the server span under the caller's
+``traceparent`` and counts the call, so HTTP callers get what gRPC callers get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextvars import ContextVar
+from http import HTTPStatus
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
+from starlette.exceptions import HTTPException
+
+from reranker.core import RankCore
+from reranker.errors import (
+    InvalidArgument,
+    NotFound,
+    RequestTooLarge,
+    RerankError,
+    Unauthenticated,
+    grpc_status,
+    http_status,
+)
+from reranker.http_shapes import (
+    CohereResponse,
+    CohereV1Request,
+    CohereV2Request,
+    ModelCard,
+    ModelList,
+    NimRanking,
+    NimRequest,
+    NimResponse,
+    TeiRank,
+    TeiRequest,
+    cohere_response,
+)
+from reranker.metrics import ServiceMetrics
+from reranker.repository import ModelKind
+from reranker.settings import Settings
+from reranker.tei_service import VERSION, server_info
+from reranker.tracing import caller_context
+
+log = logging.getLogger(__name__)
+
+# The caller's deadline in seconds, as an HTTP header (gRPC callers set a deadline instead).
+TIMEOUT_HEADER = "x-request-timeout"
+HEALTH_ROUTES = frozenset({"/health"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Seconds left of the current call's deadline (None: no deadline), set by the gate.
+_deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
+
+
+def error_body(error: RerankError) -> dict[str, str]:
+    """TEI's error shape, which the TEI clients parse; ``error_type`` is the gRPC code name."""
+    return {"error": str(error), "error_type": grpc_status(error).name}
+
+
+def _error_response(error: RerankError) -> JSONResponse:
+    return JSONResponse(error_body(error), status_code=http_status(error))
+
+
+def _remaining(core: RankCore) -> float:
+    deadline = _deadline.get()
+    return core.timeout(None if deadline is None else deadline - time.monotonic())
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        if item.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+        else:
+            parts.append(f"{location}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request body is invalid"
+
+
+def create_app(core: RankCore, serving: asyncio.Event) -> FastAPI:
+    """The routes, over ``core``; ``serving`` is set while the health monitor says so."""
+    app = FastAPI(
+        title="reranker",
+        version=VERSION,
+        description="Rerank shapes of Cohere, Jina, Text Embeddings Inference and NVIDIA NIM "
+        "over one core. The gRPC API reranker.v1 is the primary API.",
+    )
+
+    @app.exception_handler(RerankError)
+    async def rerank_error(request: Request, error: RerankError) -> JSONResponse:
+        return _error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(InvalidArgument(_validation_message(error)))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == HTTPStatus.NOT_FOUND:
+            return _error_response(NotFound(f"no route {request.url.path}"))
+        return JSONResponse(
+            {"error": str(error.detail), "error_type": HTTPStatus(error.status_code).name},
+            status_code=error.status_code,
+            headers=error.headers,
+        )
+
+    @app.post("/v2/rerank", tags=["Cohere"])
+    async def cohere_v2(body: CohereV2Request) -> CohereResponse:
+        outcome = await core.rank(body.call(), _remaining(core))
+        return cohere_response(outcome, str(uuid.uuid4()), "2")
+
+    @app.post("/v1/rerank", tags=["Cohere", "Jina"], response_model_exclude_none=True)
+    async def cohere_v1(body: CohereV1Request) -> CohereResponse:
+        outcome = await core.rank(body.call(), _remaining(core))
+        return cohere_response(outcome, str(uuid.uuid4()), "1", body)
+
+    @app.post("/rerank", tags=["Text Embeddings Inference"], response_model_exclude_none=True)
+    async def tei_rerank(body: TeiRequest) -> list[TeiRank]:
+        outcome = await core.rank(body.call(), _remaining(core))
+        return [TeiRank(index=r.index, score=r.score, text=r.text) for r in outcome.results]
+
+    @app.get("/info", tags=["Text Embeddings Inference"])
+    async def tei_info() -> dict[str, Any]:
+        info = await server_info(core)
+        return {
+            "model_id": info.model_id,
+            "model_sha": None,
+            "model_dtype": info.dtype,
+            "model_type": {"reranker": {"id2label": {}, "label2id": {}}},
+            "max_concurrent_requests": info.max_concurrent_requests,
+            "max_input_length": info.max_input_length,
+            "max_batch_tokens": info.max_batch_tokens,
+            "max_batch_requests": None,
+            "max_client_batch_size": info.max_client_batch_size,
+            "auto_truncate": True,
+            "tokenization_workers": 1,
+            "version": VERSION,
+        }
+
+    @app.get("/health", tags=["Text Embeddings Inference"])
+    async def health() -> JSONResponse:
+        if serving.is_set():
+            return JSONResponse({"status": "SERVING"})
+        return JSONResponse({"status": "NOT_SERVING"}, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+
+    @app.post("/v1/ranking", tags=["NVIDIA NIM"])
+    async def nim_ranking(body: NimRequest) -> NimResponse:
+        outcome = await core.rank(body.call(), _remaining(core))
+        return NimResponse(
+            rankings=[NimRanking(index=r.index, logit=r.score) for r in outcome.results]
+        )
+
+    @app.get("/v1/models", tags=["Models"])
+    async def models() -> ModelList:
+        listing = await core.list_models()
+        return ModelList(
+            data=[
+                ModelCard(
+                    id=m.name,
+                    kind="cross-encoder" if m.kind is ModelKind.CROSS_ENCODER else "bi-encoder",
+                    architecture=m.architecture,
+                    max_length=m.max_length,
+                    precision=m.precision,
+                    is_default=m.name == listing.default,
+                )
+                for m in listing.models
+            ]
+        )
+
+    return app
+
+
+class Gate:
+    """ASGI middleware in front of every route: body size limit, API key, deadline header,
+    server span and call metrics."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        api_key: str,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._max_body = max_body_bytes
+        self._expected = f"Bearer {api_key}".encode() if api_key else b""
+        self._tracer = tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        path = scope["path"]
+        label = f"{scope['method']} {path}"
+        headers = [(k.decode("latin-1"), v) for k, v in scope.get("headers", ())]
+        status: list[int] = [HTTPStatus.INTERNAL_SERVER_ERROR]
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        with self._tracer.start_as_current_span(
+            label,
+            context=caller_context(headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "url.path": path},
+        ) as span:
+            try:
+                self._authenticate(path, headers)
+                body = await self._read_body(headers, receive)
+                with self._deadline(headers):
+                    await self._app(scope, _replay(body), recording_send)
+            except RerankError as error:
+                log.info("refused %s: %s", label, error)
+                await _error_response(error)(scope, receive, recording_send)
+            if status[0] >= HTTPStatus.BAD_REQUEST:
+                span.set_status(trace.StatusCode.ERROR, str(status[0]))
+            span.set_attribute("http.response.status_code", status[0])
+        self._metrics.calls.labels(label, _code_name(status[0])).inc()
+
+    def _authenticate(self, path: str, headers: list[tuple[str, bytes]]) -> None:
+        if not self._expected or path in HEALTH_ROUTES:
+            return
+        for key, value in headers:
+            if key == "authorization" and hmac.compare_digest(value, self._expected):
+                return
+        raise Unauthenticated("missing or invalid API key: send 'Authorization: Bearer <key>'")
+
+    async def _read_body(self, headers: list[tuple[str, bytes]], receive: Receive) -> bytes:
+        for key, value in headers:
+            if key == "content-length" and value.isdigit() and int(value) > self._max_body:
+                raise RequestTooLarge(self._too_large(int(value)))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise RequestTooLarge(self._too_large(size, at_least=True))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _too_large(self, size: int, at_least: bool = False) -> str:
+        more = "more than " if at_least else ""
+        return (
+            f"the request body is {more}{size} bytes; the limit is "
+            f"max_request_bytes={self._max_body}"
+        )
+
+    @contextlib.contextmanager
+    def _deadline(self, headers: list[tuple[str, bytes]]) -> Iterator[None]:
+        raw = next((v for k, v in headers if k == TIMEOUT_HEADER), None)
+        if raw is None:
+            yield
+            return
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            raise InvalidArgument(
+                f"header {TIMEOUT_HEADER} must be a positive number of seconds, got {raw!r}"
+            )
+        token = _deadline.set(time.monotonic() + seconds)
+        try:
+            yield
+        finally:
+            _deadline.reset(token)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # After the body, the app only waits for a disconnect (streaming responses).
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}  # pragma: no cover
+
+    return receive
+
+
+# HTTP statuses as the gRPC code names the calls metric uses for every transport.
+_CODE_NAMES = {
+    200: "OK",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "UNIMPLEMENTED",
+    405: "UNIMPLEMENTED",
+    413: "RESOURCE_EXHAUSTED",
+    422: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _code_name(status: int) -> str:
+    return _CODE_NAMES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN")
+
+
+class _Server(uvicorn.Server):
+    # The rank service handles SIGINT and SIGTERM itself and stops this server in turn.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """uvicorn serving :func:`create_app` on a socket bound up front (so the port is known
+    before it starts), with the rank service's TLS files."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: RankCore,
+        metrics: ServiceMetrics,
+        serving: asyncio.Event,
+        api_key: str,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._settings = settings
+        app = Gate(create_app(core, serving), metrics, settings.max_request_bytes, api_key, tracer)
+        self._config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            log_config=None,
+            ws="none",
+            **_tls_options(settings),
+        )
+        self._server = _Server(self._config)
+        self._socket: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def bind(self) -> int:
+        host, port = self._settings.host, self._settings.http_port
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.set_inheritable(True)
+        self._socket = sock
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    async def start(self) -> None:
+        if self._socket is None:
+            self.bind()
+        assert self._socket is not None
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise OSError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuses new connections and gives calls in flight ``grace_s`` to finish."""
+        if self._task is None:
+            if self._socket is not None:
+                self._socket.close()
+            return
+        # Annotated as int by uvicorn; it is only passed on to asyncio.wait_for.
+        self._config.timeout_graceful_shutdown = max(grace_s, 0.001)  # type: ignore[assignment]
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    if not settings.tls_cert_file:
+        return {}
+    options: dict[str, Any] = {
+        "ssl_certfile": settings.tls_cert_file,
+        "ssl_keyfile": settings.tls_key_file,
+    }
+    if settings.tls_client_ca_file:
+        options["ssl_ca_certs"] = settings.tls_client_ca_file
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
