@@ -22,8 +22,10 @@ class CohereV2Request(Strict):
     model: str = Field("", description="served model; empty selects the default")
     query: str
     documents: list[str]
-    top_n: int | None = Field(None, description="return only the best top_n")
-    max_tokens_per_doc: int | None = Field(None, description="keep at most this many tokens")
+    top_n: int | None = Field(None, ge=1, description="return only the best top_n")
+    max_tokens_per_doc: int | None = Field(
+        None, ge=1, description="keep at most this many tokens of each document"
+    )
 
     def call(self) -> RankCall:
         return RankCall(
@@ -31,7 +33,7 @@ class CohereV2Request(Strict):
             documents=self.documents,
             model=self.model,
             top_k=self.top_n,
-            max_document_tokens=_positive_or_unset("max_tokens_per_doc", self.max_tokens_per_doc),
+            max_document_tokens=self.max_tokens_per_doc or 0,
         )
 
 
@@ -59,11 +61,11 @@ class CohereV1Request(Strict):
     model: str = ""
     query: str
     documents: list[str | DocumentObject]
-    top_n: int | None = None
+    top_n: int | None = Field(None, ge=1, description="return only the best top_n")
     return_documents: bool = False
     rank_fields: list[str] | None = Field(None, description="only ['text'] is supported")
     max_chunks_per_doc: int | None = Field(
-        None, description="score long documents in up to this many windows (best one counts)"
+        None, ge=1, description="score long documents in up to this many windows (best counts)"
     )
 
     def texts(self) -> list[str]:
@@ -77,10 +79,6 @@ class CohereV1Request(Strict):
             )
         chunking = None
         if self.max_chunks_per_doc is not None:
-            if self.max_chunks_per_doc < 1:
-                raise InvalidArgument(
-                    f"max_chunks_per_doc must be >= 1, got {self.max_chunks_per_doc}"
-                )
             chunking = ChunkingRequest(max_chunks=self.max_chunks_per_doc)
         return RankCall(
             query=self.query,
@@ -197,11 +195,3 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-def _positive_or_unset(name: str, value: int | None) -> int:
-    if value is None:
-        return 0
-    if value < 1:
-        raise InvalidArgument(f"{name} must be >= 1 when set, got {value}")
-    return value

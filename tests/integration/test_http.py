@@ -1,0 +1,304 @@
+"""The HTTP shapes (Cohere v1/v2, Jina, TEI, NIM) and TEI's gRPC API, end to end through the
+real server and Triton, called by the real client libraries of the tools that speak them.
+Every score is checked against ``reranker.v1`` on the same input."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import cohere
+import grpc
+import httpx
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from reranker_client import RerankClient
+
+from reranker._proto.tei.v1 import tei_pb2, tei_pb2_grpc
+from reranker.builder import DEFAULT_MODEL_NAME
+from tests.integration.conftest import ALL_MODELS, CROSS_ENCODER, Server
+from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
+
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+
+QUERY, DOCUMENTS = MOCKINGBIRD_QUERY, MOCKINGBIRD_DOCUMENTS
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server: Server) -> Iterator[RerankClient]:
+    with RerankClient(server.address, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.http_url, timeout=60) as client:
+        yield client
+
+
+def reference(
+    client: RerankClient, model: str = CROSS_ENCODER, **options: Any
+) -> list[dict[str, Any]]:
+    return client.rank(QUERY, DOCUMENTS, model=model, **options)
+
+
+def assert_same_ranking(
+    got: list[tuple[int, float]], expected: list[dict[str, Any]], tolerance: float = 1e-6
+) -> None:
+    assert [i for i, _ in got] == [r["corpus_id"] for r in expected]
+    for (_, score), reference_result in zip(got, expected, strict=True):
+        assert abs(score - reference_result["score"]) <= tolerance
+
+
+def test_cohere_v2_sdk_ranks_as_the_grpc_api_does(
+    server: Server, grpc_client: RerankClient
+) -> None:
+    client = cohere.ClientV2(base_url=server.http_url, api_key="unused")
+    response = client.rerank(model=CROSS_ENCODER, query=QUERY, documents=DOCUMENTS, top_n=4)
+    expected = reference(grpc_client, top_k=4)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+    # max_tokens_per_doc is the gRPC max_document_tokens.
+    short = client.rerank(
+        model=CROSS_ENCODER, query=QUERY, documents=DOCUMENTS, max_tokens_per_doc=5
+    )
+    expected = reference(grpc_client, max_document_tokens=5)
+    assert_same_ranking([(r.index, r.relevance_score) for r in short.results], expected)
+
+
+def test_cohere_v1_sdk_returns_the_documents(server: Server, grpc_client: RerankClient) -> None:
+    client = cohere.Client(base_url=server.http_url, api_key="unused")
+    response = client.rerank(
+        model=CROSS_ENCODER, query=QUERY, documents=DOCUMENTS, top_n=3, return_documents=True
+    )
+    expected = reference(grpc_client, top_k=3, return_documents=True)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+    assert [r.document.text for r in response.results if r.document] == [
+        e["text"] for e in expected
+    ]
+
+
+def test_llama_index_tei_postprocessor_reorders_nodes(
+    server: Server, grpc_client: RerankClient
+) -> None:
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
+
+    nodes = [NodeWithScore(node=TextNode(text=text), score=0.0) for text in DOCUMENTS]
+    reranker = TextEmbeddingInference(base_url=server.http_url, top_n=3)
+    reordered = reranker.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
+    expected = reference(grpc_client, model=DEFAULT_MODEL_NAME, top_k=3)
+    assert [n.node.get_content() for n in reordered] == [
+        DOCUMENTS[r["corpus_id"]] for r in expected
+    ]
+    for node, result in zip(reordered, expected, strict=True):
+        assert abs((node.score or 0.0) - result["score"]) <= 1e-6
+
+
+def test_haystack_tei_ranker_ranks_documents(server: Server, grpc_client: RerankClient) -> None:
+    from haystack import Document
+    from haystack.components.rankers import HuggingFaceTEIRanker
+    from haystack.utils import Secret
+
+    ranker = HuggingFaceTEIRanker(url=server.http_url, top_k=4, token=Secret.from_token("unused"))
+    ranked = ranker.run(query=QUERY, documents=[Document(content=d) for d in DOCUMENTS])
+    expected = reference(grpc_client, model=DEFAULT_MODEL_NAME, top_k=4)
+    assert [d.content for d in ranked["documents"]] == [DOCUMENTS[r["corpus_id"]] for r in expected]
+    for document, result in zip(ranked["documents"], expected, strict=True):
+        assert abs(document.score - result["score"]) <= 1e-6
+
+
+def test_jina_shape_takes_strings_and_objects(
+    http: httpx.Client, grpc_client: RerankClient
+) -> None:
+    documents: list[Any] = [
+        text if i % 2 else {"text": text, "source": f"doc-{i}"} for i, text in enumerate(DOCUMENTS)
+    ]
+    response = http.post(
+        "/v1/rerank",
+        json={
+            "model": CROSS_ENCODER,
+            "query": QUERY,
+            "documents": documents,
+            "top_n": 5,
+            "return_documents": True,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = reference(grpc_client, top_k=5)
+    assert_same_ranking([(r["index"], r["relevance_score"]) for r in body["results"]], expected)
+    for result in body["results"]:
+        sent = documents[result["index"]]
+        assert result["document"] == (sent if isinstance(sent, dict) else {"text": sent})
+    assert body["model"] == CROSS_ENCODER
+
+
+def test_nim_shape_returns_logits(http: httpx.Client, grpc_client: RerankClient) -> None:
+    response = http.post(
+        "/v1/ranking",
+        json={
+            "model": CROSS_ENCODER,
+            "query": {"text": QUERY},
+            "passages": [{"text": d} for d in DOCUMENTS],
+            "truncate": "END",
+        },
+    )
+    assert response.status_code == 200, response.text
+    rankings = response.json()["rankings"]
+    expected = reference(grpc_client, raw_scores=True)
+    assert_same_ranking([(r["index"], r["logit"]) for r in rankings], expected)
+    assert any(r["logit"] < 0 or r["logit"] > 1 for r in rankings)  # logits, not sigmoids
+
+
+def test_tei_rerank_info_and_health(http: httpx.Client, grpc_client: RerankClient) -> None:
+    response = http.post(
+        "/rerank",
+        json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True, "return_text": True},
+    )
+    assert response.status_code == 200, response.text
+    ranks = response.json()
+    expected = reference(grpc_client, model=DEFAULT_MODEL_NAME, raw_scores=True)
+    assert_same_ranking([(r["index"], r["score"]) for r in ranks], expected)
+    assert [r["text"] for r in ranks] == [DOCUMENTS[r["corpus_id"]] for r in expected]
+    plain = http.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS}).json()
+    assert all("text" not in r for r in plain)
+    info = http.get("/info").json()
+    assert info["model_id"] == DEFAULT_MODEL_NAME
+    default = next(m for m in grpc_client.models() if m.name == DEFAULT_MODEL_NAME)
+    assert info["max_input_length"] == default.max_length
+    assert info["max_client_batch_size"] == 1000  # max_documents_per_call's default
+    assert http.get("/health").status_code == 200
+
+
+def test_models_route_lists_every_served_model(http: httpx.Client) -> None:
+    body = http.get("/v1/models").json()
+    assert body["object"] == "list"
+    assert sorted(m["id"] for m in body["data"]) == sorted(ALL_MODELS)
+    assert [m["id"] for m in body["data"] if m["is_default"]] == [DEFAULT_MODEL_NAME]
+
+
+def test_openapi_describes_every_route(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    for route in ("/v2/rerank", "/v1/rerank", "/rerank", "/info", "/v1/ranking", "/v1/models"):
+        assert route in paths
+    assert http.get("/docs").status_code == 200
+
+
+TOO_MANY = {"query": "q", "texts": ["d"] * 1001}
+BAD_INPUTS = [
+    ("malformed JSON", "/v2/rerank", b'{"query": "q", "documents": [', 400, "not valid JSON"),
+    ("wrong type", "/v2/rerank", {"query": "q", "documents": "one"}, 400, "documents"),
+    ("missing field", "/v2/rerank", {"documents": ["d"]}, 400, "query: Field required"),
+    ("unknown field", "/v2/rerank", {"query": "q", "documents": ["d"], "x": 1}, 400, "x: Extra"),
+    ("empty query", "/v1/rerank", {"query": " ", "documents": ["d"]}, 400, "query must not be"),
+    ("bad top_n", "/v2/rerank", {"query": "q", "documents": ["d"], "top_n": 0}, 400, "top_n"),
+    ("too many documents", "/rerank", TOO_MANY, 400, "max_documents_per_call=1000"),
+    (
+        "unknown model",
+        "/v2/rerank",
+        {"model": "nope", "query": "q", "documents": ["d"]},
+        400,
+        "'nope' is not served",
+    ),
+    (
+        "left truncation",
+        "/rerank",
+        {"query": "q", "texts": ["d"], "truncation_direction": "Left"},
+        400,
+        "LEFT is not supported",
+    ),
+    (
+        "rank_fields",
+        "/v1/rerank",
+        {"query": "q", "documents": ["d"], "rank_fields": ["t"]},
+        400,
+        "",
+    ),
+    (
+        "NIM truncate NONE",
+        "/v1/ranking",
+        {"model": CROSS_ENCODER, "query": {"text": "q"}, "passages": [{"text": "word " * 2000}]},
+        400,
+        "truncation is REFUSE",
+    ),
+    ("unknown route", "/v3/rerank", {"query": "q"}, 404, "no route /v3/rerank"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+def test_bad_input_gets_its_status_and_a_json_error(
+    http: httpx.Client, path: str, body: Any, status: int, message: str
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = http.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert set(error) == {"error", "error_type"}
+    assert message in error["error"]
+    good = http.post("/v2/rerank", json={"query": "q", "documents": ["a", "b"]})
+    assert good.status_code == 200, good.text
+
+
+def test_timeout_header_bounds_the_call(http: httpx.Client) -> None:
+    documents = [f"{text} {i}" for i in range(8) for text in DOCUMENTS]
+    body = {"model": CROSS_ENCODER, "query": QUERY, "documents": documents}
+    expired = http.post("/v2/rerank", json=body, headers={"x-request-timeout": "0.001"})
+    assert expired.status_code == 504, expired.text
+    assert expired.json()["error_type"] == "DEADLINE_EXCEEDED"
+    for bad in ("soon", "-1", "0", "inf"):
+        refused = http.post("/v2/rerank", json=body, headers={"x-request-timeout": bad})
+        assert refused.status_code == 400, (bad, refused.text)
+    ok = http.post("/v2/rerank", json=body, headers={"x-request-timeout": "60"})
+    assert ok.status_code == 200
+
+
+def test_tei_grpc_api(server: Server, grpc_client: RerankClient) -> None:
+    expected = reference(grpc_client, model=DEFAULT_MODEL_NAME, return_documents=True)
+    with grpc.insecure_channel(server.address) as channel:
+        rerank = tei_pb2_grpc.RerankStub(channel)
+        response = rerank.Rerank(
+            tei_pb2.RerankRequest(query=QUERY, texts=DOCUMENTS, return_text=True, truncate=True)
+        )
+        got = [(r.index, r.score) for r in response.ranks]
+        assert_same_ranking(got, expected, tolerance=1e-6)  # TEI's score is a float32
+        assert [r.text for r in response.ranks] == [e["text"] for e in expected]
+        streamed = rerank.RerankStream(
+            iter(tei_pb2.RerankStreamRequest(query=QUERY, text=d) for d in DOCUMENTS)
+        )
+        assert_same_ranking([(r.index, r.score) for r in streamed.ranks], expected)
+        assert all(not r.HasField("text") for r in streamed.ranks)
+        with pytest.raises(grpc.RpcError) as raised:
+            rerank.Rerank(
+                tei_pb2.RerankRequest(
+                    query=QUERY,
+                    texts=DOCUMENTS,
+                    truncation_direction=tei_pb2.TRUNCATION_DIRECTION_LEFT,
+                )
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as raised:
+            rerank.RerankStream(
+                iter(
+                    [
+                        tei_pb2.RerankStreamRequest(query="one", text="a"),
+                        tei_pb2.RerankStreamRequest(query="two", text="b"),
+                    ]
+                )
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "another query" in (raised.value.details() or "")
+        info = tei_pb2_grpc.InfoStub(channel).Info(tei_pb2.InfoRequest())
+        assert info.model_id == DEFAULT_MODEL_NAME
+        assert info.model_type == tei_pb2.MODEL_TYPE_RERANKER
+        assert info.max_client_batch_size == 1000
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (listing,) = list(reflection.ServerReflectionInfo(iter([request])))
+        names = {s.name for s in listing.list_services_response.service}
+        assert {"reranker.v1.Rank", "tei.v1.Rerank", "tei.v1.Info"} <= names
