@@ -89,7 +89,8 @@ def wait_serving(server: Server, timeout_s: float = 180.0) -> None:
     raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{server.tail()}")
 
 
-def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
+def start_server(repository: Path, workdir: Path, default_model: str, **settings: str) -> Server:
+    """``reranker serve`` on free loopback ports; ``settings`` are more ``RERANKER_*``."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, http_port, triton_port, metrics_port, triton_metrics_port, triton_http_port = (
         free_port() for _ in range(6)
@@ -105,6 +106,7 @@ def start_server(repository: Path, workdir: Path, default_model: str) -> Server:
         RERANKER_TRITON_HTTP_PORT=str(triton_http_port),
         RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
         RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
+        **{"RERANKER_" + name.upper(): value for name, value in settings.items()},
     )
     log = workdir / "reranker.log"
     with open(log, "wb") as out:

@@ -223,6 +223,13 @@ BAD_INPUTS = [
         400,
         "truncation is REFUSE",
     ),
+    (
+        "TEI truncate false",
+        "/rerank",
+        {"query": "q", "texts": ["short", "word " * 2000], "truncate": False},
+        400,
+        "documents[1] has",
+    ),
     ("unknown route", "/v3/rerank", {"query": "q"}, 404, "no route /v3/rerank"),
 ]
 

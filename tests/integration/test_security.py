@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -16,7 +19,7 @@ from reranker.builder import DEFAULT_MODEL_NAME
 from reranker.settings import Settings
 from reranker.triton_server import TritonServer
 from tests.certificates import make_certificates
-from tests.integration.conftest import Server, rank_service, triton_pid
+from tests.integration.conftest import Server, rank_server, rank_service, triton_pid
 
 API_KEY = "rk-9f1c2e7a4b5d6c8e0f13a2b4c6d8e0f1"
 DOCUMENTS = ["a river meets the sea", "tax forms"]
@@ -56,6 +59,62 @@ async def test_api_key_is_required_except_for_health(
     assert API_KEY[:-1] not in caplog.text
 
 
+HTTP_CALLS = [
+    ("POST", "/v2/rerank", {"query": "where do rivers go", "documents": DOCUMENTS}),
+    ("POST", "/v1/rerank", {"query": "where do rivers go", "documents": DOCUMENTS}),
+    ("POST", "/rerank", {"query": "where do rivers go", "texts": DOCUMENTS}),
+    ("POST", "/v1/ranking", {"query": {"text": "q"}, "passages": [{"text": "a"}]}),
+    ("GET", "/info", None),
+    ("GET", "/v1/models", None),
+    ("GET", "/openapi.json", None),
+    ("GET", "/docs", None),
+]
+
+
+async def test_http_routes_need_the_key_except_health(server: Server) -> None:
+    async with rank_server(
+        server.triton_grpc, default_model=DEFAULT_MODEL_NAME, api_key=API_KEY
+    ) as service:
+        base = f"http://127.0.0.1:{service.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            for method, path, body in HTTP_CALLS:
+                for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": API_KEY}):
+                    refused = await http.request(method, path, json=body, headers=headers)
+                    assert refused.status_code == 401, (path, headers, refused.text)
+                    assert refused.json()["error_type"] == "UNAUTHENTICATED"
+                allowed = await http.request(
+                    method, path, json=body, headers={"authorization": f"Bearer {API_KEY}"}
+                )
+                assert allowed.status_code == 200, (path, allowed.text)
+            assert (await http.get("/health")).status_code == 200
+
+
+async def test_http_body_limit_matches_grpcs(server: Server) -> None:
+    async with rank_server(
+        server.triton_grpc, default_model=DEFAULT_MODEL_NAME, max_request_bytes=4096
+    ) as service:
+        base = f"http://127.0.0.1:{service.http_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            body = {"query": "q", "documents": ["word " * 1000]}
+            refused = await http.post("/v2/rerank", json=body)
+            assert refused.status_code == 413, refused.text
+            assert "max_request_bytes=4096" in refused.json()["error"]
+
+            async def chunked() -> AsyncIterator[bytes]:  # no content-length: counted as read
+                yield b'{"query": "q", "documents": ["'
+                for _ in range(10):
+                    yield b"word " * 100
+                yield b'"]}'
+
+            streamed = await http.post(
+                "/v2/rerank", content=chunked(), headers={"content-type": "application/json"}
+            )
+            assert streamed.status_code == 413, streamed.text
+            assert (
+                await http.post("/v2/rerank", json={"query": "q", "documents": ["a"]})
+            ).is_success
+
+
 def test_the_key_stays_out_of_reprs_and_tritons_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,25 +130,45 @@ def test_the_key_stays_out_of_reprs_and_tritons_environment(
 async def test_tls_and_mutual_tls(server: Server, tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
     trusting = grpc.ssl_channel_credentials(root_certificates=certs.ca.read_bytes())
-    async with rank_service(
+    async with rank_server(
         server.triton_grpc,
         default_model=DEFAULT_MODEL_NAME,
         tls_cert_file=str(certs.server_cert),
         tls_key_file=str(certs.server_key),
-    ) as address:
+    ) as service:
+        address = f"127.0.0.1:{service.grpc_port}"
         async with AsyncRerankClient(address, credentials=trusting) as client:
             assert (await client.rank("where do rivers go", DOCUMENTS))[0]["corpus_id"] == 0
         async with AsyncRerankClient(address, timeout=5) as plaintext:
             with pytest.raises(UnavailableError):
                 await plaintext.rank("where do rivers go", DOCUMENTS)
+        # HTTP takes the same certificate; plaintext HTTP gets no answer.
+        body = {"query": "where do rivers go", "documents": DOCUMENTS}
+        https = f"https://127.0.0.1:{service.http_port}"
+        async with httpx.AsyncClient(verify=str(certs.ca), timeout=30) as http:
+            response = await http.post(https + "/v2/rerank", json=body)
+            assert response.status_code == 200
+            assert response.json()["results"][0]["index"] == 0
+        async with httpx.AsyncClient(timeout=5) as http:
+            with pytest.raises(httpx.HTTPError):
+                await http.post(f"http://127.0.0.1:{service.http_port}/v2/rerank", json=body)
 
-    async with rank_service(
+    async with rank_server(
         server.triton_grpc,
         default_model=DEFAULT_MODEL_NAME,
         tls_cert_file=str(certs.server_cert),
         tls_key_file=str(certs.server_key),
         tls_client_ca_file=str(certs.ca),
-    ) as address:
+    ) as service:
+        address = f"127.0.0.1:{service.grpc_port}"
+        https = f"https://127.0.0.1:{service.http_port}/v2/rerank"
+        async with httpx.AsyncClient(verify=str(certs.ca), timeout=5) as anonymous_http:
+            with pytest.raises(httpx.HTTPError):
+                await anonymous_http.post(https, json=body)
+        client_tls = ssl.create_default_context(cafile=str(certs.ca))
+        client_tls.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+        async with httpx.AsyncClient(verify=client_tls, timeout=30) as http:
+            assert (await http.post(https, json=body)).status_code == 200
         async with AsyncRerankClient(address, credentials=trusting, timeout=5) as anonymous:
             with pytest.raises(UnavailableError):
                 await anonymous.rank("where do rivers go", DOCUMENTS)
