@@ -1,0 +1,263 @@
+"""The rank core with a fake scorer: validation, options, limits, assembly and the error table,
+with no Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import grpc
+import numpy as np
+import pytest
+
+from reranker import errors
+from reranker.chunking import Chunk
+from reranker.core import ChunkingRequest, RankCall, RankCore, Truncation
+from reranker.engine import Scores
+from reranker.http_shapes import CohereV1Request, NimRequest, TeiRequest
+from reranker.metrics import ServiceMetrics
+from reranker.repository import ModelKind, ServedModel
+from reranker.settings import Settings
+from reranker.tokenization import LONGEST_FIRST, TruncationOptions
+
+CROSS = ServedModel("cross", ModelKind.CROSS_ENCODER, "Bert", 512, "sigmoid", ("input_ids",))
+BI = ServedModel("bi", ModelKind.BI_ENCODER, "Bert", 256, "none", ("input_ids",))
+
+
+@dataclass
+class FakeScorer:
+    """Scores a document by its length less 5 (a logit), and records each call."""
+
+    served: dict[str, ServedModel] = field(default_factory=lambda: {"cross": CROSS, "bi": BI})
+    calls: list[tuple[list[str], TruncationOptions, Sequence[int] | None]] = field(
+        default_factory=list
+    )
+    gate: asyncio.Event | None = None
+
+    @property
+    def models(self) -> Mapping[str, ServedModel]:
+        return self.served
+
+    async def refresh(self) -> Mapping[str, ServedModel]:
+        return self.served
+
+    async def score(
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        timeout_s: float,
+        options: TruncationOptions = LONGEST_FIRST,
+        labels: Sequence[int] | None = None,
+    ) -> Scores:
+        self.calls.append((list(documents), options, labels))
+        if self.gate is not None:
+            await self.gate.wait()
+        values = np.array([len(d) - 5.0 for d in documents], dtype=np.float32)
+        return Scores(values, 1, 0.0)
+
+
+class FakeChunker:
+    """Cuts a document at each '|' into windows."""
+
+    def chunks(
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        overlap: int,
+        max_chunks: int,
+        max_document_tokens: int,
+    ) -> list[Chunk]:
+        return [
+            Chunk(i, part)
+            for i, document in enumerate(documents)
+            for part in document.split("|")[:max_chunks]
+        ]
+
+
+def core_with(scorer: FakeScorer | None = None, **settings: object) -> tuple[RankCore, FakeScorer]:
+    scorer = scorer or FakeScorer()
+    config = Settings(**{"default_model": "cross", **settings})  # type: ignore[arg-type]
+    return RankCore(config, scorer, ServiceMetrics(), chunker=FakeChunker()), scorer  # type: ignore[arg-type]
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+async def test_ranks_best_first_with_ties_in_input_order_and_top_k() -> None:
+    core, _ = core_with()
+    outcome = await core.rank(RankCall("q", ["abcdefg", "ab", "abcdefg", "abcd"], top_k=3), 1.0)
+    assert [r.index for r in outcome.results] == [0, 2, 3]
+    assert outcome.results[0].score == pytest.approx(sigmoid(2.0))
+    assert outcome.results[2].score == pytest.approx(sigmoid(-1.0))
+    assert all(r.text is None for r in outcome.results)
+    assert outcome.model.name == "cross" and outcome.pairs == 4
+
+
+async def test_raw_scores_documents_and_a_model_without_activation() -> None:
+    core, _ = core_with()
+    raw = await core.rank(
+        RankCall("q", ["abcdefg", "ab"], raw_scores=True, return_documents=True), 1.0
+    )
+    assert [(r.index, r.score, r.text) for r in raw.results] == [
+        (0, 2.0, "abcdefg"),
+        (1, -3.0, "ab"),
+    ]
+    cosine = await core.rank(RankCall("q", ["abcdefg", "ab"], model="bi"), 1.0)
+    assert [r.score for r in cosine.results] == [2.0, -3.0]
+
+
+async def test_truncation_options_reach_the_scorer() -> None:
+    core, scorer = core_with()
+    await core.rank(RankCall("q", ["a"], truncation=Truncation.REFUSE), 1.0)
+    await core.rank(RankCall("q", ["a"], max_document_tokens=7), 1.0)
+    assert [options for _, options, _ in scorer.calls] == [
+        TruncationOptions(refuse=True),
+        TruncationOptions(max_document_tokens=7),
+    ]
+
+
+async def test_chunked_documents_keep_their_best_window() -> None:
+    core, scorer = core_with()
+    outcome = await core.rank(
+        RankCall("q", ["ab|abcdefgh|a", "abcdef"], chunking=ChunkingRequest(max_chunks=2)), 1.0
+    )
+    documents, _, labels = scorer.calls[0]
+    assert documents == ["ab", "abcdefgh", "abcdef"] and list(labels or []) == [0, 0, 1]
+    assert [(r.index, r.score) for r in outcome.results] == [
+        (0, pytest.approx(sigmoid(3.0))),
+        (1, pytest.approx(sigmoid(1.0))),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (RankCall("", ["a"]), "query must not be empty"),
+        (RankCall("q", []), "documents must hold"),
+        (RankCall("q", ["a"] * 4), "max_documents_per_call=3"),
+        (
+            RankCall("q", ["a"], model="nope"),
+            "'nope' is not served; served models: ['bi', 'cross']",
+        ),
+        (RankCall("q", ["a"], max_document_tokens=-1), "max_document_tokens must be >= 0"),
+        (
+            RankCall("q", ["a"], truncation=Truncation.REFUSE, chunking=ChunkingRequest()),
+            "exclude each other",
+        ),
+        (RankCall("q", ["a"], chunking=ChunkingRequest(max_chunks=99)), "max_chunks must be"),
+    ],
+)
+async def test_invalid_calls_are_refused_before_scoring(call: RankCall, message: str) -> None:
+    core, scorer = core_with(max_documents_per_call=3, max_rows_in_flight=8)
+    with pytest.raises(errors.InvalidArgument, match=None) as raised:
+        await core.rank(call, 1.0)
+    assert message in str(raised.value)
+    assert scorer.calls == []
+
+
+async def test_model_choice() -> None:
+    core, _ = core_with(default_model="")
+    with pytest.raises(errors.InvalidArgument, match="model must be set"):
+        await core.rank(RankCall("q", ["a"]), 1.0)
+    alone, _ = core_with(FakeScorer(served={"bi": BI}), default_model="")
+    assert (await alone.rank(RankCall("q", ["a"]), 1.0)).model.name == "bi"
+    empty, _ = core_with(FakeScorer(served={}))
+    with pytest.raises(errors.Unavailable):
+        await empty.rank(RankCall("q", ["a"]), 1.0)
+    listing = await core.list_models()
+    assert [m.name for m in listing.models] == ["bi", "cross"] and listing.default == ""
+
+
+async def test_the_row_budget_refuses_a_call_that_does_not_fit() -> None:
+    core, scorer = core_with(
+        FakeScorer(gate=asyncio.Event()), max_rows_in_flight=10, max_documents_per_call=10
+    )
+    first = asyncio.create_task(core.rank(RankCall("q", ["a"] * 6), 1.0))
+    while not scorer.calls:
+        await asyncio.sleep(0)
+    with pytest.raises(errors.ResourceExhausted, match="6 rows in flight"):
+        await core.rank(RankCall("q", ["a"] * 5), 1.0)
+    assert scorer.gate is not None
+    scorer.gate.set()
+    await first
+    assert core.budget.in_flight == 0
+
+
+def test_timeout_is_the_deadline_within_the_server_bound() -> None:
+    core, _ = core_with(inference_timeout_s=30.0)
+    assert core.timeout(None) == 30.0
+    assert core.timeout(2.5) == 2.5
+    assert core.timeout(99.0) == 30.0
+    assert core.timeout(-1.0) == 0.001
+
+
+# The table, written out by hand: each class's gRPC and HTTP status.
+EXPECTED_STATUS = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, 422),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    (errors.RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, 503),
+    (errors.ModelRestarting, grpc.StatusCode.UNAVAILABLE, 503),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, 401),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    (errors.InferenceFailed, grpc.StatusCode.INTERNAL, 500),
+    (errors.NotFound, grpc.StatusCode.UNIMPLEMENTED, 404),
+]
+
+
+@pytest.mark.parametrize(("kind", "code", "status"), EXPECTED_STATUS)
+def test_each_error_maps_to_one_grpc_and_one_http_status(
+    kind: type[errors.RerankError], code: grpc.StatusCode, status: int
+) -> None:
+    error = kind("message")
+    assert errors.grpc_status(error) == code == error.status
+    assert errors.http_status(error) == HTTPStatus(status)
+
+
+def test_tei_shape_options() -> None:
+    assert TeiRequest(query="q", texts=["a"]).call().truncation == Truncation.LONGEST_FIRST
+    assert TeiRequest(query="q", texts=["a"], truncate=True).call().truncation == "longest_first"
+    refused = TeiRequest(query="q", texts=["a"], truncate=False).call()
+    assert refused.truncation == Truncation.REFUSE
+    for direction in ("left", "Left", "LEFT"):
+        with pytest.raises(errors.InvalidArgument, match="LEFT is not supported"):
+            TeiRequest(query="q", texts=["a"], truncation_direction=direction).call()
+    with pytest.raises(errors.InvalidArgument, match="'up'"):
+        TeiRequest(query="q", texts=["a"], truncation_direction="up").call()
+    call = TeiRequest(query="q", texts=["a"], raw_scores=True, return_text=True).call()
+    assert call.raw_scores and call.return_documents
+
+
+def test_nim_shape_scores_logits_and_refuses_by_default() -> None:
+    request = NimRequest.model_validate({"query": {"text": "q"}, "passages": [{"text": "p"}]})
+    call = request.call()
+    assert call.raw_scores and call.truncation == Truncation.REFUSE
+    assert call.documents == ["p"] and call.query == "q"
+    end = NimRequest.model_validate(
+        {"query": {"text": "q"}, "passages": [{"text": "p"}], "truncate": "END"}
+    )
+    assert end.call().truncation == Truncation.LONGEST_FIRST
+
+
+def test_cohere_v1_documents_and_chunks() -> None:
+    request = CohereV1Request.model_validate(
+        {
+            "query": "q",
+            "documents": ["plain", {"text": "object", "id": 7}],
+            "max_chunks_per_doc": 3,
+        }
+    )
+    call = request.call()
+    assert call.documents == ["plain", "object"]
+    assert call.chunking == ChunkingRequest(max_chunks=3)
+    assert request.document(0) == {"text": "plain"}
+    assert request.document(1) == {"text": "object", "id": 7}
+    with pytest.raises(errors.InvalidArgument, match="rank_fields"):
+        CohereV1Request(query="q", documents=["a"], rank_fields=["title"]).call()
