@@ -79,15 +79,31 @@ def test_cohere_v1_sdk_returns_the_documents(server: Server, grpc_client: Rerank
     ]
 
 
+def test_langchain_cohere_rerank_compresses_documents(
+    server: Server, grpc_client: RerankClient
+) -> None:
+    from langchain_cohere import CohereRerank
+    from langchain_core.documents import Document
+
+    reranker = CohereRerank(
+        base_url=server.http_url, cohere_api_key="unused", model=CROSS_ENCODER, top_n=3
+    )
+    kept = reranker.compress_documents([Document(page_content=d) for d in DOCUMENTS], QUERY)
+    expected = reference(grpc_client, top_k=3)
+    assert [d.page_content for d in kept] == [DOCUMENTS[r["corpus_id"]] for r in expected]
+    for document, result in zip(kept, expected, strict=True):
+        assert abs(document.metadata["relevance_score"] - result["score"]) <= 1e-6
+
+
 def test_llama_index_tei_postprocessor_reorders_nodes(
     server: Server, grpc_client: RerankClient
 ) -> None:
-    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    from llama_index.core.schema import NodeWithScore, TextNode
     from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
 
     nodes = [NodeWithScore(node=TextNode(text=text), score=0.0) for text in DOCUMENTS]
     reranker = TextEmbeddingInference(base_url=server.http_url, top_n=3)
-    reordered = reranker.postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
+    reordered = reranker.postprocess_nodes(nodes, query_str=QUERY)
     expected = reference(grpc_client, model=DEFAULT_MODEL_NAME, top_k=3)
     assert [n.node.get_content() for n in reordered] == [
         DOCUMENTS[r["corpus_id"]] for r in expected
