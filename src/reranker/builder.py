@@ -34,6 +34,7 @@ from reranker.repository import (
     tokenizer_path,
     write_configs,
 )
+from reranker.runtimes import cpu_flags, has_native_bf16
 from reranker.tokenization import TOKEN_TENSORS, PairTokenizer, PairTokenizerConfig
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2-biencoder"
@@ -137,6 +138,22 @@ def _graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
     return tuple(name for name in TOKEN_TENSORS if name in inputs), output.name
 
 
+def check_precision(options: BuildOptions) -> None:
+    """Refuses a precision the target cannot serve well, saying why."""
+    if options.device is Device.GPU and options.precision is Precision.INT8:
+        raise BuildError("int8 here is dynamic quantization for CPU; on GPU use fp16")
+    if options.precision is not Precision.BF16:
+        return
+    if options.device is Device.GPU:
+        raise BuildError("bf16 here is OpenVINO on CPU; on GPU use fp16")
+    if not has_native_bf16(cpu_flags()):
+        raise BuildError(
+            "bf16 needs a CPU with native BF16 arithmetic (AMX, flag amx_bf16, or AVX-512 BF16, "
+            "flag avx512_bf16); this CPU has neither, so bf16 would be emulated and slower "
+            "than fp32. Build fp32 (exact) or int8 (faster) instead"
+        )
+
+
 def _install(
     model: ServedModel,
     tokenizer: Tokenizer,
@@ -158,11 +175,11 @@ def _install(
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in (target.with_name(target.name + "_data"), target.parent / REPORT_FILE):
         stale.unlink(missing_ok=True)
-    if options.device is Device.GPU and options.precision is Precision.INT8:
-        raise BuildError("int8 here is dynamic quantization for CPU; on GPU use fp16")
+    check_precision(options)
     # On GPU the fp32 graph is served and TensorRT builds fp16 engines from it on the GPU
-    # (its accuracy can only be measured there).
-    if options.precision is Precision.FP32 or options.device is Device.GPU:
+    # (its accuracy can only be measured there). bf16 serves the fp32 graph too: OpenVINO
+    # converts it when it loads it.
+    if options.precision in (Precision.FP32, Precision.BF16) or options.device is Device.GPU:
         shutil.copyfile(graph, target)
         external = graph.with_name(graph.name + "_data")
         if external.is_file():
@@ -170,6 +187,7 @@ def _install(
     else:
         with step(f"converting to {options.precision.value}"):
             reduce_precision(graph, target, options.precision)
+    if options.precision is not Precision.FP32 and options.device is Device.CPU:
         with step(f"measuring {options.precision.value} against fp32 on real-text pairs"):
             report = write_accuracy_report(
                 graph, target, _pair_tokenizer(tokenizer, model), options.precision

@@ -208,10 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_parser.add_argument("--max-batch-size", type=int, default=64)
     build_parser.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "int8"],
+        choices=["fp32", "bf16", "int8", "fp16"],
         default="fp32",
-        help="fp32 (default); int8: dynamic quantization for CPU; fp16: for GPU profiles. "
-        "A reduced precision writes accuracy.json (vs fp32) beside the graph",
+        help="fp32 (default, exact); bf16: OpenVINO on CPUs with AMX or AVX512_BF16; int8: "
+        "dynamic quantization for CPU; fp16: for GPU profiles. A reduced precision on CPU "
+        "writes accuracy.json (vs fp32) beside the graph",
     )
     build_parser.add_argument(
         "--device",

@@ -2,8 +2,10 @@
 
 int8 is ONNX Runtime dynamic quantization (for CPU): weights of the matrix products are
 quantized per output channel ahead of time, activations per batch at run time; embeddings,
-normalisation and attention softmax stay fp32. fp16 (for GPU profiles) converts the graph's
-weights and arithmetic, keeping fp32 inputs and outputs.
+normalisation and attention softmax stay fp32. bf16 (for CPUs with AMX or AVX512_BF16) serves
+the fp32 graph itself through OpenVINO with its bf16 inference-precision hint: OpenVINO runs
+the matrix products in bf16 and keeps fp32 where accuracy needs it. fp16 (for GPU profiles)
+converts the graph's weights and arithmetic, keeping fp32 inputs and outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from reranker.evaluation import EvalPair, accuracy_report, eval_pairs
-from reranker.inference import create_session
+from reranker.runtimes import GraphRunner, cpu_runtime, load_runner
 from reranker.tokenization import PairTokenizer
 
 
@@ -24,6 +26,7 @@ class Precision(enum.StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    BF16 = "bf16"
 
 
 REPORT_FILE = "accuracy.json"
@@ -51,34 +54,44 @@ def reduce_precision(source: Path, target: Path, precision: Precision) -> None:
         raise ValueError(f"{precision} is not a reduced precision")
 
 
+def runner_for(path: Path, precision: str, threads: int = 0) -> GraphRunner:
+    """What serves ``path`` (a graph of ``precision``) on CPU."""
+    runtime, hint = cpu_runtime(precision)
+    return load_runner(path, runtime, threads, hint)
+
+
 def score_graph(
-    path: Path, tokenizer: PairTokenizer, pairs: Sequence[EvalPair], batch_size: int = 32
+    runner: GraphRunner, tokenizer: PairTokenizer, pairs: Sequence[EvalPair], batch_size: int = 32
 ) -> np.ndarray:
-    """Scores pairs with an ONNX graph in length-sorted batches."""
-    session = create_session(path, 0)
-    names = [i.name for i in session.get_inputs()]
+    """Scores pairs with a graph in length-sorted batches."""
+    names = runner.input_names
     rows = tokenizer.tokenize([p.query for p in pairs], [p.passage for p in pairs])
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
     scores = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         tensors = tokenizer.pad([rows[i] for i in chosen])
-        (out,) = session.run(None, {name: tensors[name] for name in names})
-        scores[chosen] = out.reshape(-1)
+        scores[chosen] = runner.run({name: tensors[name] for name in names})
     return scores
 
 
 def write_accuracy_report(
     fp32_graph: Path, reduced_graph: Path, tokenizer: PairTokenizer, precision: Precision
 ) -> dict[str, float | str]:
-    """Compares the reduced graph with fp32 on the fixed real-text pairs; writes the report
-    beside the reduced graph and returns it."""
+    """Compares the reduced graph, served as it will be, with the fp32 graph under ONNX
+    Runtime on the fixed real-text pairs; writes the report beside the reduced graph and
+    returns it."""
     pairs = eval_pairs()
-    report: dict[str, float | str] = {"precision": precision.value, "reference": "fp32"}
+    runtime, _ = cpu_runtime(precision)
+    report: dict[str, float | str] = {
+        "precision": precision.value,
+        "reference": "fp32",
+        "runtime": runtime.value,
+    }
     report.update(
         accuracy_report(
-            score_graph(fp32_graph, tokenizer, pairs),
-            score_graph(reduced_graph, tokenizer, pairs),
+            score_graph(runner_for(fp32_graph, Precision.FP32), tokenizer, pairs),
+            score_graph(runner_for(reduced_graph, precision), tokenizer, pairs),
             pairs,
         )
     )

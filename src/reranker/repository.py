@@ -3,7 +3,9 @@
 Each served model NAME is three Triton models:
   NAME             ensemble: QUERY, DOCUMENT (TYPE_STRING [1] per row) -> SCORE (FP32 [1])
   NAME__tokenizer  Python backend: rows -> input_ids / attention_mask / token_type_ids
-  NAME__encoder    Python backend running the ONNX graph with ONNX Runtime -> SCORE
+  NAME__encoder    on CPU, a Python backend running the ONNX graph in length-sorted
+                   micro-batches with ONNX Runtime (fp32, int8) or OpenVINO (bf16) -> SCORE;
+                   on GPU, Triton's onnxruntime_onnx platform with TensorRT
 The ensemble's ``parameters`` describe the model to the rank service.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from reranker.runtimes import cpu_runtime
 from reranker.tokenization import PairMode
 
 TOKENIZER_SUFFIX = "__tokenizer"
@@ -158,10 +161,13 @@ def encoder_config(model: ServedModel) -> mc.ModelConfig:
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     config.instance_group.add(count=model.encoder_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     _dynamic_batching(config, model, model.encoder_queue_delay_us)
+    runtime, precision_hint = cpu_runtime(model.precision)
     _parameters(
         config,
         {
             "onnx_file": ONNX_FILE,
+            "runtime": runtime.value,
+            "inference_precision": precision_hint,
             "intra_op_threads": model.intra_op_threads,
             "max_attention_cells": model.max_attention_cells,
             "max_rows_per_run": model.max_rows_per_run,

@@ -28,6 +28,7 @@ from reranker.checkpoints import (
     minilm_cross_encoder,
 )
 from reranker.precision import Precision
+from reranker.runtimes import cpu_flags, has_native_bf16
 from reranker.service import RankServer
 from reranker.triton_server import dies_with_parent
 
@@ -36,14 +37,19 @@ CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
 DEBERTA = "deberta-v2-cross-encoder"
 JINA = "jina-bert-like"
 DEFAULT_INT8 = DEFAULT_MODEL_NAME + "-int8"
+DEFAULT_BF16 = DEFAULT_MODEL_NAME + "-bf16"
+# bf16 is built only where the CPU has native BF16 arithmetic (the builder refuses it elsewhere).
+NATIVE_BF16 = has_native_bf16(cpu_flags())
 ALL_MODELS = (
     DEFAULT_MODEL_NAME,
     DEFAULT_INT8,
+    *((DEFAULT_BF16,) if NATIVE_BF16 else ()),
     CROSS_ENCODER,
     CROSS_ENCODER_FROM_ONNX,
     DEBERTA,
     JINA,
 )
+needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no AMX or AVX512_BF16")
 
 
 def free_port() -> int:
@@ -173,12 +179,14 @@ def repository(
     deberta_checkpoint: Path,
     jina_export: tuple[Path, Any],
 ) -> Path:
-    """A model repository of six models: the offline default (fp32 and int8); a MiniLM
+    """A model repository of seven models: the offline default (fp32, int8, bf16); a MiniLM
     cross-encoder from a checkpoint (source a) and from an ONNX export directory (source b);
     a DeBERTa-v2 cross-encoder (source a); a JinaBERT-like one with 8192 tokens (source b)."""
     root = tmp_path_factory.mktemp("model_repository")
     build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
     build_default(BuildOptions(name=DEFAULT_INT8, precision=Precision.INT8), root)
+    if NATIVE_BF16:
+        build_default(BuildOptions(name=DEFAULT_BF16, precision=Precision.BF16), root)
     build(str(deberta_checkpoint), BuildOptions(name=DEBERTA), root)
     build(str(jina_export[0]), BuildOptions(name=JINA), root)
     model = build(str(checkpoint), BuildOptions(name=CROSS_ENCODER), root)

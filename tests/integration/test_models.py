@@ -15,9 +15,20 @@ from reranker_client import AsyncRerankClient, RerankClient
 from transformers import AutoTokenizer
 
 from reranker.evaluation import eval_pairs
-from tests.integration.conftest import ALL_MODELS, DEFAULT_INT8, JINA, Server
+from tests.integration.conftest import (
+    ALL_MODELS,
+    DEFAULT_BF16,
+    DEFAULT_INT8,
+    JINA,
+    Server,
+    needs_bf16,
+)
 from tests.integration.test_parity import jina_reference
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY, varied_pairs
+
+# How far a bf16 score may move with the rows it is batched with (OpenVINO's bf16 kernels
+# block a padded batch differently by shape); measured up to 0.011 on the pair scorer's cosines.
+BF16_ROW_TOLERANCE = 0.03
 
 
 def long_document(tokenizer: Any, tokens: int) -> str:
@@ -88,6 +99,49 @@ def test_int8_accuracy_report_meets_its_bound_and_ranks_sensibly(
     assert {r["corpus_id"] for r in top} == {0, 2}
 
 
+@needs_bf16
+def test_bf16_accuracy_report_meets_its_bounds_and_ranks_sensibly(
+    server: Server, repository: Path
+) -> None:
+    report = json.loads(
+        (repository / f"{DEFAULT_BF16}__encoder" / "1" / "accuracy.json").read_text()
+    )
+    print(report)
+    assert report["precision"] == "bf16" and report["runtime"] == "openvino"
+    assert report["pairs"] >= 500
+    assert report["spearman"] >= 0.995
+    assert report["top10_overlap_mean"] >= 9.5
+    assert report["top10_overlap_min"] >= 9
+    with RerankClient(server.address) as client:
+        fp32 = client.rank(MOCKINGBIRD_QUERY, MOCKINGBIRD_DOCUMENTS)
+        bf16 = client.rank(MOCKINGBIRD_QUERY, MOCKINGBIRD_DOCUMENTS, model=DEFAULT_BF16)
+    assert [r["corpus_id"] for r in bf16[:2]] == [r["corpus_id"] for r in fp32[:2]]
+    for ours, reference in zip(
+        sorted(bf16, key=lambda r: r["corpus_id"]),
+        sorted(fp32, key=lambda r: r["corpus_id"]),
+        strict=True,
+    ):
+        assert abs(ours["score"] - reference["score"]) <= 0.05
+
+
+@needs_bf16
+async def test_a_bf16_row_scores_alike_alone_and_in_a_merged_batch(server: Server) -> None:
+    pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
+    others = [d for _, d in varied_pairs(40)]
+    async with AsyncRerankClient(server.address, timeout=120) as client:
+        (alone,) = await client.rank(pair[0], [pair[1]], model=DEFAULT_BF16)
+        # Concurrent calls of other lengths: Triton merges them into the same executions.
+        results = await asyncio.gather(
+            *(
+                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=DEFAULT_BF16)
+                for i in range(0, 40, 8)
+            )
+        )
+    for result in results:
+        merged = next(r for r in result if r["corpus_id"] == 0)
+        assert abs(merged["score"] - alone["score"]) <= BF16_ROW_TOLERANCE
+
+
 async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> None:
     query = MOCKINGBIRD_QUERY
     documents = MOCKINGBIRD_DOCUMENTS + [d for _, d in varied_pairs(10)]
@@ -103,6 +157,6 @@ async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> No
         assert got.keys() == want.keys(), model
         # Dynamic int8 quantizes activations with one scale per batch, so an int8 score moves
         # slightly with the rows it happens to be batched with; fp32 scores do not.
-        tolerance = 5e-2 if model == DEFAULT_INT8 else 1e-5
+        tolerance = {DEFAULT_INT8: 5e-2, DEFAULT_BF16: BF16_ROW_TOLERANCE}.get(model, 1e-5)
         for index, score in got.items():
             assert score == pytest.approx(want[index], abs=tolerance), (model, index)

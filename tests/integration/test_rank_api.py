@@ -22,6 +22,7 @@ from tests.integration.conftest import (
     CROSS_ENCODER,
     CROSS_ENCODER_FROM_ONNX,
     DEBERTA,
+    DEFAULT_BF16,
     DEFAULT_INT8,
     JINA,
     Server,
@@ -107,6 +108,7 @@ def test_list_models(client: RerankClient) -> None:
     expected = {
         DEFAULT_MODEL_NAME: ("bi-encoder", "BertModel", 256, "fp32", True),
         DEFAULT_INT8: ("bi-encoder", "BertModel", 256, "int8", False),
+        DEFAULT_BF16: ("bi-encoder", "BertModel", 256, "bf16", False),
         CROSS_ENCODER: ("cross-encoder", "BertForSequenceClassification", 512, "fp32", False),
         CROSS_ENCODER_FROM_ONNX: (
             "cross-encoder",

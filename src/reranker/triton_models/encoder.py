@@ -1,4 +1,4 @@
-"""Encoder model: runs the ONNX graph with ONNX Runtime on merged ragged requests.
+"""Encoder model: runs the ONNX graph (ONNX Runtime or OpenVINO) on merged ragged requests.
 
 The rows of all requests in the batch are pooled, run in the micro-batches of least padding
 cost (bounded by ``max_rows_per_run`` and ``max_attention_cells``) and split back per request.
@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from reranker.inference import create_session, micro_batches, pad_batch, pool_rows, split_rows
+from reranker.inference import micro_batches, pad_batch, pool_rows, split_rows
+from reranker.runtimes import Runtime, load_runner
 from reranker.triton_models._config import ModelArgs
 
 
@@ -19,9 +20,13 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         path = model.version_dir / model.parameter("onnx_file", "model.onnx")
-        self._session = create_session(path, int(model.parameter("intra_op_threads", "0")))
-        self._inputs = [i.name for i in self._session.get_inputs()]
-        self._graph_output = self._session.get_outputs()[0].name
+        self._runner = load_runner(
+            path,
+            Runtime(model.parameter("runtime", Runtime.ONNXRUNTIME.value)),
+            int(model.parameter("intra_op_threads", "0")),
+            model.parameter("inference_precision", "f32"),
+        )
+        self._inputs = self._runner.input_names
         self._max_cells = int(model.parameter("max_attention_cells"))
         self._max_rows = int(model.parameter("max_rows_per_run"))
         (self._output,) = model.output_names()
@@ -40,8 +45,7 @@ class TritonPythonModel:
         scores = np.empty(len(pooled.lengths), dtype=np.float32)
         try:
             for rows in micro_batches(pooled.lengths, self._max_cells, self._max_rows):
-                (out,) = self._session.run([self._graph_output], pad_batch(pooled, rows))
-                scores[rows] = out.reshape(-1)
+                scores[rows] = self._runner.run(pad_batch(pooled, rows))
         except Exception as error:  # noqa: BLE001 - every request of the batch is told why
             failure = pb_utils.TritonError(f"inference failed: {error}")
             return [pb_utils.InferenceResponse(error=failure) for _ in requests]

@@ -1,0 +1,71 @@
+"""Which runtime serves which precision, the CPU capability check and bf16's refusal."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from reranker import builder
+from reranker.builder import BuildError, BuildOptions, check_precision
+from reranker.precision import Precision
+from reranker.repository import Device, ModelKind, ServedModel, encoder_config
+from reranker.runtimes import Runtime, cpu_flags, cpu_runtime, has_amx, has_native_bf16
+
+MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, "sigmoid", ("input_ids",))
+
+CPUINFO = """processor	: 0
+vendor_id	: GenuineIntel
+flags		: fpu vme avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+bugs		: spectre_v1
+"""
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text(CPUINFO)
+    flags = cpu_flags(path)
+    assert {"avx512_bf16", "amx_bf16", "fpu"} <= flags and "spectre_v1" not in flags
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("flags", "bf16", "amx"),
+    [
+        ({"avx512f", "avx512_vnni"}, False, False),
+        ({"avx512f", "avx512_bf16"}, True, False),
+        ({"amx_bf16", "amx_tile", "avx512_bf16"}, True, True),
+    ],
+)
+def test_native_bf16_needs_amx_or_avx512_bf16(flags: set[str], bf16: bool, amx: bool) -> None:
+    assert has_native_bf16(flags) is bf16
+    assert has_amx(flags) is amx
+
+
+def test_each_precision_has_one_cpu_runtime() -> None:
+    assert cpu_runtime("fp32") == (Runtime.ONNXRUNTIME, "f32")
+    assert cpu_runtime("int8") == (Runtime.ONNXRUNTIME, "f32")
+    assert cpu_runtime("bf16") == (Runtime.OPENVINO, "bf16")
+
+
+def test_the_encoder_config_names_its_runtime() -> None:
+    for precision, runtime, hint in (("fp32", "onnxruntime", "f32"), ("bf16", "openvino", "bf16")):
+        text = text_format.MessageToString(encoder_config(replace(MODEL, precision=precision)))
+        config = text_format.Parse(text, mc.ModelConfig())
+        assert config.parameters["runtime"].string_value == runtime
+        assert config.parameters["inference_precision"].string_value == hint
+
+
+def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    bf16 = BuildOptions(name="m", precision=Precision.BF16)
+    monkeypatch.setattr(builder, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    with pytest.raises(BuildError, match="emulated"):
+        check_precision(bf16)
+    check_precision(BuildOptions(name="m"))  # fp32 needs nothing
+    monkeypatch.setattr(builder, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    check_precision(bf16)
+    with pytest.raises(BuildError, match="on GPU use fp16"):
+        check_precision(replace(bf16, device=Device.GPU))
