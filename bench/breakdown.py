@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import tritonclient.grpc as triton_grpc
-from run import QUERY, ROOT, WORKLOADS, Server, ort_engines, workload
+from run import QUERY, ROOT, WORKLOADS, Server, graph_engines, workload
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -77,16 +77,16 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from reranker.inference import create_session
+    from reranker.runtimes import OnnxRuntimeRunner
 
     tokenizer = AutoTokenizer.from_pretrained(workdir / "checkpoints" / "minilm")
     onnx = repository / f"{args.model}__encoder" / "1" / "model.onnx"
-    engines = ort_engines(create_session(onnx, 0), tokenizer, documents)
-    engines["onnxruntime sorted"]()
+    engines = graph_engines(OnnxRuntimeRunner(onnx, 0), tokenizer, documents)
+    engines["sorted"]()
     times = []
     for _ in range(args.calls):
         start = time.perf_counter()
-        engines["onnxruntime sorted"]()
+        engines["sorted"]()
         times.append(time.perf_counter() - start)
     best: Any = statistics.median(times)
     rate, per_call_ms = len(documents) / best, 1000 * best

@@ -75,6 +75,8 @@ class Result:
     p99_ms: float
     ratio_to_ort_naive: float = 0.0
     flop_fraction: float = 0.0
+    # The GEMM rate the FLOP bound of ``flop_fraction`` assumes: fp32, or bf16 for bf16 rows.
+    bound: str = "fp32"
     # Each run's pairs/s in round order: a slow stretch of this shared machine shows up as
     # one or two low runs, which the median leaves out.
     run_pairs_per_s: list[float] = field(default_factory=list)
@@ -144,34 +146,49 @@ def interleave(cases: list[Case], runs: int) -> list[Result]:
     return results
 
 
-def ort_engines(
-    session: Any, tokenizer: Any, documents: list[str]
+def graph_engines(
+    runner: Any, tokenizer: Any, documents: list[str], query: str = QUERY
 ) -> dict[str, Callable[[], object]]:
-    names = [i.name for i in session.get_inputs()]
+    """In-process engines over one graph runner: one padded batch of every document (naive),
+    and length-sorted batches of ``SORTED_BATCH`` (sorted)."""
+    names = runner.input_names
 
     def feed(docs: Sequence[str]) -> dict[str, np.ndarray]:
         batch = tokenizer(
-            [QUERY] * len(docs), list(docs), padding=True, truncation=True, return_tensors="np"
+            [query] * len(docs), list(docs), padding=True, truncation=True, return_tensors="np"
         )
         return {n: batch[n].astype(np.int64) for n in names}
 
     def naive() -> object:
-        return session.run(None, feed(documents))
+        return runner.run(feed(documents))
 
     def length_sorted() -> object:
         lengths = [
             len(ids)
-            for ids in tokenizer([QUERY] * len(documents), documents, truncation=True)["input_ids"]
+            for ids in tokenizer([query] * len(documents), documents, truncation=True)["input_ids"]
         ]
         order = sorted(range(len(documents)), key=lambda i: lengths[i])
         scores = np.empty(len(documents), dtype=np.float32)
         for start in range(0, len(order), SORTED_BATCH):
             rows = order[start : start + SORTED_BATCH]
-            (out,) = session.run(None, feed([documents[i] for i in rows]))
-            scores[rows] = out.ravel()
+            scores[rows] = runner.run(feed([documents[i] for i in rows]))
         return scores
 
-    return {"onnxruntime naive": naive, "onnxruntime sorted": length_sorted}
+    return {"naive": naive, "sorted": length_sorted}
+
+
+def precision_of(served: str) -> str:
+    """The precision a benchmark model name carries (``minilm-bf16`` is bf16)."""
+    suffix = served.rsplit("-", 1)[-1]
+    return suffix if suffix in ("int8", "bf16") else "fp32"
+
+
+def in_process_label(precision: str) -> str:
+    return "openvino" if precision == "bf16" else "onnxruntime"
+
+
+def _suffix(precision: str) -> str:
+    return "" if precision == "fp32" else f" {precision}"
 
 
 class Server:
@@ -247,7 +264,7 @@ class CohereHttp:
 class Infinity:
     """Infinity (infinity-emb) serving the same checkpoint, in its own environment."""
 
-    def __init__(self, venv: Path, checkpoint: Path, log: Path) -> None:
+    def __init__(self, venv: Path, checkpoint: Path, log: Path, dtype: str = "float32") -> None:
         self.port = free_port()
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
@@ -268,6 +285,8 @@ class Infinity:
                     "127.0.0.1",
                     "--batch-size",
                     "32",
+                    "--dtype",
+                    dtype,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -383,27 +402,53 @@ def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> tuple[float, float]
     return statistics.median(rates), max(rates)
 
 
-def build_models(workdir: Path, deberta: bool) -> Path:
-    """The benchmark's repository: MiniLM cross-encoder fp32 and int8 (and DeBERTa-v2 of the
-    mxbai-rerank-xsmall-v1 shape, 12 layers), built once and reused."""
+def bf16_gemm_gflops(size: int = 2048, repeats: int = 10) -> tuple[float, float]:
+    """Median and best bf16 GEMM rate (torch, all cores): the bound of bf16 rows."""
+    import torch
+
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    a @ a
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates), max(rates)
+
+
+def build_models(workdir: Path, deberta: bool, bf16: bool) -> Path:
+    """The benchmark's repository, built once and reused: the MiniLM cross-encoder in fp32,
+    int8 and (where the CPU has native BF16) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1
+    shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16."""
     from reranker.builder import BuildOptions, build
-    from reranker.checkpoints import deberta_v2_cross_encoder, minilm_cross_encoder
+    from reranker.checkpoints import (
+        deberta_v2_cross_encoder,
+        jina_bert_like_onnx,
+        minilm_cross_encoder,
+    )
     from reranker.precision import Precision
 
     repository = workdir / "model_repository"
     checkpoints = workdir / "checkpoints"
+
+    def variants(name: str, precisions: Sequence[Precision]) -> None:
+        for precision in precisions:
+            served = name + _suffix(precision.value).replace(" ", "-")
+            if not (repository / served).is_dir():
+                options = BuildOptions(name=served, precision=precision)
+                build(str(checkpoints / name), options, repository)
+
+    reduced = [Precision.BF16] if bf16 else []
     if not (checkpoints / "minilm").is_dir():
         minilm_cross_encoder(checkpoints / "minilm")
-    if not (repository / "minilm").is_dir():
-        build(str(checkpoints / "minilm"), BuildOptions(name="minilm"), repository)
-        build(
-            str(checkpoints / "minilm"),
-            BuildOptions(name="minilm-int8", precision=Precision.INT8),
-            repository,
-        )
-    if deberta and not (repository / "deberta").is_dir():
-        deberta_v2_cross_encoder(checkpoints / "deberta", layers=12)
-        build(str(checkpoints / "deberta"), BuildOptions(name="deberta"), repository)
+    variants("minilm", [Precision.FP32, Precision.INT8, *reduced])
+    if deberta:
+        if not (checkpoints / "deberta").is_dir():
+            deberta_v2_cross_encoder(checkpoints / "deberta", layers=12)
+        variants("deberta", [Precision.FP32, *reduced])
+    if not (checkpoints / "jina").is_dir():
+        jina_bert_like_onnx(checkpoints / "jina")
+    variants("jina", [Precision.FP32, *reduced])
     return repository
 
 
@@ -446,10 +491,10 @@ def engines(
     documents: list[str],
     cross_encoder: Any,
     tokenizer: Any,
-    sessions: dict[str, Any],
+    runners: dict[str, Any],
     client: Any,
     http: CohereHttp,
-    infinity: Infinity | None,
+    infinity: dict[str, Infinity],
     concurrency: Sequence[int],
 ) -> list[Case]:
     """The cases measured together for one model and workload."""
@@ -457,24 +502,25 @@ def engines(
     cases = [
         Case("CrossEncoder.rank", model, name, 1, lambda: cross_encoder.rank(QUERY, documents), n)
     ]
-    for served, session in sessions.items():
-        int8 = served.endswith("int8")
-        for engine, call in ort_engines(session, tokenizer, documents).items():
-            if int8 and engine == "onnxruntime naive":
-                continue  # int8 is compared with the sorted in-process batches only
-            cases.append(Case(engine + (" int8" if int8 else ""), model, name, 1, call, n))
-    for served in sessions:
-        int8 = served.endswith("int8")
+    for served, runner in runners.items():
+        precision = precision_of(served)
+        for kind, call in graph_engines(runner, tokenizer, documents).items():
+            if precision != "fp32" and kind == "naive":
+                continue  # reduced precisions are compared with sorted in-process batches only
+            label = f"{in_process_label(precision)} {kind}{_suffix(precision)}"
+            cases.append(Case(label, model, name, 1, call, n))
+    for served in runners:
+        precision = precision_of(served)
         if model != "minilm":
             levels: Sequence[int] = [1]  # a call takes seconds: deeper queues add nothing
-        elif name == "a" and not int8:
+        elif name == "a" and precision == "fp32":
             levels = concurrency
         else:
             levels = [4]
         for level in levels:
             cases.append(
                 Case(
-                    "this server" + (" int8" if int8 else ""),
+                    "this server" + _suffix(precision),
                     model,
                     name,
                     level,
@@ -485,14 +531,57 @@ def engines(
     if model == "minilm" and name == "a":
         call = partial(http.rank, documents)
         cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n))
-    if infinity is not None and model == "minilm" and name == "a":
-        for level in concurrency:
-            cases.append(Case("infinity", model, name, level, lambda: infinity.rank(documents), n))
+        for dtype, peer in infinity.items():
+            levels = concurrency if dtype == "float32" else [4]
+            label = "infinity" + ("" if dtype == "float32" else " bf16")
+            for level in levels:
+                cases.append(Case(label, model, name, level, partial(peer.rank, documents), n))
     return cases
 
 
+def long_context_cases(
+    repository: Path, client: Any, runners: dict[str, Any], tokenizer: Any
+) -> list[Case]:
+    """One query and four documents of about 8k tokens on the JinaBERT-like 8k model, served
+    and in-process (one row per run, as the encoder's attention-cell budget runs them)."""
+    documents = long_documents()
+    cases = []
+    for served, runner in runners.items():
+        precision = precision_of(served)
+
+        def in_process(runner: Any = runner) -> object:
+            return [graph_engines(runner, tokenizer, [d])["naive"]() for d in documents]
+
+        label = f"{in_process_label(precision)} one row per run{_suffix(precision)}"
+        cases.append(Case(label, "jina", "lc", 1, in_process, len(documents)))
+        call = partial(client.rank, QUERY, documents, model=served)
+        cases.append(
+            Case("this server" + _suffix(precision), "jina", "lc", 1, call, len(documents))
+        )
+    return cases
+
+
+def long_documents(count: int = 4, words: int = 7000) -> list[str]:
+    from pydoc_data.topics import topics
+
+    from reranker.evaluation import prose_paragraphs
+
+    text = " ".join(p for _, t in sorted(topics.items()) for p in prose_paragraphs(t)).split()
+    return [" ".join(text[i * words : (i + 1) * words]) for i in range(count)]
+
+
 def table(results: Sequence[Result]) -> str:
-    columns = ("engine", "model", "wl", "c", "pairs/s", "p50 ms", "p99 ms", "x naive", "of bound")
+    columns = (
+        "engine",
+        "model",
+        "wl",
+        "c",
+        "pairs/s",
+        "p50 ms",
+        "p99 ms",
+        "x naive",
+        "of bound (GEMM)",
+    )
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         cells = (
@@ -503,8 +592,8 @@ def table(results: Sequence[Result]) -> str:
             f"{r.pairs_per_s:.1f}",
             f"{r.p50_ms:.0f}",
             f"{r.p99_ms:.0f}",
-            f"{r.ratio_to_ort_naive:.2f}",
-            f"{r.flop_fraction:.2f}",
+            f"{r.ratio_to_ort_naive:.2f}" if r.ratio_to_ort_naive else "",
+            f"{r.flop_fraction:.2f} ({r.bound})" if r.flop_fraction else "",
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -513,13 +602,15 @@ def table(results: Sequence[Result]) -> str:
 def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
     """The performance targets, each as a ratio of two results of this run (workload a)."""
 
-    def find(engine: str, concurrency: int = 1, model: str = "minilm") -> Result | None:
+    def find(
+        engine: str, concurrency: int = 1, model: str = "minilm", workload: str = "a"
+    ) -> Result | None:
         return next(
             (
                 r
                 for r in results
                 if (r.engine, r.concurrency, r.model, r.workload)
-                == (engine, concurrency, model, "a")
+                == (engine, concurrency, model, workload)
             ),
             None,
         )
@@ -555,6 +646,42 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
     checks.append(("p50 c=1 / ORT sorted p50", latency, "<=", 1.15))
     fraction = deberta.flop_fraction if deberta else None
     checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70))
+    bf16 = find("this server bf16", 4)
+    checks += [
+        ("bf16 c=4 / this server fp32 c=4", throughput(bf16, server), ">=", 2.5),
+        (
+            "bf16 c=4 / ORT int8 sorted",
+            throughput(bf16, find("onnxruntime sorted int8")),
+            ">=",
+            1.3,
+        ),
+        (
+            "bf16 c=4 / OpenVINO bf16 sorted",
+            throughput(bf16, find("openvino sorted bf16")),
+            ">=",
+            0.95,
+        ),
+        ("bf16 c=4 / Infinity bf16 c=4", throughput(bf16, find("infinity bf16", 4)), ">=", 1.15),
+        (
+            "DeBERTa bf16 / fp32 (this server)",
+            throughput(find("this server bf16", 1, "deberta"), deberta),
+            ">=",
+            1.4,
+        ),
+    ]
+    for precision, suffix in (("fp32", ""), ("bf16", " bf16")):
+        engine = in_process_label(precision)
+        checks.append(
+            (
+                f"long context {precision}: served / in-process",
+                throughput(
+                    find("this server" + suffix, 1, "jina", "lc"),
+                    find(f"{engine} one row per run{suffix}", 1, "jina", "lc"),
+                ),
+                ">=",
+                0.9,
+            )
+        )
     return [
         {
             "target": name,
@@ -567,7 +694,7 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
 
 
 def target_lines(checks: Sequence[dict[str, Any]]) -> str:
-    lines = ["targets (workload a, ratios within this run):"]
+    lines = ["targets (workload a unless named, ratios within this run):"]
     for check in checks:
         value = "n/a" if check["measured"] is None else f"{check['measured']:.2f}"
         verdict = "met" if check["met"] else "NOT met"
@@ -606,30 +733,45 @@ def main() -> int:
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer
 
-    from reranker.inference import create_session
+    from reranker.precision import runner_for
+    from reranker.runtimes import cpu_flags, has_native_bf16
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
-    repository = build_models(args.workdir, deberta=not args.no_deberta)
+    bf16 = has_native_bf16(cpu_flags())
+    repository = build_models(args.workdir, deberta=not args.no_deberta, bf16=bf16)
     models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
     results: list[Result] = []
     lengths: dict[str, dict[str, float]] = {}
     gemm = [gemm_peak_gflops()]
     print(f"fp32 GEMM: median {gemm[0][0]:.0f} GFLOP/s, best {gemm[0][1]:.0f}", flush=True)
+    gemm_bf16 = [bf16_gemm_gflops()] if bf16 else []
+    if gemm_bf16:
+        rate, best = gemm_bf16[0]
+        print(f"bf16 GEMM: median {rate:.0f} GFLOP/s, best {best:.0f}", flush=True)
+
+    def runners(model: str) -> dict[str, Any]:
+        served = [m for m in (model, f"{model}-int8", f"{model}-bf16") if (repository / m).is_dir()]
+        return {
+            m: runner_for(repository / f"{m}__encoder" / "1" / "model.onnx", precision_of(m))
+            for m in served
+        }
 
     # Every engine is up for the whole run, so each model and workload measures all engines
     # round by round (see ``interleave``).
     server = Server(repository, args.workdir / "reranker.log")
-    infinity: Infinity | None = None
+    infinity: dict[str, Infinity] = {}
     perf: dict[str, float] = {}
     stack = contextlib.ExitStack()
     try:
         if (args.infinity_venv / "bin" / "infinity_emb").exists():
-            infinity = Infinity(
-                args.infinity_venv,
-                args.workdir / "checkpoints" / "minilm",
-                args.workdir / "infinity.log",
-            )
+            for dtype in ("float32", "bfloat16") if bf16 else ("float32",):
+                infinity[dtype] = Infinity(
+                    args.infinity_venv,
+                    args.workdir / "checkpoints" / "minilm",
+                    args.workdir / f"infinity-{dtype}.log",
+                    dtype,
+                )
         client = stack.enter_context(RerankClient(f"127.0.0.1:{server.port}", timeout=600))
         http = CohereHttp(server.http_port)
         stack.callback(http.close)
@@ -637,11 +779,7 @@ def main() -> int:
             checkpoint = args.workdir / "checkpoints" / model
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
             cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
-            served = [m for m in (model, f"{model}-int8") if (repository / m).is_dir()]
-            sessions = {
-                m: create_session(repository / f"{m}__encoder" / "1" / "model.onnx", 0)
-                for m in served
-            }
+            in_process = runners(model)
             for name in WORKLOADS if model == "minilm" else ["a"]:
                 documents = workload(name)
                 pair_lengths = [
@@ -662,7 +800,7 @@ def main() -> int:
                         documents,
                         cross_encoder,
                         tokenizer,
-                        sessions,
+                        in_process,
                         client,
                         http,
                         infinity,
@@ -671,6 +809,15 @@ def main() -> int:
                     args.runs,
                 )
                 gemm.append(gemm_peak_gflops())
+                gemm_bf16 += [bf16_gemm_gflops()] if bf16 else []
+            del in_process
+        print(f"{elapsed()} jina (long context)", flush=True)
+        jina_tokenizer = AutoTokenizer.from_pretrained(args.workdir / "checkpoints" / "jina")
+        lc_runners = runners("jina")
+        results += interleave(
+            long_context_cases(repository, client, lc_runners, jina_tokenizer), args.runs
+        )
+        del lc_runners
         print(f"{elapsed()} perf_analyzer", flush=True)
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():
@@ -688,25 +835,35 @@ def main() -> int:
     finally:
         stack.close()
         server.stop()
-        if infinity is not None:
-            infinity.stop()
+        for peer in infinity.values():
+            peer.stop()
     median_gflops = statistics.median(rate for rate, _ in gemm)
     best_gflops = max(best for _, best in gemm)
+    median_bf16 = statistics.median(rate for rate, _ in gemm_bf16) if gemm_bf16 else 0.0
 
     for result in results:
         naive = next(
-            r.pairs_per_s
-            for r in results
-            if r.engine == "onnxruntime naive"
-            and r.model == result.model
-            and r.workload == result.workload
+            (
+                r.pairs_per_s
+                for r in results
+                if r.engine == "onnxruntime naive"
+                and r.model == result.model
+                and r.workload == result.workload
+            ),
+            None,
         )
+        key = f"{result.model}/{result.workload}"
+        if naive is None or key not in lengths:
+            continue  # the long-context row compares served with in-process only
         result.ratio_to_ort_naive = result.pairs_per_s / naive
-        length = lengths[f"{result.model}/{result.workload}"]["mean"]
         flops = (deberta_flops if result.model == "deberta" else bert_flops)(
-            length, 384, 12 if result.model == "deberta" else 6, 1536
+            lengths[key]["mean"], 384, 12 if result.model == "deberta" else 6, 1536
         )
-        result.flop_fraction = result.pairs_per_s * flops / (median_gflops * 1e9)
+        if result.engine.endswith("bf16") and median_bf16:
+            result.bound = "bf16"
+            result.flop_fraction = result.pairs_per_s * flops / (median_bf16 * 1e9)
+        else:
+            result.flop_fraction = result.pairs_per_s * flops / (median_gflops * 1e9)
 
     print()
     print(table(results))
@@ -721,6 +878,10 @@ def main() -> int:
     for key, value in bounds.items():
         value["bound_pairs_per_s_median_gemm"] = median_gflops * 1e9 / value["flops_per_pair"]
         value["bound_pairs_per_s_best_gemm"] = best_gflops * 1e9 / value["flops_per_pair"]
+        if median_bf16:
+            value["bound_pairs_per_s_median_bf16_gemm"] = (
+                median_bf16 * 1e9 / value["flops_per_pair"]
+            )
         median, best = value["bound_pairs_per_s_median_gemm"], value["bound_pairs_per_s_best_gemm"]
         print(f"bound {key}: {median:.1f} pairs/s at the median GEMM rate ({best:.1f} at the best)")
     if "pairs_per_s" in perf:
@@ -731,6 +892,10 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "versions": _versions(),
         "gemm_gflops": {"median": median_gflops, "best": best_gflops},
+        "bf16_gemm_gflops": {
+            "median": median_bf16,
+            "best": max((best for _, best in gemm_bf16), default=0.0),
+        },
         "token_lengths": lengths,
         "bounds": bounds,
         "perf_analyzer": perf,

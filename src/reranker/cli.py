@@ -31,6 +31,8 @@ async def serve(settings: Settings) -> None:
     """Runs Triton (unless one is given) and the rank service until SIGINT or SIGTERM."""
     from reranker.engine import TritonEngine
     from reranker.metrics import ServiceMetrics
+    from reranker.repository import Device
+    from reranker.runtimes import bf16_hint, cpu_flags
     from reranker.service import create_server
     from reranker.tracing import provider_for, tracer_from
     from reranker.triton_server import TritonServer
@@ -80,6 +82,16 @@ async def serve(settings: Settings) -> None:
                 f"tei.v1){http_note}; Triton gRPC on {url}; models: {models}{metrics_note}",
                 flush=True,
             )
+            hint = bf16_hint(
+                cpu_flags(),
+                (
+                    m.name
+                    for m in engine.models.values()
+                    if m.precision == "fp32" and m.device is Device.CPU
+                ),
+            )
+            if hint is not None:
+                print(hint, flush=True)
         await stopping
         starting.cancel()
     finally:

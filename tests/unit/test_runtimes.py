@@ -13,7 +13,14 @@ from reranker import builder
 from reranker.builder import BuildError, BuildOptions, check_precision
 from reranker.precision import Precision
 from reranker.repository import Device, ModelKind, ServedModel, encoder_config
-from reranker.runtimes import Runtime, cpu_flags, cpu_runtime, has_amx, has_native_bf16
+from reranker.runtimes import (
+    Runtime,
+    bf16_hint,
+    cpu_flags,
+    cpu_runtime,
+    has_amx,
+    has_native_bf16,
+)
 
 MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, "sigmoid", ("input_ids",))
 
@@ -69,3 +76,12 @@ def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.Monkey
     check_precision(bf16)
     with pytest.raises(BuildError, match="on GPU use fp16"):
         check_precision(replace(bf16, device=Device.GPU))
+
+
+def test_serve_hints_bf16_only_for_fp32_models_on_amx() -> None:
+    amx = {"amx_bf16", "amx_tile", "avx512_bf16"}
+    hint = bf16_hint(amx, ["minilm", "deberta"])
+    assert hint is not None and "deberta, minilm are served in fp32" in hint
+    assert "--precision bf16" in hint and "\n" not in hint
+    assert bf16_hint({"avx512_bf16"}, ["minilm"]) is None  # no AMX: the gain is smaller
+    assert bf16_hint(amx, []) is None
