@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from tokenizers import Tokenizer
 
+from reranker.contract import TOKEN_TENSORS, max_chars
 from reranker.precision import REPORT_FILE, Precision, reduce_precision, write_accuracy_report
 from reranker.repository import (
     Device,
@@ -35,7 +36,7 @@ from reranker.repository import (
     write_configs,
 )
 from reranker.runtimes import cpu_flags, has_native_bf16
-from reranker.tokenization import TOKEN_TENSORS, PairTokenizer, PairTokenizerConfig
+from reranker.tokenization import PairTokenizer, PairTokenizerConfig
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2-biencoder"
 # Largest error an export may show against the torch model it came from.
@@ -115,7 +116,7 @@ def _check_export(error: float) -> None:
 
 
 def _pair_tokenizer(tokenizer: Tokenizer, model: ServedModel) -> PairTokenizer:
-    config = PairTokenizerConfig(model.max_length, model.pair_mode, model.max_length * 16)
+    config = PairTokenizerConfig(model.max_length, model.pair_mode, max_chars(model.max_length))
     return PairTokenizer(Tokenizer.from_str(tokenizer.to_str()), config)
 
 

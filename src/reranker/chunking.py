@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding
 
+from reranker.contract import max_chars
 from reranker.errors import FailedPrecondition, InvalidArgument
 from reranker.repository import ServedModel, tokenizer_path
 from reranker.tokenization import PairMode, PairTokenizer, PairTokenizerConfig
@@ -105,7 +106,7 @@ class DocumentChunker:
             # Chunked documents are read in full (up to max_chunks windows), not clipped
             # to one window's worth of characters.
             config = PairTokenizerConfig(
-                model.max_length, model.pair_mode, model.max_length * 16 * self._max_chunks
+                model.max_length, model.pair_mode, max_chars(model.max_length) * self._max_chunks
             )
             tokenizer = self._tokenizers[model.name] = PairTokenizer.from_file(str(path), config)
         return tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from reranker.contract import DOCUMENT, QUERY, SCORE, OverflowReport
 from reranker.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -26,8 +28,8 @@ from reranker.errors import (
     Unavailable,
 )
 from reranker.ranking import plan_requests
-from reranker.repository import SCORE, ServedModel, describe
-from reranker.tokenization import LONGEST_FIRST, Overflow, TruncationOptions
+from reranker.repository import ServedModel, describe
+from reranker.tokenization import LONGEST_FIRST, TruncationOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +45,19 @@ _STUB_DEAD = "is not healthy"
 _NOT_LOADED = ("Request for unknown model", "has no available versions")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _MESSAGE_BYTES = 256 * 1024 * 1024
+# Retries on the rank service -> Triton hop happen in one layer, the engine's own loop
+# (:meth:`TritonEngine._infer`): it sees what a gRPC retry policy cannot (a replica that is
+# up but still loading its models answers with an error message, not a status), and gRPC's
+# round robin sends each attempt to the next ready replica. The caller -> rank service hop
+# retries in the client's service config only.
 _ATTEMPTS = 3
-
-# Several Triton replicas are spread over by gRPC's own round robin; a request that meets
-# an unreachable replica is retried (by gRPC) on another.
-_SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [
-        {
-            "name": [{"service": "inference.GRPCInferenceService"}],
-            "retryPolicy": {
-                "maxAttempts": 3,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "0.2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ],
-}
+_RETRY_BACKOFF_S = 0.05
+_SERVICE_CONFIG: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
 _CHANNEL_ARGS = [
     ("grpc.max_send_message_length", _MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _MESSAGE_BYTES),
     ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
-    ("grpc.enable_retries", 1),
+    ("grpc.enable_retries", 0),
     # Reconnect quickly after Triton restarts: gRPC's default backoff grows to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -108,6 +99,52 @@ def _translate(error: InferenceServerException, url: str) -> RerankError:
     return InferenceFailed(f"inference failed: {message}")
 
 
+class BackendHealth:
+    """What calls have learned about the backend's models. The engine records it as calls
+    go; the health monitor reads it to decide when to probe and when to restart, so the
+    restart policy reads in one place (:class:`reranker.service.HealthMonitor`)."""
+
+    def __init__(self) -> None:
+        # Set when a call meets a failing backend, so health checks run now, not later.
+        self._trouble = asyncio.Event()
+        # Monotonic time of each model's latest answered request: live traffic proves a model
+        # alive as well as a canary does, without queueing behind that traffic.
+        self._answered: dict[str, float] = {}
+        # Monotonic start time of the latest request that found a model's process dead.
+        self._found_dead: dict[str, float] = {}
+
+    def answered(self, model: str) -> None:
+        self._answered[model] = time.monotonic()
+
+    def failed(self, model: str, process_dead_since: float | None = None) -> None:
+        """A request to ``model`` met an unavailable backend (a dead model process, when
+        ``process_dead_since`` gives the request's start)."""
+        if process_dead_since is not None:
+            self._found_dead[model] = process_dead_since
+        self._answered.pop(model, None)
+        self._trouble.set()
+
+    def answered_within(self, model: str, seconds: float) -> bool:
+        answered = self._answered.get(model)
+        return answered is not None and time.monotonic() - answered < seconds
+
+    def found_dead_after(self, model: str, moment: float) -> bool:
+        """Whether a request that started after ``moment`` found ``model``'s process dead."""
+        found = self._found_dead.get(model)
+        return found is not None and found > moment
+
+    async def wait_for_trouble(self, timeout_s: float) -> None:
+        """Returns when a call meets trouble, or after ``timeout_s``; then forgets it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._trouble.wait(), timeout_s)
+        self._trouble.clear()
+
+    def forget(self) -> None:
+        """Drops what calls have shown (tests start from a clean slate with it)."""
+        self._answered.clear()
+        self._trouble.clear()
+
+
 class TritonEngine:
     """Knows the served models and scores rows with them."""
 
@@ -121,13 +158,7 @@ class TritonEngine:
             grpc_target(url), channel_args=_CHANNEL_ARGS
         )
         self.models: dict[str, ServedModel] = {}
-        # Set when a call meets a dead model process, so health checks run now, not later.
-        self.trouble = asyncio.Event()
-        # Monotonic time of each model's latest answered request: live traffic proves a model
-        # alive as well as a canary does, without queueing behind that traffic.
-        self.last_answer: dict[str, float] = {}
-        # Monotonic start time of the latest request that found a model's process dead.
-        self.found_dead: dict[str, float] = {}
+        self.health = BackendHealth()
 
     async def refresh(self) -> dict[str, ServedModel]:
         """Reads the served models from the ready ensembles of Triton's repository."""
@@ -195,8 +226,8 @@ class TritonEngine:
         queries = np.full((rows, 1), query, dtype=np.object_)
         texts = np.array([d.encode("utf-8") for d in documents], dtype=np.object_).reshape(rows, 1)
         inputs = [
-            InferInput("QUERY", [rows, 1], "BYTES"),
-            InferInput("DOCUMENT", [rows, 1], "BYTES"),
+            InferInput(QUERY, [rows, 1], "BYTES"),
+            InferInput(DOCUMENT, [rows, 1], "BYTES"),
         ]
         inputs[0].set_data_from_numpy(queries)
         inputs[1].set_data_from_numpy(texts)
@@ -219,10 +250,10 @@ class TritonEngine:
                         parameters=parameters,
                         headers=headers or None,
                     )
-                self.last_answer[model] = time.monotonic()
+                self.health.answered(model)
                 break
             except InferenceServerException as error:
-                overflow = Overflow.parse(error.message() or "")
+                overflow = OverflowReport.decode(error.message() or "")
                 if overflow is not None:
                     more = "more than " if overflow.clipped else ""
                     raise InvalidArgument(
@@ -231,20 +262,22 @@ class TritonEngine:
                         "(truncation is REFUSE)"
                     ) from None
                 translated = _translate(error, self.url)
-                if isinstance(translated, ModelRestarting):
-                    self.found_dead[model] = started
                 if isinstance(translated, Unavailable):
-                    self.last_answer.pop(model, None)
-                    self.trouble.set()
-                # A replica that is still loading its models fails at once; round robin sends
-                # the next attempt to another one. (A dead model process is not retried: Triton
-                # takes a second to report it, and the launcher is restarting it anyway.)
+                    dead = started if isinstance(translated, ModelRestarting) else None
+                    self.health.failed(model, dead)
+                # An unreachable replica, or one still loading its models, fails at once;
+                # round robin sends the next attempt to another one. (A dead model process is
+                # not retried: Triton takes a second to report it, and the launcher is
+                # restarting it anyway.)
                 if type(translated) is Unavailable and attempt < _ATTEMPTS:
+                    await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
                     continue
                 raise translated from None
             except grpc.RpcError as error:  # raised directly by some channel failures
-                self.last_answer.pop(model, None)
-                self.trouble.set()
+                self.health.failed(model)
+                if attempt < _ATTEMPTS:
+                    await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
+                    continue
                 raise Unavailable(
                     f"inference server at {self.url} is unreachable: {error}"
                 ) from None

@@ -72,10 +72,10 @@ def eval_pairs(passages_per_query: int = 40, seed: int = 0) -> list[EvalPair]:
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values))
-    return ranks
+    """0-based ranks; tied values share the mean of the ranks they span."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + ends - 1) / 2)[inverse.reshape(-1)]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -43,11 +43,12 @@ def pool_rows(requests: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
 
 @dataclass(frozen=True)
 class RunCost:
-    """What one ONNX Runtime call on a padded ``rows x length`` batch costs, in token-times:
-    ``overhead_tokens + rows * length * (1 + length / quadratic_length)``. Measured for the
-    MiniLM cross-encoder on two cores: about 12 tokens of overhead per call, and attention
-    adding as much again as the rest of the layer at about 900 tokens; per-token cost hardly
-    depends on the rows in the batch, so padding is what a good split saves."""
+    """What one runtime call on a padded ``rows x length`` batch costs, in token-times:
+    ``overhead_tokens + rows * length * (1 + length / quadratic_length)``: a fixed cost per
+    call, the layers' cost per token, and attention's, which grows with the length until it
+    equals the rest at ``quadratic_length``. The defaults were fitted to ONNX Runtime on the
+    MiniLM cross-encoder (README, levers); per-token cost hardly depends on the rows in the
+    batch, so padding is what a good split saves."""
 
     overhead_tokens: float = 16.0
     quadratic_length: float = 1024.0

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from reranker.contract import TOKEN_TENSORS
 from reranker.deberta import used_span_attention
 from reranker.inference import create_session
-from reranker.tokenization import TOKEN_TENSORS, PairTokenizer
+from reranker.tokenization import PairTokenizer
 
 OPSET = 17
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from reranker.contract import DOCUMENT, QUERY, SCORE, max_chars
 from reranker.runtimes import cpu_runtime
 from reranker.tokenization import PairMode
 
@@ -26,7 +27,6 @@ TOKENIZER_SUFFIX = "__tokenizer"
 ENCODER_SUFFIX = "__encoder"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
-SCORE = "SCORE"
 
 
 class ModelKind(enum.StrEnum):
@@ -61,7 +61,7 @@ class ServedModel:
     max_length: int
     # "sigmoid" or "none": what turns the encoder's raw output into the default score.
     activation: str
-    # Token tensors the ONNX graph reads, a subset of tokenization.TOKEN_TENSORS.
+    # Token tensors the ONNX graph reads, a subset of contract.TOKEN_TENSORS.
     token_inputs: tuple[str, ...]
     max_batch_size: int = 64
     precision: str = "fp32"
@@ -104,7 +104,7 @@ def _parameters(config: mc.ModelConfig, values: Mapping[str, object]) -> None:
 
 
 def _string_inputs(config: mc.ModelConfig) -> None:
-    for name in ("QUERY", "DOCUMENT"):
+    for name in (QUERY, DOCUMENT):
         config.input.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
 
 
@@ -134,7 +134,7 @@ def tokenizer_config(model: ServedModel) -> mc.ModelConfig:
             "tokenizer_file": TOKENIZER_FILE,
             "max_length": model.max_length,
             "pair_mode": model.pair_mode.value,
-            "max_chars": model.max_length * 16,
+            "max_chars": max_chars(model.max_length),
             "length_buckets": ",".join(str(b) for b in tokenizer_buckets(model)),
         },
     )
@@ -237,7 +237,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
         model_name=model.tokenizer_model, model_version=-1
     )
     encode = config.ensemble_scheduling.step.add(model_name=model.encoder_model, model_version=-1)
-    for name in ("QUERY", "DOCUMENT"):
+    for name in (QUERY, DOCUMENT):
         tokenize.input_map[name] = name
     for name in model.token_inputs:
         tokenize.output_map[name] = name

@@ -253,7 +253,8 @@ class RankServicer(pb_grpc.RankServicer):
 
 class HealthMonitor:
     """Keeps ``grpc.health.v1`` in step with the engine: SERVING only while every served
-    model answers a canary request (Triton's own readiness flag can lie after a stub dies).
+    model answers, live calls or, for a model that had none within the interval, a canary
+    request (Triton's own readiness flag can lie after a stub dies).
     Checks run every ``interval_s``, and at once when a call meets a failing backend.
 
     Triton does not restart a Python-backend stub process that died, and unloading such a
@@ -296,13 +297,13 @@ class HealthMonitor:
         # A call that found the process dead since the last restart is proof enough: a canary
         # would take Triton another second to fail. Only the launcher's own Triton is
         # restarted on that word; any other is probed until it answers again.
-        if self._on_dead_model is not None:
-            found_dead = self._engine.found_dead.get(model.name)
-            if found_dead is not None and found_dead > self._restarted_at:
-                log.error("a call found the process of model %s dead", model.name)
-                return False
-        answered = self._engine.last_answer.get(model.name)
-        if answered is not None and time.monotonic() - answered < self._interval_s:
+        health = self._engine.health
+        if self._on_dead_model is not None and health.found_dead_after(
+            model.name, self._restarted_at
+        ):
+            log.error("a call found the process of model %s dead", model.name)
+            return False
+        if health.answered_within(model.name, self._interval_s):
             return True
         try:
             await self._engine.score(model, "canary", ["canary"], timeout_s=10.0)
@@ -327,10 +328,8 @@ class HealthMonitor:
 
     async def _run(self) -> None:
         while True:
-            self._engine.trouble.clear()
             await self._set(await self.check())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._engine.trouble.wait(), self._interval_s)
+            await self._engine.health.wait_for_trouble(self._interval_s)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

@@ -9,7 +9,6 @@ truncated on its own, placed side by side (``SentenceTransformer.encode`` of eac
 from __future__ import annotations
 
 import bisect
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -17,8 +16,13 @@ from enum import StrEnum
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-# Tensor names the encoders read; a model uses the subset its graph has.
-TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
+from reranker.contract import (
+    PARAM_MAX_DOCUMENT_TOKENS,
+    PARAM_TRUNCATION,
+    TRUNCATE_LONGEST_FIRST,
+    TRUNCATE_REFUSE,
+    OverflowReport,
+)
 
 
 class PairMode(StrEnum):
@@ -68,42 +72,31 @@ class TruncationOptions:
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, object]) -> TruncationOptions:
-        cap = parameters.get("max_document_tokens", 0)
-        truncation = parameters.get("truncation", "longest_first")
+        cap = parameters.get(PARAM_MAX_DOCUMENT_TOKENS, 0)
+        truncation = parameters.get(PARAM_TRUNCATION, TRUNCATE_LONGEST_FIRST)
         if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
             raise ValueError(f"max_document_tokens must be a non-negative integer, got {cap!r}")
-        if truncation not in ("longest_first", "refuse"):
+        if truncation not in (TRUNCATE_LONGEST_FIRST, TRUNCATE_REFUSE):
             raise ValueError(f"truncation must be 'longest_first' or 'refuse', got {truncation!r}")
-        return cls(max_document_tokens=cap, refuse=truncation == "refuse")
+        return cls(max_document_tokens=cap, refuse=truncation == TRUNCATE_REFUSE)
 
     def parameters(self) -> dict[str, int | str]:
         return {
-            "max_document_tokens": self.max_document_tokens,
-            "truncation": "refuse" if self.refuse else "longest_first",
+            PARAM_MAX_DOCUMENT_TOKENS: self.max_document_tokens,
+            PARAM_TRUNCATION: TRUNCATE_REFUSE if self.refuse else TRUNCATE_LONGEST_FIRST,
         }
 
 
 LONGEST_FIRST = TruncationOptions()
 
-_OVERFLOW = re.compile(r"\brow (\d+) has (more than )?(\d+) tokens; the model reads at most (\d+)")
-
 
 class Overflow(ValueError):
-    """A row is longer than the model reads and the request refused truncation."""
+    """A row is longer than the model reads and the request refused truncation. Its message
+    is the structured :class:`~reranker.contract.OverflowReport` the rank service decodes."""
 
     def __init__(self, row: int, tokens: int, limit: int, clipped: bool) -> None:
-        more = "more than " if clipped else ""
-        super().__init__(f"row {row} has {more}{tokens} tokens; the model reads at most {limit}")
-        self.row, self.tokens, self.limit, self.clipped = row, tokens, limit, clipped
-
-    @classmethod
-    def parse(cls, message: str) -> Overflow | None:
-        """Recovers an overflow from its message (it crosses Triton as error text)."""
-        match = _OVERFLOW.search(message)
-        if match is None:
-            return None
-        row, more, tokens, limit = match.groups()
-        return cls(int(row), int(tokens), int(limit), bool(more))
+        self.report = OverflowReport(row=row, tokens=tokens, limit=limit, clipped=clipped)
+        super().__init__(self.report.encode())
 
 
 class PairTokenizer:

@@ -83,8 +83,8 @@ async def test_a_call_that_found_a_model_dead_restarts_it_once_without_a_canary(
     assert await monitor.check()
     model = next(iter(engine.models))
     engine.canaries = 0
-    engine.last_answer.clear()
-    engine.found_dead[model] = time.monotonic()
+    engine.health.forget()
+    engine.health.failed(model, process_dead_since=time.monotonic())
 
     assert not await monitor.check()
     assert restarted == [model]

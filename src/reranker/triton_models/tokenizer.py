@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from reranker.contract import DOCUMENT, QUERY, max_chars
 from reranker.tokenization import (
     PairMode,
     PairTokenizer,
@@ -41,7 +42,7 @@ class TritonPythonModel:
         config = PairTokenizerConfig(
             max_length=max_length,
             pair_mode=PairMode(model.parameter("pair_mode")),
-            max_chars=int(model.parameter("max_chars", str(max_length * 16))),
+            max_chars=int(model.parameter("max_chars", str(max_chars(max_length)))),
             length_buckets=parse_buckets(model.parameter("length_buckets", "")),
         )
         path = model.version_dir / model.parameter("tokenizer_file", "tokenizer.json")
@@ -49,8 +50,8 @@ class TritonPythonModel:
         self._outputs = model.output_names()
 
     def _respond(self, request: Any) -> Any:
-        queries = _texts(request, "QUERY")
-        documents = _texts(request, "DOCUMENT")
+        queries = _texts(request, QUERY)
+        documents = _texts(request, DOCUMENT)
         if len(queries) != len(documents):
             raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
         options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))

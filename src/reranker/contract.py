@@ -1,0 +1,66 @@
+"""The contract between the rank service and the Triton models it calls: tensor names,
+request-parameter keys, the character clip of texts, and the structured overflow error.
+Both sides import it, so neither restates the other's names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+# The ensemble's inputs (TYPE_STRING [1] per row) and output (FP32 [1] per row).
+QUERY = "QUERY"
+DOCUMENT = "DOCUMENT"
+SCORE = "SCORE"
+# Token tensors the encoders read; a model uses the subset its graph has.
+TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
+
+# Request parameters a rank call's truncation options travel as.
+PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"
+PARAM_TRUNCATION = "truncation"
+TRUNCATE_LONGEST_FIRST = "longest_first"
+TRUNCATE_REFUSE = "refuse"
+
+# Characters of a text read per token the model reads: the fast tokenizer processes a whole
+# text before truncating, so an enormous one would stall the instance; a few characters per
+# token is plenty for any language.
+CHARS_PER_TOKEN = 16
+
+
+def max_chars(max_tokens: int) -> int:
+    """Characters kept of a text that may fill ``max_tokens`` tokens."""
+    return max_tokens * CHARS_PER_TOKEN
+
+
+# A refused overflow crosses Triton as error text: this prefix, then the fields as JSON.
+_OVERFLOW_PREFIX = "reranker.overflow "
+
+
+@dataclass(frozen=True)
+class OverflowReport:
+    """A row longer than the model reads in a request that refused truncation."""
+
+    row: int
+    tokens: int
+    limit: int
+    # True when the text was clipped before tokenizing: it has more than ``tokens`` tokens.
+    clipped: bool
+
+    def encode(self) -> str:
+        return _OVERFLOW_PREFIX + json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def decode(cls, message: str) -> OverflowReport | None:
+        """The report inside a Triton error message, if the message carries one."""
+        start = message.find(_OVERFLOW_PREFIX)
+        if start < 0:
+            return None
+        try:
+            fields, _ = json.JSONDecoder().raw_decode(message, start + len(_OVERFLOW_PREFIX))
+            return cls(
+                row=int(fields["row"]),
+                tokens=int(fields["tokens"]),
+                limit=int(fields["limit"]),
+                clipped=bool(fields["clipped"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
