@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__encoder/1/model.onnx
 
-.PHONY: serve test lint format proto install models bench bench-env load clean
+.PHONY: serve test test-unit lint format proto install models bench bench-env load clean
 
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
@@ -14,12 +14,17 @@ test: $(INSTALLED)  ## lint, type-check and run the whole test suite
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests bench/run.py bench/breakdown.py bench/load.py
 	$(PY) -m pytest
+
+test-unit: $(INSTALLED)  ## the unit tests alone: seconds, no Triton
+	$(PY) -m pytest tests/unit -q
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests bench/run.py bench/breakdown.py bench/load.py
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff format src client tests bench

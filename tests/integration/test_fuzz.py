@@ -23,7 +23,7 @@ INT32 = st.integers(-(2**31), 2**31 - 1)
 UINT32 = st.integers(0, 2**32 - 1)
 
 # Any Unicode a protobuf string can carry (no lone surrogates), control characters included.
-any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
+any_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)
 control_text = st.text(st.characters(max_codepoint=0x1F), max_size=50)
 huge_text = st.builds(
     lambda unit, count: unit * count,

@@ -84,9 +84,10 @@ def test_langchain_cohere_rerank_compresses_documents(
 ) -> None:
     from langchain_cohere import CohereRerank
     from langchain_core.documents import Document
+    from pydantic import SecretStr
 
     reranker = CohereRerank(
-        base_url=server.http_url, cohere_api_key="unused", model=CROSS_ENCODER, top_n=3
+        base_url=server.http_url, cohere_api_key=SecretStr("unused"), model=CROSS_ENCODER, top_n=3
     )
     kept = reranker.compress_documents([Document(page_content=d) for d in DOCUMENTS], QUERY)
     expected = reference(grpc_client, top_k=3)

@@ -59,7 +59,7 @@ def cross_encoder(checkpoint: Path) -> CrossEncoder:
 def test_cross_encoder_matches_sentence_transformers(
     server: Server, cross_encoder: CrossEncoder, model: str
 ) -> None:
-    reference = cross_encoder.predict([list(p) for p in PAIRS], batch_size=16)
+    reference = cross_encoder.predict([(q, d) for q, d in PAIRS], batch_size=16)
     assert reference.std() > 0.05, "the seeded head should spread scores"
     assert_parity(served_scores(server, model), reference.astype(np.float64))
 
@@ -99,7 +99,7 @@ def test_cross_encoder_raw_scores_match_identity_activation(
     server: Server, cross_encoder: CrossEncoder
 ) -> None:
     reference = cross_encoder.predict(
-        [list(p) for p in PAIRS], batch_size=16, activation_fn=torch.nn.Identity()
+        [(q, d) for q, d in PAIRS], batch_size=16, activation_fn=torch.nn.Identity()
     )
     assert_parity(served_scores(server, CROSS_ENCODER, raw=True), reference.astype(np.float64))
 

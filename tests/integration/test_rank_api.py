@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -31,7 +33,7 @@ from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
 
 
 @pytest.fixture
-def client(server: Server):  # type: ignore[no-untyped-def]
+def client(server: Server) -> Iterator[RerankClient]:
     with RerankClient(server.address, timeout=60) as client:
         yield client
 
@@ -85,11 +87,11 @@ def test_duplicate_documents_are_each_scored(client: RerankClient) -> None:
     ],
 )
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
-    client: RerankClient, kwargs: dict[str, object], field: str
+    client: RerankClient, kwargs: dict[str, Any], field: str
 ) -> None:
-    call: dict[str, object] = {"query": "q", "documents": ["a document"], **kwargs}
+    call: dict[str, Any] = {"query": "q", "documents": ["a document"], **kwargs}
     with pytest.raises(InvalidArgumentError) as raised:
-        client.rank(**call)  # type: ignore[arg-type]
+        client.rank(**call)
     assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details.startswith(field)
     assert client.rank("q", ["a document"])[0]["corpus_id"] == 0

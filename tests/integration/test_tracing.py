@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import httpx
@@ -41,7 +41,9 @@ def _check_call_spans(spans: list[ReadableSpan], server_span_name: str) -> None:
     ]
     names = sorted(s.name for s in children)
     assert names == ["assemble", "triton.infer", "triton.infer", "triton.infer", "validate"]
-    rows = sorted(s.attributes["triton.rows"] for s in children if s.name == "triton.infer")  # type: ignore[index]
+    rows = sorted(
+        cast(int, (s.attributes or {})["triton.rows"]) for s in children if s.name == "triton.infer"
+    )
     assert rows == [3, 3, 4]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,7 +25,7 @@ QUERY = "how are exceptions raised and handled"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(checkpoint: Path):  # type: ignore[no-untyped-def]
+def tokenizer(checkpoint: Path) -> Any:
     return AutoTokenizer.from_pretrained(checkpoint)
 
 
@@ -33,19 +35,19 @@ def cross_encoder(checkpoint: Path) -> CrossEncoder:
 
 
 @pytest.fixture
-def client(server: Server):  # type: ignore[no-untyped-def]
+def client(server: Server) -> Iterator[RerankClient]:
     with RerankClient(server.address, timeout=120) as client:
         yield client
 
 
-def _scores(results: list[dict[str, object]]) -> dict[int, float]:
-    return {int(r["corpus_id"]): float(r["score"]) for r in results}  # type: ignore[call-overload]
+def _scores(results: list[dict[str, Any]]) -> dict[int, float]:
+    return {int(r["corpus_id"]): float(r["score"]) for r in results}
 
 
 def test_document_cap_reads_only_the_first_tokens(
     client: RerankClient,
-    tokenizer,
-    cross_encoder: CrossEncoder,  # type: ignore[no-untyped-def]
+    tokenizer: Any,
+    cross_encoder: CrossEncoder,
 ) -> None:
     documents = [long_document(tokenizer, 600), MOCKINGBIRD_DOCUMENTS[0]]
     served = _scores(client.rank(QUERY, documents, model=CROSS_ENCODER, max_document_tokens=40))
@@ -61,7 +63,7 @@ def test_document_cap_reads_only_the_first_tokens(
 
 def test_refuse_names_the_document_and_its_token_count(
     client: RerankClient,
-    tokenizer,  # type: ignore[no-untyped-def]
+    tokenizer: Any,
 ) -> None:
     long = long_document(tokenizer, 700)
     documents = [*MOCKINGBIRD_DOCUMENTS[:2], long]
@@ -77,8 +79,8 @@ def test_refuse_names_the_document_and_its_token_count(
 
 def test_chunked_scores_are_the_best_window_of_each_document(
     client: RerankClient,
-    tokenizer,
-    cross_encoder: CrossEncoder,  # type: ignore[no-untyped-def]
+    tokenizer: Any,
+    cross_encoder: CrossEncoder,
 ) -> None:
     documents = [MOCKINGBIRD_DOCUMENTS[1], long_document(tokenizer, 1500), "short one"]
     served = client.rank(
@@ -103,7 +105,7 @@ def test_chunked_scores_are_the_best_window_of_each_document(
 
 def test_chunking_finds_the_answer_at_the_end_of_a_long_document(
     client: RerankClient,
-    tokenizer,  # type: ignore[no-untyped-def]
+    tokenizer: Any,
 ) -> None:
     buried = long_document(tokenizer, 2000) + " " + MOCKINGBIRD_DOCUMENTS[2]
     documents = [buried, *MOCKINGBIRD_DOCUMENTS[3:]]
@@ -122,10 +124,10 @@ def test_chunking_finds_the_answer_at_the_end_of_a_long_document(
     ],
 )
 def test_bad_truncation_options_are_invalid_argument(
-    client: RerankClient, options: dict[str, object], message: str
+    client: RerankClient, options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
-        client.rank(QUERY, ["a document"], model=CROSS_ENCODER, **options)  # type: ignore[arg-type]
+        client.rank(QUERY, ["a document"], model=CROSS_ENCODER, **options)
     assert len(client.rank(QUERY, ["a document"], model=CROSS_ENCODER)) == 1
 
 

@@ -44,8 +44,8 @@ def test_checkpoint_with_several_labels_is_refused(tmp_path: Path) -> None:
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=16,
-        num_labels=3,
     )
+    config.num_labels = 3
     BertForSequenceClassification(config).save_pretrained(tmp_path / "ckpt")
     with pytest.raises(BuildError, match="3 labels"):
         build(str(tmp_path / "ckpt"), BuildOptions(name="m"), tmp_path / "repo")

@@ -8,13 +8,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any, cast
 
 import grpc
 import numpy as np
 import pytest
 
 from reranker import errors
-from reranker.chunking import Chunk
+from reranker.chunking import Chunk, DocumentChunker
 from reranker.core import ChunkingRequest, RankCall, RankCore, Truncation
 from reranker.engine import Scores
 from reranker.http_shapes import CohereV1Request, NimRequest, TeiRequest
@@ -79,10 +80,11 @@ class FakeChunker:
         ]
 
 
-def core_with(scorer: FakeScorer | None = None, **settings: object) -> tuple[RankCore, FakeScorer]:
+def core_with(scorer: FakeScorer | None = None, **settings: Any) -> tuple[RankCore, FakeScorer]:
     scorer = scorer or FakeScorer()
-    config = Settings(**{"default_model": "cross", **settings})  # type: ignore[arg-type]
-    return RankCore(config, scorer, ServiceMetrics(), chunker=FakeChunker()), scorer  # type: ignore[arg-type]
+    config = Settings(**{"default_model": "cross", **settings})
+    chunker = cast(DocumentChunker, FakeChunker())  # duck-typed: the core calls chunks() only
+    return RankCore(config, scorer, ServiceMetrics(), chunker=chunker), scorer
 
 
 def sigmoid(x: float) -> float:

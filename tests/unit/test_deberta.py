@@ -29,13 +29,14 @@ def small_deberta(share_att_key: bool) -> DebertaV2ForSequenceClassification:
         intermediate_size=64,
         max_position_embeddings=64,
         relative_attention=True,
-        position_buckets=BUCKETS,
         max_relative_positions=-1,
         pos_att_type=["p2c", "c2p"],
-        share_att_key=share_att_key,
         position_biased_input=False,
-        num_labels=1,
     )
+    # Not in the typed signature of transformers 5's config; read as attributes.
+    config.position_buckets = BUCKETS
+    config.share_att_key = share_att_key
+    config.num_labels = 1
     return DebertaV2ForSequenceClassification(config).eval()
 
 

