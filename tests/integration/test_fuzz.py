@@ -4,6 +4,7 @@ with a well-formed ranking or a documented error, and keeps serving."""
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 
 import grpc
@@ -131,8 +132,16 @@ def test_any_bytes_get_a_ranking_or_a_documented_error(server: Server, payload: 
     event("ranked")
 
 
-def test_the_server_still_serves_after_the_fuzzing(server: Server) -> None:
+def test_the_server_still_serves_after_a_burst_of_garbage(server: Server) -> None:
+    rng = random.Random(11)
     with grpc.insecure_channel(server.address) as channel:
+        rank = channel.unary_unary("/reranker.v1.Rank/Rank")
+        for _ in range(50):
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000)))
+            try:
+                rank(payload, timeout=120)
+            except grpc.RpcError as error:
+                assert error.code() in DOCUMENTED, f"{error.code()}: {error.details()}"
         health = health_pb2_grpc.HealthStub(channel)
         status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
         assert status == health_pb2.HealthCheckResponse.SERVING

@@ -68,7 +68,7 @@ async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
         await engine.close()
 
 
-async def test_a_call_that_found_a_model_dead_restarts_it_once_without_a_canary(
+async def test_a_call_that_found_a_model_dead_is_reported_for_restart_once_without_a_canary(
     server: Server,
 ) -> None:
     engine = CanaryCountingEngine(server.triton_grpc, 64)

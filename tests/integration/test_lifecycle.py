@@ -15,7 +15,14 @@ from reranker.builder import DEFAULT_MODEL_NAME
 from reranker.engine import TritonEngine
 from reranker.service import create_server
 from reranker.settings import Settings
-from tests.integration.conftest import children, cmdline, free_port, start_server, stop_server
+from tests.integration.conftest import (
+    children,
+    cmdline,
+    free_port,
+    gone,
+    start_server,
+    stop_server,
+)
 
 
 def test_sigterm_stops_the_service_and_triton_and_cleans_up(
@@ -25,7 +32,7 @@ def test_sigterm_stops_the_service_and_triton_and_cleans_up(
     tritons = [p for p in children(server.process.pid) if "tritonserver" in cmdline(p)]
     assert len(tritons) == 1
     assert stop_server(server) == 0
-    assert not Path(f"/proc/{tritons[0]}").exists() or "zombie" in _status(tritons[0])
+    assert gone(tritons[0])
     prefix = f"reranker{server.process.pid}_"
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
     assert "SERVING on" in server.log.read_text()
@@ -35,13 +42,6 @@ def test_interrupt_stops_cleanly(default_repository: Path, tmp_path: Path) -> No
     server = start_server(default_repository, tmp_path, DEFAULT_MODEL_NAME)
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(30) == 0
-
-
-def _status(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return ""
 
 
 async def test_unreachable_triton_is_unavailable_and_the_service_stays_up() -> None:

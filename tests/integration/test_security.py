@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -183,30 +184,14 @@ async def test_tls_and_mutual_tls(server: Server, tmp_path: Path) -> None:
 
 def _listening_addresses(pid: int) -> set[tuple[IPv4Address | IPv6Address, int]]:
     """Local (address, port) of every TCP socket ``pid`` listens on."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = fd.readlink().as_posix()
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
     found: set[tuple[IPv4Address | IPv6Address, int]] = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:  # 0A: LISTEN
-                continue
-            hex_address, hex_port = local.split(":")
-            # The kernel prints each 32-bit word of the address in host (little-endian) order.
-            raw = b"".join(
-                bytes.fromhex(hex_address[i : i + 8])[::-1] for i in range(0, len(hex_address), 8)
-            )
-            address = ip_address(raw)
-            if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            found.add((address, int(hex_port, 16)))
+    for connection in psutil.Process(pid).net_connections(kind="tcp"):
+        if connection.status != psutil.CONN_LISTEN:
+            continue
+        address = ip_address(connection.laddr.ip)
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        found.add((address, connection.laddr.port))
     return found
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,16 @@ from transformers import BertConfig, BertForSequenceClassification
 from reranker.builder import BuildError, BuildOptions, build
 
 
-def test_unreachable_hub_fails_at_once_and_names_the_offline_sources(tmp_path: Path) -> None:
+def test_unreachable_hub_fails_at_once_and_names_the_offline_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    # The hub is a closed loopback port here, whether or not this machine has a network.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     start = time.monotonic()
     with pytest.raises(BuildError) as raised:
         build("mixedbread-ai/mxbai-rerank-xsmall-v1", BuildOptions(name="m"), tmp_path)
