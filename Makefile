@@ -14,7 +14,7 @@ test: $(INSTALLED)  ## lint, type-check and run the whole test suite
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests bench/run.py bench/breakdown.py bench/load.py
+	$(VENV)/bin/mypy tests bench/*.py
 	$(PY) -m pytest
 
 test-unit: $(INSTALLED)  ## the unit tests alone: seconds, no Triton
@@ -24,7 +24,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests bench/run.py bench/breakdown.py bench/load.py
+	$(VENV)/bin/mypy tests bench/*.py
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff format src client tests bench

@@ -16,7 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import tritonclient.grpc as triton_grpc
-from run import QUERY, ROOT, WORKLOADS, Server, graph_engines, workload
+from engines import graph_engines, start_bench_server
+from run import ROOT
+from workloads import QUERY, WORKLOADS, workload
+
+from tests.launcher import Server, stop_server
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 
@@ -41,8 +45,8 @@ def profile(server: Server, model: str, documents: list[str], calls: int, caller
     from reranker_client import RerankClient
 
     parts = [f"{model}__tokenizer", f"{model}__encoder"]
-    url = f"127.0.0.1:{server.triton}"
-    with RerankClient(f"127.0.0.1:{server.port}", timeout=600) as client:
+    url = server.triton_grpc
+    with RerankClient(server.address, timeout=600) as client:
         client.rank(QUERY, documents, model=model)  # warm-up
         before = triton_stats(url, parts)
         start = time.perf_counter()
@@ -93,12 +97,12 @@ def main() -> int:
     print(f"onnxruntime sorted in-process: {rate:.1f} pairs/s, {per_call_ms:.0f} ms/call")
 
     settings = dict(item.split("=", 1) for item in args.set)
-    server = Server(repository, workdir / "breakdown.log", args.model, settings)
+    server = start_bench_server(repository, workdir / "breakdown", args.model, **settings)
     try:
         for callers in (1, 4):
             profile(server, args.model, documents, args.calls, callers)
     finally:
-        server.stop()
+        stop_server(server, 60)
     return 0
 
 

@@ -24,9 +24,13 @@ from pathlib import Path
 
 import grpc
 import psutil
+from engines import start_bench_server
 from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
-from run import QUERY, ROOT, Server, workload
+from run import ROOT
+from workloads import QUERY, workload
+
+from tests.launcher import stop_server
 
 OK = grpc.StatusCode.OK
 REFUSED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -176,8 +180,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "max_documents_per_call": str(min(args.max_rows_in_flight, 1000)),
         "inference_timeout_s": "60",
     }
-    server = Server(args.repository, args.workdir / "reranker.log", DEFAULT_MODEL_NAME, settings)
-    load = Load(f"127.0.0.1:{server.port}", server.process.pid, workload("a"), args.per_call)
+    server = start_bench_server(
+        args.repository, args.workdir / "server", DEFAULT_MODEL_NAME, **settings
+    )
+    load = Load(server.address, server.process.pid, workload("a"), args.per_call)
     try:
         await load.closed_loop("warm-up", 5, 2)
         capacity = await load.closed_loop("capacity", args.capacity_s, 4)
@@ -189,7 +195,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         alive = server.process.poll() is None
     finally:
         await load.close()
-        server.stop()
+        stop_server(server, 60)
     warm = [r for t, r in soak.rss_mib if t >= args.warm_up_s]
     growth = (warm[-1] - warm[0]) / warm[0] if len(warm) > 1 else None
     summaries = [capacity.summary(), overload.summary(), soak.summary()]

@@ -69,11 +69,11 @@ class ServedModel:
     tokenizer_instances: int = 1
     encoder_instances: int = 1
     intra_op_threads: int = 2
-    # Attention cells (rows x length^2) one ONNX Runtime call may hold: 2^22 is 16 rows of
-    # 512 tokens; a row longer than that (up to 2048 tokens) runs alone.
+    # Attention cells (rows x length^2) one runtime call may hold, so a batch of long rows
+    # cannot exhaust memory: 2^22 is 16 rows of 512 tokens; a longer row runs alone.
     max_attention_cells: int = 1 << 22
-    # Rows one ONNX Runtime call runs at most; within it the split minimizes padding cost
-    # (16 and 32 ran alike on 2 cores).
+    # Rows one runtime call runs at most; within it the split minimizes padding cost
+    # (larger caps gained nothing: docs/benchmark.md, levers).
     max_rows_per_run: int = 16
     tokenizer_queue_delay_us: int = 500
     encoder_queue_delay_us: int = 2000
@@ -112,9 +112,9 @@ def _dynamic_batching(config: mc.ModelConfig, model: ServedModel, queue_delay_us
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = queue_delay_us
     # No ``default_queue_policy``: with one (a queue size, per-request timeouts) Triton 2.51's
-    # batcher held tokenizer requests 65-128 ms in the queue instead of 3 ms, costing 15-47% of
-    # the throughput. The rank service bounds the work it sends (max_rows_in_flight) and each
-    # request's time (its gRPC deadline).
+    # batcher held tokenizer requests in the queue for tens of milliseconds instead of a few
+    # (docs/benchmark.md, levers). The rank service bounds the work it sends
+    # (max_rows_in_flight) and each request's time (its gRPC deadline).
 
 
 def tokenizer_config(model: ServedModel) -> mc.ModelConfig:

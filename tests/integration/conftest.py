@@ -5,33 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
-from reranker.checkpoints import (
+from reranker.precision import Precision
+from reranker.runtimes import cpu_flags, has_native_bf16
+from reranker.service import RankServer
+from tests.checkpoints import (
     deberta_v2_cross_encoder,
     jina_bert_like_onnx,
     minilm_cross_encoder,
 )
-from reranker.precision import Precision
-from reranker.runtimes import cpu_flags, has_native_bf16
-from reranker.service import RankServer
-from reranker.triton_server import dies_with_parent
+from tests.launcher import Server as Server
+from tests.launcher import free_port as free_port
+from tests.launcher import start_server as start_server
+from tests.launcher import stop_server as stop_server
 
 CROSS_ENCODER = "minilm-cross-encoder"
 CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
@@ -51,107 +45,6 @@ ALL_MODELS = (
     JINA,
 )
 needs_bf16 = pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no AMX or AVX512_BF16")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    address: str
-    http_url: str
-    triton_grpc: str
-    log: Path
-    triton_log: Path
-    metrics_url: str
-    triton_metrics_url: str
-    triton_http_url: str
-
-    def tail(self, lines: int = 60) -> str:
-        parts = []
-        for path in (self.log, self.triton_log):
-            text = path.read_text(errors="replace") if path.exists() else "(none)"
-            parts.append(f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:]))
-        return "\n".join(parts)
-
-
-def wait_serving(server: Server, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(server.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{server.tail()}")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{server.tail()}")
-
-
-def start_server(repository: Path, workdir: Path, default_model: str, **settings: str) -> Server:
-    """``reranker serve`` on free loopback ports; ``settings`` are more ``RERANKER_*``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, http_port, triton_port, metrics_port, triton_metrics_port, triton_http_port = (
-        free_port() for _ in range(6)
-    )
-    env = dict(
-        os.environ,
-        RERANKER_GRPC_PORT=str(port),
-        RERANKER_HTTP_PORT=str(http_port),
-        RERANKER_METRICS_PORT=str(metrics_port),
-        RERANKER_MODEL_REPOSITORY=str(repository),
-        RERANKER_DEFAULT_MODEL=default_model,
-        RERANKER_TRITON_GRPC_PORT=str(triton_port),
-        RERANKER_TRITON_HTTP_PORT=str(triton_http_port),
-        RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
-        RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
-        **{"RERANKER_" + name.upper(): value for name, value in settings.items()},
-    )
-    log = workdir / "reranker.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            # No server outlives a killed test run.
-            dies_with_parent([sys.executable, "-m", "reranker", "serve"]),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    server = Server(
-        process,
-        f"127.0.0.1:{port}",
-        f"http://127.0.0.1:{http_port}",
-        f"127.0.0.1:{triton_port}",
-        log,
-        workdir / "tritonserver.log",
-        f"http://127.0.0.1:{metrics_port}/metrics",
-        f"http://127.0.0.1:{triton_metrics_port}/metrics",
-        f"http://127.0.0.1:{triton_http_port}",
-    )
-    try:
-        wait_serving(server)
-    except BaseException:
-        stop_server(server)
-        raise
-    return server
-
-
-def stop_server(server: Server, timeout_s: float = 30.0) -> int:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
 
 
 @pytest.fixture(scope="session")

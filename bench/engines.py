@@ -1,0 +1,241 @@
+"""The engines a benchmark case calls: in-process graph runners, this server (gRPC and
+HTTP) and Infinity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import Case
+from workloads import QUERY, long_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+# The server launcher and the seeded checkpoints are the test suite's (tests/).
+sys.path.insert(0, str(ROOT))
+from tests.launcher import Server, free_port, start_server  # noqa: E402
+
+SORTED_BATCH = 16
+
+
+def graph_engines(
+    runner: Any, tokenizer: Any, documents: list[str], query: str = QUERY
+) -> dict[str, Callable[[], object]]:
+    """In-process engines over one graph runner: one padded batch of every document (naive),
+    and length-sorted batches of ``SORTED_BATCH`` (sorted)."""
+    names = runner.input_names
+
+    def feed(docs: Sequence[str]) -> dict[str, np.ndarray]:
+        batch = tokenizer(
+            [query] * len(docs), list(docs), padding=True, truncation=True, return_tensors="np"
+        )
+        return {n: batch[n].astype(np.int64) for n in names}
+
+    def naive() -> object:
+        return runner.run(feed(documents))
+
+    def length_sorted() -> object:
+        lengths = [
+            len(ids)
+            for ids in tokenizer([query] * len(documents), documents, truncation=True)["input_ids"]
+        ]
+        order = sorted(range(len(documents)), key=lambda i: lengths[i])
+        scores = np.empty(len(documents), dtype=np.float32)
+        for start in range(0, len(order), SORTED_BATCH):
+            rows = order[start : start + SORTED_BATCH]
+            scores[rows] = runner.run(feed([documents[i] for i in rows]))
+        return scores
+
+    return {"naive": naive, "sorted": length_sorted}
+
+
+def precision_of(served: str) -> str:
+    """The precision a benchmark model name carries (``minilm-bf16`` is bf16)."""
+    suffix = served.rsplit("-", 1)[-1]
+    return suffix if suffix in ("int8", "bf16") else "fp32"
+
+
+def in_process_label(precision: str) -> str:
+    return "openvino" if precision == "bf16" else "onnxruntime"
+
+
+def suffix_for(precision: str) -> str:
+    return "" if precision == "fp32" else f" {precision}"
+
+
+def start_bench_server(
+    repository: Path, workdir: Path, default_model: str = "minilm", **settings: str
+) -> Server:
+    """This server (Triton + rank service) on loopback, launched as the test suite launches it,
+    with the benchmark's settings (``settings`` override them)."""
+    defaults = {
+        # Deep queues at high concurrency are the point here, not a failure.
+        "inference_timeout_s": "600",
+        "max_rows_in_flight": "100000",
+        "max_documents_per_call": "100000",
+        # An idle model's canary wakes ONNX Runtime's spinning worker threads: not while the
+        # in-process engines are measured.
+        "health_interval_s": "60",
+    }
+    return start_server(repository, workdir, default_model, **{**defaults, **settings})
+
+
+class CohereHttp:
+    """This server's HTTP front door in Cohere's v2 shape (``POST /v2/rerank``)."""
+
+    def __init__(self, base_url: str) -> None:
+        import httpx
+
+        self._client = httpx.Client(base_url=base_url, timeout=600)
+
+    def rank(self, documents: list[str]) -> object:
+        response = self._client.post(
+            "/v2/rerank", json={"model": "minilm", "query": QUERY, "documents": documents}
+        )
+        response.raise_for_status()
+        return response.json()["results"]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class Infinity:
+    """Infinity (infinity-emb) serving the same checkpoint, in its own environment."""
+
+    def __init__(self, venv: Path, checkpoint: Path, log: Path, dtype: str = "float32") -> None:
+        self.port = free_port()
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(venv / "bin" / "infinity_emb"),
+                    "v2",
+                    "--model-id",
+                    str(checkpoint),
+                    "--served-model-name",
+                    "reranker",
+                    "--engine",
+                    "torch",
+                    "--device",
+                    "cpu",
+                    "--port",
+                    str(self.port),
+                    "--host",
+                    "127.0.0.1",
+                    "--batch-size",
+                    "32",
+                    "--dtype",
+                    dtype,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0"),
+            )
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"infinity did not start; see {log}") from None
+                time.sleep(1)
+
+    def rank(self, documents: list[str]) -> object:
+        body = json.dumps({"model": "reranker", "query": QUERY, "documents": documents}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/rerank", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.load(response)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def engines(
+    model: str,
+    name: str,
+    documents: list[str],
+    cross_encoder: Any,
+    tokenizer: Any,
+    runners: dict[str, Any],
+    client: Any,
+    http: CohereHttp,
+    infinity: dict[str, Infinity],
+    concurrency: Sequence[int],
+) -> list[Case]:
+    """The cases measured together for one model and workload."""
+    n = len(documents)
+    cases = [
+        Case("CrossEncoder.rank", model, name, 1, lambda: cross_encoder.rank(QUERY, documents), n)
+    ]
+    for served, runner in runners.items():
+        precision = precision_of(served)
+        for kind, call in graph_engines(runner, tokenizer, documents).items():
+            if precision != "fp32" and kind == "naive":
+                continue  # reduced precisions are compared with sorted in-process batches only
+            label = f"{in_process_label(precision)} {kind}{suffix_for(precision)}"
+            cases.append(Case(label, model, name, 1, call, n))
+    for served in runners:
+        precision = precision_of(served)
+        if model != "minilm":
+            levels: Sequence[int] = [1]  # a call takes seconds: deeper queues add nothing
+        elif name == "a" and precision == "fp32":
+            levels = concurrency
+        else:
+            levels = [4]
+        for level in levels:
+            cases.append(
+                Case(
+                    "this server" + suffix_for(precision),
+                    model,
+                    name,
+                    level,
+                    partial(client.rank, QUERY, documents, model=served),
+                    n,
+                )
+            )
+    if model == "minilm" and name == "a":
+        call = partial(http.rank, documents)
+        cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n))
+        for dtype, peer in infinity.items():
+            levels = concurrency if dtype == "float32" else [4]
+            label = "infinity" + ("" if dtype == "float32" else " bf16")
+            for level in levels:
+                cases.append(Case(label, model, name, level, partial(peer.rank, documents), n))
+    return cases
+
+
+def long_context_cases(
+    repository: Path, client: Any, runners: dict[str, Any], tokenizer: Any
+) -> list[Case]:
+    """One query and four documents of about 8k tokens on the JinaBERT-like 8k model, served
+    and in-process (one row per run, as the encoder's attention-cell budget runs them)."""
+    documents = long_documents()
+    cases = []
+    for served, runner in runners.items():
+        precision = precision_of(served)
+
+        def in_process(runner: Any = runner) -> object:
+            return [graph_engines(runner, tokenizer, [d])["naive"]() for d in documents]
+
+        label = f"{in_process_label(precision)} one row per run{suffix_for(precision)}"
+        cases.append(Case(label, "jina", "lc", 1, in_process, len(documents)))
+        call = partial(client.rank, QUERY, documents, model=served)
+        cases.append(
+            Case("this server" + suffix_for(precision), "jina", "lc", 1, call, len(documents))
+        )
+    return cases

@@ -1,0 +1,91 @@
+"""The timing harness: cases run round by round, so machine drift falls on all engines alike."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Result:
+    engine: str
+    model: str
+    workload: str
+    concurrency: int
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    ratio_to_ort_naive: float = 0.0
+    flop_fraction: float = 0.0
+    # The GEMM rate the FLOP bound of ``flop_fraction`` assumes: fp32, or bf16 for bf16 rows.
+    bound: str = "fp32"
+    # Each run's pairs/s in round order: a slow stretch of this shared machine shows up as
+    # one or two low runs, which the median leaves out.
+    run_pairs_per_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Case:
+    """One engine at one concurrency on one model and workload: a run is ``concurrency``
+    workers making one call each; throughput per run, latency per call."""
+
+    engine: str
+    model: str
+    workload: str
+    concurrency: int
+    call: Callable[[], object]
+    pairs: int
+    throughputs: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def warm_up(self) -> None:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: self.call(), range(min(self.concurrency, 2))))
+
+    def run(self) -> None:
+        def timed(_: int) -> None:
+            start = time.perf_counter()
+            self.call()
+            self.latencies.append(time.perf_counter() - start)
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            start = time.perf_counter()
+            list(pool.map(timed, range(self.concurrency)))
+            self.throughputs.append(self.pairs * self.concurrency / (time.perf_counter() - start))
+
+    def result(self) -> Result:
+        ordered = sorted(self.latencies)
+        return Result(
+            self.engine,
+            self.model,
+            self.workload,
+            self.concurrency,
+            statistics.median(self.throughputs),
+            1000 * ordered[len(ordered) // 2],
+            1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            run_pairs_per_s=[round(value, 1) for value in self.throughputs],
+        )
+
+
+def interleave(cases: list[Case], runs: int) -> list[Result]:
+    """Warms every case up, then takes ``runs`` rounds of one run per case, the order rotated
+    each round: drift of this machine's speed then falls on all engines alike, so the ratios
+    between them hold even when the absolute figures move."""
+    for case in cases:
+        case.warm_up()
+    for round_ in range(runs):
+        shift = round_ % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            case.run()
+    results = [case.result() for case in cases]
+    for result in results:
+        print(
+            f"  {result.engine:<24} {result.model:<8} ({result.workload}) "
+            f"c={result.concurrency:<2} {result.pairs_per_s:7.1f} pairs/s  "
+            f"p50 {result.p50_ms:7.0f} ms",
+            flush=True,
+        )
+    return results

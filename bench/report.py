@@ -1,0 +1,185 @@
+"""The results table, the targets checked within one run, and the plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engines import in_process_label
+from harness import Result
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    chosen = [r for r in results if r.model == "minilm" and r.workload == "a"]
+    for n, engine in enumerate(dict.fromkeys(r.engine for r in chosen)):
+        points = sorted((r.concurrency, r.pairs_per_s) for r in chosen if r.engine == engine)
+        color = f"C{n % 10}"
+        if len(points) > 1:
+            axis.plot(*zip(*points, strict=True), marker="o", color=color, label=engine)
+        elif engine.startswith(("this server", "infinity")):
+            axis.plot(*points[0], marker="s", color=color, label=f"{engine} (c={points[0][0]})")
+        else:
+            axis.axhline(
+                points[0][1],
+                linestyle="--",
+                linewidth=1,
+                color=color,
+                label=f"{engine} (in-process)",
+            )
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("concurrent rank calls")
+    axis.set_ylabel("pairs / s")
+    axis.set_title("MiniLM-L6 cross-encoder, 1 query x 100 passages (workload a), 2 CPU cores")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def table(results: Sequence[Result]) -> str:
+    columns = (
+        "engine",
+        "model",
+        "wl",
+        "c",
+        "pairs/s",
+        "p50 ms",
+        "p99 ms",
+        "x naive",
+        "of bound (GEMM)",
+    )
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        cells = (
+            r.engine,
+            r.model,
+            r.workload,
+            str(r.concurrency),
+            f"{r.pairs_per_s:.1f}",
+            f"{r.p50_ms:.0f}",
+            f"{r.p99_ms:.0f}",
+            f"{r.ratio_to_ort_naive:.2f}" if r.ratio_to_ort_naive else "",
+            f"{r.flop_fraction:.2f} ({r.bound})" if r.flop_fraction else "",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """The performance targets, each as a ratio of two results of this run (workload a)."""
+
+    def find(
+        engine: str, concurrency: int = 1, model: str = "minilm", workload: str = "a"
+    ) -> Result | None:
+        return next(
+            (
+                r
+                for r in results
+                if (r.engine, r.concurrency, r.model, r.workload)
+                == (engine, concurrency, model, workload)
+            ),
+            None,
+        )
+
+    server, int8 = find("this server", 4), find("this server int8", 4)
+    server_c1, deberta = find("this server", 1), find("this server", 1, "deberta")
+    checks: list[tuple[str, float | None, str, float]] = []
+
+    def throughput(ours: Result | None, theirs: Result | None) -> float | None:
+        return ours.pairs_per_s / theirs.pairs_per_s if ours and theirs else None
+
+    checks += [
+        ("fp32 c=4 / ORT naive", throughput(server, find("onnxruntime naive")), ">=", 1.0),
+        ("fp32 c=4 / ORT sorted", throughput(server, find("onnxruntime sorted")), ">=", 0.95),
+        ("fp32 c=4 / CrossEncoder", throughput(server, find("CrossEncoder.rank")), ">=", 1.15),
+        ("fp32 c=4 / Infinity c=4", throughput(server, find("infinity", 4)), ">=", 1.15),
+        (
+            "HTTP /v2/rerank c=4 / gRPC c=4",
+            throughput(find("this server HTTP /v2/rerank", 4), server),
+            ">=",
+            0.95,
+        ),
+        ("int8 c=4 / CrossEncoder fp32", throughput(int8, find("CrossEncoder.rank")), ">=", 2.2),
+        (
+            "int8 c=4 / ORT int8 sorted",
+            throughput(int8, find("onnxruntime sorted int8")),
+            ">=",
+            0.95,
+        ),
+    ]
+    sorted_c1 = find("onnxruntime sorted")
+    latency = server_c1.p50_ms / sorted_c1.p50_ms if server_c1 and sorted_c1 else None
+    checks.append(("p50 c=1 / ORT sorted p50", latency, "<=", 1.15))
+    fraction = deberta.flop_fraction if deberta else None
+    checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70))
+    bf16 = find("this server bf16", 4)
+    checks += [
+        ("bf16 c=4 / this server fp32 c=4", throughput(bf16, server), ">=", 2.5),
+        (
+            "bf16 c=4 / ORT int8 sorted",
+            throughput(bf16, find("onnxruntime sorted int8")),
+            ">=",
+            1.3,
+        ),
+        (
+            "bf16 c=4 / OpenVINO bf16 sorted",
+            throughput(bf16, find("openvino sorted bf16")),
+            ">=",
+            0.95,
+        ),
+        ("bf16 c=4 / Infinity bf16 c=4", throughput(bf16, find("infinity bf16", 4)), ">=", 1.15),
+        (
+            "DeBERTa bf16 / fp32 (this server)",
+            throughput(find("this server bf16", 1, "deberta"), deberta),
+            ">=",
+            1.4,
+        ),
+    ]
+    for precision, suffix in (("fp32", ""), ("bf16", " bf16")):
+        engine = in_process_label(precision)
+        checks.append(
+            (
+                f"long context {precision}: served / in-process",
+                throughput(
+                    find("this server" + suffix, 1, "jina", "lc"),
+                    find(f"{engine} one row per run{suffix}", 1, "jina", "lc"),
+                ),
+                ">=",
+                0.9,
+            )
+        )
+    return [
+        {
+            "target": name,
+            "measured": value,
+            "goal": f"{relation} {goal}",
+            "met": value is not None and (value >= goal if relation == ">=" else value <= goal),
+        }
+        for name, value, relation, goal in checks
+    ]
+
+
+def target_lines(checks: Sequence[dict[str, Any]]) -> str:
+    lines = ["targets (workload a unless named, ratios within this run):"]
+    for check in checks:
+        value = "n/a" if check["measured"] is None else f"{check['measured']:.2f}"
+        verdict = "met" if check["met"] else "NOT met"
+        lines.append(f"  {check['target']:<38} {value:>5}  (goal {check['goal']}): {verdict}")
+    return "\n".join(lines)
+
+
+def show(path: Path) -> int:
+    """Prints the table and the targets of an earlier run's JSON."""
+    report = json.loads(path.read_text())
+    results = [Result(**r) for r in report["results"]]
+    print(table(results))
+    print(target_lines(targets(results)))
+    return 0

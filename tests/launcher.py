@@ -1,0 +1,119 @@
+"""Starts ``reranker serve`` (the real launcher: Triton and the rank service) on free
+loopback ports and stops it: one way, shared by the test suite and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from reranker.triton_server import dies_with_parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    address: str
+    http_url: str
+    triton_grpc: str
+    log: Path
+    triton_log: Path
+    metrics_url: str
+    triton_metrics_url: str
+    triton_http_url: str
+
+    def tail(self, lines: int = 60) -> str:
+        parts = []
+        for path in (self.log, self.triton_log):
+            text = path.read_text(errors="replace") if path.exists() else "(none)"
+            parts.append(f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
+
+def wait_serving(server: Server, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.tail()}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{server.tail()}")
+
+
+def start_server(repository: Path, workdir: Path, default_model: str, **settings: str) -> Server:
+    """``reranker serve`` on free loopback ports; ``settings`` are more ``RERANKER_*``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, http_port, triton_port, metrics_port, triton_metrics_port, triton_http_port = (
+        free_port() for _ in range(6)
+    )
+    env = dict(
+        os.environ,
+        RERANKER_GRPC_PORT=str(port),
+        RERANKER_HTTP_PORT=str(http_port),
+        RERANKER_METRICS_PORT=str(metrics_port),
+        RERANKER_MODEL_REPOSITORY=str(repository),
+        RERANKER_DEFAULT_MODEL=default_model,
+        RERANKER_TRITON_GRPC_PORT=str(triton_port),
+        RERANKER_TRITON_HTTP_PORT=str(triton_http_port),
+        RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
+        RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
+        **{"RERANKER_" + name.upper(): value for name, value in settings.items()},
+    )
+    log = workdir / "reranker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            # No server outlives a killed test run.
+            dies_with_parent([sys.executable, "-m", "reranker", "serve"]),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = Server(
+        process,
+        f"127.0.0.1:{port}",
+        f"http://127.0.0.1:{http_port}",
+        f"127.0.0.1:{triton_port}",
+        log,
+        workdir / "tritonserver.log",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        f"http://127.0.0.1:{triton_metrics_port}/metrics",
+        f"http://127.0.0.1:{triton_http_port}",
+    )
+    try:
+        wait_serving(server)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: Server, timeout_s: float = 30.0) -> int:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+    return server.process.returncode
