@@ -16,10 +16,10 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
 from reranker.builder import DEFAULT_MODEL_NAME
-from reranker.chunking import plan_windows
 from tests.integration.conftest import CROSS_ENCODER, Server
 from tests.integration.test_models import long_document
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
+from tests.windows import reference_windows
 
 QUERY = "how are exceptions raised and handled"
 
@@ -92,7 +92,7 @@ def test_chunked_scores_are_the_best_window_of_each_document(
     for document in documents:
         encoding = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
         offsets = encoding["offset_mapping"]
-        spans = plan_windows(encoding.word_ids(), window, 32, 16)
+        spans = reference_windows(encoding.word_ids(), window, 32, 16)
         texts = [document[offsets[a][0] : offsets[b - 1][1]] for a, b in spans]
         assert len(texts) == (4 if len(offsets) > window else 1)
         reference.append(float(np.max(cross_encoder.predict([(QUERY, t) for t in texts]))))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from reranker.chunking import Chunk, best_per_document, plan_windows
 from reranker.errors import InvalidArgument
 from reranker.ranking import activate, assemble, plan_requests, validate_rank_request
+from tests.windows import reference_windows
 
 
 @pytest.mark.parametrize(
@@ -107,3 +109,17 @@ def test_best_per_document() -> None:
     chunks = [Chunk(0, "a"), Chunk(1, "b"), Chunk(0, "c"), Chunk(2, "d")]
     best = best_per_document(np.array([0.1, 0.5, 0.7, -1.0]), chunks, 3)
     assert best.tolist() == [0.7, 0.5, -1.0]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_windows_match_the_word_by_word_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    word_ids: list[int | None] = []
+    for word in range(rng.randrange(1, 120)):
+        word_ids += [word] * rng.randint(1, 4)  # words of one to four tokens
+    window = rng.randint(4, 40)
+    overlap = rng.randint(0, window // 2)
+    max_chunks = rng.randint(1, 20)
+    assert plan_windows(word_ids, window, overlap, max_chunks) == reference_windows(
+        word_ids, window, overlap, max_chunks
+    )
