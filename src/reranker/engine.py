@@ -28,8 +28,9 @@ from reranker.errors import (
     Unavailable,
 )
 from reranker.ranking import plan_requests
-from reranker.repository import ServedModel, describe
+from reranker.repository import ServedModel
 from reranker.tokenization import LONGEST_FIRST, TruncationOptions
+from reranker.triton_configs import describe
 
 log = logging.getLogger(__name__)
 

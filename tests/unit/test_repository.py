@@ -7,16 +7,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
-from reranker.repository import (
-    Device,
-    ModelKind,
-    ServedModel,
-    describe,
-    encoder_config,
-    ensemble_config,
-    tokenizer_config,
-    write_configs,
-)
+from reranker.repository import Device, ModelKind, ServedModel, write_configs
+from reranker.triton_configs import describe, encoder_config, ensemble_config, tokenizer_config
 
 ROOT = Path(__file__).parents[2]
 MODEL = ServedModel(
@@ -56,15 +48,8 @@ def test_ensemble_wires_tokenizer_into_encoder() -> None:
 
 
 def test_describe_round_trips_the_served_model() -> None:
-    described = describe(ensemble_config(MODEL))
-    assert described is not None
-    assert (described.name, described.kind, described.max_length, described.activation) == (
-        "m",
-        ModelKind.CROSS_ENCODER,
-        512,
-        "sigmoid",
-    )
-    assert described.architecture == MODEL.architecture
+    for model in (MODEL, GPU_MODEL, replace(MODEL, precision="bf16", kind=ModelKind.BI_ENCODER)):
+        assert describe(_parsed(ensemble_config(model))) == model
     assert describe(encoder_config(MODEL)) is None
 
 

@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from reranker import builder
 from reranker.builder import BuildError, BuildOptions, check_precision
 from reranker.precision import Precision
-from reranker.repository import Device, ModelKind, ServedModel, encoder_config
+from reranker.repository import Device, ModelKind, ServedModel
 from reranker.runtimes import (
     Runtime,
     bf16_hint,
@@ -21,6 +21,7 @@ from reranker.runtimes import (
     has_amx,
     has_native_bf16,
 )
+from reranker.triton_configs import encoder_config
 
 MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, "sigmoid", ("input_ids",))
 
