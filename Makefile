@@ -66,12 +66,12 @@ $(DEFAULT_MODEL): $(INSTALLED)
 
 # torch first and on its own: torch==2.13.0 is the CPU build on this machine's disk, and
 # anything that depends on torch must find it installed rather than pull a CUDA build.
-$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml
+$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml api/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e . -e client
+	$(PY) -m pip install -q --no-deps -e api -e . -e client
 	touch $@
 
 clean:

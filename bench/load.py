@@ -25,8 +25,8 @@ from pathlib import Path
 import grpc
 import psutil
 from engines import start_bench_server
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from run import ROOT
 from workloads import QUERY, workload
 

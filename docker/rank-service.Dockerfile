@@ -14,9 +14,10 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
 
 COPY pyproject.toml ./
 COPY src src
+COPY api api
 COPY client client
 COPY server_config server_config
-RUN pip install --no-deps . ./client
+RUN pip install --no-deps ./api . ./client
 
 RUN useradd --create-home --uid 10001 reranker
 USER reranker

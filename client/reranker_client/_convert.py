@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2 as pb
 
 SERVICE_NAME = "reranker.v1.Rank"
 

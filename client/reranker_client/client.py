@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker_client._convert import (
     ModelInfo,
@@ -18,8 +20,6 @@ from reranker_client._convert import (
     model_infos,
     rank_results,
 )
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from reranker_client.errors import from_rpc_error
 
 _Metadata = Sequence[tuple[str, str]]

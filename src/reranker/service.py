@@ -20,8 +20,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker import tei_service
 from reranker.core import ChunkingRequest, RankCall, RankCore, Truncation

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import grpc.aio
+from reranker_api.tei.v1 import tei_pb2 as tei
+from reranker_api.tei.v1 import tei_pb2_grpc as tei_grpc
 
-from reranker._proto.tei.v1 import tei_pb2 as tei
-from reranker._proto.tei.v1 import tei_pb2_grpc as tei_grpc
 from reranker.core import RankCall, RankCore, RankOutcome
 from reranker.errors import InvalidArgument
 

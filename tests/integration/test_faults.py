@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import (

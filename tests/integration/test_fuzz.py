@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import CROSS_ENCODER, DEFAULT_INT8, Server

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_client import (
     AsyncRerankClient,
     DeadlineExceededError,
     InvalidArgumentError,
     ResourceExhaustedError,
 )
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 
 from reranker.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import Server, rank_service

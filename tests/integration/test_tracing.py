@@ -19,8 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import Server, rank_server, start_server, stop_server

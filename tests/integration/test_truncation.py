@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from reranker_client import InvalidArgumentError, RerankClient
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
-from reranker_client._proto.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_client import InvalidArgumentError, RerankError, UnavailableError
 from reranker_client._convert import RankOptions, build_rank_request, rank_results
-from reranker_client._proto.reranker.v1 import reranker_pb2 as pb
 from reranker_client.errors import from_rpc_error
 
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from reranker._proto.tei.v1 import tei_pb2 as reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2
+from reranker_api.tei.v1 import tei_pb2 as reranker__api_dot_tei_dot_v1_dot_tei__pb2
 
 GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in reranker/_proto/tei/v1/tei_pb2_grpc.py depends on'
+        + ' but the generated code in reranker_api/tei/v1/tei_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class InfoStub(object):
         """
         self.Info = channel.unary_unary(
                 '/tei.v1.Info/Info',
-                request_serializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.InfoRequest.SerializeToString,
-                response_deserializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.InfoResponse.FromString,
+                request_serializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.InfoRequest.SerializeToString,
+                response_deserializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.InfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_InfoServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
-                    request_deserializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.InfoRequest.FromString,
-                    response_serializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.InfoResponse.SerializeToString,
+                    request_deserializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.InfoRequest.FromString,
+                    response_serializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class Info(object):
             request,
             target,
             '/tei.v1.Info/Info',
-            reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.InfoRequest.SerializeToString,
-            reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.InfoResponse.FromString,
+            reranker__api_dot_tei_dot_v1_dot_tei__pb2.InfoRequest.SerializeToString,
+            reranker__api_dot_tei_dot_v1_dot_tei__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -108,13 +108,13 @@ class RerankStub(object):
         """
         self.Rerank = channel.unary_unary(
                 '/tei.v1.Rerank/Rerank',
-                request_serializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.SerializeToString,
-                response_deserializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+                request_serializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.SerializeToString,
+                response_deserializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
                 _registered_method=True)
         self.RerankStream = channel.stream_unary(
                 '/tei.v1.Rerank/RerankStream',
-                request_serializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.SerializeToString,
-                response_deserializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+                request_serializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.SerializeToString,
+                response_deserializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
                 _registered_method=True)
 
 
@@ -139,13 +139,13 @@ def add_RerankServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Rerank': grpc.unary_unary_rpc_method_handler(
                     servicer.Rerank,
-                    request_deserializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.FromString,
-                    response_serializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.SerializeToString,
+                    request_deserializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.FromString,
+                    response_serializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.SerializeToString,
             ),
             'RerankStream': grpc.stream_unary_rpc_method_handler(
                     servicer.RerankStream,
-                    request_deserializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.FromString,
-                    response_serializer=reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.SerializeToString,
+                    request_deserializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.FromString,
+                    response_serializer=reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,8 +173,8 @@ class Rerank(object):
             request,
             target,
             '/tei.v1.Rerank/Rerank',
-            reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.SerializeToString,
-            reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+            reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankRequest.SerializeToString,
+            reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -200,8 +200,8 @@ class Rerank(object):
             request_iterator,
             target,
             '/tei.v1.Rerank/RerankStream',
-            reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.SerializeToString,
-            reranker_dot___proto_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
+            reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankStreamRequest.SerializeToString,
+            reranker__api_dot_tei_dot_v1_dot_tei__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from reranker_client._proto.reranker.v1 import reranker_pb2 as reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2
+from reranker_api.reranker.v1 import reranker_pb2 as reranker__api_dot_reranker_dot_v1_dot_reranker__pb2
 
 GRPC_GENERATED_VERSION = '1.80.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in reranker_client/_proto/reranker/v1/reranker_pb2_grpc.py depends on'
+        + ' but the generated code in reranker_api/reranker/v1/reranker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,13 +37,13 @@ class RankStub(object):
         """
         self.Rank = channel.unary_unary(
                 '/reranker.v1.Rank/Rank',
-                request_serializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.RankRequest.SerializeToString,
-                response_deserializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.RankResponse.FromString,
+                request_serializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.RankRequest.SerializeToString,
+                response_deserializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.RankResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/reranker.v1.Rank/ListModels',
-                request_serializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsResponse.FromString,
+                request_serializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -70,13 +70,13 @@ def add_RankServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Rank': grpc.unary_unary_rpc_method_handler(
                     servicer.Rank,
-                    request_deserializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.RankRequest.FromString,
-                    response_serializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.RankResponse.SerializeToString,
+                    request_deserializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.RankRequest.FromString,
+                    response_serializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.RankResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsRequest.FromString,
-                    response_serializer=reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsRequest.FromString,
+                    response_serializer=reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -105,8 +105,8 @@ class Rank(object):
             request,
             target,
             '/reranker.v1.Rank/Rank',
-            reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.RankRequest.SerializeToString,
-            reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.RankResponse.FromString,
+            reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.RankRequest.SerializeToString,
+            reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.RankResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -132,8 +132,8 @@ class Rank(object):
             request,
             target,
             '/reranker.v1.Rank/ListModels',
-            reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsRequest.SerializeToString,
-            reranker__client_dot___proto_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsResponse.FromString,
+            reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsRequest.SerializeToString,
+            reranker__api_dot_reranker_dot_v1_dot_reranker__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
