@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -193,6 +194,17 @@ class TritonServer:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """Kills what Triton left running in its process group: its Python-backend stubs.
+        A stub busy in ``execute()`` when Triton exits does not notice that its parent is
+        gone and lives on, holding memory, unless it is killed."""
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # Triton leads its own process group (start_new_session): the group is its pid.
+            os.killpg(self._process.pid, signal.SIGKILL)
 
     def restart(self) -> None:
         """Cleans up after an exited Triton and starts a new one on the same ports."""
@@ -208,7 +220,7 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stops Triton with SIGTERM (SIGKILL if it hangs) and removes what it left behind."""
-        process, self._process = self._process, None
+        process = self._process
         if process is not None and process.poll() is None:
             process.terminate()
             try:
@@ -217,6 +229,8 @@ class TritonServer:
                 log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", timeout_s)
                 process.kill()
                 process.wait()
+        self._kill_leftovers()
+        self._process = None
         for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
             with contextlib.suppress(OSError):
                 region.unlink()

@@ -7,11 +7,13 @@ import asyncio
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
@@ -21,6 +23,7 @@ from tests.integration.conftest import (
     Server,
     children,
     cmdline,
+    gone,
     start_server,
     stop_server,
     triton_pid,
@@ -119,16 +122,65 @@ async def test_a_killed_model_process_is_recovered(own_server: Server) -> None:
     assert own_server.process.poll() is None
 
 
-async def test_shutdown_drains_calls_in_flight(own_server: Server) -> None:
-    documents = [" ".join(["the tide comes in over the flats"] * 30)] * 64
-    async with grpc.aio.insecure_channel(own_server.address) as channel:
-        stub = pb_grpc.RankStub(channel)
-        in_flight = asyncio.ensure_future(
-            stub.Rank(pb.RankRequest(query="tide", documents=documents), timeout=30)
-        )
-        await asyncio.sleep(0.3)
-        assert not in_flight.done(), "the call must still be running for this test to mean it"
-        own_server.process.send_signal(signal.SIGTERM)
+LONG_CALL = [" ".join(["the tide comes in over the flats"] * 30)] * 64
+
+
+async def _call_in_flight(server: Server) -> asyncio.Future[pb.RankResponse]:
+    """Starts a long call and returns once the service holds its rows."""
+    channel = grpc.aio.insecure_channel(server.address)
+    stub = pb_grpc.RankStub(channel)
+    call = asyncio.ensure_future(
+        stub.Rank(pb.RankRequest(query="tide", documents=LONG_CALL), timeout=60)
+    )
+    call.add_done_callback(lambda _: asyncio.ensure_future(channel.close()))
+    deadline = time.monotonic() + 30
+    while _rows_in_flight(server) < len(LONG_CALL):
+        assert not call.done() and time.monotonic() < deadline, "the call never got in flight"
+        await asyncio.sleep(0.01)
+    return call
+
+
+def _rows_in_flight(server: Server) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("reranker_rows_in_flight ")]
+    return float(line.split()[1])
+
+
+async def test_shutdown_drains_calls_in_flight(default_repository: Path, tmp_path: Path) -> None:
+    # A grace far longer than the call: it must complete, however slow the machine is today.
+    server = await asyncio.to_thread(
+        start_server, default_repository, tmp_path, DEFAULT_MODEL_NAME, shutdown_grace_s="60"
+    )
+    try:
+        in_flight = await _call_in_flight(server)
+        server.process.send_signal(signal.SIGTERM)
         response = await in_flight
         assert len(response.results) == 64
-    assert await asyncio.to_thread(own_server.process.wait, 30) == 0
+        assert await asyncio.to_thread(server.process.wait, 60) == 0
+    finally:
+        await asyncio.to_thread(stop_server, server)
+
+
+async def test_stopping_mid_request_leaves_no_process_behind(
+    default_repository: Path, tmp_path: Path
+) -> None:
+    # A grace shorter than the call: the server stops while Triton's stubs are busy with it.
+    server = await asyncio.to_thread(
+        start_server, default_repository, tmp_path, DEFAULT_MODEL_NAME, shutdown_grace_s="0.1"
+    )
+    try:
+        triton = triton_pid(server)
+        family = [triton, *(p.pid for p in psutil.Process(triton).children(recursive=True))]
+        assert any("triton_python_backend_stub" in cmdline(pid) for pid in family), family
+        in_flight = await _call_in_flight(server)
+        server.process.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await in_flight
+        assert await asyncio.to_thread(server.process.wait, 60) == 0
+        deadline = time.monotonic() + 10
+        while not all(gone(pid) for pid in family) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        left = [(pid, cmdline(pid)) for pid in family if not gone(pid)]
+        assert not left, f"processes of the stopped server are still running: {left}"
+    finally:
+        await asyncio.to_thread(stop_server, server)

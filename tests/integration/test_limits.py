@@ -21,7 +21,8 @@ from reranker_client import (
 )
 
 from reranker.builder import DEFAULT_MODEL_NAME
-from tests.integration.conftest import Server, rank_service
+from reranker.service import RankServer
+from tests.integration.conftest import Server, rank_server, rank_service
 
 RANK_METHOD = "/reranker.v1.Rank/Rank"
 # Long enough that a call of many of them takes over a second on two cores.
@@ -86,29 +87,39 @@ async def test_malformed_messages_are_invalid_arguments(server: Server) -> None:
 
 
 @contextlib.asynccontextmanager
-async def budget_of_48_rows(server: Server) -> AsyncIterator[AsyncRerankClient]:
-    """A client of a rank service that admits 48 rows at a time."""
+async def budget_of_48_rows(server: Server) -> AsyncIterator[tuple[AsyncRerankClient, RankServer]]:
+    """A client of a rank service that admits 48 rows at a time, and that service."""
     async with (
-        rank_service(
+        rank_server(
             server.triton_grpc,
             default_model=DEFAULT_MODEL_NAME,
             max_documents_per_call=48,
             max_rows_in_flight=48,
-        ) as address,
-        AsyncRerankClient(address, timeout=60) as client,
+        ) as service,
+        AsyncRerankClient(f"127.0.0.1:{service.grpc_port}", timeout=60) as client,
     ):
-        yield client
+        yield client, service
+
+
+async def _rows_in_flight_reach(service: RankServer, rows: int, within_s: float) -> None:
+    """Waits until the service holds ``rows`` rows; fails after ``within_s``."""
+    deadline = time.perf_counter() + within_s
+    while service.core.budget.in_flight != rows:
+        assert time.perf_counter() < deadline, (
+            f"{service.core.budget.in_flight} rows in flight, not {rows}, after {within_s}s"
+        )
+        await asyncio.sleep(0.005)
 
 
 async def test_calls_over_capacity_are_refused_at_once(server: Server) -> None:
-    async with budget_of_48_rows(server) as client:
+    async with budget_of_48_rows(server) as (client, service):
         busy = asyncio.create_task(client.rank("moon", [LONG_DOCUMENT] * 48))
-        await asyncio.sleep(0.2)
-        assert not busy.done(), "the call must still be running for this test to mean anything"
+        await _rows_in_flight_reach(service, 48, within_s=30)
         start = time.perf_counter()
         with pytest.raises(ResourceExhaustedError) as raised:
             await client.rank("moon", ["one more"])
         refused_in = time.perf_counter() - start
+        assert not busy.done(), "the full call must still be running for this to mean anything"
         assert "max_rows_in_flight=48" in raised.value.details
         assert refused_in < 0.5
         assert len(await busy) == 48
@@ -117,24 +128,26 @@ async def test_calls_over_capacity_are_refused_at_once(server: Server) -> None:
 
 
 async def test_a_cancelled_or_expired_call_releases_its_capacity(server: Server) -> None:
-    async with budget_of_48_rows(server) as client:
+    async with budget_of_48_rows(server) as (client, service):
         full_call = [LONG_DOCUMENT] * 48
         start = time.perf_counter()
         await client.rank("moon", full_call)
         full_call_s = time.perf_counter() - start
-        assert full_call_s > 0.6, "calls must be slow enough to interrupt"
 
-        # Expired: DEADLINE_EXCEEDED, and the next full call is admitted at once.
+        # Expired, a quarter of the way through: DEADLINE_EXCEEDED, and its rows are released
+        # at once, so the next full call is admitted.
         with pytest.raises(DeadlineExceededError):
-            await client.rank("moon", full_call, timeout=0.2)
+            await client.rank("moon", full_call, timeout=full_call_s / 4)
+        await _rows_in_flight_reach(service, 0, within_s=0.3)
         await _admitted_within(client, full_call, 0.3)
 
-        # Cancelled by the caller.
+        # Cancelled by the caller while its rows are held.
         cancelled = asyncio.create_task(client.rank("moon", full_call))
-        await asyncio.sleep(0.2)
+        await _rows_in_flight_reach(service, 48, within_s=30)
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
+        await _rows_in_flight_reach(service, 0, within_s=0.3)
         await _admitted_within(client, full_call, 0.3)
 
 
