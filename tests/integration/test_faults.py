@@ -79,7 +79,11 @@ async def _load_through_fault(
                     done.set()
 
         tasks = [asyncio.create_task(call_repeatedly()) for _ in range(callers)]
-        await asyncio.sleep(2.0)
+        # The load is up once every caller has had a call answered.
+        deadline = time.monotonic() + 60
+        while sum(o.code == grpc.StatusCode.OK for o in outcomes) < 2 * callers:
+            assert time.monotonic() < deadline, "no load before the fault"
+            await asyncio.sleep(0.05)
         fault_at = time.monotonic()
         fault()
         try:

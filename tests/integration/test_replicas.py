@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import tritonclient.grpc.aio as triton_aio
@@ -77,16 +78,23 @@ async def test_calls_succeed_while_a_triton_and_a_rank_service_restart(
                         except RerankError as error:
                             failures.append(str(error))
 
+                async def more_calls_succeed(count: int = 8, within_s: float = 60) -> None:
+                    """Traffic goes on through each step: waits for ``count`` more successes."""
+                    target, deadline = succeeded + count, time.monotonic() + within_s
+                    while succeeded < target:
+                        assert time.monotonic() < deadline, (succeeded, failures[:3])
+                        await asyncio.sleep(0.05)
+
                 callers = [asyncio.create_task(call_repeatedly()) for _ in range(4)]
-                await asyncio.sleep(2)
+                await more_calls_succeed()
                 await asyncio.to_thread(tritons[0].stop)
-                await asyncio.sleep(2)
+                await more_calls_succeed()
                 await asyncio.to_thread(tritons[0].start)
-                await asyncio.sleep(2)
+                await more_calls_succeed()
                 await first.aclose()  # rank service 0 drains and stops
-                await asyncio.sleep(2)
+                await more_calls_succeed()
                 async with service(0):
-                    await asyncio.sleep(3)
+                    await more_calls_succeed(12)
                     done.set()
                     await asyncio.gather(*callers)
                 inferences = [await _inferences(t.grpc_url) for t in tritons]
