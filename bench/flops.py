@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
@@ -24,26 +25,25 @@ def deberta_flops(length: float, hidden: int, layers: int, intermediate: int) ->
     return bert_flops(length, hidden, layers, intermediate) + layers * extra
 
 
-def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> tuple[float, float]:
-    """Median and best fp32 GEMM rate of this machine (numpy, all cores)."""
-    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+def _gemm_rates(square: Any, size: int, repeats: int) -> tuple[float, float]:
+    """Median and best GFLOP/s of ``square @ square`` (``size`` x ``size``)."""
+    square @ square  # warm-up
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ a
+        square @ square
         rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates), max(rates)
+
+
+def gemm_peak_gflops(size: int = 1024, repeats: int = 10) -> tuple[float, float]:
+    """Median and best fp32 GEMM rate of this machine (numpy, all cores)."""
+    square = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    return _gemm_rates(square, size, repeats)
 
 
 def bf16_gemm_gflops(size: int = 2048, repeats: int = 10) -> tuple[float, float]:
     """Median and best bf16 GEMM rate (torch, all cores): the bound of bf16 rows."""
     import torch
 
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    a @ a
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ a
-        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates), max(rates)
+    return _gemm_rates(torch.randn(size, size, dtype=torch.bfloat16), size, repeats)

@@ -116,6 +116,14 @@ def create_app(core: RankCore, serving: asyncio.Event) -> FastAPI:
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error_response(InvalidArgument(_validation_message(error)))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Logged by the gate, which sees the exception once this answer is sent.
+        return JSONResponse(
+            {"error": "internal error", "error_type": "INTERNAL"},
+            status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+        )
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == HTTPStatus.NOT_FOUND:
@@ -238,6 +246,8 @@ class Gate:
             except RerankError as error:
                 log.info("refused %s: %s", label, error)
                 await _error_response(error)(scope, receive, recording_send)
+            except Exception:  # the app has answered 500 already: log it, go on serving
+                log.exception("unexpected error in %s", label)
             if status[0] >= HTTPStatus.BAD_REQUEST:
                 span.set_status(trace.StatusCode.ERROR, str(status[0]))
             span.set_attribute("http.response.status_code", status[0])

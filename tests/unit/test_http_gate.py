@@ -1,0 +1,114 @@
+"""The HTTP front door over the core with a fake scorer: the gate's key, body limit,
+deadline header and error answers, and routes' shapes, with no Triton."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+
+from reranker.core import RankCore
+from reranker.engine import Scores
+from reranker.http_api import Gate, create_app
+from reranker.metrics import ServiceMetrics
+from reranker.repository import ServedModel
+from reranker.settings import Settings
+from reranker.tokenization import LONGEST_FIRST, TruncationOptions
+from tests.unit.test_core import FakeScorer
+
+KEY = "secret-key"
+
+
+class BrokenScorer(FakeScorer):
+    async def score(
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        timeout_s: float,
+        options: TruncationOptions = LONGEST_FIRST,
+        labels: Sequence[int] | None = None,
+    ) -> Scores:
+        if query == "break":
+            raise RuntimeError("a bug")
+        return await super().score(model, query, documents, timeout_s, options, labels)
+
+
+def client(metrics: ServiceMetrics | None = None, **settings: Any) -> httpx.AsyncClient:
+    config = Settings(**{"default_model": "cross", **settings})
+    metrics = metrics or ServiceMetrics()
+    core = RankCore(config, BrokenScorer(), metrics)
+    serving = asyncio.Event()
+    serving.set()
+    gate = Gate(
+        create_app(core, serving),
+        metrics,
+        config.max_request_bytes,
+        config.resolved_api_key(),
+        trace.NoOpTracer(),
+    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://gate")
+
+
+async def test_the_key_is_checked_on_every_route_but_health() -> None:
+    async with client(api_key=KEY) as http:
+        body = {"query": "q", "documents": ["abc"]}
+        assert (await http.post("/v2/rerank", json=body)).status_code == 401
+        assert (await http.get("/v1/models")).status_code == 401
+        assert (await http.get("/health")).status_code == 200
+        auth = {"authorization": f"Bearer {KEY}"}
+        answer = await http.post("/v2/rerank", json=body, headers=auth)
+        assert answer.status_code == 200 and answer.json()["results"][0]["index"] == 0
+
+
+async def test_bodies_over_the_limit_are_refused_with_413() -> None:
+    async with client(max_request_bytes=100) as http:
+        refused = await http.post("/v2/rerank", json={"query": "q", "documents": ["x" * 200]})
+        assert refused.status_code == 413
+        assert refused.json()["error_type"] == "RESOURCE_EXHAUSTED"
+        assert (await http.post("/v2/rerank", json={"query": "q", "documents": ["x"]})).is_success
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-2", "nan", "inf"])
+async def test_a_bad_timeout_header_is_refused(value: str) -> None:
+    async with client() as http:
+        answer = await http.post(
+            "/rerank", json={"query": "q", "texts": ["a"]}, headers={"x-request-timeout": value}
+        )
+        assert answer.status_code == 400 and "x-request-timeout" in answer.json()["error"]
+
+
+async def test_an_unexpected_error_is_a_json_500_and_the_next_call_is_served() -> None:
+    metrics = ServiceMetrics()
+    async with client(metrics) as http:
+        broken = await http.post("/v2/rerank", json={"query": "break", "documents": ["a"]})
+        assert broken.status_code == 500
+        assert broken.json() == {"error": "internal error", "error_type": "INTERNAL"}
+        assert (await http.post("/v2/rerank", json={"query": "q", "documents": ["a"]})).is_success
+    sample = metrics.registry.get_sample_value
+    labels: Mapping[str, str] = {"method": "POST /v2/rerank", "code": "INTERNAL"}
+    assert sample("reranker_calls_total", dict(labels)) == 1
+    assert sample("reranker_calls_total", {"method": "POST /v2/rerank", "code": "OK"}) == 1
+
+
+async def test_tei_returns_a_bare_array_best_first() -> None:
+    async with client() as http:
+        ranks = (
+            await http.post(
+                "/rerank",
+                json={
+                    "query": "q",
+                    "texts": ["ab", "abcdefg"],
+                    "raw_scores": True,
+                    "return_text": True,
+                },
+            )
+        ).json()
+    assert ranks == [
+        {"index": 1, "score": 2.0, "text": "abcdefg"},
+        {"index": 0, "score": -3.0, "text": "ab"},
+    ]
