@@ -370,6 +370,8 @@ class HttpServer:
             access_log=False,
             log_level="warning",
             log_config=None,
+            # The C parser: h11's pure-Python one costs CPU the encoder needs on a small machine.
+            http="httptools",
             ws="none",
             **_tls_options(settings),
         )
