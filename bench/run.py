@@ -288,6 +288,10 @@ def _versions() -> dict[str, str]:
         "sentence-transformers",
         "tokenizers",
         "nvidia-pytriton",
+        "openvino",
+        "fastapi",
+        "uvicorn",
+        "httptools",
     ]
     return {name: version(name) for name in names}
 

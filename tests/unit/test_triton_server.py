@@ -33,6 +33,12 @@ def test_a_child_dies_when_its_parent_is_killed_outright() -> None:
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
+        # setpriv asks for the signal, then execs the command: once the command runs, the
+        # request is in place (a parent killed before it would leave the child unasked).
+        deadline = time.monotonic() + 10
+        while "setpriv" in " ".join(psutil.Process(child).cmdline()):
+            assert time.monotonic() < deadline, "setpriv never ran the command"
+            time.sleep(0.01)
         assert _alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
