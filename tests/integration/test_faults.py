@@ -129,16 +129,18 @@ async def test_a_killed_model_process_is_recovered(own_server: Server) -> None:
 LONG_CALL = [" ".join(["the tide comes in over the flats"] * 30)] * 64
 
 
-async def _call_in_flight(server: Server) -> asyncio.Future[pb.RankResponse]:
+async def _call_in_flight(
+    server: Server, documents: list[str] = LONG_CALL
+) -> asyncio.Future[pb.RankResponse]:
     """Starts a long call and returns once the service holds its rows."""
     channel = grpc.aio.insecure_channel(server.address)
     stub = pb_grpc.RankStub(channel)
     call = asyncio.ensure_future(
-        stub.Rank(pb.RankRequest(query="tide", documents=LONG_CALL), timeout=60)
+        stub.Rank(pb.RankRequest(query="tide", documents=documents), timeout=120)
     )
     call.add_done_callback(lambda _: asyncio.ensure_future(channel.close()))
     deadline = time.monotonic() + 30
-    while _rows_in_flight(server) < len(LONG_CALL):
+    while _rows_in_flight(server) < len(documents):
         assert not call.done() and time.monotonic() < deadline, "the call never got in flight"
         await asyncio.sleep(0.01)
     return call
@@ -168,7 +170,8 @@ async def test_shutdown_drains_calls_in_flight(default_repository: Path, tmp_pat
 async def test_stopping_mid_request_leaves_no_process_behind(
     default_repository: Path, tmp_path: Path
 ) -> None:
-    # A grace shorter than the call: the server stops while Triton's stubs are busy with it.
+    # A grace shorter than the call, and a call longer than Triton's own exit timeout (5 s):
+    # Triton exits while its encoder stub is still busy with the call.
     server = await asyncio.to_thread(
         start_server, default_repository, tmp_path, DEFAULT_MODEL_NAME, shutdown_grace_s="0.1"
     )
@@ -176,7 +179,7 @@ async def test_stopping_mid_request_leaves_no_process_behind(
         triton = triton_pid(server)
         family = [triton, *(p.pid for p in psutil.Process(triton).children(recursive=True))]
         assert any("triton_python_backend_stub" in cmdline(pid) for pid in family), family
-        in_flight = await _call_in_flight(server)
+        in_flight = await _call_in_flight(server, LONG_CALL * 6)
         server.process.send_signal(signal.SIGTERM)
         with pytest.raises(grpc.aio.AioRpcError):
             await in_flight
