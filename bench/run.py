@@ -87,6 +87,14 @@ def main() -> int:
     parser.add_argument("--infinity-venv", type=Path, default=ROOT / "build" / "infinity-venv")
     parser.add_argument("--perf-analyzer", type=Path, default=ROOT / "build" / "perf_analyzer")
     parser.add_argument("--no-deberta", action="store_true")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=sorted(WORKLOADS),
+        default=sorted(WORKLOADS),
+        help="MiniLM workloads to measure (default: all)",
+    )
+    parser.add_argument("--no-long-context", action="store_true")
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     args = parser.parse_args()
     if args.show:
@@ -147,7 +155,7 @@ def main() -> int:
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
             cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
             in_process = runners(model)
-            for name in WORKLOADS if model == "minilm" else ["a"]:
+            for name in args.workloads if model == "minilm" else ["a"]:
                 documents = workload(name)
                 pair_lengths = [
                     len(i)
@@ -178,13 +186,14 @@ def main() -> int:
                 gemm.append(gemm_peak_gflops())
                 gemm_bf16 += [bf16_gemm_gflops()] if bf16 else []
             del in_process
-        print(f"{elapsed()} jina (long context)", flush=True)
-        jina_tokenizer = AutoTokenizer.from_pretrained(args.workdir / "checkpoints" / "jina")
-        lc_runners = runners("jina")
-        results += interleave(
-            long_context_cases(repository, client, lc_runners, jina_tokenizer), args.runs
-        )
-        del lc_runners
+        if not args.no_long_context:
+            print(f"{elapsed()} jina (long context)", flush=True)
+            jina_tokenizer = AutoTokenizer.from_pretrained(args.workdir / "checkpoints" / "jina")
+            lc_runners = runners("jina")
+            results += interleave(
+                long_context_cases(repository, client, lc_runners, jina_tokenizer), args.runs
+            )
+            del lc_runners
         print(f"{elapsed()} perf_analyzer", flush=True)
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():

@@ -197,9 +197,9 @@ class TritonServer:
         self._kill_leftovers()
 
     def _kill_leftovers(self) -> None:
-        """Kills what Triton left running in its process group: its Python-backend stubs.
-        A stub busy in ``execute()`` when Triton exits does not notice that its parent is
-        gone and lives on, holding memory, unless it is killed."""
+        """Kills whatever Triton left running in its process group (its Python-backend stubs).
+        Stubs normally exit within seconds of their Triton; this is the safeguard for one
+        that does not, which would hold its memory for good."""
         if self._process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
