@@ -134,7 +134,7 @@ def create_app(core: RankCore, serving: asyncio.Event) -> FastAPI:
             headers=error.headers,
         )
 
-    @app.post("/v2/rerank", tags=["Cohere"])
+    @app.post("/v2/rerank", tags=["Cohere"], response_model_exclude_none=True)
     async def cohere_v2(body: CohereV2Request) -> CohereResponse:
         outcome = await core.rank(body.call(), _remaining(core))
         return cohere_response(outcome, str(uuid.uuid4()), "2")

@@ -112,3 +112,12 @@ async def test_tei_returns_a_bare_array_best_first() -> None:
         {"index": 1, "score": 2.0, "text": "abcdefg"},
         {"index": 0, "score": -3.0, "text": "ab"},
     ]
+
+
+async def test_cohere_v2_results_carry_index_and_score_only() -> None:
+    async with client() as http:
+        body = (
+            await http.post("/v2/rerank", json={"query": "q", "documents": ["ab", "abc"]})
+        ).json()
+    assert [set(r) for r in body["results"]] == [{"index", "relevance_score"}] * 2
+    assert body["meta"] == {"api_version": {"version": "2"}} and body["model"] == "cross"
