@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from reranker.core import RankCore
 from reranker.errors import (
+    STATUS,
     InvalidArgument,
     NotFound,
     RequestTooLarge,
@@ -53,7 +54,6 @@ from reranker.http_shapes import (
     cohere_response,
 )
 from reranker.metrics import ServiceMetrics
-from reranker.repository import ModelKind
 from reranker.settings import Settings
 from reranker.tei_service import VERSION, server_info
 from reranker.tracing import caller_context
@@ -187,7 +187,7 @@ def create_app(core: RankCore, serving: asyncio.Event) -> FastAPI:
             data=[
                 ModelCard(
                     id=m.name,
-                    kind="cross-encoder" if m.kind is ModelKind.CROSS_ENCODER else "bi-encoder",
+                    kind=m.kind.value,
                     architecture=m.architecture,
                     max_length=m.max_length,
                     precision=m.precision,
@@ -323,18 +323,11 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-# HTTP statuses as the gRPC code names the calls metric uses for every transport.
-_CODE_NAMES = {
+# HTTP statuses as the gRPC code names the calls metric uses for every transport, read back
+# from the one status table.
+_CODE_NAMES = {int(http): code.name for code, http in STATUS.values()} | {
     200: "OK",
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    404: "UNIMPLEMENTED",
-    405: "UNIMPLEMENTED",
-    413: "RESOURCE_EXHAUSTED",
-    422: "FAILED_PRECONDITION",
-    429: "RESOURCE_EXHAUSTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
+    405: "UNIMPLEMENTED",  # a route without that method, as gRPC names a missing method
 }
 
 

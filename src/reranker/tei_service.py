@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 import grpc.aio
@@ -124,23 +125,19 @@ class InfoServicer(tei_grpc.InfoServicer):
         )
 
 
+@dataclass(frozen=True)
 class ServerInfo:
     """What TEI's ``/info`` and ``tei.v1.Info`` report, from the default model and limits."""
 
-    def __init__(
-        self,
-        model_id: str,
-        dtype: str,
-        max_input_length: int,
-        max_client_batch_size: int,
-        max_concurrent_requests: int,
-    ) -> None:
-        self.model_id = model_id
-        self.dtype = dtype
-        self.max_input_length = max_input_length
-        self.max_client_batch_size = max_client_batch_size
-        self.max_concurrent_requests = max_concurrent_requests
-        self.max_batch_tokens = max_input_length * max_concurrent_requests
+    model_id: str
+    dtype: str
+    max_input_length: int
+    max_client_batch_size: int
+    max_concurrent_requests: int
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.max_input_length * self.max_concurrent_requests
 
 
 async def server_info(core: RankCore) -> ServerInfo:
