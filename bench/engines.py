@@ -209,8 +209,9 @@ def engines(
                 )
             )
     if model == "minilm" and name == "a":
+        grpc = next(c for c in cases if (c.engine, c.concurrency) == ("this server", 4))
         call = partial(http.rank, documents)
-        cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n))
+        cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n, partner=grpc))
         for dtype, peer in infinity.items():
             levels = concurrency if dtype == "float32" else [4]
             label = "infinity" + ("" if dtype == "float32" else " bf16")

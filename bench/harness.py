@@ -25,6 +25,11 @@ class Result:
     # Each run's pairs/s in round order: a slow stretch of this shared machine shows up as
     # one or two low runs, which the median leaves out.
     run_pairs_per_s: list[float] = field(default_factory=list)
+    # Against a partner case run back to back with this one in every round: the median of the
+    # rounds' ratios. Both runs of a round see the same state of the machine, so this ratio
+    # holds where the medians of the two rows fall into different speed states.
+    partner: str = ""
+    paired_ratio: float = 0.0
 
 
 @dataclass
@@ -38,6 +43,8 @@ class Case:
     concurrency: int
     call: Callable[[], object]
     pairs: int
+    # The case this one is compared with: the two run back to back in every round.
+    partner: Case | None = None
     throughputs: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
@@ -58,6 +65,15 @@ class Case:
 
     def result(self) -> Result:
         ordered = sorted(self.latencies)
+        partner = self.partner
+        ratios = (
+            [
+                ours / theirs
+                for ours, theirs in zip(self.throughputs, partner.throughputs, strict=True)
+            ]
+            if partner
+            else []
+        )
         return Result(
             self.engine,
             self.model,
@@ -67,25 +83,44 @@ class Case:
             1000 * ordered[len(ordered) // 2],
             1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
             run_pairs_per_s=[round(value, 1) for value in self.throughputs],
+            partner=f"{partner.engine} c={partner.concurrency}" if partner else "",
+            paired_ratio=statistics.median(ratios) if ratios else 0.0,
         )
 
 
 def interleave(cases: list[Case], runs: int) -> list[Result]:
     """Warms every case up, then takes ``runs`` rounds of one run per case, the order rotated
     each round: drift of this machine's speed then falls on all engines alike, so the ratios
-    between them hold even when the absolute figures move."""
+    between them hold even when the absolute figures move. A case with a partner runs right
+    after it (before it in odd rounds), so each round gives one paired ratio."""
     for case in cases:
         case.warm_up()
+    units = _units(cases)
     for round_ in range(runs):
-        shift = round_ % len(cases)
-        for case in cases[shift:] + cases[:shift]:
-            case.run()
+        shift = round_ % len(units)
+        for unit in units[shift:] + units[:shift]:
+            for case in unit if round_ % 2 == 0 else unit[::-1]:
+                case.run()
     results = [case.result() for case in cases]
     for result in results:
         print(
             f"  {result.engine:<24} {result.model:<8} ({result.workload}) "
             f"c={result.concurrency:<2} {result.pairs_per_s:7.1f} pairs/s  "
-            f"p50 {result.p50_ms:7.0f} ms",
+            f"p50 {result.p50_ms:7.0f} ms"
+            + (f"  {result.paired_ratio:.2f}x {result.partner}, paired" if result.partner else ""),
             flush=True,
         )
     return results
+
+
+def _units(cases: list[Case]) -> list[list[Case]]:
+    """The cases in order, each partnered case joined to its partner as one unit."""
+    present = {id(case) for case in cases}
+    partners = {id(case.partner): case.partner for case in cases if id(case.partner) in present}
+    units: list[list[Case]] = []
+    for case in cases:
+        if id(case) in partners:
+            continue  # runs inside the unit of the case it partners
+        partner = partners.get(id(case.partner)) if case.partner else None
+        units.append([partner, case] if partner else [case])
+    return units
