@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__encoder/1/model.onnx
+DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__tokenizer/1/tokenizer.json
 
-.PHONY: serve test test-unit lint format proto install models bench bench-env load clean
+.PHONY: serve test test-unit lint format proto install models bench bench-env load gpu-kit clean
 
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
@@ -59,10 +59,16 @@ $(BENCH): $(INSTALLED) bench/requirements.txt
 	  chmod +x perf_analyzer
 	touch $@
 
+# The wheels bench/gpu_check installs on a GPU machine without network (60 MiB at most):
+# make gpu-kit, copy the tree with build/gpu-kit over, run bench/gpu_check OUT --wheels build/gpu-kit
+gpu-kit: $(INSTALLED)
+	$(PY) bench/gpu_kit.py --output build/gpu-kit
+
 models: $(DEFAULT_MODEL)
 
+# On a machine where PyTorch sees a GPU, the default model is served there (torch runtime).
 $(DEFAULT_MODEL): $(INSTALLED)
-	$(PY) -m reranker build --default
+	$(PY) -m reranker build --default --device auto
 
 # torch first and on its own: torch==2.13.0 is the CPU build on this machine's disk, and
 # anything that depends on torch must find it installed rather than pull a CUDA build.
@@ -77,3 +83,4 @@ $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml client/pyproj
 clean:
 	rm -rf $(VENV) logs build
 	find model_repository \( -name '*.onnx' -o -name 'tokenizer.json' \) -delete
+	find model_repository -type d -name checkpoint -prune -exec rm -rf {} +

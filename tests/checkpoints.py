@@ -54,6 +54,59 @@ def deberta_v3_tokenizer(vocab_size: int = 8000) -> Any:
     return DebertaV2Tokenizer(vocab=vocab, unk_id=specials.index("[UNK]"), model_max_length=512)
 
 
+def wordpiece_tokenizer(directory: Path, vocab_size: int = 8000) -> Any:
+    """A BERT WordPiece tokenizer (uncased, ``[CLS] q [SEP] d [SEP]`` pairs) trained on real
+    English text, saved to ``directory``: for BERT-shaped checkpoints made with no download."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import AutoTokenizer
+
+    trained = BertWordPieceTokenizer(lowercase=True)
+    trained.train_from_iterator(_corpus(), vocab_size=vocab_size)
+    directory.mkdir(parents=True, exist_ok=True)
+    trained.save_model(str(directory))
+    # Loaded back from vocab.txt as transformers 4 and 5 both do, then saved with its
+    # tokenizer.json.
+    settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def bert_cross_encoder(
+    target: Path,
+    hidden: int = 384,
+    layers: int = 6,
+    heads: int = 12,
+    intermediate: int = 1536,
+    seed: int = 0,
+) -> Path:
+    """A seeded ``BertForSequenceClassification`` (one label) with a locally trained
+    tokenizer: by default the MiniLM-L6 shape; hidden 768, 12 layers, 12 heads and 3072 is
+    BERT-base (bge-reranker-base's size). No weights are read from anywhere."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer(target)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+        # Wider than a trained model's 0.02, for the reason given in deberta_v2_cross_encoder.
+        initializer_range=0.05,
+        architectures=["BertForSequenceClassification"],
+    )
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    _calibrate_head(model, tokenizer)
+    model.save_pretrained(target)
+    return target
+
+
 def deberta_v2_cross_encoder(target: Path, layers: int = 2, seed: int = 0) -> Path:
     """A DeBERTa-v2 cross-encoder shaped like mxbai-rerank-xsmall-v1 (deberta-v3-xsmall:
     hidden 384, 6 heads, relative attention with 256 position buckets, p2c|c2p, no absolute

@@ -78,8 +78,9 @@ def start_server(repository: Path, workdir: Path, default_model: str, **settings
         RERANKER_TRITON_HTTP_PORT=str(triton_http_port),
         RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
         RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
-        **{"RERANKER_" + name.upper(): value for name, value in settings.items()},
     )
+    # After the defaults, so a setting may replace one of them (http_port="-1": no HTTP).
+    env.update({"RERANKER_" + name.upper(): value for name, value in settings.items()})
     log = workdir / "reranker.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

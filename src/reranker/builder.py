@@ -29,8 +29,10 @@ from reranker.contract import TOKEN_TENSORS, max_chars
 from reranker.precision import REPORT_FILE, Precision, reduce_precision, write_accuracy_report
 from reranker.repository import (
     Device,
+    EncoderRuntime,
     ModelKind,
     ServedModel,
+    checkpoint_path,
     onnx_path,
     tokenizer_path,
     write_configs,
@@ -62,6 +64,7 @@ class BuildOptions:
     max_batch_size: int = 64
     precision: Precision = Precision.FP32
     device: Device = Device.CPU
+    runtime: EncoderRuntime = EncoderRuntime.ONNX
 
 
 @contextmanager
@@ -141,6 +144,15 @@ def _graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
 
 def check_precision(options: BuildOptions) -> None:
     """Refuses a precision the target cannot serve well, saying why."""
+    if options.runtime is EncoderRuntime.TORCH:
+        if options.device is Device.GPU and options.precision is Precision.INT8:
+            raise BuildError("the torch runtime serves fp16, bf16 or fp32 on a GPU, not int8")
+        if options.device is Device.CPU and options.precision is not Precision.FP32:
+            raise BuildError(
+                "the torch runtime runs fp32 on CPU; for a reduced precision on CPU use "
+                "--runtime onnx (int8, or bf16 through OpenVINO)"
+            )
+        return
     if options.device is Device.GPU and options.precision is Precision.INT8:
         raise BuildError("int8 here is dynamic quantization for CPU; on GPU use fp16")
     if options.precision is not Precision.BF16:
@@ -201,8 +213,72 @@ def _install(
     return model
 
 
+# What the PyTorch runtime loads of a checkpoint: its configuration and weights.
+_CHECKPOINT_FILES = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _install_checkpoint(
+    model: ServedModel,
+    tokenizer: Tokenizer,
+    source: Path,
+    reference: Any,
+    inputs: tuple[str, ...],
+    options: BuildOptions,
+    repository: Path,
+) -> ServedModel:
+    """Puts the checkpoint itself beside the PyTorch encoder, checks that what the runtime
+    loads from there scores as ``reference`` (the module the build loaded) does, and writes
+    the tokenizer and the configurations."""
+    import torch
+
+    from reranker.onnx_export import sample_batch
+    from reranker.torch_runner import TorchRunner
+
+    check_precision(options)
+    model = replace(
+        model,
+        token_inputs=inputs,
+        precision=options.precision.value,
+        device=options.device,
+        runtime=EncoderRuntime.TORCH,
+    )
+    target = checkpoint_path(model, repository)
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    stale = onnx_path(model, repository)
+    for path in (stale, stale.with_name(stale.name + "_data"), stale.parent / REPORT_FILE):
+        path.unlink(missing_ok=True)
+    with step(f"copying the checkpoint to {target}"):
+        for pattern in _CHECKPOINT_FILES:
+            for file in source.glob(pattern):
+                shutil.copyfile(file, target / file.name)
+    batch = sample_batch(_pair_tokenizer(tokenizer, model))
+    feeds = {name: batch[name] for name in inputs}
+    runner = TorchRunner(
+        target, bi_encoder=model.kind is ModelKind.BI_ENCODER, input_names=list(inputs)
+    )
+    with torch.no_grad():
+        expected = reference(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    error = float(abs(runner.run(feeds) - expected.reshape(-1).numpy()).max())
+    print(f"  load check: max |served - checkpoint| = {error:.2e}", file=sys.stderr)
+    if error > EXPORT_TOLERANCE:
+        raise BuildError(f"the copied checkpoint scores differently ({error:.2e})")
+    path = tokenizer_path(model, repository)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    write_configs(model, repository)
+    return model
+
+
 def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
-    """(a) Exports a sequence-classification checkpoint with one label."""
+    """(a) Exports a sequence-classification checkpoint with one label, or serves it as it
+    is with the PyTorch runtime."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from reranker.onnx_export import export_cross_encoder, max_export_error, sample_batch
@@ -227,6 +303,11 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
         max_batch_size=options.max_batch_size,
     )
     tokenizer = hf_tokenizer.backend_tokenizer
+    if options.runtime is EncoderRuntime.TORCH:
+        from reranker.onnx_export import graph_inputs
+
+        logits, inputs = _Logits(network), graph_inputs(network)
+        return _install_checkpoint(model, tokenizer, source, logits, inputs, options, repository)
     batch = sample_batch(_pair_tokenizer(tokenizer, model))
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "model.onnx"
@@ -275,8 +356,12 @@ def build_default(options: BuildOptions, repository: Path) -> ServedModel:
         hf_tokenizer = AutoTokenizer.from_pretrained(source)
         bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
     tokenizer = hf_tokenizer.backend_tokenizer
-    batch = sample_batch(_pair_tokenizer(tokenizer, model))
     scorer = PairCosineScorer(bert).eval()
+    if options.runtime is EncoderRuntime.TORCH:
+        return _install_checkpoint(
+            model, tokenizer, source, scorer, TOKEN_TENSORS, options, repository
+        )
+    batch = sample_batch(_pair_tokenizer(tokenizer, model))
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "model.onnx"
         with step("exporting the cosine pair scorer to ONNX"):
@@ -285,8 +370,23 @@ def build_default(options: BuildOptions, repository: Path) -> ServedModel:
         return _install(model, tokenizer, graph, options, repository)
 
 
+class _Logits:
+    """A sequence-classification model as a function of token tensors to its logits."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+
+    def __call__(self, **tensors: Any) -> Any:
+        return self.network(**tensors).logits
+
+
 def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
     """(b) Serves an existing ONNX export with its ``tokenizer.json``."""
+    if options.runtime is EncoderRuntime.TORCH:
+        raise BuildError(
+            f"{source} holds an ONNX export; the torch runtime serves a checkpoint "
+            "(config.json and weights): build from one, or use --runtime onnx"
+        )
     graph = _onnx_file(source)
     assert graph is not None
     metadata_dirs = [source] if graph.parent == source else [graph.parent, source]
@@ -316,8 +416,9 @@ def _onnx_file(directory: Path) -> Path | None:
     return None
 
 
-def download(model_id: str, cache_dir: Path | None) -> Path:
-    """(c) Downloads what serving needs from the hub; fails at once when it is unreachable."""
+def download(model_id: str, cache_dir: Path | None, onnx: bool = True) -> Path:
+    """(c) Downloads what serving needs from the hub (an ONNX export where it publishes one
+    and ``onnx`` is set, else the weights); fails at once when it is unreachable."""
     try:
         from huggingface_hub import constants, list_repo_files, snapshot_download
 
@@ -325,7 +426,7 @@ def download(model_id: str, cache_dir: Path | None) -> Path:
         with step(f"listing {model_id} on the Hugging Face hub"):
             files = set(list_repo_files(model_id))
         patterns = [f for f in _HUB_FILES if f in files]
-        if "onnx/model.onnx" in files:
+        if onnx and "onnx/model.onnx" in files:
             patterns += ["onnx/model.onnx", "onnx/model.onnx_data"]
         else:
             patterns += ["*.safetensors", "vocab.txt", "*.model", "merges.txt", "vocab.json"]
@@ -356,10 +457,11 @@ def build(
     if not path.exists():
         if source.startswith((".", "/")) or source.count("/") != 1:
             raise BuildError(f"{source} is neither a local directory nor a hub id (org/name)")
-        path = download(source, cache_dir)
+        path = download(source, cache_dir, onnx=options.runtime is EncoderRuntime.ONNX)
     if not path.is_dir():
         raise BuildError(f"{source} is not a directory")
-    if _onnx_file(path) is not None:
+    torch_checkpoint = options.runtime is EncoderRuntime.TORCH and (path / "config.json").is_file()
+    if _onnx_file(path) is not None and not torch_checkpoint:
         return build_from_onnx(path, options, repository)
     if (path / "config.json").is_file():
         return build_from_checkpoint(path, options, repository)

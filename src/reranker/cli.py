@@ -146,15 +146,20 @@ def _warn_if_exposed(settings: Settings) -> None:
 def _build(args: argparse.Namespace) -> int:
     from reranker.builder import DEFAULT_MODEL_NAME, BuildError, BuildOptions, build, build_default
     from reranker.precision import Precision
-    from reranker.repository import Device
+    from reranker.repository import Device, EncoderRuntime
 
     name = args.name or (DEFAULT_MODEL_NAME if args.default else _name_from(args.source))
+    device, runtime = _target(args.device, args.runtime)
+    precision = args.precision or (
+        "fp16" if (device, runtime) == ("gpu", "torch") else Precision.FP32.value
+    )
     options = BuildOptions(
         name=name,
         max_length=args.max_length,
         max_batch_size=args.max_batch_size,
-        precision=Precision(args.precision),
-        device=Device(args.device),
+        precision=Precision(precision),
+        device=Device(device),
+        runtime=EncoderRuntime(runtime),
     )
     print(f"building {name} into {args.repository}", file=sys.stderr)
     try:
@@ -167,10 +172,24 @@ def _build(args: argparse.Namespace) -> int:
         return 2
     print(
         f"built {model.name}: {model.kind.value}, {model.architecture}, "
-        f"max length {model.max_length}, {model.precision}",
+        f"max length {model.max_length}, {model.precision}, "
+        f"{model.runtime.value} on {model.device.value}",
         file=sys.stderr,
     )
     return 0
+
+
+def _target(device: str, runtime: str | None) -> tuple[str, str]:
+    """The device and encoder runtime a build is for. ``auto`` is a GPU when PyTorch sees
+    one, served by the torch runtime (the Triton this package ships has no onnxruntime
+    backend), else the CPU with ONNX; an explicit ``gpu`` keeps ONNX for the NGC Triton
+    unless ``--runtime torch`` is given."""
+    if device == "auto":
+        import torch
+
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        return device, runtime or ("torch" if device == "gpu" else "onnx")
+    return device, runtime or "onnx"
 
 
 def _health(address: str, timeout_s: float, tls_ca_file: str | None) -> int:
@@ -221,17 +240,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_parser.add_argument(
         "--precision",
         choices=["fp32", "bf16", "int8", "fp16"],
-        default="fp32",
-        help="fp32 (default, exact); bf16: OpenVINO on CPUs with AMX or AVX512_BF16; int8: "
-        "dynamic quantization for CPU; fp16: for GPU profiles. A reduced precision on CPU "
-        "writes accuracy.json (vs fp32) beside the graph",
+        help="fp32 (the default, exact; fp16 for the torch runtime on a GPU); bf16: OpenVINO "
+        "on CPUs with AMX or AVX512_BF16, or torch on a GPU; int8: dynamic quantization for "
+        "CPU; fp16: for GPUs. A reduced precision on CPU writes accuracy.json (vs fp32) "
+        "beside the graph",
     )
     build_parser.add_argument(
         "--device",
-        choices=["cpu", "gpu"],
+        choices=["cpu", "gpu", "auto"],
         default="cpu",
-        help="cpu (default): Python-backend ONNX Runtime, ragged batching; gpu: Triton's "
-        "onnxruntime_onnx platform with TensorRT (fp16 with --precision fp16), length buckets",
+        help="cpu (default): a Python-backend encoder, ragged batching; gpu: Triton's "
+        "onnxruntime_onnx platform with TensorRT (NGC Triton; fp16 with --precision fp16, "
+        "length buckets), or with --runtime torch the checkpoint under PyTorch on the GPU; "
+        "auto: gpu with the torch runtime when PyTorch sees a GPU, else cpu",
+    )
+    build_parser.add_argument(
+        "--runtime",
+        choices=["onnx", "torch"],
+        help="onnx (default): serve the ONNX export; torch: serve the checkpoint itself with "
+        "PyTorch (fp32 on CPU; fp16 or bf16 on a GPU, no container needed)",
     )
     health_parser = commands.add_parser(
         "health",

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,16 @@ class RunCost:
 
 
 def micro_batches(
-    lengths: Sequence[int], max_cells: int, max_rows: int, cost: RunCost = RunCost()
+    lengths: Sequence[int],
+    max_cells: int,
+    max_rows: int,
+    cost: RunCost = RunCost(),
+    max_tokens: int = 0,
 ) -> list[list[int]]:
     """Row indices grouped into the batches of least total cost (each padded to its longest
-    row), at most ``max_rows`` rows and ``max_cells`` attention cells (rows x longest length
-    squared) each; a row longer than the cell budget runs alone.
+    row), at most ``max_rows`` rows, ``max_cells`` attention cells (rows x longest length
+    squared) and, when ``max_tokens`` is set, that many padded tokens each; a row longer
+    than the budgets runs alone.
 
     Rows are sorted by length and cut into contiguous groups by dynamic programming: a
     long-tailed length distribution gets its few long rows batched together instead of
@@ -74,7 +82,9 @@ def micro_batches(
     for end in range(1, count + 1):
         longest = lengths[order[end - 1]]
         for rows in range(1, min(max_rows, end) + 1):
-            if rows > 1 and rows * longest * longest > max_cells:
+            if rows > 1 and (
+                rows * longest * longest > max_cells or 0 < max_tokens < rows * longest
+            ):
                 break
             total = best[end - rows] + cost(rows, longest)
             if total < best[end]:
@@ -106,6 +116,10 @@ def split_rows(values: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
 
 def create_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     """An ONNX Runtime CPU session: all graph optimizations, a fixed thread count."""
+    # Imported here: the PyTorch runtime's encoder plans batches with this module on
+    # machines that have no ONNX Runtime.
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads > 0:

@@ -88,7 +88,9 @@ class PairCosineScorer(nn.Module):
         )
         same_text = token_type_ids.unsqueeze(2) == token_type_ids.unsqueeze(1)
         allowed = same_text & (attention_mask.unsqueeze(1) > 0)
-        bias = (~allowed).to(torch.float32) * torch.finfo(torch.float32).min
+        # In the weights' dtype: eager attention adds the bias to its scores as it is.
+        dtype = embeddings.dtype
+        bias = (~allowed).to(dtype) * torch.finfo(dtype).min
         hidden = self.bert.encoder(embeddings, attention_mask=bias.unsqueeze(1)).last_hidden_state
         query = _mean_pool(hidden, is_query)
         document = _mean_pool(hidden, is_document)

@@ -3,9 +3,11 @@
 Each served model NAME is three Triton models:
   NAME             ensemble: QUERY, DOCUMENT (TYPE_STRING [1] per row) -> SCORE (FP32 [1])
   NAME__tokenizer  Python backend: rows -> input_ids / attention_mask / token_type_ids
-  NAME__encoder    on CPU, a Python backend running the ONNX graph in length-sorted
-                   micro-batches with ONNX Runtime (fp32, int8) or OpenVINO (bf16) -> SCORE;
-                   on GPU, Triton's onnxruntime_onnx platform with TensorRT
+  NAME__encoder    runtime onnx: on CPU, a Python backend running the ONNX graph in
+                   length-sorted micro-batches with ONNX Runtime (fp32, int8) or OpenVINO
+                   (bf16) -> SCORE; on GPU, Triton's onnxruntime_onnx platform with TensorRT.
+                   runtime torch: a Python backend running the checkpoint with PyTorch in
+                   the same micro-batches, on a GPU (fp16, bf16) or on CPU (fp32)
 Their configurations come from :mod:`reranker.triton_configs`; the ensemble's ``parameters``
 describe the model to the rank service.
 """
@@ -29,6 +31,7 @@ TOKENIZER_SUFFIX = "__tokenizer"
 ENCODER_SUFFIX = "__encoder"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
+CHECKPOINT_DIR = "checkpoint"
 
 
 class ModelKind(enum.StrEnum):
@@ -45,6 +48,14 @@ class Device(enum.StrEnum):
 
     CPU = "cpu"
     GPU = "gpu"
+
+
+class EncoderRuntime(enum.StrEnum):
+    """What the encoder serves: the ONNX export, or the checkpoint itself through PyTorch
+    (the GPU path of a machine with PyTorch and no NGC container)."""
+
+    ONNX = "onnx"
+    TORCH = "torch"
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,13 @@ class ServedModel:
     device: Device = Device.CPU
     # The ONNX graph's output, [batch, 1]: a native backend names it as the graph does.
     graph_output: str = SCORE
+    runtime: EncoderRuntime = EncoderRuntime.ONNX
+
+    @property
+    def native_encoder(self) -> bool:
+        """Whether Triton's own onnxruntime backend runs the encoder (the NGC GPU path),
+        rather than one of our Python-backend encoders."""
+        return self.device is Device.GPU and self.runtime is EncoderRuntime.ONNX
 
     @property
     def pair_mode(self) -> PairMode:
@@ -99,7 +117,7 @@ def write_configs(model: ServedModel, repository: Path, tuning: TritonTuning | N
     )
 
     tuning = tuning or TritonTuning()
-    encoder_module = "reranker.triton_models.encoder" if model.device is Device.CPU else None
+    encoder_module = None if model.native_encoder else "reranker.triton_models.encoder"
     entries = [
         (model.name, ensemble_config(model), None),
         (
@@ -126,3 +144,8 @@ def tokenizer_path(model: ServedModel, repository: Path) -> Path:
 
 def onnx_path(model: ServedModel, repository: Path) -> Path:
     return repository / model.encoder_model / "1" / ONNX_FILE
+
+
+def checkpoint_path(model: ServedModel, repository: Path) -> Path:
+    """Where the PyTorch runtime's checkpoint lives, beside the encoder's ``model.py``."""
+    return repository / model.encoder_model / "1" / CHECKPOINT_DIR

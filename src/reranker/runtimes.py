@@ -1,9 +1,12 @@
-"""What runs one padded micro-batch of the encoder's graph: ONNX Runtime or OpenVINO.
+"""What runs one padded micro-batch of the encoder: ONNX Runtime, OpenVINO or PyTorch.
 
 The encoder model plans length-sorted micro-batches the same way whatever runs them
-(:mod:`reranker.inference`); a runtime only loads ``model.onnx`` and runs a batch. ONNX
+(:mod:`reranker.inference`); a runtime only loads its artifact and runs a batch. ONNX
 Runtime serves fp32 and int8 graphs; OpenVINO serves the same fp32 graph in bf16 on CPUs with
 native BF16 arithmetic (AMX or AVX512_BF16), converting weights and activations itself.
+PyTorch serves the checkpoint itself through transformers, in fp16 or bf16 on a GPU (the
+Triton of the nvidia-pytriton wheel has no backend of its own for ONNX or TensorRT) and in
+fp32 on CPU (:mod:`reranker.torch_runner`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ AMX_FLAGS = frozenset({"amx_bf16", "amx_int8", "amx_tile"})
 class Runtime(enum.StrEnum):
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"
+    TORCH = "torch"
 
 
 class GraphRunner(Protocol):

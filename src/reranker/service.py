@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -33,11 +33,13 @@ from reranker.errors import (
     Unauthenticated,
     grpc_status,
 )
-from reranker.http_api import HttpServer
 from reranker.metrics import ServiceMetrics
 from reranker.repository import ModelKind, ServedModel
 from reranker.settings import Settings
 from reranker.tracing import caller_context, tracer_from
+
+if TYPE_CHECKING:
+    from reranker.http_api import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +426,9 @@ async def create_server(
     )
     http = None
     if settings.http_port >= 0:
+        # Loaded only where HTTP is served: gRPC alone needs no web stack.
+        from reranker.http_api import HttpServer
+
         http = HttpServer(settings, core, metrics, monitor.serving, api_key, tracer)
         http.bind()
     return RankServer(server, port, http, monitor, core)

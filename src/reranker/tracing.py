@@ -5,12 +5,13 @@ Triton. Without an OTLP endpoint the tracer is the API's no-op one, which record
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from opentelemetry import context, trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 SERVICE_NAME = "reranker"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -27,7 +28,12 @@ def provider_for(otlp_endpoint: str) -> TracerProvider | None:
     """A provider that exports over OTLP/HTTP to ``otlp_endpoint`` ('' means no tracing)."""
     if not otlp_endpoint:
         return None
+    # The SDK and exporter load only where traces are exported: serving without them needs
+    # just the API (the GPU check's private install has no more).
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
     provider.add_span_processor(

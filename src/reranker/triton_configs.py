@@ -1,5 +1,6 @@
 """Triton configurations of a served model's three Triton models: the tokenizer, the encoder
-(the CPU Python-backend encoder or the GPU onnxruntime/TensorRT one) and the ensemble."""
+(a Python-backend encoder running ONNX on CPU or PyTorch on CPU or GPU, or the GPU
+onnxruntime/TensorRT one) and the ensemble."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from dataclasses import dataclass
 from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.contract import DOCUMENT, QUERY, SCORE, TOKEN_TENSORS, max_chars
-from reranker.repository import ONNX_FILE, TOKENIZER_FILE, Device, ModelKind, ServedModel
+from reranker.repository import (
+    CHECKPOINT_DIR,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    Device,
+    EncoderRuntime,
+    ModelKind,
+    ServedModel,
+)
 from reranker.runtimes import cpu_runtime
 
 # Padded lengths on GPU: every distinct length is another TensorRT engine shape, and only
@@ -42,6 +51,15 @@ class TritonTuning:
     tensorrt_workspace_bytes: int = 1 << 31
     # Tokenizing runs on CPU beside a GPU that scores thousands of rows a second.
     gpu_tokenizer_instances: int = 4
+    # The PyTorch encoder on a GPU: requests of several callers merge into one execution of
+    # up to this many rows, cut into micro-batches of at most this many rows and padded
+    # tokens; a run's fixed cost (kernel launches) is worth about this many tokens' work.
+    torch_gpu_max_batch_size: int = 512
+    torch_gpu_max_rows_per_run: int = 256
+    torch_gpu_max_tokens_per_run: int = 1 << 16
+    torch_gpu_run_overhead_tokens: int = 1024
+    torch_gpu_queue_delay_us: int = 500
+    torch_compile: str = "eager"
 
 
 DEFAULT_TUNING = TritonTuning()
@@ -91,24 +109,20 @@ def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) 
 
 
 def tokenizer_buckets(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> tuple[int, ...]:
-    """The tokenizer's padded lengths: the model's own, or on GPU a fixed set up to its
-    max length (CPU pads each merged batch to its longest row instead)."""
-    if tuning.length_buckets or model.device is Device.CPU:
+    """The tokenizer's padded lengths: the model's own, or for Triton's native GPU encoder
+    a fixed set up to its max length (the Python-backend encoders take ragged batches)."""
+    if tuning.length_buckets or not model.native_encoder:
         return tuning.length_buckets
     below = tuple(b for b in GPU_LENGTH_BUCKETS if b < model.max_length)
     return (*below, model.max_length)
 
 
 def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
-    if model.device is Device.GPU:
+    if model.native_encoder:
         return gpu_encoder_config(model, tuning)
-    config = mc.ModelConfig(name=model.encoder_model, backend="python")
-    config.max_batch_size = model.max_batch_size
-    for name in model.token_inputs:
-        # Ragged: requests padded to different lengths still merge into one execution.
-        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1], allow_ragged_batch=True)
-    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
-    config.instance_group.add(count=tuning.encoder_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if model.runtime is EncoderRuntime.TORCH:
+        return torch_encoder_config(model, tuning)
+    config = _python_encoder(model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning)
     _dynamic_batching(config, tuning.encoder_queue_delay_us)
     runtime, precision_hint = cpu_runtime(model.precision)
     _parameters(
@@ -120,6 +134,61 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
             "intra_op_threads": tuning.intra_op_threads,
             "max_attention_cells": tuning.max_attention_cells,
             "max_rows_per_run": tuning.max_rows_per_run,
+        },
+    )
+    return config
+
+
+def _python_encoder(
+    model: ServedModel, max_batch_size: int, kind: int, tuning: TritonTuning
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.encoder_model, backend="python")
+    config.max_batch_size = max_batch_size
+    for name in model.token_inputs:
+        # Ragged: requests padded to different lengths still merge into one execution.
+        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1], allow_ragged_batch=True)
+    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
+    group = config.instance_group.add(count=tuning.encoder_instances, kind=kind)
+    if kind == mc.ModelInstanceGroup.KIND_GPU:
+        group.gpus.append(0)
+    return config
+
+
+def torch_encoder_config(
+    model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING
+) -> mc.ModelConfig:
+    """The checkpoint under PyTorch in a Python-backend model: on a GPU, a ``KIND_GPU``
+    instance (the backend tells it its device) merging several callers' requests into large
+    ragged executions; on CPU, the CPU encoder's batching in fp32."""
+    gpu = model.device is Device.GPU
+    config = _python_encoder(
+        model,
+        max(model.max_batch_size, tuning.torch_gpu_max_batch_size) if gpu else model.max_batch_size,
+        mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+        tuning,
+    )
+    _dynamic_batching(
+        config, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
+    )
+    if gpu:
+        config.dynamic_batching.preferred_batch_size.extend(
+            b for b in (64, 128, 256, 512) if b <= config.max_batch_size
+        )
+    _parameters(
+        config,
+        {
+            "runtime": "torch",
+            "checkpoint_dir": CHECKPOINT_DIR,
+            "scorer": model.kind.value,
+            "torch_dtype": model.precision,
+            "torch_compile": tuning.torch_compile,
+            "intra_op_threads": tuning.intra_op_threads,
+            "max_attention_cells": tuning.max_attention_cells * (64 if gpu else 1),
+            "max_rows_per_run": tuning.torch_gpu_max_rows_per_run
+            if gpu
+            else tuning.max_rows_per_run,
+            "max_tokens_per_run": tuning.torch_gpu_max_tokens_per_run if gpu else 0,
+            "run_overhead_tokens": tuning.torch_gpu_run_overhead_tokens if gpu else 16,
         },
     )
     return config
@@ -191,7 +260,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     for name in model.token_inputs:
         tokenize.output_map[name] = name
         encode.input_map[name] = name
-    encode.output_map[model.graph_output if model.device is Device.GPU else SCORE] = SCORE
+    encode.output_map[model.graph_output if model.native_encoder else SCORE] = SCORE
     _parameters(
         config,
         {
@@ -201,6 +270,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
             "activation": model.activation,
             "precision": model.precision,
             "device": model.device.value,
+            "runtime": model.runtime.value,
         },
     )
     return config
@@ -222,5 +292,6 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
         max_batch_size=config.max_batch_size,
         precision=params.get("precision", "fp32"),
         device=Device(params.get("device", Device.CPU.value)),
+        runtime=EncoderRuntime(params.get("runtime", EncoderRuntime.ONNX.value)),
         graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
     )

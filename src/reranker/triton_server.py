@@ -8,6 +8,7 @@ the stub built for the running interpreter.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -28,9 +29,12 @@ log = logging.getLogger(__name__)
 
 
 def triton_home() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).parent / "tritonserver"
+    """The wheel's ``tritonserver`` folder, found without importing ``pytriton`` (whose own
+    Python API needs packages this server does not)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the nvidia-pytriton wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
 def assemble_backends(target: Path) -> Path:

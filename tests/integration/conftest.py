@@ -15,6 +15,7 @@ import pytest
 
 from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
 from reranker.precision import Precision
+from reranker.repository import EncoderRuntime
 from reranker.runtimes import cpu_flags, has_native_bf16
 from reranker.service import RankServer
 from tests.checkpoints import (
@@ -29,6 +30,9 @@ from tests.launcher import stop_server as stop_server
 
 CROSS_ENCODER = "minilm-cross-encoder"
 CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
+# The same checkpoints served by the PyTorch runtime (on CPU, fp32).
+CROSS_ENCODER_TORCH = "minilm-cross-encoder-torch"
+DEFAULT_TORCH = DEFAULT_MODEL_NAME + "-torch"
 DEBERTA = "deberta-v2-cross-encoder"
 JINA = "jina-bert-like"
 DEFAULT_INT8 = DEFAULT_MODEL_NAME + "-int8"
@@ -41,6 +45,8 @@ ALL_MODELS = (
     *((DEFAULT_BF16,) if NATIVE_BF16 else ()),
     CROSS_ENCODER,
     CROSS_ENCODER_FROM_ONNX,
+    CROSS_ENCODER_TORCH,
+    DEFAULT_TORCH,
     DEBERTA,
     JINA,
 )
@@ -73,9 +79,10 @@ def repository(
     deberta_checkpoint: Path,
     jina_export: tuple[Path, Any],
 ) -> Path:
-    """A model repository of seven models: the offline default (fp32, int8, bf16); a MiniLM
-    cross-encoder from a checkpoint (source a) and from an ONNX export directory (source b);
-    a DeBERTa-v2 cross-encoder (source a); a JinaBERT-like one with 8192 tokens (source b)."""
+    """A model repository of nine models: the offline default (fp32, int8, bf16, and fp32
+    through the PyTorch runtime); a MiniLM cross-encoder from a checkpoint (source a, through
+    ONNX and through PyTorch) and from an ONNX export directory (source b); a DeBERTa-v2
+    cross-encoder (source a); a JinaBERT-like one with 8192 tokens (source b)."""
     root = tmp_path_factory.mktemp("model_repository")
     build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
     build_default(BuildOptions(name=DEFAULT_INT8, precision=Precision.INT8), root)
@@ -84,6 +91,9 @@ def repository(
     build(str(deberta_checkpoint), BuildOptions(name=DEBERTA), root)
     build(str(jina_export[0]), BuildOptions(name=JINA), root)
     model = build(str(checkpoint), BuildOptions(name=CROSS_ENCODER), root)
+    torch_runtime = EncoderRuntime.TORCH
+    build(str(checkpoint), BuildOptions(name=CROSS_ENCODER_TORCH, runtime=torch_runtime), root)
+    build_default(BuildOptions(name=DEFAULT_TORCH, runtime=torch_runtime), root)
     # Lay the export out as the seed rerankers publish it on the hub: onnx/model.onnx beside
     # config and tokenizer files.
     exported = tmp_path_factory.mktemp("onnx-export")

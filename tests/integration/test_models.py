@@ -17,8 +17,10 @@ from transformers import AutoTokenizer
 from reranker.evaluation import eval_pairs
 from tests.integration.conftest import (
     ALL_MODELS,
+    CROSS_ENCODER_TORCH,
     DEFAULT_BF16,
     DEFAULT_INT8,
+    DEFAULT_TORCH,
     JINA,
     Server,
     needs_bf16,
@@ -124,22 +126,31 @@ def test_bf16_accuracy_report_meets_its_bounds_and_ranks_sensibly(
         assert abs(ours["score"] - reference["score"]) <= 0.05
 
 
-@needs_bf16
-async def test_a_bf16_row_scores_alike_alone_and_in_a_merged_batch(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("model", "tolerance"),
+    [
+        pytest.param(DEFAULT_BF16, BF16_ROW_TOLERANCE, marks=needs_bf16),
+        (CROSS_ENCODER_TORCH, 1e-6),
+        (DEFAULT_TORCH, 1e-6),
+    ],
+)
+async def test_a_row_scores_alike_alone_and_in_a_merged_batch(
+    server: Server, model: str, tolerance: float
+) -> None:
     pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
     others = [d for _, d in varied_pairs(40)]
     async with AsyncRerankClient(server.address, timeout=120) as client:
-        (alone,) = await client.rank(pair[0], [pair[1]], model=DEFAULT_BF16)
+        (alone,) = await client.rank(pair[0], [pair[1]], model=model, raw_scores=True)
         # Concurrent calls of other lengths: Triton merges them into the same executions.
         results = await asyncio.gather(
             *(
-                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=DEFAULT_BF16)
+                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=model, raw_scores=True)
                 for i in range(0, 40, 8)
             )
         )
     for result in results:
         merged = next(r for r in result if r["corpus_id"] == 0)
-        assert abs(merged["score"] - alone["score"]) <= BF16_ROW_TOLERANCE
+        assert abs(merged["score"] - alone["score"]) <= tolerance
 
 
 async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> None:

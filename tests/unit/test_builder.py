@@ -81,3 +81,80 @@ def test_gpu_build_serves_the_fp32_graph_to_tensorrt_and_refuses_int8(tmp_path: 
     assert [o.name for o in config.output] == [graph.graph.output[0].name]
     with pytest.raises(BuildError, match="int8"):
         build_default(replace(options, precision=Precision.INT8), tmp_path / "int8")
+
+
+def _tiny_checkpoint(directory: Path) -> Path:
+    from transformers import BertTokenizer
+
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    config.num_labels = 1
+    BertForSequenceClassification(config).save_pretrained(directory)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(directory / "vocab.txt")).save_pretrained(directory)
+    return directory
+
+
+def test_torch_runtime_serves_the_checkpoint_itself_and_it_scores_as_transformers(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    import torch
+
+    from reranker.repository import EncoderRuntime, checkpoint_path, onnx_path
+    from reranker.torch_runner import TorchRunner
+
+    source = _tiny_checkpoint(tmp_path / "ckpt")
+    options = BuildOptions(name="m", runtime=EncoderRuntime.TORCH)
+    model = build(str(source), options, tmp_path / "repo")
+    served = checkpoint_path(model, tmp_path / "repo")
+    assert sorted(p.name for p in served.iterdir()) == ["config.json", "model.safetensors"]
+    assert not onnx_path(model, tmp_path / "repo").exists()
+    assert model.runtime is EncoderRuntime.TORCH and model.precision == "fp32"
+    rows = {
+        "input_ids": np.array([[2, 7, 8, 3, 9, 3], [2, 10, 3, 11, 3, 0]]),
+        "attention_mask": np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]),
+        "token_type_ids": np.array([[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]]),
+    }
+    reference = BertForSequenceClassification.from_pretrained(source).eval()
+    with torch.no_grad():
+        expected = reference(**{k: torch.from_numpy(v) for k, v in rows.items()}).logits
+    runner = TorchRunner(served, bi_encoder=False, input_names=list(model.token_inputs))
+    assert np.abs(runner.run(rows) - expected.reshape(-1).numpy()).max() <= 1e-6
+
+
+def test_torch_runtime_refuses_reduced_precision_on_cpu_and_onnx_sources(tmp_path: Path) -> None:
+    from reranker.precision import Precision
+    from reranker.repository import Device, EncoderRuntime
+
+    source = _tiny_checkpoint(tmp_path / "ckpt")
+    torch_cpu = BuildOptions(name="m", runtime=EncoderRuntime.TORCH)
+    for precision in (Precision.INT8, Precision.BF16, Precision.FP16):
+        with pytest.raises(BuildError, match="fp32 on CPU"):
+            build(str(source), replace(torch_cpu, precision=precision), tmp_path / "repo")
+    with pytest.raises(BuildError, match="not int8"):
+        gpu_int8 = replace(torch_cpu, device=Device.GPU, precision=Precision.INT8)
+        build(str(source), gpu_int8, tmp_path / "repo")
+    (tmp_path / "onnx-only").mkdir()
+    (tmp_path / "onnx-only" / "model.onnx").write_bytes(b"")
+    with pytest.raises(BuildError, match="torch runtime serves a checkpoint"):
+        build(str(tmp_path / "onnx-only"), torch_cpu, tmp_path / "repo")
+
+
+def test_device_auto_serves_on_cpu_with_onnx_where_torch_sees_no_gpu() -> None:
+    import torch
+
+    from reranker.cli import _target
+
+    expected = ("gpu", "torch") if torch.cuda.is_available() else ("cpu", "onnx")
+    assert _target("auto", None) == expected
+    assert _target("gpu", None) == ("gpu", "onnx")  # the NGC Triton's own backend
+    assert _target("gpu", "torch") == ("gpu", "torch")
+    assert _target("cpu", "torch") == ("cpu", "torch")

@@ -69,3 +69,22 @@ def test_long_tailed_lengths_cost_less_than_fixed_sorted_batches() -> None:
 def test_split_rows_restores_requests() -> None:
     parts = split_rows(np.arange(3).reshape(3, 1), [1, 2])
     assert [p.ravel().tolist() for p in parts] == [[0], [1, 2]]
+
+
+def test_the_token_budget_bounds_each_micro_batch() -> None:
+    lengths = [40] * 20 + [300] * 3
+    batches = micro_batches(lengths, max_cells=10**9, max_rows=64, max_tokens=400)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 400
+    # The bound binds: without it every row would share one batch.
+    assert len(micro_batches(lengths, max_cells=10**9, max_rows=64)) < len(batches)
+    # A row longer than the budget still runs, alone.
+    assert micro_batches([500, 10], max_cells=10**9, max_rows=64, max_tokens=400) == [[0], [1]]
+
+
+def test_a_larger_fixed_cost_per_run_makes_fewer_larger_batches() -> None:
+    lengths = [8, 16, 32, 64, 128, 256] * 4
+    cheap = micro_batches(lengths, 10**9, 64, RunCost(overhead_tokens=1))
+    launch_bound = micro_batches(lengths, 10**9, 64, RunCost(overhead_tokens=4096))
+    assert len(launch_bound) < len(cheap)

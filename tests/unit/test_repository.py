@@ -7,7 +7,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
-from reranker.repository import Device, ModelKind, ServedModel, write_configs
+from reranker.repository import Device, EncoderRuntime, ModelKind, ServedModel, write_configs
 from reranker.triton_configs import describe, encoder_config, ensemble_config, tokenizer_config
 
 ROOT = Path(__file__).parents[2]
@@ -123,3 +123,52 @@ def test_gpu_repository_has_no_python_entry_point_for_the_encoder(tmp_path: Path
     write_configs(GPU_MODEL, tmp_path)
     assert not (tmp_path / "m__encoder" / "1" / "model.py").exists()
     assert (tmp_path / "m__tokenizer" / "1" / "model.py").exists()
+
+
+TORCH_GPU_MODEL = replace(MODEL, device=Device.GPU, precision="fp16", runtime=EncoderRuntime.TORCH)
+
+
+def test_torch_gpu_encoder_is_a_python_model_on_a_gpu_instance_merging_ragged_batches() -> None:
+    config = _parsed(encoder_config(TORCH_GPU_MODEL))
+    assert config.backend == "python" and not config.platform
+    assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, [0])
+    ]
+    assert all(i.allow_ragged_batch for i in config.input)
+    assert [(o.name, list(o.dims)) for o in config.output] == [("SCORE", [1])]
+    # Several callers' requests merge into one execution larger than one request.
+    assert config.max_batch_size == 512 > TORCH_GPU_MODEL.max_batch_size
+    assert list(config.dynamic_batching.preferred_batch_size) == [64, 128, 256, 512]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert parameters["runtime"] == "torch"
+    assert parameters["checkpoint_dir"] == "checkpoint"
+    assert parameters["torch_dtype"] == "fp16"
+    assert parameters["scorer"] == "cross-encoder"
+    assert parameters["max_tokens_per_run"] == str(1 << 16)
+    assert "onnx_file" not in parameters
+    # The tokenizer hands ragged rows to it: no length buckets.
+    tokenizer = _parsed(tokenizer_config(TORCH_GPU_MODEL))
+    assert tokenizer.parameters["length_buckets"].string_value == ""
+    assert [g.count for g in tokenizer.instance_group] == [4]
+    _, encode = _parsed(ensemble_config(TORCH_GPU_MODEL)).ensemble_scheduling.step
+    assert dict(encode.output_map) == {"SCORE": "SCORE"}
+
+
+def test_torch_cpu_encoder_keeps_the_cpu_batching_in_fp32(tmp_path: Path) -> None:
+    model = replace(MODEL, runtime=EncoderRuntime.TORCH)
+    config = _parsed(encoder_config(model))
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    assert config.max_batch_size == MODEL.max_batch_size
+    assert not config.dynamic_batching.preferred_batch_size
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert (parameters["runtime"], parameters["torch_dtype"]) == ("torch", "fp32")
+    assert parameters["max_tokens_per_run"] == "0"
+    write_configs(TORCH_GPU_MODEL, tmp_path)
+    assert (tmp_path / "m__encoder" / "1" / "model.py").exists()
+
+
+def test_describe_round_trips_the_runtime() -> None:
+    for model in (TORCH_GPU_MODEL, replace(MODEL, runtime=EncoderRuntime.TORCH)):
+        described = describe(_parsed(ensemble_config(model)))
+        assert described == model and described.runtime is EncoderRuntime.TORCH

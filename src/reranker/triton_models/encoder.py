@@ -1,7 +1,9 @@
-"""Encoder model: runs the ONNX graph (ONNX Runtime or OpenVINO) on merged ragged requests.
+"""Encoder model: runs the ONNX graph (ONNX Runtime or OpenVINO) or the checkpoint itself
+(PyTorch, on CPU or a GPU) on merged ragged requests.
 
 The rows of all requests in the batch are pooled, run in the micro-batches of least padding
-cost (bounded by ``max_rows_per_run`` and ``max_attention_cells``) and split back per request.
+cost (bounded by ``max_rows_per_run``, ``max_attention_cells`` and ``max_tokens_per_run``)
+and split back per request.
 """
 
 from __future__ import annotations
@@ -11,24 +13,43 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from reranker.inference import micro_batches, pad_batch, pool_rows, split_rows
-from reranker.runtimes import Runtime, load_runner
+from reranker.inference import RunCost, micro_batches, pad_batch, pool_rows, split_rows
+from reranker.runtimes import GraphRunner, Runtime, load_runner
 from reranker.triton_models._config import ModelArgs
+
+
+def _runner(model: ModelArgs, args: dict[str, str]) -> GraphRunner:
+    runtime = Runtime(model.parameter("runtime", Runtime.ONNXRUNTIME.value))
+    threads = int(model.parameter("intra_op_threads", "0"))
+    if runtime is Runtime.TORCH:
+        from reranker.torch_runner import Compile, TorchDtype, TorchRunner, instance_device
+
+        return TorchRunner(
+            model.version_dir / model.parameter("checkpoint_dir"),
+            bi_encoder=model.parameter("scorer") == "bi-encoder",
+            input_names=model.input_names(),
+            device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
+            dtype=TorchDtype(model.parameter("torch_dtype")),
+            threads=threads,
+            compile_mode=Compile(model.parameter("torch_compile", Compile.EAGER.value)),
+        )
+    return load_runner(
+        model.version_dir / model.parameter("onnx_file", "model.onnx"),
+        runtime,
+        threads,
+        model.parameter("inference_precision", "f32"),
+    )
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
-        path = model.version_dir / model.parameter("onnx_file", "model.onnx")
-        self._runner = load_runner(
-            path,
-            Runtime(model.parameter("runtime", Runtime.ONNXRUNTIME.value)),
-            int(model.parameter("intra_op_threads", "0")),
-            model.parameter("inference_precision", "f32"),
-        )
+        self._runner = _runner(model, args)
         self._inputs = self._runner.input_names
         self._max_cells = int(model.parameter("max_attention_cells"))
         self._max_rows = int(model.parameter("max_rows_per_run"))
+        self._max_tokens = int(model.parameter("max_tokens_per_run", "0"))
+        self._cost = RunCost(overhead_tokens=float(model.parameter("run_overhead_tokens", "16")))
         (self._output,) = model.output_names()
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -44,7 +65,9 @@ class TritonPythonModel:
         )
         scores = np.empty(len(pooled.lengths), dtype=np.float32)
         try:
-            for rows in micro_batches(pooled.lengths, self._max_cells, self._max_rows):
+            for rows in micro_batches(
+                pooled.lengths, self._max_cells, self._max_rows, self._cost, self._max_tokens
+            ):
                 scores[rows] = self._runner.run(pad_batch(pooled, rows))
         except Exception as error:  # noqa: BLE001 - every request of the batch is told why
             failure = pb_utils.TritonError(f"inference failed: {error}")

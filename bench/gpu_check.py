@@ -1,0 +1,626 @@
+"""GPU check: this server (Triton + the rank service, PyTorch encoders on the GPU) against
+sentence-transformers' ``CrossEncoder`` on the same GPU, in one self-contained run.
+
+Runs on an x86-64 Linux machine with an NVIDIA GPU, Python 3.12 and CUDA PyTorch,
+transformers, tokenizers, sentence-transformers, grpcio and protobuf, with no network. What
+such a machine lacks comes as a folder of wheels (``make gpu-kit``, at most 60 MiB), installed
+with ``--no-deps`` into a private folder. The checkpoints are seeded, built here: a MiniLM-L6
+shape and a BERT-base shape (the size of bge-reranker-base).
+
+Measures: fp16 parity with CrossEncoder; workload (a), 100 documents a call, at concurrency
+1, 4, 16 and 64 against ``CrossEncoder.rank`` with batch size 32 (as shipped) and the best of
+32, 64 and 128; a 1000-document call; 64 callers x 10 documents; GPU memory peak; the
+tokenizer's CPU time and Triton's queue and compute time per model; the FLOP bound from a
+measured fp16 GEMM rate; eager against ``torch.compile`` (CUDA graphs) in-process. Writes
+``results.json`` and ``results.md`` into the output folder and stops every process it
+started. ``--cpu`` runs the same steps on CPU at a small scale (fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# The project's own packages, importable from the tree without installing it.
+SOURCES = [ROOT, ROOT / "src", ROOT / "api", ROOT / "client", ROOT / "bench"]
+KIT_LIMIT_BYTES = 60 * 1024 * 1024
+QUERY = "how does the interpreter handle an exception raised inside a loop"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class Scale:
+    device: str
+    precision: str
+    shapes: tuple[Shape, ...]
+    documents: int
+    concurrency: tuple[int, ...]
+    rounds: int
+    large_call: int
+    small_callers: int
+    small_documents: int
+    batch_sizes: tuple[int, ...]
+    shipped_batch_size: int = 32
+    gemm_size: int = 8192
+
+
+GPU = Scale(
+    device="gpu",
+    precision="fp16",
+    shapes=(Shape("minilm-l6", 384, 6, 12, 1536), Shape("bert-base", 768, 12, 12, 3072)),
+    documents=100,
+    concurrency=(1, 4, 16, 64),
+    rounds=5,
+    large_call=1000,
+    small_callers=64,
+    small_documents=10,
+    batch_sizes=(32, 64, 128),
+)
+CPU = Scale(
+    device="cpu",
+    precision="fp32",
+    shapes=(Shape("minilm-l6", 384, 1, 12, 1536), Shape("bert-base", 768, 1, 12, 3072)),
+    documents=20,
+    concurrency=(1, 4),
+    rounds=2,
+    large_call=100,
+    small_callers=8,
+    small_documents=5,
+    batch_sizes=(32, 64),
+    gemm_size=1024,
+)
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT: unwinds through every ``finally`` so nothing is left running."""
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise Stopped(f"signal {signum}")
+
+
+def install_kit(kit: Path, target: Path) -> list[str]:
+    """Installs the kit's wheels with ``--no-deps`` into ``target``; returns their names."""
+    wheels = sorted(kit.glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"error: {kit} holds no wheels (make gpu-kit makes them)")
+    size = sum(w.stat().st_size for w in wheels)
+    if size > KIT_LIMIT_BYTES:
+        raise SystemExit(f"error: the kit is {size / 2**20:.1f} MiB, over 60 MiB")
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    command += ["--disable-pip-version-check", "--target", str(target), *map(str, wheels)]
+    subprocess.run(command, check=True)
+    return [w.name for w in wheels]
+
+
+def use_paths(paths: list[Path]) -> None:
+    """Puts ``paths`` first for this process and for every process it starts (the rank
+    service, Triton's Python-backend stubs)."""
+    sys.path[:0] = [str(p) for p in paths]
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*map(str, paths), *([inherited] if inherited else [])]
+    )
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in (
+        "torch",
+        "transformers",
+        "tokenizers",
+        "sentence-transformers",
+        "grpcio",
+        "protobuf",
+        "nvidia-pytriton",
+        "tritonclient",
+    ):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+def device_facts(scale: Scale) -> dict[str, Any]:
+    import torch
+
+    if scale.device == "cpu":
+        return {"device": f"CPU ({os.cpu_count()} cores)", "cuda": None}
+    if not torch.cuda.is_available():
+        raise SystemExit("error: PyTorch sees no GPU (run with --cpu for the CPU check)")
+    properties = torch.cuda.get_device_properties(0)
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "memory_gib": round(properties.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "driver": _nvidia_smi("driver_version"),
+    }
+
+
+def _nvidia_smi(query: str) -> str:
+    if shutil.which("nvidia-smi") is None:
+        return ""
+    run = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", "0"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return run.stdout.strip()
+
+
+class MemorySampler:
+    """GPU memory in use, sampled from nvidia-smi in the background; its peak in MiB."""
+
+    def __init__(self, period_s: float = 0.25) -> None:
+        self.peak_mib = 0.0
+        self.baseline_mib = self._used()
+        self._period = period_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _used() -> float:
+        with contextlib.suppress(ValueError, OSError, subprocess.SubprocessError):
+            return float(_nvidia_smi("memory.used") or "nan")
+        return float("nan")
+
+    def _sample(self) -> None:
+        while not self._done.wait(self._period):
+            used = self._used()
+            if used == used:  # not NaN
+                self.peak_mib = max(self.peak_mib, used)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+
+def gemm_tflops(scale: Scale) -> float:
+    """The median fp16 (GPU) or fp32 (CPU) GEMM rate of one square product, in TFLOP/s."""
+    import torch
+
+    size = scale.gemm_size
+    cuda = scale.device == "gpu"
+    dtype = torch.float16 if cuda else torch.float32
+    square = torch.randn(size, size, dtype=dtype, device="cuda" if cuda else "cpu")
+    rates = []
+    for _ in range(12):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        square @ square
+        if cuda:
+            torch.cuda.synchronize()
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e12)
+    return statistics.median(rates[2:])
+
+
+def build_models(scale: Scale, work: Path) -> dict[str, Path]:
+    """Seeded checkpoints, each built into one repository for the torch runtime."""
+    from reranker.builder import BuildOptions, build
+    from reranker.precision import Precision
+    from reranker.repository import Device, EncoderRuntime
+    from tests.checkpoints import bert_cross_encoder
+
+    checkpoints = {}
+    for shape in scale.shapes:
+        checkpoint = bert_cross_encoder(
+            work / "checkpoints" / shape.name,
+            shape.hidden,
+            shape.layers,
+            shape.heads,
+            shape.intermediate,
+        )
+        options = BuildOptions(
+            name=shape.name,
+            precision=Precision(scale.precision),
+            device=Device(scale.device),
+            runtime=EncoderRuntime.TORCH,
+        )
+        build(str(checkpoint), options, work / "model_repository")
+        checkpoints[shape.name] = checkpoint
+    return checkpoints
+
+
+@dataclass
+class Row:
+    engine: str
+    model: str
+    case: str
+    concurrency: int
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    flop_fraction: float = 0.0
+    run_pairs_per_s: list[float] = field(default_factory=list)
+
+
+def _row(result: Any, case: str) -> Row:
+    return Row(
+        result.engine,
+        result.model,
+        case,
+        result.concurrency,
+        result.pairs_per_s,
+        result.p50_ms,
+        result.p99_ms,
+        run_pairs_per_s=result.run_pairs_per_s,
+    )
+
+
+def triton_statistics(triton_address: str) -> dict[str, dict[str, float]]:
+    """Cumulative per-model counts and times (ns) from Triton's statistics API."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(triton_address)
+    try:
+        stats = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    out = {}
+    for model in stats.get("model_stats", []):
+        inference = model.get("inference_stats", {})
+        out[model["name"]] = {
+            "inferences": float(model.get("inference_count", 0)),
+            "executions": float(model.get("execution_count", 0)),
+            "requests": float(inference.get("success", {}).get("count", 0)),
+            "queue_ns": float(inference.get("queue", {}).get("ns", 0)),
+            "compute_ns": float(inference.get("compute_infer", {}).get("ns", 0)),
+        }
+    return out
+
+
+def stage_times(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], model: str
+) -> dict[str, dict[str, float]]:
+    """What the tokenizer and encoder of ``model`` did between two snapshots: rows per
+    execution (how well requests merged), queue time per request, compute per execution
+    and per row."""
+    times = {}
+    for stage in ("tokenizer", "encoder"):
+        name = f"{model}__{stage}"
+        delta = {k: after[name][k] - before.get(name, {}).get(k, 0.0) for k in after[name]}
+        requests, executions = max(delta["requests"], 1), max(delta["executions"], 1)
+        rows = max(delta["inferences"], 1)
+        times[stage] = {
+            "rows_per_execution": delta["inferences"] / executions,
+            "queue_ms_per_request": delta["queue_ns"] / requests / 1e6,
+            "compute_ms_per_execution": delta["compute_ns"] / executions / 1e6,
+            "compute_us_per_row": delta["compute_ns"] / rows / 1e3,
+        }
+    return times
+
+
+def parity(client: Any, cross_encoder: Any, model: str, documents: list[str]) -> dict[str, Any]:
+    served = client.rank(QUERY, documents, model=model)
+    served_scores = [0.0] * len(documents)
+    for result in served:
+        served_scores[result["corpus_id"]] = result["score"]
+    reference = [float(s) for s in cross_encoder.predict([(QUERY, d) for d in documents])]
+
+    def top(scores: list[float]) -> list[int]:
+        return sorted(range(len(scores)), key=lambda i: -scores[i])[:10]
+
+    return {
+        "pairs": len(documents),
+        "max_abs_diff": max(abs(a - b) for a, b in zip(served_scores, reference, strict=True)),
+        "top10_identical": top(served_scores) == top(reference),
+    }
+
+
+def flops_per_pair(shape: Shape, mean_length: float) -> float:
+    from flops import bert_flops
+
+    return bert_flops(mean_length, shape.hidden, shape.layers, shape.intermediate)
+
+
+def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, Any]:
+    """In-process, one GPU: the PyTorch runner eager and under ``torch.compile`` (default
+    mode, and reduce-overhead: CUDA graphs), on padded batches of two lengths."""
+    import numpy as np
+
+    from reranker.torch_runner import Compile, TorchDtype, TorchRunner
+
+    if scale.device != "gpu":
+        return {"skipped": "on CPU"}
+    shapes = [(64, 128), (32, 256)]
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    for mode in (Compile.EAGER, Compile.DEFAULT, Compile.REDUCE_OVERHEAD):
+        if time.monotonic() - started > budget_s:
+            results[mode.value] = "skipped: over the time budget"
+            continue
+        runner = TorchRunner(
+            checkpoint,
+            bi_encoder=False,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            device="cuda:0",
+            dtype=TorchDtype(scale.precision),
+            compile_mode=mode,
+        )
+        rates = []
+        for rows, length in shapes:
+            feeds = {
+                "input_ids": np.full((rows, length), 1000, dtype=np.int64),
+                "attention_mask": np.ones((rows, length), dtype=np.int64),
+                "token_type_ids": np.zeros((rows, length), dtype=np.int64),
+            }
+            for _ in range(3):  # compiles, captures graphs
+                runner.run(feeds)
+            start = time.perf_counter()
+            for _ in range(20):
+                runner.run(feeds)
+            rates.append(20 * rows / (time.perf_counter() - start))
+        results[mode.value] = {f"{r}x{n}": rate for (r, n), rate in zip(shapes, rates, strict=True)}
+        del runner
+    return results
+
+
+def measure(scale: Scale, work: Path, started: float) -> dict[str, Any]:
+    import torch
+    from harness import Case, interleave
+    from reranker_client import RerankClient
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+    from workloads import workload
+
+    from tests.launcher import start_server, stop_server
+
+    def elapsed() -> str:
+        return f"[{time.monotonic() - started:5.0f} s]"
+
+    checkpoints = build_models(scale, work)
+    print(f"{elapsed()} built {', '.join(checkpoints)}", flush=True)
+    tflops = gemm_tflops(scale)
+    print(f"{elapsed()} GEMM {tflops:.1f} TFLOP/s ({scale.precision})", flush=True)
+    all_documents = workload("a") * (scale.large_call // 100 + 1)
+    documents = all_documents[: scale.documents]
+    large = all_documents[: scale.large_call]
+    small = documents[: scale.small_documents]
+    report: dict[str, Any] = {"gemm_tflops": tflops, "models": {}}
+    rows: list[Row] = []
+    torch_device = "cuda" if scale.device == "gpu" else "cpu"
+    default_model = scale.shapes[0].name
+    sampler = MemorySampler() if scale.device == "gpu" else None
+    with contextlib.ExitStack() as stack:
+        if sampler is not None:
+            stack.enter_context(sampler)
+        server = start_server(
+            work / "model_repository", work / "server", default_model, http_port="-1"
+        )
+        stack.callback(stop_server, server, 60)
+        print(f"{elapsed()} server up at {server.address}", flush=True)
+        client = stack.enter_context(RerankClient(server.address, timeout=600))
+        for shape in scale.shapes:
+            model, checkpoint = shape.name, checkpoints[shape.name]
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+            encoded = tokenizer([QUERY] * len(documents), documents, truncation=True)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+            mean_length = statistics.fmean(lengths)
+            cross_encoder = CrossEncoder(str(checkpoint), device=torch_device)
+            checks = {"fp32 reference": parity(client, cross_encoder, model, documents)}
+            if scale.precision == "fp16":
+                cross_encoder.model.half()
+                checks["fp16 reference"] = parity(client, cross_encoder, model, documents)
+            print(f"{elapsed()} {model} parity {json.dumps(checks)}", flush=True)
+
+            def ce_call(batch_size: int, ce: Any = cross_encoder) -> Callable[[], object]:
+                return lambda: ce.rank(QUERY, documents, batch_size=batch_size)
+
+            def served(docs: list[str], name: str = model) -> Callable[[], object]:
+                return lambda: client.rank(QUERY, docs, model=name)
+
+            n = len(documents)
+            cases = [
+                Case(f"CrossEncoder.rank bs={b}", model, "a", 1, ce_call(b), n)
+                for b in scale.batch_sizes
+            ]
+            cases += [
+                Case("this server", model, "a", c, served(documents), n) for c in scale.concurrency
+            ]
+            before = triton_statistics(server.triton_grpc)
+            rows += [_row(r, "a") for r in interleave(cases, scale.rounds)]
+            after = triton_statistics(server.triton_grpc)
+            large_case = Case("this server", model, "large", 1, served(large), len(large))
+            small_case = Case(
+                "this server", model, "small", scale.small_callers, served(small), len(small)
+            )
+            rows += [_row(r, "large") for r in interleave([large_case], scale.rounds)]
+            rows += [_row(r, "small") for r in interleave([small_case], scale.rounds * 2)]
+            per_pair = flops_per_pair(shape, mean_length)
+            for row in rows:
+                if row.model == model and row.case == "a":
+                    row.flop_fraction = row.pairs_per_s * per_pair / (tflops * 1e12)
+            report["models"][model] = {
+                "shape": asdict(shape),
+                "mean_tokens": mean_length,
+                "flops_per_pair": per_pair,
+                "bound_pairs_per_s": tflops * 1e12 / per_pair,
+                "parity": checks,
+                "stages_workload_a": stage_times(before, after, model),
+            }
+            del cross_encoder
+            if scale.device == "gpu":
+                torch.cuda.empty_cache()
+    if sampler is not None:
+        report["gpu_memory_peak_mib"] = sampler.peak_mib
+        report["gpu_memory_baseline_mib"] = sampler.baseline_mib
+    print(f"{elapsed()} torch.compile check", flush=True)
+    first = scale.shapes[0].name
+    report["compile"] = compile_check(checkpoints[first], scale, budget_s=150)
+    report["rows"] = [asdict(r) for r in rows]
+    report["targets"] = targets(rows, scale)
+    return report
+
+
+def targets(rows: list[Row], scale: Scale) -> list[dict[str, Any]]:
+    """The GPU targets, as ratios within this run, per model."""
+
+    def find(engine: str, model: str, case: str, concurrency: int) -> Row | None:
+        key = (engine, model, case, concurrency)
+        return next((r for r in rows if (r.engine, r.model, r.case, r.concurrency) == key), None)
+
+    checks = []
+    level = 16 if 16 in scale.concurrency else max(scale.concurrency)
+    for model in sorted({r.model for r in rows}):
+        ours = find("this server", model, "a", level)
+        shipped = find(f"CrossEncoder.rank bs={scale.shipped_batch_size}", model, "a", 1)
+        best = max(
+            (r for r in rows if r.model == model and r.engine.startswith("CrossEncoder")),
+            key=lambda r: r.pairs_per_s,
+            default=None,
+        )
+        small = find("this server", model, "small", scale.small_callers)
+        for name, value, goal in (
+            (
+                f"{model}: server c={level} / CrossEncoder bs={scale.shipped_batch_size}",
+                ours.pairs_per_s / shipped.pairs_per_s if ours and shipped else None,
+                2.0,
+            ),
+            (
+                f"{model}: server c={level} / CrossEncoder best batch",
+                ours.pairs_per_s / best.pairs_per_s if ours and best else None,
+                1.2,
+            ),
+        ):
+            checks.append(
+                {
+                    "target": name,
+                    "measured": value,
+                    "goal": f">= {goal}",
+                    "met": bool(value and value >= goal),
+                }
+            )
+        ratio = small.p99_ms / small.p50_ms if small and small.p50_ms else None
+        checks.append(
+            {
+                "target": f"{model}: {scale.small_callers} callers x "
+                f"{scale.small_documents} docs, p99 / p50",
+                "measured": ratio,
+                "goal": "<= 3.0",
+                "met": bool(ratio is not None and ratio <= 3.0),
+            }
+        )
+        if ours:
+            checks.append(
+                {
+                    "target": f"{model}: server c={level}, fraction of the FLOP bound",
+                    "measured": ours.flop_fraction,
+                    "goal": "reported",
+                    "met": True,
+                }
+            )
+    return checks
+
+
+def markdown(report: dict[str, Any]) -> str:
+    facts = report["device"]
+    lines = [
+        f"GPU check, {report['date']}, {facts['device']}"
+        + (
+            f", CUDA {facts['cuda']}, driver {facts.get('driver', '')}" if facts.get("cuda") else ""
+        ),
+        "",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "",
+        "| engine | model | case | c | pairs/s | p50 ms | p99 ms | FLOP bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        fraction = f"{r['flop_fraction']:.2f}" if r["flop_fraction"] else ""
+        lines.append(
+            f"| {r['engine']} | {r['model']} | {r['case']} | {r['concurrency']} | "
+            f"{r['pairs_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {fraction} |"
+        )
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for check in report["targets"]:
+        value = "n/a" if check["measured"] is None else f"{check['measured']:.2f}"
+        lines.append(f"| {check['target']} | {value} | {check['goal']} | {check['met']} |")
+    lines.append("")
+    for model, facts_of in report["models"].items():
+        lines.append(f"- {model}: parity {json.dumps(facts_of['parity'])}")
+        for stage, times in facts_of["stages_workload_a"].items():
+            cells = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+            lines.append(f"  - {stage}: {cells}")
+    if "gpu_memory_peak_mib" in report:
+        lines.append(
+            f"- GPU memory: peak {report['gpu_memory_peak_mib']:.0f} MiB "
+            f"(baseline {report['gpu_memory_baseline_mib']:.0f} MiB)"
+        )
+    compiled = json.dumps(report["compile"])
+    lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s; torch.compile: {compiled}")
+    lines.append(f"- wall time: {report['wall_s']:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", type=Path, help="folder for results.json and results.md")
+    parser.add_argument("--wheels", type=Path, help="folder of wheels (make gpu-kit)")
+    parser.add_argument("--cpu", action="store_true", help="the same steps on CPU, small")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    scale = CPU if args.cpu else GPU
+    args.output.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
+        kit = install_kit(args.wheels, work / "site") if args.wheels else []
+        use_paths(([work / "site"] if kit else []) + SOURCES)
+        report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "scale": asdict(scale),
+            "versions": versions(),
+            "kit": kit,
+            "device": device_facts(scale),
+        }
+        print(f"GPU check on {report['device']['device']}: {json.dumps(report['versions'])}")
+        try:
+            report |= measure(scale, work, started)
+        except Stopped as stopped:
+            print(f"stopped ({stopped}); every process it started is stopped", file=sys.stderr)
+            return 143
+        report["wall_s"] = time.monotonic() - started
+    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.output / "results.md").write_text(table)
+    print(table)
+    print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
