@@ -103,28 +103,41 @@ def _stop(signum: int, _frame: Any) -> None:
     raise Stopped(f"signal {signum}")
 
 
-def install_kit(kit: Path, target: Path) -> list[str]:
-    """Installs the kit's wheels with ``--no-deps`` into ``target``; returns their names."""
+def kit_environment(kit: Path, work: Path) -> Path:
+    """A virtual environment holding the kit's wheels (installed with ``--no-deps``) that
+    sees this interpreter's packages and the project's tree through a ``.pth`` file; returns
+    its interpreter. The check runs again under it, so that the rank service and Triton's
+    Python-backend stubs, which find their packages through the interpreter on ``PATH``
+    (they ignore ``PYTHONPATH``), all see the same packages."""
+    import site
+    import sysconfig
+
     wheels = sorted(kit.glob("*.whl"))
     if not wheels:
         raise SystemExit(f"error: {kit} holds no wheels (make gpu-kit makes them)")
     size = sum(w.stat().st_size for w in wheels)
     if size > KIT_LIMIT_BYTES:
         raise SystemExit(f"error: the kit is {size / 2**20:.1f} MiB, over 60 MiB")
+    environment = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
+    python = environment / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-    command += ["--disable-pip-version-check", "--target", str(target), *map(str, wheels)]
+    command += ["--disable-pip-version-check", "--target", purelib, *map(str, wheels)]
     subprocess.run(command, check=True)
-    return [w.name for w in wheels]
-
-
-def use_paths(paths: list[Path]) -> None:
-    """Puts ``paths`` first for this process and for every process it starts (the rank
-    service, Triton's Python-backend stubs)."""
-    sys.path[:0] = [str(p) for p in paths]
-    inherited = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [*map(str, paths), *([inherited] if inherited else [])]
-    )
+    # The project's tree, then this interpreter's package folders (PyTorch and the rest).
+    here = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], *sys.path]
+    folders = [str(p) for p in SOURCES] + [
+        p for p in dict.fromkeys(here) if p and Path(p).is_dir() and "-packages" in p
+    ]
+    (Path(purelib) / "reranker-gpu-check.pth").write_text("\n".join(folders) + "\n")
+    print(f"installed {len(wheels)} wheels ({size / 2**20:.1f} MiB) into {environment}")
+    return python
 
 
 def versions() -> dict[str, str]:
@@ -144,6 +157,18 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     return found
+
+
+def check_numpy() -> None:
+    """Triton's Python-backend stubs in the nvidia-pytriton wheel are built against numpy 1:
+    under numpy 2 they misread every input tensor and crash."""
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise SystemExit(
+            f"error: numpy {numpy.__version__}: the Triton of nvidia-pytriton 0.7.0 needs "
+            "numpy < 2 (its Python-backend stubs crash under numpy 2; 1.26.4 is tested)"
+        )
 
 
 def device_facts(scale: Scale) -> dict[str, Any]:
@@ -589,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheels", type=Path, help="folder of wheels (make gpu-kit)")
     parser.add_argument("--cpu", action="store_true", help="the same steps on CPU, small")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--in-kit-environment", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _stop)
@@ -598,13 +624,24 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
-        kit = install_kit(args.wheels, work / "site") if args.wheels else []
-        use_paths(([work / "site"] if kit else []) + SOURCES)
+        if args.wheels and not args.in_kit_environment:
+            python = kit_environment(args.wheels, work)
+            again = [str(python), __file__, *(sys.argv[1:] if argv is None else argv)]
+            again += ["--in-kit-environment", "--workdir", str(work)]
+            child = subprocess.Popen(again)
+            try:
+                return child.wait()
+            except Stopped:  # passed on, so the child's own cleanup runs
+                child.terminate()
+                child.wait(120)
+                return 143
+        sys.path[:0] = [str(p) for p in SOURCES]
+        check_numpy()
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"),
             "scale": asdict(scale),
             "versions": versions(),
-            "kit": kit,
+            "kit": sorted(w.name for w in args.wheels.glob("*.whl")) if args.wheels else [],
             "device": device_facts(scale),
         }
         print(f"GPU check on {report['device']['device']}: {json.dumps(report['versions'])}")

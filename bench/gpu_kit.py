@@ -11,12 +11,13 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-# The Triton binary and its client; the rest are the rank service's small pure-Python
-# dependencies (and tritonclient's ml-dtypes), none of which such a machine has by default.
+# The Triton binary and its client (with the two compiled modules the client imports); the
+# rest are the rank service's small pure-Python dependencies.
 PACKAGES = (
     "nvidia-pytriton",
     "tritonclient",
     "ml-dtypes",
+    "python-rapidjson",
     "grpcio-health-checking",
     "grpcio-reflection",
     "prometheus-client",
@@ -37,11 +38,12 @@ LIMIT_BYTES = 60 * 1024 * 1024
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--python-version", default="3.12", help="of the GPU machine")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     pins = [f"{name}=={version(name)}" for name in PACKAGES]
     command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(args.output)]
-    command += ["--python-version", "3.12", "--only-binary=:all:"]
+    command += ["--python-version", args.python_version, "--only-binary=:all:"]
     command += [f"--platform={p}" for p in PLATFORMS] + ["--platform=any", *pins]
     subprocess.run(command, check=True)
     expected = {name.replace("-", "_").lower() for name in PACKAGES}
