@@ -34,24 +34,149 @@ def _corpus() -> list[str]:
     return [" ".join(text.split()) for _, text in sorted(topics.items())]
 
 
-def deberta_v3_tokenizer(vocab_size: int = 8000) -> Any:
-    """A SentencePiece-style Unigram tokenizer with DeBERTa-v3's special tokens and pair
-    template, trained on real English text (the real one has 128k pieces)."""
+def _unigram_vocab(specials: list[str], unknown: str, vocab_size: int) -> list[tuple[str, float]]:
+    """SentencePiece-style Unigram pieces trained on real English text, ``specials`` first."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import DebertaV2Tokenizer
 
-    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]  # ids 0-3, as in deberta-v3
     trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]", shrinking_factor=0.75
+        vocab_size=vocab_size, special_tokens=specials, unk_token=unknown, shrinking_factor=0.75
     )
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
-    vocab = [
+    return [
         (piece, float(score)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]
     ]
-    vocab.append(("[MASK]", 0.0))
+
+
+def deberta_v3_tokenizer(vocab_size: int = 8000) -> Any:
+    """A SentencePiece-style Unigram tokenizer with DeBERTa-v3's special tokens and pair
+    template, trained on real English text (the real one has 128k pieces)."""
+    from transformers import DebertaV2Tokenizer
+
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]  # ids 0-3, as in deberta-v3
+    vocab = [*_unigram_vocab(specials, "[UNK]", vocab_size), ("[MASK]", 0.0)]
     return DebertaV2Tokenizer(vocab=vocab, unk_id=specials.index("[UNK]"), model_max_length=512)
+
+
+def xlm_roberta_cross_encoder(target: Path, layers: int = 2, seed: int = 0) -> Path:
+    """An XLM-RoBERTa cross-encoder laid out as BAAI/bge-reranker-base: a Unigram
+    (SentencePiece) tokenizer with ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3 and pairs
+    ``<s> q </s></s> d </s>``, no token types, positions offset past the padding index (514
+    position embeddings for 512 tokens); small and seeded."""
+    import torch
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaTokenizer,
+    )
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = [*_unigram_vocab(specials, "<unk>", 8000), ("<mask>", 0.0)]
+    tokenizer = XLMRobertaTokenizer(vocab=vocab, model_max_length=512)
+    config = XLMRobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        initializer_range=0.1,
+        architectures=["XLMRobertaForSequenceClassification"],
+    )
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config)
+    return _save(model, tokenizer, target)
+
+
+def electra_cross_encoder(target: Path, layers: int = 2, seed: int = 0) -> Path:
+    """An ELECTRA discriminator cross-encoder as cross-encoder/ms-marco-electra-base is laid
+    out (WordPiece, token types, an embedding projection), small and seeded."""
+    import torch
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer(target)
+    config = ElectraConfig(
+        vocab_size=len(tokenizer),
+        embedding_size=32,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        architectures=["ElectraForSequenceClassification"],
+    )
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    return _save(ElectraForSequenceClassification(config), tokenizer, target)
+
+
+def modernbert_cross_encoder(target: Path, layers: int = 3, seed: int = 0) -> Path:
+    """A ModernBERT cross-encoder as Alibaba-NLP/gte-reranker-modernbert-base is laid out:
+    a byte-level BPE with ``[CLS] q [SEP] d [SEP]`` pairs and no token types, RoPE, local
+    attention in all but every third layer; a 32-token window so test pairs run past it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import (
+        ModernBertConfig,
+        ModernBertForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=8000, special_tokens=specials)
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    cls, sep = bpe.token_to_id("[CLS]"), bpe.token_to_id("[SEP]")
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        model_max_length=512,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    config = ModernBertConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        local_attention=32,
+        max_position_embeddings=512,
+        pad_token_id=bpe.token_to_id("[PAD]"),
+        cls_token_id=cls,
+        sep_token_id=sep,
+        bos_token_id=cls,
+        eos_token_id=sep,
+        initializer_range=0.1,
+        architectures=["ModernBertForSequenceClassification"],
+    )
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    return _save(ModernBertForSequenceClassification(config), tokenizer, target)
+
+
+def _save(model: Any, tokenizer: Any, target: Path) -> Path:
+    _calibrate_head(model, tokenizer)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
 
 
 def wordpiece_tokenizer(directory: Path, vocab_size: int = 8000) -> Any:
@@ -164,7 +289,8 @@ def _calibrate_head(model: Any, tokenizer: Any, target_std: float = 2.0) -> None
         padding=True,
         return_tensors="pt",
     )
-    head = model.classifier
+    # The last linear layer of the head (RoBERTa and ELECTRA heads have a dense layer first).
+    head = getattr(model.classifier, "out_proj", model.classifier)
     with torch.no_grad():
         output = model.eval()(**batch)
         logits = getattr(output, "logits", output).ravel()

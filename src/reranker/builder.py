@@ -112,6 +112,26 @@ def _architecture(config: dict[str, Any], fallback: str) -> str:
     return str(architectures[0])
 
 
+def _check_architecture(source: Path, config: dict[str, Any]) -> None:
+    """Refuses a checkpoint whose head is not a one-label sequence classifier before loading
+    it: transformers would otherwise load any encoder under a fresh, random classification
+    head and the model would score wrongly."""
+    architectures = config.get("architectures") or []
+    if not architectures or all(a.endswith("ForSequenceClassification") for a in architectures):
+        return
+    (architecture, *_) = architectures
+    if architecture.endswith("ForCausalLM"):
+        raise BuildError(
+            f"{source} is a causal language model ({architecture}): causal-LM rerankers, "
+            "scored by the logits of their yes/no tokens at the last position, are not "
+            "served yet; a reranker needs a *ForSequenceClassification checkpoint"
+        )
+    raise BuildError(
+        f"{source} is a {architecture} checkpoint: a reranker needs a sequence-classification "
+        "head with one label (*ForSequenceClassification); this head would not score pairs"
+    )
+
+
 def _check_export(error: float) -> None:
     print(f"  export check: max |onnx - torch| = {error:.2e}", file=sys.stderr)
     if error > EXPORT_TOLERANCE:
@@ -284,6 +304,7 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
     from reranker.onnx_export import export_cross_encoder, max_export_error, sample_batch
 
     config = _read_json(source / "config.json")
+    _check_architecture(source, config)
     with step(f"loading checkpoint {source}"):
         hf_tokenizer = AutoTokenizer.from_pretrained(source)
         network = AutoModelForSequenceClassification.from_pretrained(
@@ -306,13 +327,14 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
     if options.runtime is EncoderRuntime.TORCH:
         from reranker.onnx_export import graph_inputs
 
-        logits, inputs = _Logits(network), graph_inputs(network)
+        logits = _Logits(network)
+        inputs = graph_inputs(network, hf_tokenizer.model_input_names)
         return _install_checkpoint(model, tokenizer, source, logits, inputs, options, repository)
     batch = sample_batch(_pair_tokenizer(tokenizer, model))
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "model.onnx"
         with step(f"exporting {model.architecture} to ONNX"):
-            export_cross_encoder(network, batch, graph)
+            export_cross_encoder(network, batch, graph, hf_tokenizer.model_input_names)
         _check_export(max_export_error(graph, lambda feeds: network(**feeds).logits, batch))
         return _install(model, tokenizer, graph, options, repository)
 

@@ -37,10 +37,12 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, pat
     )
 
 
-def graph_inputs(model: nn.Module) -> tuple[str, ...]:
-    """The token tensors a Hugging Face model's ``forward`` accepts, in canonical order."""
+def graph_inputs(model: nn.Module, provided: Sequence[str] = TOKEN_TENSORS) -> tuple[str, ...]:
+    """The token tensors a Hugging Face model's ``forward`` accepts and its tokenizer
+    ``provided`` (its ``model_input_names``: ``CrossEncoder`` feeds the model no others), in
+    canonical order."""
     accepted = inspect.signature(model.forward).parameters
-    return tuple(name for name in TOKEN_TENSORS if name in accepted)
+    return tuple(name for name in TOKEN_TENSORS if name in accepted and name in provided)
 
 
 class _CrossEncoderLogits(nn.Module):
@@ -53,9 +55,14 @@ class _CrossEncoderLogits(nn.Module):
         return self.model(**dict(zip(self.inputs, tensors, strict=True))).logits
 
 
-def export_cross_encoder(model: nn.Module, sample: dict[str, np.ndarray], path: Path) -> None:
+def export_cross_encoder(
+    model: nn.Module,
+    sample: dict[str, np.ndarray],
+    path: Path,
+    provided: Sequence[str] = TOKEN_TENSORS,
+) -> None:
     """Exports a ``*ForSequenceClassification`` model with one label; output ``logits``."""
-    inputs = {name: torch.from_numpy(sample[name]) for name in graph_inputs(model)}
+    inputs = {name: torch.from_numpy(sample[name]) for name in graph_inputs(model, provided)}
     with used_span_attention():  # DeBERTa-v2: only the relative positions a sequence uses
         _export(_CrossEncoderLogits(model, list(inputs)).eval(), inputs, "logits", path)
 

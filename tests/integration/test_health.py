@@ -14,7 +14,7 @@ from reranker.metrics import ServiceMetrics
 from reranker.service import HealthMonitor
 from tests.integration.conftest import Server
 
-INTERVAL_S = 0.5  # well above one round of calls over every test model
+INTERVAL_S = 1.0  # well above one round of calls over every test model (nine, two on PyTorch)
 
 
 class CanaryCountingEngine(TritonEngine):

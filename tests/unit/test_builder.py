@@ -158,3 +158,30 @@ def test_device_auto_serves_on_cpu_with_onnx_where_torch_sees_no_gpu() -> None:
     assert _target("gpu", None) == ("gpu", "onnx")  # the NGC Triton's own backend
     assert _target("gpu", "torch") == ("gpu", "torch")
     assert _target("cpu", "torch") == ("cpu", "torch")
+
+
+def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> None:
+    from transformers import BertForTokenClassification, LlamaConfig, LlamaForCausalLM
+
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+    )
+    BertForTokenClassification(config).save_pretrained(tmp_path / "tokens")
+    with pytest.raises(BuildError, match="BertForTokenClassification checkpoint"):
+        build(str(tmp_path / "tokens"), BuildOptions(name="m"), tmp_path / "repo")
+    llama = LlamaConfig(
+        vocab_size=100,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    LlamaForCausalLM(llama).save_pretrained(tmp_path / "causal")
+    with pytest.raises(BuildError, match=r"causal language model \(LlamaForCausalLM\)"):
+        build(str(tmp_path / "causal"), BuildOptions(name="m"), tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
