@@ -455,7 +455,9 @@ def measure(scale: Scale, work: Path, started: float) -> dict[str, Any]:
             cross_encoder = CrossEncoder(str(checkpoint), device=torch_device)
             checks = {"fp32 reference": parity(client, cross_encoder, model, documents)}
             if scale.precision == "fp16":
-                cross_encoder.model.half()
+                # A torch module itself from sentence-transformers 4 on; a wrapper before.
+                is_module = isinstance(cross_encoder, torch.nn.Module)
+                (cross_encoder if is_module else cross_encoder.model).half()
                 checks["fp16 reference"] = parity(client, cross_encoder, model, documents)
             print(f"{elapsed()} {model} parity {json.dumps(checks)}", flush=True)
 

@@ -410,3 +410,133 @@ def jina_bert_like_onnx(target: Path, max_length: int = 8192, layers: int = 2) -
         dynamo=False,
     )
     return model
+
+
+# The prompt of Qwen3-Reranker, as a chat template over the "query" and "document" roles that
+# sentence-transformers' CrossEncoder maps a pair to; a system message is the instruction.
+QWEN3_RERANKER_TEMPLATE = (
+    "{%- set system = messages | selectattr('role', 'eq', 'system') | list -%}"
+    "{%- set instruction = system[0].content if system else "
+    "'Given a web search query, retrieve relevant passages that answer the query' -%}"
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n<Instruct>: {{ instruction }}\n"
+    "<Query>: {{ (messages | selectattr('role', 'eq', 'query') | first).content }}\n"
+    "<Document>: {{ (messages | selectattr('role', 'eq', 'document') | first).content }}"
+    "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+# mxbai-rerank-v2's prompt: no instruction slot; relevance is the token "1" against "0".
+MXBAI_V2_TEMPLATE = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\n<|im_start|>user\n"
+    "query: {{ (messages | selectattr('role', 'eq', 'query') | first).content }} \n"
+    "document: {{ (messages | selectattr('role', 'eq', 'document') | first).content }} \n"
+    "You are a search relevance expert who evaluates how well documents match search queries. "
+    "For each query-document pair, carefully analyze the semantic relationship between them, "
+    "then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\n"
+    "Relevance:<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+def chat_bpe_tokenizer(
+    directory: Path, chat_template: str, score_words: tuple[str, ...], max_length: int
+) -> Any:
+    """A byte-level BPE trained on real English text with Qwen's chat special tokens, whole-word
+    tokens for ``score_words`` (the relevance tokens a causal-LM reranker reads), a chat
+    template and left padding, saved to ``directory``."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=6000,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    bpe.add_tokens([AddedToken(word, single_word=True) for word in score_words])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        model_max_length=max_length,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        padding_side="left",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def qwen3_reranker(
+    target: Path, layers: int = 2, max_length: int = 512, hidden: int = 64, seed: int = 0
+) -> Path:
+    """A causal-LM reranker laid out as Qwen/Qwen3-Reranker: ``Qwen3ForCausalLM`` (RoPE,
+    grouped-query attention, q/k norms, tied embeddings), the chat template above, scored by
+    CrossEncoder as logit("yes") - logit("no") at the last position; small and seeded. With
+    hidden 1024, 28 layers, 16 heads, 8 key-value heads and 3072 it is Qwen3-Reranker-0.6B's
+    shape (with a small vocabulary)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = chat_bpe_tokenizer(target, QWEN3_RERANKER_TEMPLATE, ("yes", "no"), max_length)
+    heads = max(4, hidden // 64)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        head_dim=hidden // heads,
+        max_position_embeddings=max(max_length, 1024),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.1,
+        architectures=["Qwen3ForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(target)
+    return target
+
+
+def mxbai_v2_reranker(target: Path, layers: int = 2, max_length: int = 512, seed: int = 0) -> Path:
+    """A causal-LM reranker laid out as mixedbread-ai/mxbai-rerank-base-v2: ``Qwen2ForCausalLM``
+    with a prompt that takes no instruction, scored as logit("1") - logit("0"): saved as a
+    sentence-transformers CrossEncoder whose LogitScore module names those tokens."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    scratch = target.with_name(target.name + "-backbone")
+    tokenizer = chat_bpe_tokenizer(scratch, MXBAI_V2_TEMPLATE, ("0", "1"), max_length)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max(max_length, 1024),
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.1,
+        architectures=["Qwen2ForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(scratch)
+    backbone = Transformer(str(scratch), transformer_task="text-generation")
+    score = LogitScore(
+        true_token_id=tokenizer.convert_tokens_to_ids("1"),
+        false_token_id=tokenizer.convert_tokens_to_ids("0"),
+    )
+    CrossEncoder(modules=[backbone, score]).save(str(target))
+    return target

@@ -60,11 +60,15 @@ class ModelInfo:
 
     Attributes:
         name: Name to pass as ``model=``.
-        kind: ``"cross-encoder"`` or ``"bi-encoder"``.
+        kind: ``"cross-encoder"``, ``"bi-encoder"`` or ``"causal-lm"``.
         max_length: Longest input, in tokens, the model reads.
         is_default: Whether it is used when no model is named.
         architecture: The checkpoint's architecture name.
-        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"``.
+        family: The checkpoint's model family (``"bert"``, ``"xlm-roberta"``, ...).
+        scoring: ``"sigmoid"``, ``"logit"``, ``"cosine"`` or ``"logit-diff"``.
+        takes_instruction: Whether a per-request instruction is accepted.
+        runtime: ``"onnx"`` or ``"torch"``.
     """
 
     name: str
@@ -73,11 +77,16 @@ class ModelInfo:
     is_default: bool
     architecture: str
     precision: str
+    family: str = ""
+    scoring: str = ""
+    takes_instruction: bool = False
+    runtime: str = ""
 
 
 _KIND_NAMES = {
     pb.MODEL_KIND_CROSS_ENCODER: "cross-encoder",
     pb.MODEL_KIND_BI_ENCODER: "bi-encoder",
+    pb.MODEL_KIND_CAUSAL_LM: "causal-lm",
 }
 
 
@@ -100,6 +109,7 @@ class RankOptions:
     chunking: bool = False
     chunk_overlap_tokens: int | None = None
     max_chunks: int | None = None
+    instruction: str | None = None
 
 
 def build_rank_request(
@@ -125,6 +135,7 @@ def build_rank_request(
         )
         if options.chunking
         else None,
+        instruction=options.instruction,
     )
 
 
@@ -148,6 +159,10 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             is_default=m.is_default,
             architecture=m.architecture,
             precision=m.precision,
+            family=m.family,
+            scoring=m.scoring,
+            takes_instruction=m.takes_instruction,
+            runtime=m.runtime,
         )
         for m in response.models
     ]

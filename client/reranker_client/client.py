@@ -71,6 +71,7 @@ class RerankClient:
         chunking: bool = False,
         chunk_overlap_tokens: int | None = None,
         max_chunks: int | None = None,
+        instruction: str | None = None,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Ranks ``documents`` by relevance to ``query``.
@@ -89,6 +90,8 @@ class RerankClient:
                 window instead of truncating it.
             chunk_overlap_tokens: Tokens consecutive windows share (default: the server's).
             max_chunks: Windows per document at most (default: the server's limit).
+            instruction: A task instruction, for models that take one (``ModelInfo.
+                takes_instruction``); unset uses the model's default.
             timeout: Seconds for this call (default: the client's timeout).
 
         Returns:
@@ -111,6 +114,7 @@ class RerankClient:
                 chunking=chunking,
                 chunk_overlap_tokens=chunk_overlap_tokens,
                 max_chunks=max_chunks,
+                instruction=instruction,
             ),
         )
         try:
@@ -187,6 +191,7 @@ class AsyncRerankClient:
         chunking: bool = False,
         chunk_overlap_tokens: int | None = None,
         max_chunks: int | None = None,
+        instruction: str | None = None,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Ranks ``documents`` by relevance to ``query``; see :meth:`RerankClient.rank`."""
@@ -203,6 +208,7 @@ class AsyncRerankClient:
                 chunking=chunking,
                 chunk_overlap_tokens=chunk_overlap_tokens,
                 max_chunks=max_chunks,
+                instruction=instruction,
             ),
         )
         try:

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 from reranker.contract import TOKEN_TENSORS, max_chars
 from reranker.precision import REPORT_FILE, Precision, reduce_precision, write_accuracy_report
 from reranker.repository import (
+    PROMPT_FILE,
     Device,
     EncoderRuntime,
     ModelKind,
@@ -38,7 +39,7 @@ from reranker.repository import (
     write_configs,
 )
 from reranker.runtimes import cpu_flags, has_native_bf16
-from reranker.tokenization import PairTokenizer, PairTokenizerConfig
+from reranker.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2-biencoder"
 # Largest error an export may show against the torch model it came from.
@@ -117,18 +118,15 @@ def _check_architecture(source: Path, config: dict[str, Any]) -> None:
     it: transformers would otherwise load any encoder under a fresh, random classification
     head and the model would score wrongly."""
     architectures = config.get("architectures") or []
-    if not architectures or all(a.endswith("ForSequenceClassification") for a in architectures):
+    if not architectures or all(
+        a.endswith(("ForSequenceClassification", "ForCausalLM")) for a in architectures
+    ):
         return
     (architecture, *_) = architectures
-    if architecture.endswith("ForCausalLM"):
-        raise BuildError(
-            f"{source} is a causal language model ({architecture}): causal-LM rerankers, "
-            "scored by the logits of their yes/no tokens at the last position, are not "
-            "served yet; a reranker needs a *ForSequenceClassification checkpoint"
-        )
     raise BuildError(
         f"{source} is a {architecture} checkpoint: a reranker needs a sequence-classification "
-        "head with one label (*ForSequenceClassification); this head would not score pairs"
+        "head with one label (*ForSequenceClassification) or a causal language model "
+        "(*ForCausalLM) scored by its relevance tokens; this head would not score pairs"
     )
 
 
@@ -138,8 +136,12 @@ def _check_export(error: float) -> None:
         raise BuildError(f"ONNX export differs from the checkpoint by {error:.2e}")
 
 
-def _pair_tokenizer(tokenizer: Tokenizer, model: ServedModel) -> PairTokenizer:
-    config = PairTokenizerConfig(model.max_length, model.pair_mode, max_chars(model.max_length))
+def _pair_tokenizer(
+    tokenizer: Tokenizer, model: ServedModel, prompt: PromptTemplate | None = None
+) -> PairTokenizer:
+    config = PairTokenizerConfig(
+        model.max_length, model.pair_mode, max_chars(model.max_length), prompt=prompt
+    )
     return PairTokenizer(Tokenizer.from_str(tokenizer.to_str()), config)
 
 
@@ -193,6 +195,7 @@ def _install(
     graph: Path,
     options: BuildOptions,
     repository: Path,
+    prompt: PromptTemplate | None = None,
 ) -> ServedModel:
     """Puts an fp32 graph (or its reduced-precision variant, with an accuracy report) and
     the tokenizer into the repository, and writes the configurations."""
@@ -223,12 +226,16 @@ def _install(
     if options.precision is not Precision.FP32 and options.device is Device.CPU:
         with step(f"measuring {options.precision.value} against fp32 on real-text pairs"):
             report = write_accuracy_report(
-                graph, target, _pair_tokenizer(tokenizer, model), options.precision
+                graph, target, _pair_tokenizer(tokenizer, model, prompt), options.precision
             )
         print(f"  accuracy: {json.dumps(report)}", file=sys.stderr)
     path = tokenizer_path(model, repository)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
+    prompt_file = path.with_name(PROMPT_FILE)
+    prompt_file.unlink(missing_ok=True)
+    if prompt is not None:
+        prompt_file.write_text(json.dumps(prompt.to_json(), indent=1) + "\n")
     write_configs(model, repository)
     return model
 
@@ -305,6 +312,10 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
 
     config = _read_json(source / "config.json")
     _check_architecture(source, config)
+    if _architecture(config, "").endswith("ForCausalLM"):
+        from reranker.causal import build_causal_lm
+
+        return build_causal_lm(source, config, options, repository)
     with step(f"loading checkpoint {source}"):
         hf_tokenizer = AutoTokenizer.from_pretrained(source)
         network = AutoModelForSequenceClassification.from_pretrained(
@@ -322,6 +333,7 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
         activation=_activation(config),
         token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
+        family=str(config.get("model_type", "")),
     )
     tokenizer = hf_tokenizer.backend_tokenizer
     if options.runtime is EncoderRuntime.TORCH:
@@ -358,6 +370,7 @@ def default_model(options: BuildOptions) -> ServedModel:
         token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
         precision=options.precision.value,
+        family=str(_read_json(source / "config.json").get("model_type", "")),
     )
 
 
@@ -426,6 +439,7 @@ def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> Se
         activation=_activation(config),
         token_inputs=TOKEN_TENSORS,
         max_batch_size=options.max_batch_size,
+        family=str(config.get("model_type", "")),
     )
     with step(f"installing {graph}"):
         return _install(model, Tokenizer.from_file(str(tokenizer_file)), graph, options, repository)

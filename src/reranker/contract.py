@@ -17,6 +17,8 @@ TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
 # Request parameters a rank call's truncation options travel as.
 PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"
 PARAM_TRUNCATION = "truncation"
+# A causal-LM reranker's instruction, when the call gives one.
+PARAM_INSTRUCTION = "instruction"
 TRUNCATE_LONGEST_FIRST = "longest_first"
 TRUNCATE_REFUSE = "refuse"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -31,7 +31,7 @@ from reranker.ranking import (
     resolve_options,
     validate_rank_request,
 )
-from reranker.repository import ServedModel
+from reranker.repository import ModelKind, ServedModel
 from reranker.settings import Settings
 from reranker.tokenization import LONGEST_FIRST, TruncationOptions
 
@@ -84,6 +84,8 @@ class RankCall:
     truncation: Truncation = Truncation.LONGEST_FIRST
     max_document_tokens: int = 0
     chunking: ChunkingRequest | None = None
+    # None: the model's default instruction (for a model that takes one).
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,18 @@ class RankCore:
                 self.settings.max_chunks_per_document,
             )
             model = await self.model(call.model)
+            if call.instruction is not None and not model.takes_instruction:
+                raise InvalidArgument(
+                    f"instruction is not taken by model {model.name!r} "
+                    f"({model.architecture}); leave it unset"
+                )
+            if chunking is not None and model.kind is ModelKind.CAUSAL_LM:
+                raise InvalidArgument(
+                    f"chunking is not offered for causal-LM rerankers ({model.name!r}): their "
+                    "prompt is cut at the model's max length, the end of a long document first"
+                )
+            # An empty instruction is none, as CrossEncoder's empty prompt is.
+            options = replace(options, instruction=call.instruction or None)
         scores, raw = await self._score(model, call, documents, chunking, options, timeout_s)
         with self._tracer.start_as_current_span("assemble"):
             self._metrics.rows.labels(model.name).inc(len(scores.values))

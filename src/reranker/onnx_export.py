@@ -37,6 +37,14 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, pat
     )
 
 
+def export_module(
+    module: nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path
+) -> None:
+    """Exports ``module`` (its ``forward`` takes ``inputs`` positionally, in their order) with
+    dynamic batch and sequence axes and one output named ``output``."""
+    _export(module, inputs, output, path)
+
+
 def graph_inputs(model: nn.Module, provided: Sequence[str] = TOKEN_TENSORS) -> tuple[str, ...]:
     """The token tensors a Hugging Face model's ``forward`` accepts and its tokenizer
     ``provided`` (its ``model_input_names``: ``CrossEncoder`` feeds the model no others), in

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 TOKENIZER_SUFFIX = "__tokenizer"
 ENCODER_SUFFIX = "__encoder"
 TOKENIZER_FILE = "tokenizer.json"
+PROMPT_FILE = "prompt.json"
 ONNX_FILE = "model.onnx"
 CHECKPOINT_DIR = "checkpoint"
 
@@ -37,6 +38,8 @@ CHECKPOINT_DIR = "checkpoint"
 class ModelKind(enum.StrEnum):
     CROSS_ENCODER = "cross-encoder"
     BI_ENCODER = "bi-encoder"
+    # A causal LM scoring the pair inside its prompt by its relevance tokens' logits.
+    CAUSAL_LM = "causal-lm"
 
 
 class Device(enum.StrEnum):
@@ -79,6 +82,25 @@ class ServedModel:
     # The ONNX graph's output, [batch, 1]: a native backend names it as the graph does.
     graph_output: str = SCORE
     runtime: EncoderRuntime = EncoderRuntime.ONNX
+    # The checkpoint's model_type (bert, xlm-roberta, modernbert, ...); "" where unknown.
+    family: str = ""
+    # Whether the prompt of a causal-LM reranker has a slot for a caller's instruction.
+    instruction: bool = False
+
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the model reads a per-request instruction (only causal-LM rerankers whose
+        prompt has a slot for one)."""
+        return self.kind is ModelKind.CAUSAL_LM and self.instruction
+
+    @property
+    def scoring(self) -> str:
+        """How the default score is made: sigmoid of a logit, the logit, or a cosine."""
+        if self.kind is ModelKind.BI_ENCODER:
+            return "cosine"
+        if self.kind is ModelKind.CAUSAL_LM:
+            return "logit-diff"
+        return "sigmoid" if self.activation == "sigmoid" else "logit"
 
     @property
     def native_encoder(self) -> bool:
@@ -88,6 +110,8 @@ class ServedModel:
 
     @property
     def pair_mode(self) -> PairMode:
+        if self.kind is ModelKind.CAUSAL_LM:
+            return PairMode.PROMPT
         return PairMode.SEPARATE if self.kind is ModelKind.BI_ENCODER else PairMode.JOINT
 
     @property

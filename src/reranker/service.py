@@ -47,6 +47,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Rank"].full_name
 KINDS = {
     ModelKind.CROSS_ENCODER: pb.MODEL_KIND_CROSS_ENCODER,
     ModelKind.BI_ENCODER: pb.MODEL_KIND_BI_ENCODER,
+    ModelKind.CAUSAL_LM: pb.MODEL_KIND_CAUSAL_LM,
 }
 
 
@@ -207,6 +208,7 @@ def rank_call(request: pb.RankRequest) -> RankCall:
         truncation=truncation,
         max_document_tokens=request.max_document_tokens,
         chunking=chunking,
+        instruction=request.instruction if request.HasField("instruction") else None,
     )
 
 
@@ -247,6 +249,10 @@ class RankServicer(pb_grpc.RankServicer):
                     is_default=m.name == listing.default,
                     architecture=m.architecture,
                     precision=m.precision,
+                    family=m.family,
+                    scoring=m.scoring,
+                    takes_instruction=m.takes_instruction,
+                    runtime=m.runtime.value,
                 )
                 for m in listing.models
             ]

@@ -4,6 +4,9 @@ Cross-encoders read ``[CLS] query [SEP] document [SEP]`` truncated longest-first
 model's max length (``CrossEncoder`` tokenizes with ``truncation="longest_first"``).
 Bi-encoder pair scorers read query and document as two independent sequences, each
 truncated on its own, placed side by side (``SentenceTransformer.encode`` of each text).
+Causal-LM rerankers read the pair inside their prompt (the chat template, rendered around
+the instruction, query and document), tokenized whole and cut at the max length, with the
+template's closing tokens written back over the end of a cut row, as ``CrossEncoder`` does.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from reranker.contract import (
+    PARAM_INSTRUCTION,
     PARAM_MAX_DOCUMENT_TOKENS,
     PARAM_TRUNCATION,
     TRUNCATE_LONGEST_FIRST,
@@ -28,6 +32,63 @@ from reranker.contract import (
 class PairMode(StrEnum):
     JOINT = "joint"
     SEPARATE = "separate"
+    PROMPT = "prompt"
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """One way a causal-LM reranker's template renders a pair: the fixed texts around its
+    slots (``texts[i]`` precedes ``slots[i]``; the last text closes the prompt), and the
+    token ids that close it, which a row cut at the max length gets back at its end."""
+
+    slots: tuple[str, ...]
+    texts: tuple[str, ...]
+    suffix_ids: tuple[int, ...]
+
+    def render(self, values: dict[str, str]) -> str:
+        parts = [text + values[slot] for text, slot in zip(self.texts, self.slots, strict=False)]
+        return "".join(parts) + self.texts[-1]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "slots": list(self.slots),
+            "texts": list(self.texts),
+            "suffix_ids": list(self.suffix_ids),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> PromptLayout:
+        slots, texts, suffix = data["slots"], data["texts"], data["suffix_ids"]
+        assert isinstance(slots, list) and isinstance(texts, list) and isinstance(suffix, list)
+        return cls(tuple(map(str, slots)), tuple(map(str, texts)), tuple(map(int, suffix)))
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A causal-LM reranker's prompt: as rendered with the model's own default instruction
+    (or none), and, where the template has a slot for it, with the caller's instruction."""
+
+    default: PromptLayout
+    instructed: PromptLayout | None = None
+
+    @property
+    def takes_instruction(self) -> bool:
+        return self.instructed is not None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "default": self.default.to_json(),
+            "instructed": self.instructed.to_json() if self.instructed else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> PromptTemplate:
+        default, instructed = data["default"], data.get("instructed")
+        assert isinstance(default, dict)
+        return cls(
+            PromptLayout.from_json(default),
+            PromptLayout.from_json(instructed) if isinstance(instructed, dict) else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -39,6 +100,8 @@ class PairTokenizerConfig:
     max_chars: int
     # Lengths rows are padded up to (ascending); empty pads to the longest row only.
     length_buckets: tuple[int, ...] = ()
+    # The prompt of a causal-LM reranker (pair mode PROMPT).
+    prompt: PromptTemplate | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +132,8 @@ class TruncationOptions:
     max_document_tokens: int = 0
     # Refuse a row that does not fit instead of truncating it.
     refuse: bool = False
+    # A causal-LM reranker's instruction (None: the model's default).
+    instruction: str | None = None
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, object]) -> TruncationOptions:
@@ -78,13 +143,23 @@ class TruncationOptions:
             raise ValueError(f"max_document_tokens must be a non-negative integer, got {cap!r}")
         if truncation not in (TRUNCATE_LONGEST_FIRST, TRUNCATE_REFUSE):
             raise ValueError(f"truncation must be 'longest_first' or 'refuse', got {truncation!r}")
-        return cls(max_document_tokens=cap, refuse=truncation == TRUNCATE_REFUSE)
+        instruction = parameters.get(PARAM_INSTRUCTION)
+        if instruction is not None and not isinstance(instruction, str):
+            raise ValueError(f"instruction must be a string, got {instruction!r}")
+        return cls(
+            max_document_tokens=cap,
+            refuse=truncation == TRUNCATE_REFUSE,
+            instruction=instruction,
+        )
 
     def parameters(self) -> dict[str, int | str]:
-        return {
+        parameters: dict[str, int | str] = {
             PARAM_MAX_DOCUMENT_TOKENS: self.max_document_tokens,
             PARAM_TRUNCATION: TRUNCATE_REFUSE if self.refuse else TRUNCATE_LONGEST_FIRST,
         }
+        if self.instruction is not None:
+            parameters[PARAM_INSTRUCTION] = self.instruction
+        return parameters
 
 
 LONGEST_FIRST = TruncationOptions()
@@ -144,6 +219,8 @@ class PairTokenizer:
         Raises:
             Overflow: a row does not fit and ``options.refuse`` is set.
         """
+        if self._config.pair_mode is PairMode.PROMPT:
+            return self._tokenize_prompts(queries, documents, options)
         unique_queries = list(dict.fromkeys(queries))
         encoded = dict(zip(unique_queries, self.encode_texts(unique_queries), strict=True))
         limit = self._config.max_length
@@ -168,6 +245,48 @@ class PairTokenizer:
                 first = self._finisher.post_process(question).ids
                 second = self._finisher.post_process(document).ids
                 rows.append(TokenizedRow(first + second, [0] * len(first) + [1] * len(second)))
+        return rows
+
+    def _tokenize_prompts(
+        self, queries: Sequence[str], documents: Sequence[str], options: TruncationOptions
+    ) -> list[TokenizedRow]:
+        """Each pair rendered into the prompt and tokenized whole. A row longer than the max
+        length keeps its first tokens with the prompt's closing tokens written back over its
+        end (the document's tail is what goes), as ``CrossEncoder`` truncates a chat prompt."""
+        prompt = self._config.prompt
+        assert prompt is not None
+        layout = prompt.default
+        if options.instruction is not None:
+            if prompt.instructed is None:
+                raise ValueError("instruction: this model's prompt takes none")
+            layout = prompt.instructed
+        limit, chars = self._config.max_length, self._config.max_chars
+        texts = [d[:chars] for d in documents]
+        if options.max_document_tokens:
+            for row, encoding in enumerate(self.encode_texts(texts)):
+                if len(encoding) > options.max_document_tokens:
+                    texts[row] = texts[row][: encoding.offsets[options.max_document_tokens - 1][1]]
+        rendered = [
+            layout.render(
+                {"instruction": options.instruction or "", "query": q[:chars], "document": d}
+            )
+            for q, d in zip(queries, texts, strict=True)
+        ]
+        suffix = list(layout.suffix_ids)
+        rows = []
+        for row, encoding in enumerate(
+            self._encoder.encode_batch(rendered, add_special_tokens=False)
+        ):
+            ids = encoding.ids
+            if len(ids) > limit:
+                if options.refuse:
+                    clipped = max(len(queries[row]), len(documents[row])) > chars
+                    raise Overflow(row, len(ids), limit, clipped)
+                ids = ids[:limit]
+            if len(ids) >= limit and suffix:
+                keep = min(len(suffix), limit)
+                ids[limit - keep :] = suffix[-keep:]
+            rows.append(TokenizedRow(ids, [0] * len(ids)))
         return rows
 
     def pad(self, rows: Sequence[TokenizedRow]) -> dict[str, np.ndarray]:

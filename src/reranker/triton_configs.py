@@ -13,6 +13,7 @@ from reranker.contract import DOCUMENT, QUERY, SCORE, TOKEN_TENSORS, max_chars
 from reranker.repository import (
     CHECKPOINT_DIR,
     ONNX_FILE,
+    PROMPT_FILE,
     TOKENIZER_FILE,
     Device,
     EncoderRuntime,
@@ -103,6 +104,7 @@ def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) 
             "pair_mode": model.pair_mode.value,
             "max_chars": max_chars(model.max_length),
             "length_buckets": ",".join(str(b) for b in tokenizer_buckets(model, tuning)),
+            **({"prompt_file": PROMPT_FILE} if model.kind is ModelKind.CAUSAL_LM else {}),
         },
     )
     return config
@@ -271,6 +273,8 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
             "precision": model.precision,
             "device": model.device.value,
             "runtime": model.runtime.value,
+            "family": model.family,
+            "takes_instruction": str(model.takes_instruction).lower(),
         },
     )
     return config
@@ -293,5 +297,7 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
         precision=params.get("precision", "fp32"),
         device=Device(params.get("device", Device.CPU.value)),
         runtime=EncoderRuntime(params.get("runtime", EncoderRuntime.ONNX.value)),
+        family=params.get("family", ""),
+        instruction=params.get("takes_instruction") == "true",
         graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
     )

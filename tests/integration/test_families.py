@@ -98,11 +98,12 @@ async def test_each_family_scores_a_row_alike_alone_and_in_a_merged_batch(
 def test_list_models_names_each_family_architecture(family_server: Server) -> None:
     with RerankClient(family_server.address) as client:
         models = {m.name: m for m in client.models()}
-    assert {name: models[name].architecture for name in FAMILIES} == {
-        "xlm-roberta": "XLMRobertaForSequenceClassification",
-        "electra": "ElectraForSequenceClassification",
-        "modernbert": "ModernBertForSequenceClassification",
+    assert {name: (models[name].architecture, models[name].family) for name in FAMILIES} == {
+        "xlm-roberta": ("XLMRobertaForSequenceClassification", "xlm-roberta"),
+        "electra": ("ElectraForSequenceClassification", "electra"),
+        "modernbert": ("ModernBertForSequenceClassification", "modernbert"),
     }
+    assert {models[name].scoring for name in FAMILIES} == {"sigmoid"}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -23,9 +23,11 @@ from tests.integration.conftest import (
     ALL_MODELS,
     CROSS_ENCODER,
     CROSS_ENCODER_FROM_ONNX,
+    CROSS_ENCODER_TORCH,
     DEBERTA,
     DEFAULT_BF16,
     DEFAULT_INT8,
+    DEFAULT_TORCH,
     JINA,
     Server,
 )
@@ -84,6 +86,8 @@ def test_duplicate_documents_are_each_scored(client: RerankClient) -> None:
         ({"model": "no-such-model"}, "model"),
         ({"top_k": 0}, "top_k"),
         ({"top_k": -5}, "top_k"),
+        ({"instruction": "Judge relevance"}, "instruction"),
+        ({"instruction": ""}, "instruction"),
     ],
 )
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(
@@ -131,6 +135,16 @@ def test_list_models(client: RerankClient) -> None:
             precision,
             is_default,
         ), name
+    # Family (the checkpoints' model_type), scoring and runtime, as each was built.
+    described = {
+        name: (m.family, m.scoring, m.runtime, m.takes_instruction) for name, m in models.items()
+    }
+    assert described[DEFAULT_MODEL_NAME] == ("bert", "cosine", "onnx", False)
+    assert described[DEFAULT_TORCH] == ("bert", "cosine", "torch", False)
+    assert described[CROSS_ENCODER] == ("bert", "sigmoid", "onnx", False)
+    assert described[CROSS_ENCODER_TORCH] == ("bert", "sigmoid", "torch", False)
+    assert described[DEBERTA] == ("deberta-v2", "sigmoid", "onnx", False)
+    assert described[JINA] == ("bert", "sigmoid", "onnx", False)
 
 
 def test_health_and_reflection(server: Server) -> None:

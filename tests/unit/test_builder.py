@@ -181,7 +181,10 @@ def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> 
         num_attention_heads=2,
         num_key_value_heads=1,
     )
-    LlamaForCausalLM(llama).save_pretrained(tmp_path / "causal")
-    with pytest.raises(BuildError, match=r"causal language model \(LlamaForCausalLM\)"):
-        build(str(tmp_path / "causal"), BuildOptions(name="m"), tmp_path / "repo")
+    # A causal LM whose vocabulary has no "yes"/"no" and no LogitScore module naming others.
+    causal = _tiny_checkpoint(tmp_path / "causal")
+    (causal / "model.safetensors").unlink()
+    LlamaForCausalLM(llama).save_pretrained(causal)
+    with pytest.raises(BuildError, match=r"no 'yes' token.*LogitScore"):
+        build(str(causal), BuildOptions(name="m"), tmp_path / "repo")
     assert not (tmp_path / "repo").exists()

@@ -153,6 +153,14 @@ async def test_chunked_documents_keep_their_best_window() -> None:
             "exclude each other",
         ),
         (RankCall("q", ["a"], chunking=ChunkingRequest(max_chunks=99)), "max_chunks must be"),
+        (
+            RankCall("q", ["a"], model="cross", instruction="x"),
+            "instruction is not taken by model 'cross'",
+        ),
+        (
+            RankCall("q", ["a"], model="cross", instruction=""),
+            "instruction is not taken by model 'cross'",
+        ),
     ],
 )
 async def test_invalid_calls_are_refused_before_scoring(call: RankCall, message: str) -> None:

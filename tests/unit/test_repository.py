@@ -168,7 +168,14 @@ def test_torch_cpu_encoder_keeps_the_cpu_batching_in_fp32(tmp_path: Path) -> Non
     assert (tmp_path / "m__encoder" / "1" / "model.py").exists()
 
 
-def test_describe_round_trips_the_runtime() -> None:
-    for model in (TORCH_GPU_MODEL, replace(MODEL, runtime=EncoderRuntime.TORCH)):
+def test_describe_round_trips_the_runtime_and_family() -> None:
+    models = (TORCH_GPU_MODEL, replace(MODEL, runtime=EncoderRuntime.TORCH, family="deberta-v2"))
+    for model in models:
         described = describe(_parsed(ensemble_config(model)))
         assert described == model and described.runtime is EncoderRuntime.TORCH
+
+
+def test_scoring_names_how_the_default_score_is_made() -> None:
+    assert MODEL.scoring == "sigmoid"
+    assert replace(MODEL, activation="none").scoring == "logit"
+    assert replace(MODEL, kind=ModelKind.BI_ENCODER, activation="none").scoring == "cosine"

@@ -10,9 +10,11 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from reranker.tokenization import (
+    Overflow,
     PairMode,
     PairTokenizer,
     PairTokenizerConfig,
+    TruncationOptions,
     padded_length,
     parse_buckets,
 )
@@ -89,3 +91,68 @@ def test_buckets() -> None:
     assert padded_length(17, (16, 64)) == 64
     assert padded_length(65, (16, 64)) == 65
     assert padded_length(7, ()) == 7
+
+
+def _word_tokenizer(words: list[str]) -> Tokenizer:
+    """A whitespace word-level tokenizer: token ids are positions in ``words``."""
+    from tokenizers import models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="?"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer
+
+
+PROMPT_WORDS = ["?", "<s>", "Q:", "D:", "I:", "</s>", "go", "a", "b", "c", "d", "e", "f", "be", "x"]
+
+
+def _ids(text: str) -> list[int]:
+    return [PROMPT_WORDS.index(word) for word in text.split(" ")]
+
+
+def _prompt_tokenizer(max_length: int) -> PairTokenizer:
+    from reranker.tokenization import PromptLayout, PromptTemplate
+
+    closing = (PROMPT_WORDS.index("</s>"), PROMPT_WORDS.index("go"))
+    template = PromptTemplate(
+        default=PromptLayout(("query", "document"), ("<s> Q: ", " D: ", " </s> go"), closing),
+        instructed=PromptLayout(
+            ("instruction", "query", "document"), ("<s> I: ", " Q: ", " D: ", " </s> go"), closing
+        ),
+    )
+    config = PairTokenizerConfig(max_length, PairMode.PROMPT, 1000, prompt=template)
+    return PairTokenizer(_word_tokenizer(PROMPT_WORDS), config)
+
+
+def test_a_prompt_row_is_the_rendered_template_tokenized_whole() -> None:
+    (row,) = _prompt_tokenizer(32).tokenize(["a b"], ["c d"])
+    assert row.ids == _ids("<s> Q: a b D: c d </s> go")
+    assert row.type_ids == [0] * len(row.ids)
+    (instructed,) = _prompt_tokenizer(32).tokenize(
+        ["a"], ["c"], TruncationOptions(instruction="be x")
+    )
+    assert instructed.ids == _ids("<s> I: be x Q: a D: c </s> go")
+
+
+def test_a_long_prompt_row_keeps_its_start_and_gets_its_closing_tokens_back() -> None:
+    (row,) = _prompt_tokenizer(8).tokenize(["a"], ["b c d e f"])
+    # "<s> Q: a D: b c d e f </s> go" cut to 8 tokens, the last two replaced by "</s> go".
+    assert row.ids == _ids("<s> Q: a D: b c </s> go")
+    with pytest.raises(Overflow):
+        _prompt_tokenizer(8).tokenize(["a"], ["b c d e f"], TruncationOptions(refuse=True))
+    (capped,) = _prompt_tokenizer(32).tokenize(
+        ["a"], ["b c d e f"], TruncationOptions(max_document_tokens=2)
+    )
+    assert capped.ids == _ids("<s> Q: a D: b c </s> go")
+
+
+def test_a_prompt_without_an_instruction_slot_refuses_an_instruction() -> None:
+    from dataclasses import replace
+
+    tokenizer = _prompt_tokenizer(32)
+    config = tokenizer._config
+    assert config.prompt is not None
+    no_slot = replace(config, prompt=replace(config.prompt, instructed=None))
+    with pytest.raises(ValueError, match="takes none"):
+        PairTokenizer(_word_tokenizer(PROMPT_WORDS), no_slot).tokenize(
+            ["a"], ["c"], TruncationOptions(instruction="be")
+        )

@@ -18,6 +18,7 @@ from reranker.tokenization import (
     PairMode,
     PairTokenizer,
     PairTokenizerConfig,
+    PromptTemplate,
     TruncationOptions,
     parse_buckets,
 )
@@ -39,11 +40,17 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         max_length = int(model.parameter("max_length"))
+        pair_mode = PairMode(model.parameter("pair_mode"))
+        prompt = None
+        if pair_mode is PairMode.PROMPT:
+            prompt_path = model.version_dir / model.parameter("prompt_file")
+            prompt = PromptTemplate.from_json(json.loads(prompt_path.read_text()))
         config = PairTokenizerConfig(
             max_length=max_length,
-            pair_mode=PairMode(model.parameter("pair_mode")),
+            pair_mode=pair_mode,
             max_chars=int(model.parameter("max_chars", str(max_chars(max_length)))),
             length_buckets=parse_buckets(model.parameter("length_buckets", "")),
+            prompt=prompt,
         )
         path = model.version_dir / model.parameter("tokenizer_file", "tokenizer.json")
         self._tokenizer = PairTokenizer.from_file(str(path), config)

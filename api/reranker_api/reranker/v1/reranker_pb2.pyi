@@ -18,15 +18,17 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
     MODEL_KIND_CROSS_ENCODER: _ClassVar[ModelKind]
     MODEL_KIND_BI_ENCODER: _ClassVar[ModelKind]
+    MODEL_KIND_CAUSAL_LM: _ClassVar[ModelKind]
 TRUNCATION_UNSPECIFIED: Truncation
 TRUNCATION_LONGEST_FIRST: Truncation
 TRUNCATION_REFUSE: Truncation
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_CROSS_ENCODER: ModelKind
 MODEL_KIND_BI_ENCODER: ModelKind
+MODEL_KIND_CAUSAL_LM: ModelKind
 
 class RankRequest(_message.Message):
-    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking")
+    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking", "instruction")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +38,7 @@ class RankRequest(_message.Message):
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -45,7 +48,8 @@ class RankRequest(_message.Message):
     truncation: Truncation
     max_document_tokens: int
     chunking: Chunking
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ..., truncation: _Optional[_Union[Truncation, str]] = ..., max_document_tokens: _Optional[int] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
+    instruction: str
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ..., truncation: _Optional[_Union[Truncation, str]] = ..., max_document_tokens: _Optional[int] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class Chunking(_message.Message):
     __slots__ = ("enabled", "overlap_tokens", "max_chunks")
@@ -94,20 +98,28 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "max_length", "is_default", "architecture", "precision")
+    __slots__ = ("name", "kind", "max_length", "is_default", "architecture", "precision", "family", "scoring", "takes_instruction", "runtime")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
+    TAKES_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     max_length: int
     is_default: bool
     architecture: str
     precision: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+    family: str
+    scoring: str
+    takes_instruction: bool
+    runtime: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., family: _Optional[str] = ..., scoring: _Optional[str] = ..., takes_instruction: bool = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -1,0 +1,132 @@
+"""Causal-LM rerankers end to end: a Qwen3-Reranker layout (instruction slot, yes/no) and an
+mxbai-rerank-v2 layout (Qwen2, no instruction, "1"/"0" named by its LogitScore module), each
+seeded and built here, built by the real builder, served through Triton and matched against
+``CrossEncoder.predict`` on the same directory, with and without an instruction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reranker_client import AsyncRerankClient, InvalidArgumentError, RerankClient
+from sentence_transformers import CrossEncoder
+
+from reranker.builder import BuildOptions, build
+from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker
+from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.test_parity import PAIRS, TOLERANCE, assert_parity
+from tests.texts import varied_pairs
+
+INSTRUCTION = "Given a question about literature or science, find the passage that answers it"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("causal")
+    return {"qwen3": qwen3_reranker(root / "qwen3"), "mxbai-v2": mxbai_v2_reranker(root / "mxbai")}
+
+
+@pytest.fixture(scope="module")
+def causal_server(
+    checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    repository = tmp_path_factory.mktemp("causal_repository")
+    for name, checkpoint in checkpoints.items():
+        build(str(checkpoint), BuildOptions(name=name), repository)
+    server = start_server(repository, tmp_path_factory.mktemp("causal_server"), "qwen3")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def served(server: Server, model: str, instruction: str | None = None) -> np.ndarray:
+    scores = np.empty(len(PAIRS))
+    by_query: dict[str, list[int]] = {}
+    for i, (query, _) in enumerate(PAIRS):
+        by_query.setdefault(query, []).append(i)
+    with RerankClient(server.address, timeout=120) as client:
+        for query, rows in by_query.items():
+            docs = [PAIRS[i][1] for i in rows]
+            for result in client.rank(query, docs, model=model, instruction=instruction):
+                scores[rows[result["corpus_id"]]] = result["score"]
+    return scores
+
+
+@pytest.mark.parametrize(
+    ("model", "instruction"),
+    [("qwen3", None), ("qwen3", INSTRUCTION), ("mxbai-v2", None)],
+)
+def test_causal_rerankers_match_cross_encoder(
+    causal_server: Server,
+    checkpoints: dict[str, Path],
+    model: str,
+    instruction: str | None,
+) -> None:
+    cross_encoder = CrossEncoder(str(checkpoints[model]), device="cpu")
+    pairs = [list(p) for p in PAIRS]
+    if instruction is None:
+        reference = cross_encoder.predict(pairs, batch_size=16)
+    else:
+        reference = cross_encoder.predict(pairs, batch_size=16, prompt=instruction)
+    assert reference.std() > 0.01, "the seeded model should spread scores"
+    assert_parity(served(causal_server, model, instruction), reference.astype(np.float64))
+
+
+def test_the_instruction_changes_the_scores_and_past_max_length_pairs_are_served(
+    causal_server: Server, checkpoints: dict[str, Path]
+) -> None:
+    from transformers import AutoTokenizer
+
+    default, instructed = (
+        served(causal_server, "qwen3"),
+        served(causal_server, "qwen3", INSTRUCTION),
+    )
+    assert np.abs(default - instructed).max() > 100 * TOLERANCE
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["qwen3"])
+    lengths = [len(tokenizer(q + d)["input_ids"]) for q, d in PAIRS]
+    assert sum(length > tokenizer.model_max_length for length in lengths) >= 10
+
+
+@pytest.mark.parametrize("model", ["qwen3", "mxbai-v2"])
+async def test_a_causal_row_scores_alike_alone_and_in_a_merged_batch(
+    causal_server: Server, model: str
+) -> None:
+    pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
+    others = [d for _, d in varied_pairs(40)]
+    async with AsyncRerankClient(causal_server.address, timeout=120) as client:
+        (alone,) = await client.rank(pair[0], [pair[1]], model=model, raw_scores=True)
+        results = await asyncio.gather(
+            *(
+                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=model, raw_scores=True)
+                for i in range(0, 40, 8)
+            )
+        )
+    for result in results:
+        merged = next(r for r in result if r["corpus_id"] == 0)
+        assert abs(merged["score"] - alone["score"]) <= 1e-6
+
+
+def test_list_models_describes_causal_rerankers(causal_server: Server) -> None:
+    with RerankClient(causal_server.address) as client:
+        models = {m.name: m for m in client.models()}
+    described = {
+        name: (m.kind, m.architecture, m.family, m.scoring, m.takes_instruction)
+        for name, m in models.items()
+    }
+    assert described == {
+        "qwen3": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", True),
+        "mxbai-v2": ("causal-lm", "Qwen2ForCausalLM", "qwen2", "logit-diff", False),
+    }
+
+
+def test_refusals_for_causal_rerankers(causal_server: Server) -> None:
+    with RerankClient(causal_server.address) as client:
+        with pytest.raises(InvalidArgumentError, match="instruction is not taken"):
+            client.rank("q", ["d"], model="mxbai-v2", instruction="Judge")
+        with pytest.raises(InvalidArgumentError, match="chunking is not offered"):
+            client.rank("q", ["d"], model="qwen3", chunking=True)
+        assert len(client.rank("q", ["still serving"], model="mxbai-v2")) == 1
