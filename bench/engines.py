@@ -22,6 +22,7 @@ from workloads import QUERY, long_documents
 ROOT = Path(__file__).resolve().parents[1]
 # The server launcher and the seeded checkpoints are the test suite's (tests/).
 sys.path.insert(0, str(ROOT))
+from reranker.triton_server import dies_with_parent  # noqa: E402
 from tests.launcher import Server, free_port, start_server  # noqa: E402
 
 SORTED_BATCH = 16
@@ -56,6 +57,53 @@ def graph_engines(
         return scores
 
     return {"naive": naive, "sorted": length_sorted}
+
+
+def prompt_sorted(runner: Any, tokenizer: Any, documents: list[str]) -> Callable[[], object]:
+    """In-process length-sorted batches of a causal-LM reranker's graph, its pairs rendered
+    into the model's prompt by the same tokenizer the tokenizer model runs."""
+    names = runner.input_names
+
+    def length_sorted() -> object:
+        rows = tokenizer.tokenize([QUERY] * len(documents), documents)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+        scores = np.empty(len(documents), dtype=np.float32)
+        for start in range(0, len(order), SORTED_BATCH):
+            chosen = order[start : start + SORTED_BATCH]
+            batch = tokenizer.pad([rows[i] for i in chosen])
+            scores[chosen] = runner.run({n: batch[n] for n in names})
+        return scores
+
+    return length_sorted
+
+
+def causal_cases(
+    repository: Path, checkpoint: Path, client: Any, runner: Any, documents: list[str]
+) -> list[Case]:
+    """The causal-LM row (Qwen3-Reranker shape, workload b): CrossEncoder on the checkpoint,
+    ONNX Runtime sorted in-process on the served graph, and this server at concurrency 4."""
+    from sentence_transformers import CrossEncoder
+
+    from reranker.tokenization import (
+        PairMode,
+        PairTokenizer,
+        PairTokenizerConfig,
+        PromptTemplate,
+    )
+
+    tokenizer_dir = repository / "qwen3__tokenizer" / "1"
+    prompt = PromptTemplate.from_json(json.loads((tokenizer_dir / "prompt.json").read_text()))
+    config = PairTokenizerConfig(512, PairMode.PROMPT, 512 * 16, prompt=prompt)
+    tokenizer = PairTokenizer.from_file(str(tokenizer_dir / "tokenizer.json"), config)
+    cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
+    n = len(documents)
+    return [
+        Case("CrossEncoder.rank", "qwen3", "b", 1, lambda: cross_encoder.rank(QUERY, documents), n),
+        Case("onnxruntime sorted", "qwen3", "b", 1, prompt_sorted(runner, tokenizer, documents), n),
+        Case(
+            "this server", "qwen3", "b", 4, partial(client.rank, QUERY, documents, model="qwen3"), n
+        ),
+    ]
 
 
 def precision_of(served: str) -> str:
@@ -114,27 +162,30 @@ class Infinity:
     def __init__(self, venv: Path, checkpoint: Path, log: Path, dtype: str = "float32") -> None:
         self.port = free_port()
         with open(log, "wb") as out:
+            # Dies with the benchmark, however the benchmark ends.
             self.process = subprocess.Popen(
-                [
-                    str(venv / "bin" / "infinity_emb"),
-                    "v2",
-                    "--model-id",
-                    str(checkpoint),
-                    "--served-model-name",
-                    "reranker",
-                    "--engine",
-                    "torch",
-                    "--device",
-                    "cpu",
-                    "--port",
-                    str(self.port),
-                    "--host",
-                    "127.0.0.1",
-                    "--batch-size",
-                    "32",
-                    "--dtype",
-                    dtype,
-                ],
+                dies_with_parent(
+                    [
+                        str(venv / "bin" / "infinity_emb"),
+                        "v2",
+                        "--model-id",
+                        str(checkpoint),
+                        "--served-model-name",
+                        "reranker",
+                        "--engine",
+                        "torch",
+                        "--device",
+                        "cpu",
+                        "--port",
+                        str(self.port),
+                        "--host",
+                        "127.0.0.1",
+                        "--batch-size",
+                        "32",
+                        "--dtype",
+                        dtype,
+                    ]
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, HF_HUB_OFFLINE="1", INFINITY_ANONYMOUS_USAGE_STATS="0"),

@@ -144,6 +144,21 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
             1.4,
         ),
     ]
+    causal = find("this server", 4, "qwen3", "b")
+    checks += [
+        (
+            "causal LM (b) c=4 / ORT sorted",
+            throughput(causal, find("onnxruntime sorted", 1, "qwen3", "b")),
+            ">=",
+            0.95,
+        ),
+        (
+            "causal LM (b) c=4 / CrossEncoder",
+            throughput(causal, find("CrossEncoder.rank", 1, "qwen3", "b")),
+            ">=",
+            1.15,
+        ),
+    ]
     for precision, suffix in (("fp32", ""), ("bf16", " bf16")):
         engine = in_process_label(precision)
         checks.append(

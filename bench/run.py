@@ -27,6 +27,7 @@ from engines import (
     ROOT,
     CohereHttp,
     Infinity,
+    causal_cases,
     engines,
     long_context_cases,
     precision_of,
@@ -41,17 +42,24 @@ from workloads import QUERY, WORKLOADS, workload
 
 from tests.launcher import stop_server
 
+# Layers of the causal-LM row's Qwen3-Reranker-0.6B shape: its 28 would take a quarter of an
+# hour a round on this 2-core machine, so the row runs 4 (per-layer cost is what it measures).
+CAUSAL_LAYERS = 4
 
-def build_models(workdir: Path, deberta: bool, bf16: bool) -> Path:
+
+def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) -> Path:
     """The benchmark's repository, built once and reused: the MiniLM cross-encoder in fp32,
     int8 and (where the CPU has native BF16) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1
-    shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16."""
+    shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16; a
+    causal-LM reranker of Qwen3-Reranker-0.6B's shape with ``CAUSAL_LAYERS`` layers."""
     from reranker.builder import BuildOptions, build
     from reranker.precision import Precision
     from tests.checkpoints import (
+        QWEN3_0_6B,
         deberta_v2_cross_encoder,
         jina_bert_like_onnx,
         minilm_cross_encoder,
+        qwen3_reranker,
     )
 
     repository = workdir / "model_repository"
@@ -75,6 +83,10 @@ def build_models(workdir: Path, deberta: bool, bf16: bool) -> Path:
     if not (checkpoints / "jina").is_dir():
         jina_bert_like_onnx(checkpoints / "jina")
     variants("jina", [Precision.FP32, *reduced])
+    if causal:
+        if not (checkpoints / "qwen3").is_dir():
+            qwen3_reranker(checkpoints / "qwen3", layers=CAUSAL_LAYERS, shape=QWEN3_0_6B)
+        variants("qwen3", [Precision.FP32])
     return repository
 
 
@@ -95,6 +107,7 @@ def main() -> int:
         help="MiniLM workloads to measure (default: all)",
     )
     parser.add_argument("--no-long-context", action="store_true")
+    parser.add_argument("--no-causal", action="store_true", help="skip the causal-LM row")
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     args = parser.parse_args()
     if args.show:
@@ -114,7 +127,9 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
     bf16 = has_native_bf16(cpu_flags())
-    repository = build_models(args.workdir, deberta=not args.no_deberta, bf16=bf16)
+    repository = build_models(
+        args.workdir, deberta=not args.no_deberta, bf16=bf16, causal=not args.no_causal
+    )
     models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
     results: list[Result] = []
     lengths: dict[str, dict[str, float]] = {}
@@ -194,6 +209,20 @@ def main() -> int:
                 long_context_cases(repository, client, lc_runners, jina_tokenizer), args.runs
             )
             del lc_runners
+        if not args.no_causal:
+            print(f"{elapsed()} qwen3 (b, causal LM, {CAUSAL_LAYERS} layers)", flush=True)
+            causal_runner = runners("qwen3")["qwen3"]
+            results += interleave(
+                causal_cases(
+                    repository,
+                    args.workdir / "checkpoints" / "qwen3",
+                    client,
+                    causal_runner,
+                    workload("b"),
+                ),
+                args.runs,
+            )
+            del causal_runner
         print(f"{elapsed()} perf_analyzer", flush=True)
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():

@@ -471,27 +471,35 @@ def chat_bpe_tokenizer(
     return tokenizer
 
 
+# Qwen3-Reranker-0.6B's shape (its vocabulary aside): hidden, heads, key-value heads, head
+# width, feed-forward width; 28 layers.
+QWEN3_0_6B = (1024, 16, 8, 128, 3072)
+
+
 def qwen3_reranker(
-    target: Path, layers: int = 2, max_length: int = 512, hidden: int = 64, seed: int = 0
+    target: Path,
+    layers: int = 2,
+    max_length: int = 512,
+    shape: tuple[int, int, int, int, int] = (64, 4, 2, 16, 192),
+    seed: int = 0,
 ) -> Path:
     """A causal-LM reranker laid out as Qwen/Qwen3-Reranker: ``Qwen3ForCausalLM`` (RoPE,
     grouped-query attention, q/k norms, tied embeddings), the chat template above, scored by
-    CrossEncoder as logit("yes") - logit("no") at the last position; small and seeded. With
-    hidden 1024, 28 layers, 16 heads, 8 key-value heads and 3072 it is Qwen3-Reranker-0.6B's
-    shape (with a small vocabulary)."""
+    CrossEncoder as logit("yes") - logit("no") at the last position; seeded, small unless
+    ``shape`` is ``QWEN3_0_6B``."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = chat_bpe_tokenizer(target, QWEN3_RERANKER_TEMPLATE, ("yes", "no"), max_length)
-    heads = max(4, hidden // 64)
+    hidden, heads, kv_heads, head_dim, intermediate = shape
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=hidden * 3,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads // 2,
-        head_dim=hidden // heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
         max_position_embeddings=max(max_length, 1024),
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
