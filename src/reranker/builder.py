@@ -49,7 +49,13 @@ _HUB_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    # Causal-LM rerankers: the prompt, and a sentence-transformers LogitScore module naming
+    # the relevance tokens.
+    "chat_template.jinja",
+    "modules.json",
 )
+# The ONNX export a build serves from a directory or hub repository publishing several.
+DEFAULT_ONNX_FILE = "model.onnx"
 
 
 class BuildError(Exception):
@@ -66,6 +72,8 @@ class BuildOptions:
     precision: Precision = Precision.FP32
     device: Device = Device.CPU
     runtime: EncoderRuntime = EncoderRuntime.ONNX
+    # Which of a source's ONNX exports to serve (``onnx/model_quantized.onnx`` and the like).
+    onnx_file: str = DEFAULT_ONNX_FILE
 
 
 @contextmanager
@@ -196,15 +204,17 @@ def _install(
     options: BuildOptions,
     repository: Path,
     prompt: PromptTemplate | None = None,
+    published: str | None = None,
 ) -> ServedModel:
     """Puts an fp32 graph (or its reduced-precision variant, with an accuracy report) and
-    the tokenizer into the repository, and writes the configurations."""
+    the tokenizer into the repository, and writes the configurations. ``published`` is the
+    precision of a graph its publisher already reduced: it is served as it is."""
     token_inputs, graph_output = _graph_signature(graph)
     model = replace(
         model,
         token_inputs=token_inputs,
         graph_output=graph_output,
-        precision=options.precision.value,
+        precision=published or options.precision.value,
         device=options.device,
     )
     target = onnx_path(model, repository)
@@ -215,7 +225,11 @@ def _install(
     # On GPU the fp32 graph is served and TensorRT builds fp16 engines from it on the GPU
     # (its accuracy can only be measured there). bf16 serves the fp32 graph too: OpenVINO
     # converts it when it loads it.
-    if options.precision in (Precision.FP32, Precision.BF16) or options.device is Device.GPU:
+    if (
+        published
+        or options.precision in (Precision.FP32, Precision.BF16)
+        or options.device is Device.GPU
+    ):
         shutil.copyfile(graph, target)
         external = graph.with_name(graph.name + "_data")
         if external.is_file():
@@ -223,7 +237,7 @@ def _install(
     else:
         with step(f"converting to {options.precision.value}"):
             reduce_precision(graph, target, options.precision)
-    if options.precision is not Precision.FP32 and options.device is Device.CPU:
+    if not published and options.precision is not Precision.FP32 and options.device is Device.CPU:
         with step(f"measuring {options.precision.value} against fp32 on real-text pairs"):
             report = write_accuracy_report(
                 graph, target, _pair_tokenizer(tokenizer, model, prompt), options.precision
@@ -422,8 +436,10 @@ def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> Se
             f"{source} holds an ONNX export; the torch runtime serves a checkpoint "
             "(config.json and weights): build from one, or use --runtime onnx"
         )
-    graph = _onnx_file(source)
-    assert graph is not None
+    graph = _onnx_file(source, options.onnx_file)
+    if graph is None:
+        exports = sorted(p.name for p in (*source.glob("*.onnx"), *source.glob("onnx/*.onnx")))
+        raise BuildError(f"{source} holds no {options.onnx_file}; it has {exports}")
     metadata_dirs = [source] if graph.parent == source else [graph.parent, source]
     tokenizer_file = next(
         (d / "tokenizer.json" for d in metadata_dirs if (d / "tokenizer.json").is_file()), None
@@ -441,20 +457,45 @@ def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> Se
         max_batch_size=options.max_batch_size,
         family=str(config.get("model_type", "")),
     )
+    published = published_precision(graph.name)
+    if published != Precision.FP32.value and options.precision is not Precision.FP32:
+        raise BuildError(
+            f"{graph.name} is already reduced ({published}); serve it as it is (no --precision) "
+            "or reduce the fp32 model.onnx instead"
+        )
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
     with step(f"installing {graph}"):
-        return _install(model, Tokenizer.from_file(str(tokenizer_file)), graph, options, repository)
+        reduced = published if published != Precision.FP32.value else None
+        return _install(model, tokenizer, graph, options, repository, published=reduced)
 
 
-def _onnx_file(directory: Path) -> Path | None:
-    for candidate in (directory / "model.onnx", directory / "onnx" / "model.onnx"):
+def published_precision(onnx_file: str) -> str:
+    """The precision a hub ONNX export's file name says it has (``model_fp16.onnx``,
+    ``model_quantized.onnx``, ``model_q4.onnx``, ...); fp32 when it says none."""
+    stem = onnx_file.lower().removesuffix(".onnx")
+    for marks, precision in (
+        (("fp16", "f16"), "fp16"),
+        (("q4", "int4", "bnb4"), "int4"),
+        (("quantized", "int8", "uint8", "q8"), "int8"),
+    ):
+        if any(mark in stem for mark in marks):
+            return precision
+    return Precision.FP32.value
+
+
+def _onnx_file(directory: Path, name: str = DEFAULT_ONNX_FILE) -> Path | None:
+    for candidate in (directory / name, directory / "onnx" / name):
         if candidate.is_file():
             return candidate
     return None
 
 
-def download(model_id: str, cache_dir: Path | None, onnx: bool = True) -> Path:
-    """(c) Downloads what serving needs from the hub (an ONNX export where it publishes one
-    and ``onnx`` is set, else the weights); fails at once when it is unreachable."""
+def download(
+    model_id: str, cache_dir: Path | None, onnx: bool = True, onnx_file: str = DEFAULT_ONNX_FILE
+) -> Path:
+    """(c) Downloads what serving needs from the hub (the ONNX export ``onnx_file`` where it
+    publishes it and ``onnx`` is set, else the weights); fails at once when it is
+    unreachable."""
     try:
         from huggingface_hub import constants, list_repo_files, snapshot_download
 
@@ -462,12 +503,18 @@ def download(model_id: str, cache_dir: Path | None, onnx: bool = True) -> Path:
         with step(f"listing {model_id} on the Hugging Face hub"):
             files = set(list_repo_files(model_id))
         patterns = [f for f in _HUB_FILES if f in files]
-        if onnx and "onnx/model.onnx" in files:
-            patterns += ["onnx/model.onnx", "onnx/model.onnx_data"]
+        patterns += [f for f in files if f.endswith("LogitScore/config.json")]
+        if onnx and f"onnx/{onnx_file}" in files:
+            patterns += [f"onnx/{onnx_file}", f"onnx/{onnx_file}_data"]
+        elif onnx and onnx_file != DEFAULT_ONNX_FILE:
+            published = sorted(f for f in files if f.startswith("onnx/") and f.endswith(".onnx"))
+            raise BuildError(f"{model_id} publishes no onnx/{onnx_file}; it has {published}")
         else:
             patterns += ["*.safetensors", "vocab.txt", "*.model", "merges.txt", "vocab.json"]
         with step(f"downloading {model_id}"):
             return Path(snapshot_download(model_id, allow_patterns=patterns, cache_dir=cache_dir))
+    except BuildError:
+        raise
     except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
         raise BuildError(
             f"cannot download {model_id!r} from the Hugging Face hub ({type(error).__name__}: "
@@ -493,11 +540,19 @@ def build(
     if not path.exists():
         if source.startswith((".", "/")) or source.count("/") != 1:
             raise BuildError(f"{source} is neither a local directory nor a hub id (org/name)")
-        path = download(source, cache_dir, onnx=options.runtime is EncoderRuntime.ONNX)
+        path = download(
+            source,
+            cache_dir,
+            onnx=options.runtime is EncoderRuntime.ONNX,
+            onnx_file=options.onnx_file,
+        )
     if not path.is_dir():
         raise BuildError(f"{source} is not a directory")
+    if options.onnx_file != DEFAULT_ONNX_FILE and _onnx_file(path, options.onnx_file) is None:
+        exports = sorted(p.name for p in (*path.glob("*.onnx"), *path.glob("onnx/*.onnx")))
+        raise BuildError(f"{source} holds no {options.onnx_file}; it has {exports}")
     torch_checkpoint = options.runtime is EncoderRuntime.TORCH and (path / "config.json").is_file()
-    if _onnx_file(path) is not None and not torch_checkpoint:
+    if _onnx_file(path, options.onnx_file) is not None and not torch_checkpoint:
         return build_from_onnx(path, options, repository)
     if (path / "config.json").is_file():
         return build_from_checkpoint(path, options, repository)

@@ -160,6 +160,7 @@ def _build(args: argparse.Namespace) -> int:
         precision=Precision(precision),
         device=Device(device),
         runtime=EncoderRuntime(runtime),
+        onnx_file=args.onnx_file,
     )
     print(f"building {name} into {args.repository}", file=sys.stderr)
     try:
@@ -253,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "onnxruntime_onnx platform with TensorRT (NGC Triton; fp16 with --precision fp16, "
         "length buckets), or with --runtime torch the checkpoint under PyTorch on the GPU; "
         "auto: gpu with the torch runtime when PyTorch sees a GPU, else cpu",
+    )
+    build_parser.add_argument(
+        "--onnx-file",
+        default="model.onnx",
+        help="which ONNX export of the source to serve, where it publishes several "
+        "(onnx/model_fp16.onnx, onnx/model_quantized.onnx, ...); served as it is",
     )
     build_parser.add_argument(
         "--runtime",

@@ -206,3 +206,25 @@ def gone(pid: int) -> bool:
 def triton_pid(server: Server) -> int:
     (pid,) = [p for p in children(server.process.pid) if "tritonserver" in cmdline(p)]
     return pid
+
+
+async def alone_and_merged(server: Server, model: str) -> tuple[float, list[float]]:
+    """One pair's raw score scored alone, and inside each of five concurrent calls that hold
+    rows of other lengths (Triton merges them into the same executions): where left or right
+    padding bugs and batch-dependent kernels show."""
+    from reranker_client import AsyncRerankClient
+
+    from tests.texts import varied_pairs
+
+    pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
+    others = [d for _, d in varied_pairs(40)]
+    async with AsyncRerankClient(server.address, timeout=120) as client:
+        (alone,) = await client.rank(pair[0], [pair[1]], model=model, raw_scores=True)
+        results = await asyncio.gather(
+            *(
+                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=model, raw_scores=True)
+                for i in range(0, 40, 8)
+            )
+        )
+    merged = [next(r for r in result if r["corpus_id"] == 0)["score"] for result in results]
+    return alone["score"], merged

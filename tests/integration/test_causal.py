@@ -5,20 +5,18 @@ seeded and built here, built by the real builder, served through Triton and matc
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from reranker_client import AsyncRerankClient, InvalidArgumentError, RerankClient
+from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
 from reranker.builder import BuildOptions, build
 from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import Server, alone_and_merged, start_server, stop_server
 from tests.integration.test_parity import PAIRS, TOLERANCE, assert_parity
-from tests.texts import varied_pairs
 
 INSTRUCTION = "Given a question about literature or science, find the passage that answers it"
 
@@ -95,19 +93,8 @@ def test_the_instruction_changes_the_scores_and_past_max_length_pairs_are_served
 async def test_a_causal_row_scores_alike_alone_and_in_a_merged_batch(
     causal_server: Server, model: str
 ) -> None:
-    pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
-    others = [d for _, d in varied_pairs(40)]
-    async with AsyncRerankClient(causal_server.address, timeout=120) as client:
-        (alone,) = await client.rank(pair[0], [pair[1]], model=model, raw_scores=True)
-        results = await asyncio.gather(
-            *(
-                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=model, raw_scores=True)
-                for i in range(0, 40, 8)
-            )
-        )
-    for result in results:
-        merged = next(r for r in result if r["corpus_id"] == 0)
-        assert abs(merged["score"] - alone["score"]) <= 1e-6
+    alone, merged = await alone_and_merged(causal_server, model)
+    assert max(abs(score - alone) for score in merged) <= 1e-6
 
 
 def test_list_models_describes_causal_rerankers(causal_server: Server) -> None:

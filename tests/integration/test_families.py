@@ -5,14 +5,13 @@ matched against ``CrossEncoder.predict`` on the same directory."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from reranker_client import AsyncRerankClient, RerankClient
+from reranker_client import RerankClient
 from sentence_transformers import CrossEncoder
 
 from reranker.builder import BuildOptions, build
@@ -22,9 +21,8 @@ from tests.checkpoints import (
     modernbert_cross_encoder,
     xlm_roberta_cross_encoder,
 )
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import Server, alone_and_merged, start_server, stop_server
 from tests.integration.test_parity import PAIRS, assert_parity, served_scores
-from tests.texts import varied_pairs
 
 FAMILIES: dict[str, Callable[[Path], Path]] = {
     "xlm-roberta": xlm_roberta_cross_encoder,
@@ -80,19 +78,8 @@ def test_modernbert_pairs_run_past_its_local_attention_window(
 async def test_each_family_scores_a_row_alike_alone_and_in_a_merged_batch(
     family_server: Server, family: str
 ) -> None:
-    pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
-    others = [d for _, d in varied_pairs(40)]
-    async with AsyncRerankClient(family_server.address, timeout=120) as client:
-        (alone,) = await client.rank(pair[0], [pair[1]], model=family, raw_scores=True)
-        results = await asyncio.gather(
-            *(
-                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=family, raw_scores=True)
-                for i in range(0, 40, 8)
-            )
-        )
-    for result in results:
-        merged = next(r for r in result if r["corpus_id"] == 0)
-        assert abs(merged["score"] - alone["score"]) <= 1e-6
+    alone, merged = await alone_and_merged(family_server, family)
+    assert max(abs(score - alone) for score in merged) <= 1e-6
 
 
 def test_list_models_names_each_family_architecture(family_server: Server) -> None:

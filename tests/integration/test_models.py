@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     DEFAULT_TORCH,
     JINA,
     Server,
+    alone_and_merged,
     needs_bf16,
 )
 from tests.integration.test_parity import jina_reference
@@ -137,20 +138,8 @@ def test_bf16_accuracy_report_meets_its_bounds_and_ranks_sensibly(
 async def test_a_row_scores_alike_alone_and_in_a_merged_batch(
     server: Server, model: str, tolerance: float
 ) -> None:
-    pair = ("where do rivers end", "Rivers flow downhill until they reach a lake or the sea.")
-    others = [d for _, d in varied_pairs(40)]
-    async with AsyncRerankClient(server.address, timeout=120) as client:
-        (alone,) = await client.rank(pair[0], [pair[1]], model=model, raw_scores=True)
-        # Concurrent calls of other lengths: Triton merges them into the same executions.
-        results = await asyncio.gather(
-            *(
-                client.rank(pair[0], [pair[1], *others[i : i + 8]], model=model, raw_scores=True)
-                for i in range(0, 40, 8)
-            )
-        )
-    for result in results:
-        merged = next(r for r in result if r["corpus_id"] == 0)
-        assert abs(merged["score"] - alone["score"]) <= tolerance
+    alone, merged = await alone_and_merged(server, model)
+    assert max(abs(score - alone) for score in merged) <= tolerance
 
 
 async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> None:

@@ -188,3 +188,36 @@ def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> 
     with pytest.raises(BuildError, match=r"no 'yes' token.*LogitScore"):
         build(str(causal), BuildOptions(name="m"), tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_onnx_file_picks_one_of_the_exports_a_source_publishes(tmp_path: Path) -> None:
+    import shutil
+
+    from reranker.precision import Precision, reduce_precision
+    from reranker.repository import onnx_path
+
+    checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
+    exported = build(str(checkpoint), BuildOptions(name="m"), tmp_path / "first")
+    graph = onnx_path(exported, tmp_path / "first")
+    # Laid out as a hub repository publishing an fp32 and a quantized export.
+    source = tmp_path / "published"
+    (source / "onnx").mkdir(parents=True)
+    shutil.copyfile(graph, source / "onnx" / "model.onnx")
+    reduce_precision(graph, source / "onnx" / "model_quantized.onnx", Precision.INT8)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(checkpoint / name, source / name)
+
+    chosen = BuildOptions(name="q", onnx_file="model_quantized.onnx")
+    quantized = build(str(source), chosen, tmp_path / "repo")
+    served = onnx_path(quantized, tmp_path / "repo").read_bytes()
+    assert served == (source / "onnx" / "model_quantized.onnx").read_bytes()
+    assert quantized.precision == "int8"
+    default = build(str(source), BuildOptions(name="d"), tmp_path / "repo")
+    assert onnx_path(default, tmp_path / "repo").read_bytes() == graph.read_bytes()
+    assert default.precision == "fp32"
+    with pytest.raises(
+        BuildError, match=r"no model_fp16\.onnx; it has \['model\.onnx', 'model_quantized"
+    ):
+        build(str(source), BuildOptions(name="x", onnx_file="model_fp16.onnx"), tmp_path / "repo")
+    with pytest.raises(BuildError, match=r"already reduced \(int8\)"):
+        build(str(source), replace(chosen, precision=Precision.INT8), tmp_path / "repo")
