@@ -243,13 +243,7 @@ def _install(
                 graph, target, _pair_tokenizer(tokenizer, model, prompt), options.precision
             )
         print(f"  accuracy: {json.dumps(report)}", file=sys.stderr)
-    path = tokenizer_path(model, repository)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path))
-    prompt_file = path.with_name(PROMPT_FILE)
-    prompt_file.unlink(missing_ok=True)
-    if prompt is not None:
-        prompt_file.write_text(json.dumps(prompt.to_json(), indent=1) + "\n")
+    _write_tokenizer(model, tokenizer, prompt, repository)
     write_configs(model, repository)
     return model
 
@@ -272,6 +266,7 @@ def _install_checkpoint(
     inputs: tuple[str, ...],
     options: BuildOptions,
     repository: Path,
+    prompt: PromptTemplate | None = None,
 ) -> ServedModel:
     """Puts the checkpoint itself beside the PyTorch encoder, checks that what the runtime
     loads from there scores as ``reference`` (the module the build loaded) does, and writes
@@ -299,10 +294,13 @@ def _install_checkpoint(
         for pattern in _CHECKPOINT_FILES:
             for file in source.glob(pattern):
                 shutil.copyfile(file, target / file.name)
-    batch = sample_batch(_pair_tokenizer(tokenizer, model))
+    batch = sample_batch(_pair_tokenizer(tokenizer, model, prompt))
     feeds = {name: batch[name] for name in inputs}
     runner = TorchRunner(
-        target, bi_encoder=model.kind is ModelKind.BI_ENCODER, input_names=list(inputs)
+        target,
+        bi_encoder=model.kind is ModelKind.BI_ENCODER,
+        input_names=list(inputs),
+        relevance=model.relevance_tokens,
     )
     with torch.no_grad():
         expected = reference(**{k: torch.from_numpy(v) for k, v in feeds.items()})
@@ -310,11 +308,22 @@ def _install_checkpoint(
     print(f"  load check: max |served - checkpoint| = {error:.2e}", file=sys.stderr)
     if error > EXPORT_TOLERANCE:
         raise BuildError(f"the copied checkpoint scores differently ({error:.2e})")
+    _write_tokenizer(model, tokenizer, prompt, repository)
+    write_configs(model, repository)
+    return model
+
+
+def _write_tokenizer(
+    model: ServedModel, tokenizer: Tokenizer, prompt: PromptTemplate | None, repository: Path
+) -> None:
+    """The tokenizer model's files: ``tokenizer.json``, and a causal LM's ``prompt.json``."""
     path = tokenizer_path(model, repository)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))
-    write_configs(model, repository)
-    return model
+    prompt_file = path.with_name(PROMPT_FILE)
+    prompt_file.unlink(missing_ok=True)
+    if prompt is not None:
+        prompt_file.write_text(json.dumps(prompt.to_json(), indent=1) + "\n")
 
 
 def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path) -> ServedModel:

@@ -192,6 +192,7 @@ def build_causal_lm(
         _architecture,
         _check_export,
         _install,
+        _install_checkpoint,
         _max_length,
         _pair_tokenizer,
         step,
@@ -200,10 +201,6 @@ def build_causal_lm(
     from reranker.repository import EncoderRuntime
 
     architecture = _architecture(config, "")
-    if options.runtime is EncoderRuntime.TORCH:
-        raise BuildError(
-            f"{architecture}: causal-LM rerankers are served through ONNX (--runtime onnx)"
-        )
     if config.get("final_logit_softcapping"):
         raise BuildError(
             f"{architecture} caps its logits (final_logit_softcapping): the difference of two "
@@ -224,6 +221,7 @@ def build_causal_lm(
         max_batch_size=options.max_batch_size,
         family=str(config.get("model_type", "")),
         instruction=prompt.takes_instruction,
+        relevance_tokens=(true_id, false_id),
     )
     print(
         f"  relevance tokens: {hf_tokenizer.convert_ids_to_tokens(true_id)!r} ({true_id}) less "
@@ -232,6 +230,14 @@ def build_causal_lm(
         file=sys.stderr,
     )
     tokenizer = hf_tokenizer.backend_tokenizer
+    if options.runtime is EncoderRuntime.TORCH:
+
+        def reference(**feeds: Any) -> Any:
+            return reference_scores(network, feeds, true_id, false_id)
+
+        return _install_checkpoint(
+            model, tokenizer, source, reference, model.token_inputs, options, repository, prompt
+        )
     pairs = _pair_tokenizer(tokenizer, model, prompt)
     batch = pairs.pad(
         pairs.tokenize(

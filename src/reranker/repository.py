@@ -86,6 +86,8 @@ class ServedModel:
     family: str = ""
     # Whether the prompt of a causal-LM reranker has a slot for a caller's instruction.
     instruction: bool = False
+    # A causal-LM reranker's (relevant, irrelevant) token ids: what its PyTorch encoder scores.
+    relevance_tokens: tuple[int, int] | None = None
 
     @property
     def takes_instruction(self) -> bool:

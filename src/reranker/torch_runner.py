@@ -38,11 +38,18 @@ class Compile(enum.StrEnum):
     REDUCE_OVERHEAD = "reduce-overhead"
 
 
-def load_scorer(checkpoint: Path, bi_encoder: bool, dtype: torch.dtype) -> torch.nn.Module:
+def load_scorer(
+    checkpoint: Path,
+    bi_encoder: bool,
+    dtype: torch.dtype,
+    relevance: tuple[int, int] | None = None,
+) -> torch.nn.Module:
     """The module that maps token tensors to one raw score per row ``[rows, 1]``: the
-    sequence-classification head of a cross-encoder, or the cosine pair scorer of a bare
-    encoder. Attention is PyTorch's scaled-dot-product kernel where the architecture has it."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    sequence-classification head of a cross-encoder, the cosine pair scorer of a bare
+    encoder, or a causal LM's logit of ``relevance[0]`` less that of ``relevance[1]`` at each
+    row's last real token. Attention is PyTorch's scaled-dot-product kernel where the
+    architecture has it."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     # Loaded in fp32 and cast after: the keyword for a load dtype differs between
     # transformers releases, ``Module.to`` does not.
@@ -52,6 +59,11 @@ def load_scorer(checkpoint: Path, bi_encoder: bool, dtype: torch.dtype) -> torch
         # The pair scorer builds its own block-diagonal attention mask: eager attention.
         bert = AutoModel.from_pretrained(checkpoint, attn_implementation="eager")
         return PairCosineScorer(bert).eval().to(dtype)
+    if relevance is not None:
+        from reranker.causal import relevance_scorer
+
+        network = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa")
+        return relevance_scorer(network.eval().to(dtype), *relevance)
     try:
         network = AutoModelForSequenceClassification.from_pretrained(
             checkpoint, attn_implementation="sdpa"
@@ -85,12 +97,13 @@ class TorchRunner:
         dtype: TorchDtype = TorchDtype.FP32,
         threads: int = 0,
         compile_mode: Compile = Compile.EAGER,
+        relevance: tuple[int, int] | None = None,
     ) -> None:
         if threads > 0 and device == "cpu":
             torch.set_num_threads(threads)
         self._device = torch.device(device)
         self._inputs = list(input_names)
-        scorer = load_scorer(checkpoint, bi_encoder, dtype.torch).to(self._device)
+        scorer = load_scorer(checkpoint, bi_encoder, dtype.torch, relevance).to(self._device)
         self._forward = (
             scorer
             if compile_mode is Compile.EAGER

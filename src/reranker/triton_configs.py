@@ -191,6 +191,7 @@ def torch_encoder_config(
             else tuning.max_rows_per_run,
             "max_tokens_per_run": tuning.torch_gpu_max_tokens_per_run if gpu else 0,
             "run_overhead_tokens": tuning.torch_gpu_run_overhead_tokens if gpu else 16,
+            "relevance_tokens": ",".join(map(str, model.relevance_tokens or ())),
         },
     )
     return config

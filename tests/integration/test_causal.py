@@ -1,7 +1,8 @@
 """Causal-LM rerankers end to end: a Qwen3-Reranker layout (instruction slot, yes/no) and an
 mxbai-rerank-v2 layout (Qwen2, no instruction, "1"/"0" named by its LogitScore module), each
-seeded and built here, built by the real builder, served through Triton and matched against
-``CrossEncoder.predict`` on the same directory, with and without an instruction."""
+seeded and built here, built by the real builder (the Qwen3 one also for the PyTorch
+runtime), served through Triton and matched against ``CrossEncoder.predict`` on the same
+directory, with and without an instruction."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
 from reranker.builder import BuildOptions, build
+from reranker.repository import EncoderRuntime
 from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker
 from tests.integration.conftest import Server, alone_and_merged, start_server, stop_server
 from tests.integration.test_parity import PAIRS, TOLERANCE, assert_parity
@@ -34,6 +36,8 @@ def causal_server(
     repository = tmp_path_factory.mktemp("causal_repository")
     for name, checkpoint in checkpoints.items():
         build(str(checkpoint), BuildOptions(name=name), repository)
+    torch_options = BuildOptions(name="qwen3-torch", runtime=EncoderRuntime.TORCH)
+    build(str(checkpoints["qwen3"]), torch_options, repository)
     server = start_server(repository, tmp_path_factory.mktemp("causal_server"), "qwen3")
     try:
         yield server
@@ -56,7 +60,13 @@ def served(server: Server, model: str, instruction: str | None = None) -> np.nda
 
 @pytest.mark.parametrize(
     ("model", "instruction"),
-    [("qwen3", None), ("qwen3", INSTRUCTION), ("mxbai-v2", None)],
+    [
+        ("qwen3", None),
+        ("qwen3", INSTRUCTION),
+        ("mxbai-v2", None),
+        ("qwen3-torch", None),
+        ("qwen3-torch", INSTRUCTION),
+    ],
 )
 def test_causal_rerankers_match_cross_encoder(
     causal_server: Server,
@@ -64,7 +74,7 @@ def test_causal_rerankers_match_cross_encoder(
     model: str,
     instruction: str | None,
 ) -> None:
-    cross_encoder = CrossEncoder(str(checkpoints[model]), device="cpu")
+    cross_encoder = CrossEncoder(str(checkpoints[model.removesuffix("-torch")]), device="cpu")
     pairs = [list(p) for p in PAIRS]
     if instruction is None:
         reference = cross_encoder.predict(pairs, batch_size=16)
@@ -89,7 +99,7 @@ def test_the_instruction_changes_the_scores_and_past_max_length_pairs_are_served
     assert sum(length > tokenizer.model_max_length for length in lengths) >= 10
 
 
-@pytest.mark.parametrize("model", ["qwen3", "mxbai-v2"])
+@pytest.mark.parametrize("model", ["qwen3", "mxbai-v2", "qwen3-torch"])
 async def test_a_causal_row_scores_alike_alone_and_in_a_merged_batch(
     causal_server: Server, model: str
 ) -> None:
@@ -101,12 +111,13 @@ def test_list_models_describes_causal_rerankers(causal_server: Server) -> None:
     with RerankClient(causal_server.address) as client:
         models = {m.name: m for m in client.models()}
     described = {
-        name: (m.kind, m.architecture, m.family, m.scoring, m.takes_instruction)
+        name: (m.kind, m.architecture, m.family, m.scoring, m.takes_instruction, m.runtime)
         for name, m in models.items()
     }
     assert described == {
-        "qwen3": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", True),
-        "mxbai-v2": ("causal-lm", "Qwen2ForCausalLM", "qwen2", "logit-diff", False),
+        "qwen3": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", True, "onnx"),
+        "mxbai-v2": ("causal-lm", "Qwen2ForCausalLM", "qwen2", "logit-diff", False, "onnx"),
+        "qwen3-torch": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", True, "torch"),
     }
 
 

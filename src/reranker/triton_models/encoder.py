@@ -32,6 +32,7 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> GraphRunner:
             dtype=TorchDtype(model.parameter("torch_dtype")),
             threads=threads,
             compile_mode=Compile(model.parameter("torch_compile", Compile.EAGER.value)),
+            relevance=_relevance(model.parameter("relevance_tokens", "")),
         )
     return load_runner(
         model.version_dir / model.parameter("onnx_file", "model.onnx"),
@@ -39,6 +40,14 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> GraphRunner:
         threads,
         model.parameter("inference_precision", "f32"),
     )
+
+
+def _relevance(text: str) -> tuple[int, int] | None:
+    """A causal LM's (relevant, irrelevant) token ids, as ``"6000,555"``; '' for others."""
+    if not text:
+        return None
+    relevant, irrelevant = (int(part) for part in text.split(","))
+    return relevant, irrelevant
 
 
 class TritonPythonModel:
