@@ -82,5 +82,5 @@ $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml client/pyproj
 
 clean:
 	rm -rf $(VENV) logs build
-	find model_repository \( -name '*.onnx' -o -name 'tokenizer.json' \) -delete
+	find model_repository \( -name '*.onnx' -o -name 'tokenizer.json' -o -name 'prompt.json' \) -delete
 	find model_repository -type d -name checkpoint -prune -exec rm -rf {} +

@@ -122,9 +122,9 @@ def _architecture(config: dict[str, Any], fallback: str) -> str:
 
 
 def _check_architecture(source: Path, config: dict[str, Any]) -> None:
-    """Refuses a checkpoint whose head is not a one-label sequence classifier before loading
-    it: transformers would otherwise load any encoder under a fresh, random classification
-    head and the model would score wrongly."""
+    """Refuses a checkpoint that is neither a sequence classifier nor a causal LM before
+    loading it: transformers would otherwise load any encoder under a fresh, random
+    classification head and the model would score wrongly."""
     architectures = config.get("architectures") or []
     if not architectures or all(
         a.endswith(("ForSequenceClassification", "ForCausalLM")) for a in architectures
