@@ -85,12 +85,21 @@ async def test_calls_succeed_while_a_triton_and_a_rank_service_restart(
                         assert time.monotonic() < deadline, (succeeded, failures[:3])
                         await asyncio.sleep(0.05)
 
+                async def traffic_reaches(url: str, within_s: float = 60) -> None:
+                    """The engine's channel reconnects to a restarted replica on gRPC's
+                    backoff schedule: waits for calls to reach it."""
+                    deadline = time.monotonic() + within_s
+                    while await _inferences(url) == 0:
+                        assert time.monotonic() < deadline, "no traffic reached the restart"
+                        await asyncio.sleep(0.2)
+
                 callers = [asyncio.create_task(call_repeatedly()) for _ in range(4)]
                 await more_calls_succeed()
                 await asyncio.to_thread(tritons[0].stop)
                 await more_calls_succeed()
                 await asyncio.to_thread(tritons[0].start)
                 await more_calls_succeed()
+                await traffic_reaches(tritons[0].grpc_url)
                 await first.aclose()  # rank service 0 drains and stops
                 await more_calls_succeed()
                 async with service(0):
