@@ -39,7 +39,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # The project's own packages, importable from the tree without installing it.
 SOURCES = [ROOT, ROOT / "src", ROOT / "api", ROOT / "client", ROOT / "bench"]
-KIT_LIMIT_BYTES = 60 * 1024 * 1024
 QUERY = "how does the interpreter handle an exception raised inside a loop"
 
 
@@ -112,11 +111,13 @@ def kit_environment(kit: Path, work: Path) -> Path:
     import site
     import sysconfig
 
+    from gpu_kit import LIMIT_BYTES
+
     wheels = sorted(kit.glob("*.whl"))
     if not wheels:
         raise SystemExit(f"error: {kit} holds no wheels (make gpu-kit makes them)")
     size = sum(w.stat().st_size for w in wheels)
-    if size > KIT_LIMIT_BYTES:
+    if size > LIMIT_BYTES:
         raise SystemExit(f"error: the kit is {size / 2**20:.1f} MiB, over 60 MiB")
     environment = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)

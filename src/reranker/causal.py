@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reranker.contract import TOKEN_TENSORS
 from reranker.repository import ModelKind, ServedModel
 from reranker.tokenization import PromptLayout, PromptTemplate
 
@@ -44,7 +43,7 @@ _PLACEHOLDER_INSTRUCTION = "Judge the relevance of the document to the query"
 def relevance_tokens(source: Path, tokenizer: Any) -> tuple[int, int]:
     """The (relevant, irrelevant) token ids the score reads: the checkpoint's own
     sentence-transformers LogitScore module where it has one, else "yes" and "no"."""
-    from reranker.builder import BuildError
+    from reranker.builder import BuildError, _read_json
 
     modules = _read_json_list(source / "modules.json")
     for entry in modules:
@@ -68,10 +67,6 @@ def relevance_tokens(source: Path, tokenizer: Any) -> tuple[int, int]:
             )
         ids.append(int(token_id))
     return ids[0], ids[1]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _read_json_list(path: Path) -> list[dict[str, Any]]:
@@ -197,7 +192,7 @@ def build_causal_lm(
         _pair_tokenizer,
         step,
     )
-    from reranker.onnx_export import export_module
+    from reranker.onnx_export import export_module, max_export_error, sample_batch
     from reranker.repository import EncoderRuntime
 
     architecture = _architecture(config, "")
@@ -220,7 +215,7 @@ def build_causal_lm(
         token_inputs=("input_ids", "attention_mask"),
         max_batch_size=options.max_batch_size,
         family=str(config.get("model_type", "")),
-        instruction=prompt.takes_instruction,
+        takes_instruction=prompt.takes_instruction,
         relevance_tokens=(true_id, false_id),
     )
     print(
@@ -230,35 +225,27 @@ def build_causal_lm(
         file=sys.stderr,
     )
     tokenizer = hf_tokenizer.backend_tokenizer
+
+    def reference(feeds: dict[str, Any]) -> Any:
+        return reference_scores(network, feeds, true_id, false_id)
+
     if options.runtime is EncoderRuntime.TORCH:
-
-        def reference(**feeds: Any) -> Any:
-            return reference_scores(network, feeds, true_id, false_id)
-
         return _install_checkpoint(
-            model, tokenizer, source, reference, model.token_inputs, options, repository, prompt
+            model,
+            tokenizer,
+            source,
+            lambda **feeds: reference(feeds),
+            model.token_inputs,
+            options,
+            repository,
+            prompt,
         )
-    pairs = _pair_tokenizer(tokenizer, model, prompt)
-    batch = pairs.pad(
-        pairs.tokenize(
-            ["what is a reranker?", "how long is the river nile in kilometres"],
-            [
-                "A reranker orders candidate documents by their relevance to a query.",
-                "The Nile is about 6,650 km long. " * 3,
-            ],
-        )
-    )
+    batch = sample_batch(_pair_tokenizer(tokenizer, model, prompt))
     feeds = {name: torch.from_numpy(batch[name]) for name in model.token_inputs}
     scorer = relevance_scorer(network, true_id, false_id)
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "model.onnx"
         with step(f"exporting {architecture} (last-token relevance) to ONNX"):
             export_module(scorer, feeds, "relevance", graph)
-        from reranker.inference import create_session
-
-        session = create_session(graph, 0)
-        (served,) = session.run(None, {k: v.numpy() for k, v in feeds.items()})
-        expected = reference_scores(network, feeds, true_id, false_id).numpy()
-        _check_export(float(abs(served - expected).max()))
-        assert set(model.token_inputs) <= set(TOKEN_TENSORS)
+        _check_export(max_export_error(graph, reference, batch))
         return _install(model, tokenizer, graph, options, repository, prompt)

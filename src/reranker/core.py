@@ -207,8 +207,8 @@ class RankCore:
                     f"chunking is not offered for causal-LM rerankers ({model.name!r}): their "
                     "prompt is cut at the model's max length, the end of a long document first"
                 )
-            # An empty instruction is none, as CrossEncoder's empty prompt is.
-            options = replace(options, instruction=call.instruction or None)
+            if call.instruction:  # an empty one is none, as CrossEncoder's empty prompt is
+                options = replace(options, instruction=call.instruction)
         scores, raw = await self._score(model, call, documents, chunking, options, timeout_s)
         with self._tracer.start_as_current_span("assemble"):
             self._metrics.rows.labels(model.name).inc(len(scores.values))

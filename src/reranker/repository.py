@@ -84,16 +84,11 @@ class ServedModel:
     runtime: EncoderRuntime = EncoderRuntime.ONNX
     # The checkpoint's model_type (bert, xlm-roberta, modernbert, ...); "" where unknown.
     family: str = ""
-    # Whether the prompt of a causal-LM reranker has a slot for a caller's instruction.
-    instruction: bool = False
+    # Whether the model reads a per-request instruction: a causal-LM reranker whose prompt
+    # has a slot for one.
+    takes_instruction: bool = False
     # A causal-LM reranker's (relevant, irrelevant) token ids: what its PyTorch encoder scores.
     relevance_tokens: tuple[int, int] | None = None
-
-    @property
-    def takes_instruction(self) -> bool:
-        """Whether the model reads a per-request instruction (only causal-LM rerankers whose
-        prompt has a slot for one)."""
-        return self.kind is ModelKind.CAUSAL_LM and self.instruction
 
     @property
     def scoring(self) -> str:

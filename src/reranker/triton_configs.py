@@ -299,6 +299,6 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
         device=Device(params.get("device", Device.CPU.value)),
         runtime=EncoderRuntime(params.get("runtime", EncoderRuntime.ONNX.value)),
         family=params.get("family", ""),
-        instruction=params.get("takes_instruction") == "true",
+        takes_instruction=params.get("takes_instruction") == "true",
         graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
     )

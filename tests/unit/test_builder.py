@@ -47,14 +47,20 @@ def test_onnx_export_without_tokenizer_is_reported(tmp_path: Path) -> None:
         build(str(tmp_path / "src"), BuildOptions(name="m"), tmp_path / "repo")
 
 
-def test_checkpoint_with_several_labels_is_refused(tmp_path: Path) -> None:
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=8,
+def _tiny_bert() -> BertConfig:
+    """A one-layer BERT whose vocabulary holds the test tokenizers' 31 words."""
+    return BertConfig(
+        vocab_size=64,
+        hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
-        intermediate_size=16,
+        intermediate_size=32,
+        max_position_embeddings=64,
     )
+
+
+def test_checkpoint_with_several_labels_is_refused(tmp_path: Path) -> None:
+    config = _tiny_bert()
     config.num_labels = 3
     BertForSequenceClassification(config).save_pretrained(tmp_path / "ckpt")
     with pytest.raises(BuildError, match="3 labels"):
@@ -86,14 +92,7 @@ def test_gpu_build_serves_the_fp32_graph_to_tensorrt_and_refuses_int8(tmp_path: 
 def _tiny_checkpoint(directory: Path) -> Path:
     from transformers import BertTokenizer
 
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
+    config = _tiny_bert()
     config.num_labels = 1
     BertForSequenceClassification(config).save_pretrained(directory)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
@@ -153,8 +152,10 @@ def test_device_auto_serves_on_cpu_with_onnx_where_torch_sees_no_gpu() -> None:
 
     from reranker.cli import _target
 
-    expected = ("gpu", "torch") if torch.cuda.is_available() else ("cpu", "onnx")
-    assert _target("auto", None) == expected
+    if torch.cuda.is_available():
+        assert _target("auto", None) == ("gpu", "torch")
+    else:
+        assert _target("auto", None) == ("cpu", "onnx")
     assert _target("gpu", None) == ("gpu", "onnx")  # the NGC Triton's own backend
     assert _target("gpu", "torch") == ("gpu", "torch")
     assert _target("cpu", "torch") == ("cpu", "torch")
@@ -163,13 +164,7 @@ def test_device_auto_serves_on_cpu_with_onnx_where_torch_sees_no_gpu() -> None:
 def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> None:
     from transformers import BertForTokenClassification, LlamaConfig, LlamaForCausalLM
 
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-    )
+    config = _tiny_bert()
     BertForTokenClassification(config).save_pretrained(tmp_path / "tokens")
     with pytest.raises(BuildError, match="BertForTokenClassification checkpoint"):
         build(str(tmp_path / "tokens"), BuildOptions(name="m"), tmp_path / "repo")
@@ -221,3 +216,28 @@ def test_onnx_file_picks_one_of_the_exports_a_source_publishes(tmp_path: Path) -
         build(str(source), BuildOptions(name="x", onnx_file="model_fp16.onnx"), tmp_path / "repo")
     with pytest.raises(BuildError, match=r"already reduced \(int8\)"):
         build(str(source), replace(chosen, precision=Precision.INT8), tmp_path / "repo")
+
+
+def test_a_chat_template_that_cannot_carry_a_pair_is_refused() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from reranker.causal import prompt_template
+
+    words = Tokenizer(models.WordLevel({"?": 0, "q": 1}, unk_token="?"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="?")
+    with pytest.raises(BuildError, match="needs a chat template"):
+        prompt_template(tokenizer)
+    query = "{{ (messages | selectattr('role', 'eq', 'query') | first).content }}"
+    document = "{{ (messages | selectattr('role', 'eq', 'document') | first).content }}"
+    tokenizer.chat_template = f"Q: {query} D: {document} again {query}"
+    with pytest.raises(BuildError, match="render the query exactly once; it renders it 2 times"):
+        prompt_template(tokenizer)
+    tokenizer.chat_template = f"Q: {query} D: {document} end"
+    template = prompt_template(tokenizer)
+    assert template.instructed is None
+    assert (template.default.slots, template.default.texts) == (
+        ("query", "document"),
+        ("Q: ", " D: ", " end"),
+    )
