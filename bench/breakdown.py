@@ -81,7 +81,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from reranker.runtimes import OnnxRuntimeRunner
+    from reranker.backend.runtimes import OnnxRuntimeRunner
 
     tokenizer = AutoTokenizer.from_pretrained(workdir / "checkpoints" / "minilm")
     onnx = repository / f"{args.model}__encoder" / "1" / "model.onnx"

@@ -22,7 +22,7 @@ from workloads import QUERY, long_documents
 ROOT = Path(__file__).resolve().parents[1]
 # The server launcher and the seeded checkpoints are the test suite's (tests/).
 sys.path.insert(0, str(ROOT))
-from reranker.triton_server import dies_with_parent  # noqa: E402
+from reranker.service.triton_server import dies_with_parent  # noqa: E402
 from tests.launcher import Server, free_port, start_server  # noqa: E402
 
 SORTED_BATCH = 16
@@ -84,7 +84,7 @@ def causal_cases(
     ONNX Runtime sorted in-process on the served graph, and this server at concurrency 4."""
     from sentence_transformers import CrossEncoder
 
-    from reranker.tokenization import (
+    from reranker.backend.tokenization import (
         PairMode,
         PairTokenizer,
         PairTokenizerConfig,

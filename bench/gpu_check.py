@@ -253,9 +253,8 @@ def gemm_tflops(scale: Scale) -> float:
 
 def build_models(scale: Scale, work: Path) -> dict[str, Path]:
     """Seeded checkpoints, each built into one repository for the torch runtime."""
-    from reranker.builder import BuildOptions, build
-    from reranker.precision import Precision
-    from reranker.repository import Device, EncoderRuntime
+    from reranker.build.builder import BuildOptions, build
+    from reranker.contract.model import Device, EncoderRuntime, Precision
     from tests.checkpoints import bert_cross_encoder
 
     checkpoints = {}
@@ -375,7 +374,9 @@ def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, 
     mode, and reduce-overhead: CUDA graphs), on padded batches of two lengths."""
     import numpy as np
 
-    from reranker.torch_runner import Compile, TorchDtype, TorchRunner
+    from reranker.backend.torch_runtime import TorchRunner
+    from reranker.contract.model import Precision
+    from reranker.contract.parameters import TorchCompile as Compile
 
     if scale.device != "gpu":
         return {"skipped": "on CPU"}
@@ -391,7 +392,7 @@ def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, 
             bi_encoder=False,
             input_names=["input_ids", "attention_mask", "token_type_ids"],
             device="cuda:0",
-            dtype=TorchDtype(scale.precision),
+            dtype=Precision(scale.precision),
             compile_mode=mode,
         )
         rates = []

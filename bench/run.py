@@ -52,8 +52,8 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     int8 and (where the CPU has native BF16) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1
     shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16; a
     causal-LM reranker of Qwen3-Reranker-0.6B's shape with ``CAUSAL_LAYERS`` layers."""
-    from reranker.builder import BuildOptions, build
-    from reranker.precision import Precision
+    from reranker.build.builder import BuildOptions, build
+    from reranker.contract.model import Precision
     from tests.checkpoints import (
         QWEN3_0_6B,
         deberta_v2_cross_encoder,
@@ -121,8 +121,9 @@ def main() -> int:
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer
 
-    from reranker.precision import runner_for
-    from reranker.runtimes import cpu_flags, has_native_bf16
+    from reranker.backend.cpu import cpu_flags, has_native_bf16
+    from reranker.build.precision import runner_for
+    from reranker.contract.model import Precision
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,9 @@ def main() -> int:
     def runners(model: str) -> dict[str, Any]:
         served = [m for m in (model, f"{model}-int8", f"{model}-bf16") if (repository / m).is_dir()]
         return {
-            m: runner_for(repository / f"{m}__encoder" / "1" / "model.onnx", precision_of(m))
+            m: runner_for(
+                repository / f"{m}__encoder" / "1" / "model.onnx", Precision(precision_of(m))
+            )
             for m in served
         }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from reranker.triton_server import dies_with_parent
+from reranker.service.triton_server import dies_with_parent
 
 
 def free_port() -> int:

@@ -1,5 +1,5 @@
 """Where chunking's windows should fall, worked out word by word: the reference the chunker
-(``reranker.chunking.plan_windows``, which works token by token) is checked against."""
+(``reranker.service.chunking.plan_windows``, which works token by token) is checked against."""
 
 from __future__ import annotations
 

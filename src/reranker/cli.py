@@ -9,58 +9,48 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reranker.settings import Settings, add_arguments, settings_from
 
-if TYPE_CHECKING:
-    from reranker.metrics import ServiceMetrics
-    from reranker.repository import ServedModel
-    from reranker.triton_server import TritonServer
-
 log = logging.getLogger("reranker")
-
-_RESTART_BACKOFF_S = 1.0
-_MAX_RESTART_BACKOFF_S = 30.0
 
 
 async def serve(settings: Settings) -> None:
     """Runs Triton (unless one is given) and the rank service until SIGINT or SIGTERM."""
-    from reranker.engine import TritonEngine
-    from reranker.metrics import ServiceMetrics
-    from reranker.repository import Device
-    from reranker.runtimes import bf16_hint, cpu_flags
-    from reranker.service import create_server
-    from reranker.tracing import provider_for, tracer_from
-    from reranker.triton_server import TritonServer
+    from reranker.backend.cpu import bf16_hint, cpu_flags
+    from reranker.contract.model import Device, Precision
+    from reranker.service.engine import TritonEngine
+    from reranker.service.health import TritonSupervisor
+    from reranker.service.metrics import ServiceMetrics
+    from reranker.service.server import create_server
+    from reranker.service.tracing import provider_for, tracer_from
+    from reranker.service.triton_server import TritonServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    triton = None
+    metrics = ServiceMetrics()
+    triton = supervisor = None
     if not settings.triton_url:
         triton = TritonServer(settings)
+        supervisor = TritonSupervisor(triton, metrics)
         log.info("starting tritonserver on %s (log: %s)", triton.grpc_url, settings.triton_log)
         await asyncio.to_thread(triton.start)
     url = settings.triton_url or (triton.grpc_url if triton else "")
     tracer_provider = provider_for(settings.otlp_endpoint)
     engine = TritonEngine(url, settings.max_rows_per_request, tracer_from(tracer_provider))
-    on_dead_model = None
-    if triton is not None:
-        launched = triton
-
-        async def on_dead_model(model: ServedModel) -> None:
-            log.error("a process of model %s died: restarting tritonserver", model.name)
-            await asyncio.to_thread(launched.kill)  # the supervisor starts a new one
-
-    metrics = ServiceMetrics()
-    server = await create_server(settings, engine, on_dead_model, metrics, tracer_provider)
-    supervisor = asyncio.create_task(supervise(triton, metrics)) if triton else None
+    server = await create_server(
+        settings,
+        engine,
+        supervisor.model_died if supervisor else None,
+        metrics,
+        tracer_provider,
+    )
+    supervising = asyncio.create_task(supervisor.supervise()) if supervisor else None
     _warn_if_exposed(settings)
     try:
         metrics_note = ""
@@ -87,7 +77,7 @@ async def serve(settings: Settings) -> None:
                 (
                     m.name
                     for m in engine.models.values()
-                    if m.precision == "fp32" and m.device is Device.CPU
+                    if m.precision is Precision.FP32 and m.device is Device.CPU
                 ),
             )
             if hint is not None:
@@ -98,40 +88,14 @@ async def serve(settings: Settings) -> None:
         log.info(
             "shutting down: draining in-flight calls for up to %.1fs", settings.shutdown_grace_s
         )
-        if supervisor is not None:
-            supervisor.cancel()
+        if supervising is not None:
+            supervising.cancel()
         await server.stop(settings.shutdown_grace_s)
         await engine.close()
         if triton is not None:
             await asyncio.to_thread(triton.stop)
         if tracer_provider is not None:
             tracer_provider.shutdown()
-
-
-async def supervise(triton: TritonServer, metrics: ServiceMetrics, poll_s: float = 0.1) -> None:
-    """Restarts Triton whenever it exits by itself. Meanwhile calls fail fast with
-    UNAVAILABLE; the engine's channel reconnects on its own once Triton is back."""
-    backoff = _RESTART_BACKOFF_S
-    while True:
-        await asyncio.sleep(poll_s)
-        if triton.running():
-            continue
-        log.error(
-            "tritonserver is not running (exit code %s); restarting it\n%s",
-            triton.exit_code(),
-            triton.log_tail(10),
-        )
-        started = time.monotonic()
-        try:
-            await asyncio.to_thread(triton.restart)
-        except (OSError, RuntimeError, TimeoutError) as error:
-            log.error("restarting tritonserver failed: %s; next try in %.0fs", error, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_RESTART_BACKOFF_S)
-            continue
-        metrics.backend_restarts.inc()
-        log.info("tritonserver restarted in %.1fs", time.monotonic() - started)
-        backoff = _RESTART_BACKOFF_S
 
 
 def _warn_if_exposed(settings: Settings) -> None:
@@ -144,9 +108,15 @@ def _warn_if_exposed(settings: Settings) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reranker.builder import DEFAULT_MODEL_NAME, BuildError, BuildOptions, build, build_default
-    from reranker.precision import Precision
-    from reranker.repository import Device, EncoderRuntime
+    from reranker.build.builder import (
+        DEFAULT_MODEL_NAME,
+        BuildError,
+        BuildOptions,
+        build,
+        build_default,
+    )
+    from reranker.build.precision import Precision
+    from reranker.contract.model import Device, EncoderRuntime
 
     name = args.name or (DEFAULT_MODEL_NAME if args.default else _name_from(args.source))
     device, runtime = _target(args.device, args.runtime)

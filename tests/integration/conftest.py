@@ -13,11 +13,10 @@ from typing import Any
 import psutil
 import pytest
 
-from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
-from reranker.precision import Precision
-from reranker.repository import EncoderRuntime
-from reranker.runtimes import cpu_flags, has_native_bf16
-from reranker.service import RankServer
+from reranker.backend.cpu import cpu_flags, has_native_bf16
+from reranker.build.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
+from reranker.contract.model import EncoderRuntime, Precision
+from reranker.service.server import RankServer
 from tests.checkpoints import (
     deberta_v2_cross_encoder,
     jina_bert_like_onnx,
@@ -155,10 +154,10 @@ async def rank_server(
 ) -> AsyncIterator[RankServer]:
     """A rank service in this process, with its own settings, over a running Triton; yields
     it once it is SERVING, and gives calls in flight ``grace_s`` when it stops."""
-    from reranker.engine import TritonEngine
-    from reranker.service import create_server
+    from reranker.service.engine import TritonEngine
+    from reranker.service.server import create_server
+    from reranker.service.tracing import tracer_from
     from reranker.settings import Settings
-    from reranker.tracing import tracer_from
 
     config = Settings(**{"grpc_port": 0, "http_port": 0, "health_interval_s": 0.5, **settings})
     engine = TritonEngine(triton_url, config.max_rows_per_request, tracer_from(tracer_provider))

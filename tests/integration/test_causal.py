@@ -14,8 +14,8 @@ import pytest
 from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
-from reranker.builder import BuildOptions, build
-from reranker.repository import EncoderRuntime
+from reranker.build.builder import BuildOptions, build
+from reranker.contract.model import EncoderRuntime
 from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker
 from tests.integration.conftest import Server, alone_and_merged, start_server, stop_server
 from tests.integration.test_parity import PAIRS, TOLERANCE, assert_parity

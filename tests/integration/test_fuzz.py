@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
-from reranker.builder import DEFAULT_MODEL_NAME
+from reranker.build.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import CROSS_ENCODER, DEFAULT_INT8, Server
 
 # What a caller may be told besides a result; anything else (INTERNAL, UNKNOWN) is a bug.

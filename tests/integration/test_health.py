@@ -7,11 +7,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from grpc_health.v1 import health
-
-from reranker.engine import Scores, TritonEngine
-from reranker.metrics import ServiceMetrics
-from reranker.service import HealthMonitor
+from reranker.service.core import Scores
+from reranker.service.engine import TritonEngine
+from reranker.service.health import HealthMonitor
+from reranker.service.metrics import ServiceMetrics
 from tests.integration.conftest import Server
 
 INTERVAL_S = 1.0  # well above one round of calls over every test model (nine, two on PyTorch)
@@ -39,7 +38,7 @@ async def canaries_reach(engine: CanaryCountingEngine, count: int, timeout_s: fl
 
 async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
     engine = CanaryCountingEngine(server.triton_grpc, 64)
-    monitor = HealthMonitor(health.aio.HealthServicer(), engine, INTERVAL_S, ServiceMetrics())
+    monitor = HealthMonitor(engine, INTERVAL_S, ServiceMetrics())
     monitor.start()
     try:
         await asyncio.wait_for(monitor.serving.wait(), 60)
@@ -77,13 +76,10 @@ async def test_a_call_that_found_a_model_dead_is_reported_for_restart_once_witho
     async def on_dead_model(model: Any) -> None:
         restarted.append(model.name)
 
-    monitor = HealthMonitor(
-        health.aio.HealthServicer(), engine, 60.0, ServiceMetrics(), on_dead_model
-    )
+    monitor = HealthMonitor(engine, 60.0, ServiceMetrics(), on_dead_model)
     assert await monitor.check()
     model = next(iter(engine.models))
     engine.canaries = 0
-    engine.health.forget()
     engine.health.failed(model, process_dead_since=time.monotonic())
 
     assert not await monitor.check()

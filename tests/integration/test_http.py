@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from reranker_api.tei.v1 import tei_pb2, tei_pb2_grpc
 from reranker_client import RerankClient
 
-from reranker.builder import DEFAULT_MODEL_NAME
+from reranker.build.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import ALL_MODELS, CROSS_ENCODER, Server
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
 

@@ -20,8 +20,8 @@ from reranker_client import (
     ResourceExhaustedError,
 )
 
-from reranker.builder import DEFAULT_MODEL_NAME
-from reranker.service import RankServer
+from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.service.server import RankServer
 from tests.integration.conftest import Server, rank_server, rank_service
 
 RANK_METHOD = "/reranker.v1.Rank/Rank"

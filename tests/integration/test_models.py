@@ -14,7 +14,7 @@ import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient, RerankClient
 from transformers import AutoTokenizer
 
-from reranker.evaluation import eval_pairs
+from reranker.build.evaluation import eval_pairs
 from tests.integration.conftest import (
     ALL_MODELS,
     CROSS_ENCODER_TORCH,

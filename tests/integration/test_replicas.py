@@ -11,10 +11,10 @@ from pathlib import Path
 import tritonclient.grpc.aio as triton_aio
 from reranker_client import AsyncRerankClient, RerankError
 
-from reranker.builder import DEFAULT_MODEL_NAME
-from reranker.metrics import ServiceMetrics
+from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.service.metrics import ServiceMetrics
+from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
-from reranker.triton_server import TritonServer
 from tests.integration.conftest import free_port, rank_service
 
 DOCUMENTS = ["rivers flow into the sea", "tax forms are due in april", "the delta of a river"]

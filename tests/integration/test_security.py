@@ -16,9 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from reranker_client import AsyncRerankClient, UnauthenticatedError, UnavailableError
 
-from reranker.builder import DEFAULT_MODEL_NAME
+from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
-from reranker.triton_server import TritonServer
 from tests.certificates import make_certificates
 from tests.integration.conftest import Server, rank_server, rank_service, triton_pid
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
-from reranker.builder import BuildError, BuildOptions, build
+from reranker.build.builder import BuildError, BuildOptions, build
 
 
 def test_unreachable_hub_fails_at_once_and_names_the_offline_sources(
@@ -72,9 +72,8 @@ def test_gpu_build_serves_the_fp32_graph_to_tensorrt_and_refuses_int8(tmp_path: 
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from reranker.builder import DEFAULT_MODEL_NAME, build_default
-    from reranker.precision import Precision
-    from reranker.repository import Device, onnx_path
+    from reranker.build.builder import DEFAULT_MODEL_NAME, build_default
+    from reranker.contract.model import Device, Precision, onnx_path
 
     options = BuildOptions(name=DEFAULT_MODEL_NAME, precision=Precision.FP16, device=Device.GPU)
     model = build_default(options, tmp_path)
@@ -107,8 +106,8 @@ def test_torch_runtime_serves_the_checkpoint_itself_and_it_scores_as_transformer
     import numpy as np
     import torch
 
-    from reranker.repository import EncoderRuntime, checkpoint_path, onnx_path
-    from reranker.torch_runner import TorchRunner
+    from reranker.backend.torch_runtime import TorchRunner
+    from reranker.contract.model import EncoderRuntime, checkpoint_path, onnx_path
 
     source = _tiny_checkpoint(tmp_path / "ckpt")
     options = BuildOptions(name="m", runtime=EncoderRuntime.TORCH)
@@ -130,8 +129,7 @@ def test_torch_runtime_serves_the_checkpoint_itself_and_it_scores_as_transformer
 
 
 def test_torch_runtime_refuses_reduced_precision_on_cpu_and_onnx_sources(tmp_path: Path) -> None:
-    from reranker.precision import Precision
-    from reranker.repository import Device, EncoderRuntime
+    from reranker.contract.model import Device, EncoderRuntime, Precision
 
     source = _tiny_checkpoint(tmp_path / "ckpt")
     torch_cpu = BuildOptions(name="m", runtime=EncoderRuntime.TORCH)
@@ -188,8 +186,8 @@ def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> 
 def test_onnx_file_picks_one_of_the_exports_a_source_publishes(tmp_path: Path) -> None:
     import shutil
 
-    from reranker.precision import Precision, reduce_precision
-    from reranker.repository import onnx_path
+    from reranker.build.precision import Precision, reduce_precision
+    from reranker.contract.model import onnx_path
 
     checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
     exported = build(str(checkpoint), BuildOptions(name="m"), tmp_path / "first")
@@ -222,7 +220,7 @@ def test_a_chat_template_that_cannot_carry_a_pair_is_refused() -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from reranker.causal import prompt_template
+    from reranker.build.causal import prompt_template
 
     words = Tokenizer(models.WordLevel({"?": 0, "q": 1}, unk_token="?"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

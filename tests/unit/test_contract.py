@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.contract import OverflowReport
-from reranker.tokenization import Overflow
+from reranker.backend.tokenization import Overflow
+from reranker.contract.tensors import OverflowReport
 
 
 def test_an_overflow_round_trips_inside_tritons_error_text() -> None:

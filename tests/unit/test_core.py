@@ -14,18 +14,20 @@ import grpc
 import numpy as np
 import pytest
 
-from reranker import errors
-from reranker.chunking import Chunk, DocumentChunker
-from reranker.core import ChunkingRequest, RankCall, RankCore, Truncation
-from reranker.engine import Scores
-from reranker.http_shapes import CohereV1Request, NimRequest, TeiRequest
-from reranker.metrics import ServiceMetrics
-from reranker.repository import ModelKind, ServedModel
+from reranker.contract.model import Activation, ModelKind, ServedModel
+from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+from reranker.service import errors
+from reranker.service.chunking import Chunk, DocumentChunker
+from reranker.service.core import ChunkingRequest, RankCall, RankCore, Scores, Truncation
+from reranker.service.doors.http_shapes import CohereV1Request, NimRequest, TeiRequest
+from reranker.service.health import BackendHealth
+from reranker.service.metrics import ServiceMetrics
 from reranker.settings import Settings
-from reranker.tokenization import LONGEST_FIRST, TruncationOptions
 
-CROSS = ServedModel("cross", ModelKind.CROSS_ENCODER, "Bert", 512, "sigmoid", ("input_ids",))
-BI = ServedModel("bi", ModelKind.BI_ENCODER, "Bert", 256, "none", ("input_ids",))
+CROSS = ServedModel(
+    "cross", ModelKind.CROSS_ENCODER, "Bert", 512, Activation.SIGMOID, ("input_ids",)
+)
+BI = ServedModel("bi", ModelKind.BI_ENCODER, "Bert", 256, Activation.NONE, ("input_ids",))
 
 
 @dataclass
@@ -37,6 +39,7 @@ class FakeScorer:
         default_factory=list
     )
     gate: asyncio.Event | None = None
+    health: BackendHealth = field(default_factory=BackendHealth)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -237,12 +240,19 @@ def test_tei_shape_options() -> None:
     refused = TeiRequest(query="q", texts=["a"], truncate=False).call()
     assert refused.truncation == Truncation.REFUSE
     for direction in ("left", "Left", "LEFT"):
-        with pytest.raises(errors.InvalidArgument, match="LEFT is not supported"):
-            TeiRequest(query="q", texts=["a"], truncation_direction=direction).call()
+        call = TeiRequest(query="q", texts=["a"], truncation_direction=direction).call()
+        assert call.truncate_left
+    assert not TeiRequest(query="q", texts=["a"], truncation_direction="Right").call().truncate_left
     with pytest.raises(errors.InvalidArgument, match="'up'"):
         TeiRequest(query="q", texts=["a"], truncation_direction="up").call()
     call = TeiRequest(query="q", texts=["a"], raw_scores=True, return_text=True).call()
     assert call.raw_scores and call.return_documents
+
+
+async def test_left_truncation_is_refused_by_the_core_for_every_door() -> None:
+    core = RankCore(Settings(default_model="cross"), FakeScorer(), ServiceMetrics())
+    with pytest.raises(errors.InvalidArgument, match="LEFT is not supported"):
+        await core.rank(RankCall("q", ["a"], truncate_left=True), 5.0)
 
 
 def test_nim_shape_scores_logits_and_refuses_by_default() -> None:

@@ -3,7 +3,6 @@ deadline header and error answers, and routes' shapes, with no Triton."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,13 +10,14 @@ import httpx
 import pytest
 from opentelemetry import trace
 
-from reranker.core import RankCore
-from reranker.engine import Scores
-from reranker.http_api import Gate, create_app
-from reranker.metrics import ServiceMetrics
-from reranker.repository import ServedModel
+from reranker.contract.model import ServedModel
+from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+from reranker.service.core import RankCore, Scores
+from reranker.service.doors.http_api import Gate, create_app
+from reranker.service.doors.security import ApiKey
+from reranker.service.health import HealthMonitor
+from reranker.service.metrics import ServiceMetrics
 from reranker.settings import Settings
-from reranker.tokenization import LONGEST_FIRST, TruncationOptions
 from tests.unit.test_core import FakeScorer
 
 KEY = "secret-key"
@@ -41,14 +41,15 @@ class BrokenScorer(FakeScorer):
 def client(metrics: ServiceMetrics | None = None, **settings: Any) -> httpx.AsyncClient:
     config = Settings(**{"default_model": "cross", **settings})
     metrics = metrics or ServiceMetrics()
-    core = RankCore(config, BrokenScorer(), metrics)
-    serving = asyncio.Event()
-    serving.set()
+    scorer = BrokenScorer()
+    core = RankCore(config, scorer, metrics)
+    monitor = HealthMonitor(scorer, config.health_interval_s, metrics)
+    monitor.serving.set()
     gate = Gate(
-        create_app(core, serving),
+        create_app(core, monitor),
         metrics,
         config.max_request_bytes,
-        config.resolved_api_key(),
+        ApiKey(config.resolved_api_key()),
         trace.NoOpTracer(),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://gate")

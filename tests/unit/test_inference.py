@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reranker.inference import RunCost, micro_batches, pad_batch, pool_rows, split_rows
+from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows, split_rows
 
 
 def _request(rows: list[list[int]]) -> dict[str, np.ndarray]:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from reranker.errors import InvalidArgument, ResourceExhausted
-from reranker.limits import CallLimits, RowBudget
+from reranker.service.errors import InvalidArgument, ResourceExhausted
+from reranker.service.limits import CallLimits, RowBudget
 from reranker.settings import Settings
 
 LIMITS = CallLimits(max_documents=3, max_query_bytes=10, max_document_bytes=8)

@@ -6,9 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from reranker.chunking import Chunk, best_per_document, plan_windows
-from reranker.errors import InvalidArgument
-from reranker.ranking import activate, assemble, plan_requests, validate_rank_request
+from reranker.service.chunking import Chunk, best_per_document, plan_windows
+from reranker.service.errors import InvalidArgument
+from reranker.service.ranking import activate, assemble, plan_requests, validate_rank_request
 from tests.windows import reference_windows
 
 

@@ -6,9 +6,18 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from reranker.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
-from reranker.repository import Device, EncoderRuntime, ModelKind, ServedModel, write_configs
-from reranker.triton_configs import describe, encoder_config, ensemble_config, tokenizer_config
+from reranker.build.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
+from reranker.build.repository import write_configs
+from reranker.build.triton_configs import encoder_config, ensemble_config, tokenizer_config
+from reranker.contract.model import (
+    Activation,
+    Device,
+    EncoderRuntime,
+    ModelKind,
+    Precision,
+    ServedModel,
+)
+from reranker.service.engine import describe
 
 ROOT = Path(__file__).parents[2]
 MODEL = ServedModel(
@@ -16,7 +25,7 @@ MODEL = ServedModel(
     kind=ModelKind.CROSS_ENCODER,
     architecture="DebertaV2ForSequenceClassification",
     max_length=512,
-    activation="sigmoid",
+    activation=Activation.SIGMOID,
     token_inputs=("input_ids", "attention_mask"),
     max_batch_size=16,
 )
@@ -48,7 +57,11 @@ def test_ensemble_wires_tokenizer_into_encoder() -> None:
 
 
 def test_describe_round_trips_the_served_model() -> None:
-    for model in (MODEL, GPU_MODEL, replace(MODEL, precision="bf16", kind=ModelKind.BI_ENCODER)):
+    for model in (
+        MODEL,
+        GPU_MODEL,
+        replace(MODEL, precision=Precision.BF16, kind=ModelKind.BI_ENCODER),
+    ):
         assert describe(_parsed(ensemble_config(model))) == model
     assert describe(encoder_config(MODEL)) is None
 
@@ -62,7 +75,7 @@ def test_committed_default_model_configs_are_what_the_builder_writes(tmp_path: P
         assert committed.read_text() == (tmp_path / relative).read_text(), relative
 
 
-GPU_MODEL = replace(MODEL, device=Device.GPU, precision="fp16", graph_output="logits")
+GPU_MODEL = replace(MODEL, device=Device.GPU, precision=Precision.FP16, graph_output="logits")
 
 
 def _parsed(config: mc.ModelConfig) -> mc.ModelConfig:
@@ -94,7 +107,7 @@ def test_gpu_encoder_is_onnx_runtime_with_tensorrt_fp16_and_a_cached_engine() ->
     assert parameters["trt_profile_min_shapes"] == "input_ids:1x64,attention_mask:1x64"
     assert parameters["trt_profile_opt_shapes"] == "input_ids:8x128,attention_mask:8x128"
     assert parameters["trt_profile_max_shapes"] == "input_ids:16x512,attention_mask:16x512"
-    fp32 = _parsed(encoder_config(replace(GPU_MODEL, precision="fp32")))
+    fp32 = _parsed(encoder_config(replace(GPU_MODEL, precision=Precision.FP32)))
     (fp32_tensorrt,) = fp32.optimization.execution_accelerators.gpu_execution_accelerator
     assert fp32_tensorrt.parameters["precision_mode"] == "FP32"
 
@@ -125,7 +138,9 @@ def test_gpu_repository_has_no_python_entry_point_for_the_encoder(tmp_path: Path
     assert (tmp_path / "m__tokenizer" / "1" / "model.py").exists()
 
 
-TORCH_GPU_MODEL = replace(MODEL, device=Device.GPU, precision="fp16", runtime=EncoderRuntime.TORCH)
+TORCH_GPU_MODEL = replace(
+    MODEL, device=Device.GPU, precision=Precision.FP16, runtime=EncoderRuntime.TORCH
+)
 
 
 def test_torch_gpu_encoder_is_a_python_model_on_a_gpu_instance_merging_ragged_batches() -> None:
@@ -177,5 +192,5 @@ def test_describe_round_trips_the_runtime_and_family() -> None:
 
 def test_scoring_names_how_the_default_score_is_made() -> None:
     assert MODEL.scoring == "sigmoid"
-    assert replace(MODEL, activation="none").scoring == "logit"
-    assert replace(MODEL, kind=ModelKind.BI_ENCODER, activation="none").scoring == "cosine"
+    assert replace(MODEL, activation=Activation.NONE).scoring == "logit"
+    assert replace(MODEL, kind=ModelKind.BI_ENCODER, activation=Activation.NONE).scoring == "cosine"

@@ -9,21 +9,16 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from reranker import builder
-from reranker.builder import BuildError, BuildOptions, check_precision
-from reranker.precision import Precision
-from reranker.repository import Device, ModelKind, ServedModel
-from reranker.runtimes import (
-    Runtime,
-    bf16_hint,
-    cpu_flags,
-    cpu_runtime,
-    has_amx,
-    has_native_bf16,
-)
-from reranker.triton_configs import encoder_config
+from reranker.backend.cpu import bf16_hint, cpu_flags, has_amx, has_native_bf16
+from reranker.backend.runtimes import cpu_runtime
+from reranker.build import install
+from reranker.build.common import BuildError, BuildOptions
+from reranker.build.install import check_precision
+from reranker.build.triton_configs import encoder_config
+from reranker.contract.model import Activation, Device, ModelKind, Precision, ServedModel
+from reranker.contract.parameters import Runtime
 
-MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, "sigmoid", ("input_ids",))
+MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, Activation.SIGMOID, ("input_ids",))
 
 CPUINFO = """processor	: 0
 vendor_id	: GenuineIntel
@@ -54,13 +49,16 @@ def test_native_bf16_needs_amx_or_avx512_bf16(flags: set[str], bf16: bool, amx: 
 
 
 def test_each_precision_has_one_cpu_runtime() -> None:
-    assert cpu_runtime("fp32") == (Runtime.ONNXRUNTIME, "f32")
-    assert cpu_runtime("int8") == (Runtime.ONNXRUNTIME, "f32")
-    assert cpu_runtime("bf16") == (Runtime.OPENVINO, "bf16")
+    assert cpu_runtime(Precision.FP32) == (Runtime.ONNXRUNTIME, "f32")
+    assert cpu_runtime(Precision.INT8) == (Runtime.ONNXRUNTIME, "f32")
+    assert cpu_runtime(Precision.BF16) == (Runtime.OPENVINO, "bf16")
 
 
 def test_the_encoder_config_names_its_runtime() -> None:
-    for precision, runtime, hint in (("fp32", "onnxruntime", "f32"), ("bf16", "openvino", "bf16")):
+    for precision, runtime, hint in (
+        (Precision.FP32, "onnxruntime", "f32"),
+        (Precision.BF16, "openvino", "bf16"),
+    ):
         text = text_format.MessageToString(encoder_config(replace(MODEL, precision=precision)))
         config = text_format.Parse(text, mc.ModelConfig())
         assert config.parameters["runtime"].string_value == runtime
@@ -69,11 +67,11 @@ def test_the_encoder_config_names_its_runtime() -> None:
 
 def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     bf16 = BuildOptions(name="m", precision=Precision.BF16)
-    monkeypatch.setattr(builder, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    monkeypatch.setattr(install, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
     with pytest.raises(BuildError, match="emulated"):
         check_precision(bf16)
     check_precision(BuildOptions(name="m"))  # fp32 needs nothing
-    monkeypatch.setattr(builder, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(install, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     check_precision(bf16)
     with pytest.raises(BuildError, match="on GPU use fp16"):
         check_precision(replace(bf16, device=Device.GPU))

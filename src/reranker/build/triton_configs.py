@@ -1,0 +1,270 @@
+"""Triton configurations of a served model's three Triton models: the tokenizer, the encoder
+(a Python-backend encoder running ONNX on CPU or PyTorch on CPU or GPU, or the GPU
+onnxruntime/TensorRT one) and the ensemble."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from reranker.backend.runtimes import cpu_runtime
+from reranker.contract.model import (
+    ONNX_FILE,
+    PROMPT_FILE,
+    Device,
+    EncoderRuntime,
+    ModelKind,
+    Precision,
+    ServedModel,
+)
+from reranker.contract.parameters import (
+    EnsembleParameters,
+    GraphEncoderParameters,
+    Runtime,
+    TokenizerParameters,
+    TorchCompile,
+    TorchEncoderParameters,
+    to_parameters,
+)
+from reranker.contract.tensors import DOCUMENT, QUERY, SCORE, max_chars
+
+# Padded lengths on GPU: every distinct length is another TensorRT engine shape, and only
+# requests of equal shape are batched together.
+GPU_LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+GPU_PREFERRED_BATCH_SIZES = (8, 16, 32, 64, 128)
+TENSORRT_CACHE = "/engine_cache"
+
+
+@dataclass(frozen=True)
+class TritonTuning:
+    """How Triton runs a served model: instances, threads, batching and queue delays. Not
+    part of what describes the model (the rank service never reads it back)."""
+
+    # Lengths the tokenizer pads rows to (empty: each merged batch to its longest row; on
+    # GPU a fixed set up to the model's max length).
+    length_buckets: tuple[int, ...] = ()
+    tokenizer_instances: int = 1
+    encoder_instances: int = 1
+    intra_op_threads: int = 2
+    # Attention cells (rows x length^2) one runtime call may hold, so a batch of long rows
+    # cannot exhaust memory: 2^22 is 16 rows of 512 tokens; a longer row runs alone.
+    max_attention_cells: int = 1 << 22
+    # Rows one runtime call runs at most; within it the split minimizes padding cost
+    # (larger caps gained nothing: docs/benchmark.md, levers).
+    max_rows_per_run: int = 16
+    tokenizer_queue_delay_us: int = 500
+    encoder_queue_delay_us: int = 2000
+    gpu_queue_delay_us: int = 1000
+    tensorrt_workspace_bytes: int = 1 << 31
+    # Tokenizing runs on CPU beside a GPU that scores thousands of rows a second.
+    gpu_tokenizer_instances: int = 4
+    # The PyTorch encoder on a GPU: requests of several callers merge into one execution of
+    # up to this many rows, cut into micro-batches of at most this many rows and padded
+    # tokens; a run's fixed cost (kernel launches) is worth about this many tokens' work.
+    torch_gpu_max_batch_size: int = 512
+    torch_gpu_max_rows_per_run: int = 256
+    torch_gpu_max_tokens_per_run: int = 1 << 16
+    torch_gpu_run_overhead_tokens: int = 1024
+    torch_gpu_queue_delay_us: int = 500
+    torch_compile: TorchCompile = TorchCompile.EAGER
+
+
+DEFAULT_TUNING = TritonTuning()
+
+
+def _parameters(config: mc.ModelConfig, values: object) -> None:
+    for key, value in to_parameters(values).items():
+        config.parameters[key].string_value = value
+
+
+def _string_inputs(config: mc.ModelConfig) -> None:
+    for name in (QUERY, DOCUMENT):
+        config.input.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
+
+
+def _dynamic_batching(config: mc.ModelConfig, queue_delay_us: int) -> None:
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = queue_delay_us
+    # No ``default_queue_policy``: with one (a queue size, per-request timeouts) Triton 2.51's
+    # batcher held tokenizer requests in the queue for tens of milliseconds instead of a few
+    # (docs/benchmark.md, levers). The rank service bounds the work it sends
+    # (max_rows_in_flight) and each request's time (its gRPC deadline).
+
+
+def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.tokenizer_model, backend="python")
+    config.max_batch_size = model.max_batch_size
+    _string_inputs(config)
+    for name in model.token_inputs:
+        config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
+    instances = (
+        tuning.gpu_tokenizer_instances if model.device is Device.GPU else tuning.tokenizer_instances
+    )
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    _dynamic_batching(config, tuning.tokenizer_queue_delay_us)
+    _parameters(
+        config,
+        TokenizerParameters(
+            max_length=model.max_length,
+            pair_mode=model.pair_mode,
+            max_chars=max_chars(model.max_length),
+            length_buckets=tokenizer_buckets(model, tuning),
+            prompt_file=PROMPT_FILE if model.kind is ModelKind.CAUSAL_LM else "",
+        ),
+    )
+    return config
+
+
+def tokenizer_buckets(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> tuple[int, ...]:
+    """The tokenizer's padded lengths: the model's own, or for Triton's native GPU encoder
+    a fixed set up to its max length (the Python-backend encoders take ragged batches)."""
+    if tuning.length_buckets or not model.native_encoder:
+        return tuning.length_buckets
+    below = tuple(b for b in GPU_LENGTH_BUCKETS if b < model.max_length)
+    return (*below, model.max_length)
+
+
+def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
+    if model.native_encoder:
+        return gpu_encoder_config(model, tuning)
+    if model.runtime is EncoderRuntime.TORCH:
+        return torch_encoder_config(model, tuning)
+    config = _python_encoder(model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning)
+    _dynamic_batching(config, tuning.encoder_queue_delay_us)
+    runtime, precision_hint = cpu_runtime(model.precision)
+    _parameters(
+        config,
+        GraphEncoderParameters(
+            runtime=runtime,
+            inference_precision=precision_hint,
+            intra_op_threads=tuning.intra_op_threads,
+            max_attention_cells=tuning.max_attention_cells,
+            max_rows_per_run=tuning.max_rows_per_run,
+        ),
+    )
+    return config
+
+
+def _python_encoder(
+    model: ServedModel, max_batch_size: int, kind: int, tuning: TritonTuning
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.encoder_model, backend="python")
+    config.max_batch_size = max_batch_size
+    for name in model.token_inputs:
+        # Ragged: requests padded to different lengths still merge into one execution.
+        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1], allow_ragged_batch=True)
+    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
+    group = config.instance_group.add(count=tuning.encoder_instances, kind=kind)
+    if kind == mc.ModelInstanceGroup.KIND_GPU:
+        group.gpus.append(0)
+    return config
+
+
+def torch_encoder_config(
+    model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING
+) -> mc.ModelConfig:
+    """The checkpoint under PyTorch in a Python-backend model: on a GPU, a ``KIND_GPU``
+    instance (the backend tells it its device) merging several callers' requests into large
+    ragged executions; on CPU, the CPU encoder's batching in fp32."""
+    gpu = model.device is Device.GPU
+    config = _python_encoder(
+        model,
+        max(model.max_batch_size, tuning.torch_gpu_max_batch_size) if gpu else model.max_batch_size,
+        mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+        tuning,
+    )
+    _dynamic_batching(
+        config, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
+    )
+    if gpu:
+        config.dynamic_batching.preferred_batch_size.extend(
+            b for b in (64, 128, 256, 512) if b <= config.max_batch_size
+        )
+    _parameters(
+        config,
+        TorchEncoderParameters(
+            runtime=Runtime.TORCH,
+            scorer=model.kind,
+            torch_dtype=model.precision,
+            torch_compile=tuning.torch_compile,
+            intra_op_threads=tuning.intra_op_threads,
+            max_attention_cells=tuning.max_attention_cells * (64 if gpu else 1),
+            max_rows_per_run=tuning.torch_gpu_max_rows_per_run if gpu else tuning.max_rows_per_run,
+            max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run if gpu else 0,
+            run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
+            relevance_tokens=model.relevance_tokens or (),
+        ),
+    )
+    return config
+
+
+def gpu_encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
+    """The same ``model.onnx`` under Triton's ONNX Runtime backend on a GPU, accelerated by
+    TensorRT (FP16 for ``precision`` fp16), with the engines cached on a volume so a restart
+    does not rebuild them."""
+    config = mc.ModelConfig(
+        name=model.encoder_model,
+        platform="onnxruntime_onnx",
+        default_model_filename=ONNX_FILE,
+    )
+    config.max_batch_size = model.max_batch_size
+    for name in model.token_inputs:
+        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
+    config.output.add(name=model.graph_output, data_type=mc.TYPE_FP32, dims=[1])
+    config.instance_group.add(
+        count=tuning.encoder_instances, kind=mc.ModelInstanceGroup.KIND_GPU, gpus=[0]
+    )
+    _dynamic_batching(config, tuning.gpu_queue_delay_us)
+    config.dynamic_batching.preferred_batch_size.extend(
+        b for b in GPU_PREFERRED_BATCH_SIZES if b <= model.max_batch_size
+    )
+    tensorrt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+        name="tensorrt"
+    )
+    for key, value in {
+        "precision_mode": "FP16" if model.precision is Precision.FP16 else "FP32",
+        "max_workspace_size_bytes": str(tuning.tensorrt_workspace_bytes),
+        "trt_engine_cache_enable": "true",
+        "trt_engine_cache_path": TENSORRT_CACHE,
+        **tensorrt_profile(model, tuning),
+    }.items():
+        tensorrt.parameters[key] = value
+    return config
+
+
+def tensorrt_profile(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> dict[str, str]:
+    """One optimization profile spanning the shapes the tokenizer produces: 1 to
+    ``max_batch_size`` rows, padded to the shortest bucket up to the model's max length,
+    tuned for half a full batch at a middle bucket."""
+    buckets = tokenizer_buckets(model, tuning)
+    shapes = {
+        "min": (1, buckets[0]),
+        "opt": (max(1, model.max_batch_size // 2), buckets[(len(buckets) - 1) // 2]),
+        "max": (model.max_batch_size, buckets[-1]),
+    }
+    return {
+        f"trt_profile_{kind}_shapes": ",".join(
+            f"{name}:{rows}x{length}" for name in model.token_inputs
+        )
+        for kind, (rows, length) in shapes.items()
+    }
+
+
+def ensemble_config(model: ServedModel) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.name, platform="ensemble")
+    config.max_batch_size = model.max_batch_size
+    _string_inputs(config)
+    config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
+    tokenize = config.ensemble_scheduling.step.add(
+        model_name=model.tokenizer_model, model_version=-1
+    )
+    encode = config.ensemble_scheduling.step.add(model_name=model.encoder_model, model_version=-1)
+    for name in (QUERY, DOCUMENT):
+        tokenize.input_map[name] = name
+    for name in model.token_inputs:
+        tokenize.output_map[name] = name
+        encode.input_map[name] = name
+    encode.output_map[model.graph_output if model.native_encoder else SCORE] = SCORE
+    _parameters(config, EnsembleParameters.of(model))
+    return config

@@ -1,0 +1,269 @@
+"""The typed ``parameters`` of each Triton model a served model is made of: one definition per
+role, which the build serialises into ``config.pbtxt`` and the reader (the model's
+``initialize``, or the rank service for the ensemble) parses back once.
+
+Triton hands parameters over as strings. :func:`to_parameters` and :func:`from_parameters`
+convert a parameter dataclass to and from them by its field types (str, int, float, bool,
+an enum, a tuple of ints), so neither side compares string literals, and a bad value fails
+at build or load time with a message that names the model and the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, TypeVar
+
+from reranker.contract.model import (
+    CHECKPOINT_DIR,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    Activation,
+    Device,
+    EncoderRuntime,
+    ModelKind,
+    PairMode,
+    Precision,
+    ServedModel,
+)
+from reranker.contract.tensors import SCORE, TOKEN_TENSORS
+
+
+class ParameterError(ValueError):
+    """A model parameter is missing or has a value its reader cannot take."""
+
+
+class Runtime(enum.StrEnum):
+    """What runs the Python-backend encoder's micro-batches."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TORCH = "torch"
+
+
+class PrecisionHint(enum.StrEnum):
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for the fp32 graph it runs."""
+
+    F32 = "f32"
+    BF16 = "bf16"
+
+
+class TorchCompile(enum.StrEnum):
+    """How the PyTorch encoder's forward runs: eagerly, or compiled by ``torch.compile``
+    (with CUDA graphs per shape in ``reduce-overhead`` mode)."""
+
+    EAGER = "eager"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"
+
+
+TORCH_PRECISIONS = frozenset({Precision.FP32, Precision.FP16, Precision.BF16})
+
+
+@dataclass(frozen=True)
+class TokenizerParameters:
+    max_length: int
+    pair_mode: PairMode
+    # Characters kept of each text before tokenizing (see tensors.max_chars).
+    max_chars: int
+    tokenizer_file: str = TOKENIZER_FILE
+    # Lengths rows are padded up to (ascending); empty pads to each request's longest row.
+    length_buckets: tuple[int, ...] = ()
+    # A causal-LM reranker's prompt (pair mode PROMPT), beside the tokenizer.
+    prompt_file: str = ""
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_length", "max_chars")
+        if any(b < 1 for b in self.length_buckets):
+            raise ParameterError(f"length_buckets must be positive, got {self.length_buckets}")
+        object.__setattr__(self, "length_buckets", tuple(sorted(self.length_buckets)))
+        if (self.pair_mode is PairMode.PROMPT) != bool(self.prompt_file):
+            raise ParameterError("prompt_file is set exactly when pair_mode is prompt")
+
+
+@dataclass(frozen=True)
+class EncoderParameters:
+    """The Python-backend encoder: what runs it, and how merged rows are cut into runs."""
+
+    runtime: Runtime
+    # Attention cells (rows x length^2) one run may hold; a longer row runs alone.
+    max_attention_cells: int
+    # Rows one run holds at most; within it the split minimizes padding cost.
+    max_rows_per_run: int
+    # Intra-op threads of the runtime (0: its own default).
+    intra_op_threads: int = 0
+    # Padded tokens one run holds at most (0: no cap).
+    max_tokens_per_run: int = 0
+    # A run's fixed cost, in tokens' work.
+    run_overhead_tokens: float = 16.0
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_attention_cells", "max_rows_per_run")
+        _at_least(self, 0, "intra_op_threads", "max_tokens_per_run", "run_overhead_tokens")
+
+
+@dataclass(frozen=True)
+class GraphEncoderParameters(EncoderParameters):
+    """An encoder running the ONNX graph with ONNX Runtime or OpenVINO."""
+
+    onnx_file: str = ONNX_FILE
+    inference_precision: PrecisionHint = PrecisionHint.F32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.runtime is Runtime.TORCH:
+            raise ParameterError("a graph encoder runs onnxruntime or openvino, not torch")
+
+
+@dataclass(frozen=True)
+class TorchEncoderParameters(EncoderParameters):
+    """An encoder running the checkpoint itself with PyTorch."""
+
+    checkpoint_dir: str = CHECKPOINT_DIR
+    scorer: ModelKind = ModelKind.CROSS_ENCODER
+    torch_dtype: Precision = Precision.FP32
+    torch_compile: TorchCompile = TorchCompile.EAGER
+    # A causal LM's (relevant, irrelevant) token ids; empty for other kinds.
+    relevance_tokens: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.runtime is not Runtime.TORCH:
+            raise ParameterError(f"a torch encoder has runtime torch, got {self.runtime}")
+        if self.torch_dtype not in TORCH_PRECISIONS:
+            raise ParameterError(f"torch_dtype must be fp32, fp16 or bf16, got {self.torch_dtype}")
+        if (self.scorer is ModelKind.CAUSAL_LM) != (len(self.relevance_tokens) == 2) or len(
+            self.relevance_tokens
+        ) not in (0, 2):
+            raise ParameterError(
+                "relevance_tokens holds two token ids exactly for a causal-lm scorer, got "
+                f"{self.relevance_tokens} for {self.scorer}"
+            )
+
+
+@dataclass(frozen=True)
+class EnsembleParameters:
+    """What describes a served model to the rank service, on its ensemble."""
+
+    reranker_kind: ModelKind
+    architecture: str
+    max_length: int
+    activation: Activation
+    precision: Precision = Precision.FP32
+    device: Device = Device.CPU
+    runtime: EncoderRuntime = EncoderRuntime.ONNX
+    family: str = ""
+    takes_instruction: bool = False
+
+    @classmethod
+    def of(cls, model: ServedModel) -> EnsembleParameters:
+        return cls(
+            reranker_kind=model.kind,
+            architecture=model.architecture,
+            max_length=model.max_length,
+            activation=model.activation,
+            precision=model.precision,
+            device=model.device,
+            runtime=model.runtime,
+            family=model.family,
+            takes_instruction=model.takes_instruction,
+        )
+
+    def served_model(
+        self,
+        name: str,
+        max_batch_size: int,
+        tokenizer_outputs: typing.Iterable[str],
+        graph_output: str = SCORE,
+    ) -> ServedModel:
+        outputs = set(tokenizer_outputs)
+        return ServedModel(
+            name=name,
+            kind=self.reranker_kind,
+            architecture=self.architecture,
+            max_length=self.max_length,
+            activation=self.activation,
+            token_inputs=tuple(name for name in TOKEN_TENSORS if name in outputs),
+            max_batch_size=max_batch_size,
+            precision=self.precision,
+            device=self.device,
+            graph_output=graph_output,
+            runtime=self.runtime,
+            family=self.family,
+            takes_instruction=self.takes_instruction,
+        )
+
+
+# The key that marks an ensemble as one of this server's served models.
+SERVED_MODEL_KEY = "reranker_kind"
+
+_BOOLEANS = {"true": True, "false": False}
+Params = TypeVar("Params")
+
+
+def to_parameters(values: Any) -> dict[str, str]:
+    """A parameter dataclass as Triton's string parameters."""
+    return {field.name: _encode(getattr(values, field.name)) for field in fields(values)}
+
+
+def from_parameters(kind: type[Params], raw: Mapping[str, str], model: str) -> Params:
+    """Parses ``raw`` (a model's string parameters) into ``kind``; keys it does not define are
+    left to whoever reads them (Triton's own, such as ``EXECUTION_ENV_PATH``).
+
+    Raises:
+        ParameterError: a key is missing or a value cannot be read, naming model and key.
+    """
+    hints = typing.get_type_hints(kind)
+    values: dict[str, Any] = {}
+    for field in fields(kind):  # type: ignore[arg-type]
+        if field.name not in raw:
+            if field.default is MISSING:
+                raise ParameterError(f"model {model}: parameter {field.name!r} is required")
+            continue
+        try:
+            values[field.name] = _decode(raw[field.name], hints[field.name])
+        except ValueError as error:
+            raise ParameterError(
+                f"model {model}: parameter {field.name}={raw[field.name]!r}: {error}"
+            ) from None
+    try:
+        return kind(**values)
+    except ParameterError as error:
+        raise ParameterError(f"model {model}: {error}") from None
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return ",".join(str(int(item)) for item in value)
+    return str(value)
+
+
+def _decode(text: str, kind: Any) -> object:
+    if kind is bool:
+        if text not in _BOOLEANS:
+            raise ValueError("expected true or false")
+        return _BOOLEANS[text]
+    if kind in (int, float, str):
+        return kind(text)
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(
+                "expected one of " + ", ".join(str(member.value) for member in kind)
+            ) from None
+    if typing.get_origin(kind) is tuple:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    raise TypeError(f"no parameter codec for {kind}")  # a definition error, not a value's
+
+
+def _at_least(values: object, minimum: float, *names: str) -> None:
+    for name in names:
+        if getattr(values, name) < minimum:
+            raise ParameterError(f"{name} must be >= {minimum}, got {getattr(values, name)}")

@@ -1,0 +1,309 @@
+"""The rank core: what every front door (gRPC ``reranker.v1``, ``tei.v1``, the HTTP shapes)
+does with a rank call, whatever shape it arrived in.
+
+Validation, limits, the row budget, model choice, truncation and chunking options, scoring
+through a :class:`Scorer` (Triton in production), and assembly all happen here; an adapter
+only converts shapes and maps the error taxonomy to its transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+from opentelemetry import trace
+
+from reranker.contract.model import ModelKind, ServedModel
+from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
+from reranker.service.errors import InvalidArgument, Unavailable
+from reranker.service.limits import CallLimits, RowBudget
+from reranker.service.metrics import ServiceMetrics
+from reranker.service.ranking import (
+    ChunkingChoice,
+    RankedDocument,
+    activate,
+    assemble,
+    resolve_options,
+    validate_rank_request,
+)
+from reranker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw model outputs, one per document in the caller's order."""
+
+    values: np.ndarray
+    requests: int
+    inference_time_s: float
+
+
+class Scorer(Protocol):
+    """What the core needs of an inference backend (the engine, in production)."""
+
+    @property
+    def models(self) -> Mapping[str, ServedModel]: ...
+
+    async def refresh(self) -> Mapping[str, ServedModel]: ...
+
+    async def score(
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        timeout_s: float,
+        options: TruncationOptions = LONGEST_FIRST,
+        labels: Sequence[int] | None = None,
+    ) -> Scores: ...
+
+
+class Truncation(StrEnum):
+    # Drop tokens from the longer of query and document until the pair fits.
+    LONGEST_FIRST = "longest_first"
+    # Refuse a pair that does not fit, naming the document.
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class ChunkingRequest:
+    """A caller's chunking options; unset fields take the server's defaults."""
+
+    overlap_tokens: int | None = None
+    # 0 takes the server's limit.
+    max_chunks: int = 0
+
+
+SERVER_VERSION = "reranker-0.1.0"
+LEFT_TRUNCATION_REFUSED = (
+    "truncation_direction LEFT is not supported: this server truncates from the right "
+    "(longest first), as sentence-transformers does"
+)
+
+
+@dataclass(frozen=True)
+class RankCall:
+    """One rank call, in no transport's shape."""
+
+    query: str
+    documents: Sequence[str]
+    model: str = ""
+    top_k: int | None = None
+    return_documents: bool = False
+    raw_scores: bool = False
+    truncation: Truncation = Truncation.LONGEST_FIRST
+    max_document_tokens: int = 0
+    chunking: ChunkingRequest | None = None
+    # None: the model's default instruction (for a model that takes one).
+    instruction: str | None = None
+    # Asked to truncate from the left (TEI's option): refused, naming the option.
+    truncate_left: bool = False
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    results: list[RankedDocument]
+    model: ServedModel
+    # Rows scored (documents, or their chunks when chunked).
+    pairs: int
+    inference_requests: int
+    inference_time_s: float
+    total_time_s: float
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    models: list[ServedModel]
+    default: str
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What TEI's ``/info`` and ``tei.v1.Info`` report, from the default model and limits."""
+
+    model_id: str
+    dtype: str
+    max_input_length: int
+    max_client_batch_size: int
+    max_concurrent_requests: int
+    version: str = SERVER_VERSION
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.max_input_length * self.max_concurrent_requests
+
+
+class RankCore:
+    """Runs rank calls against a scorer under the server's limits and row budget."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Scorer,
+        metrics: ServiceMetrics,
+        tracer: trace.Tracer | None = None,
+        chunker: DocumentChunker | None = None,
+    ) -> None:
+        self.settings = settings
+        self._scorer = scorer
+        self._metrics = metrics
+        self._tracer = tracer or trace.NoOpTracer()
+        self._chunker = chunker or DocumentChunker(
+            settings.model_repository, settings.max_chunks_per_document
+        )
+        self.limits = CallLimits.from_settings(settings)
+        self.budget = RowBudget(settings.max_rows_in_flight)
+        metrics.track_rows_in_flight(lambda: self.budget.in_flight)
+
+    def timeout(self, remaining_s: float | None) -> float:
+        """The inference timeout of a call with ``remaining_s`` left of its deadline."""
+        limit = self.settings.inference_timeout_s
+        return limit if remaining_s is None else max(0.001, min(limit, remaining_s))
+
+    def default_model(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        if len(self._scorer.models) == 1:
+            return next(iter(self._scorer.models))
+        return ""
+
+    async def _served(self) -> Mapping[str, ServedModel]:
+        if not self._scorer.models:
+            await self._scorer.refresh()
+        return self._scorer.models
+
+    async def model(self, name: str) -> ServedModel:
+        """The served model called ``name`` ('' picks the default)."""
+        served = await self._served()
+        if not served:
+            raise Unavailable("no model is loaded yet")
+        chosen = name or self.default_model()
+        if not chosen:
+            raise InvalidArgument(
+                f"model must be set: this server has no default among {sorted(served)}"
+            )
+        model = served.get(chosen)
+        if model is None:
+            raise InvalidArgument(
+                f"model {chosen!r} is not served; served models: {sorted(served)}"
+            )
+        return model
+
+    async def list_models(self) -> ModelListing:
+        served = await self._served()
+        return ModelListing(
+            models=sorted(served.values(), key=lambda m: m.name), default=self.default_model()
+        )
+
+    async def server_info(self) -> ServerInfo:
+        model = await self.model("")
+        return ServerInfo(
+            model_id=model.name,
+            dtype=model.precision.value,
+            max_input_length=model.max_length,
+            max_client_batch_size=self.limits.max_documents,
+            max_concurrent_requests=self.budget.limit,
+        )
+
+    def _chunking(self, request: ChunkingRequest | None) -> ChunkingChoice | None:
+        if request is None:
+            return None
+        settings = self.settings
+        return ChunkingChoice(
+            overlap=settings.chunk_overlap_tokens
+            if request.overlap_tokens is None
+            else request.overlap_tokens,
+            max_chunks=request.max_chunks or settings.max_chunks_per_document,
+        )
+
+    async def rank(self, call: RankCall, timeout_s: float) -> RankOutcome:
+        """Scores every document of ``call`` and returns them best first."""
+        start = time.perf_counter()
+        with self._tracer.start_as_current_span("validate"):
+            documents = list(call.documents)
+            if call.truncate_left:
+                raise InvalidArgument(LEFT_TRUNCATION_REFUSED)
+            validate_rank_request(call.query, documents, call.top_k)
+            self.limits.check(call.query, documents)
+            if call.max_document_tokens < 0:
+                raise InvalidArgument(
+                    f"max_document_tokens must be >= 0, got {call.max_document_tokens}"
+                )
+            chunking = self._chunking(call.chunking)
+            options = resolve_options(
+                call.truncation == Truncation.REFUSE,
+                call.max_document_tokens,
+                chunking,
+                self.settings.max_chunks_per_document,
+            )
+            model = await self.model(call.model)
+            if call.instruction is not None and not model.takes_instruction:
+                raise InvalidArgument(
+                    f"instruction is not taken by model {model.name!r} "
+                    f"({model.architecture}); leave it unset"
+                )
+            if chunking is not None and model.kind is ModelKind.CAUSAL_LM:
+                raise InvalidArgument(
+                    f"chunking is not offered for causal-LM rerankers ({model.name!r}): their "
+                    "prompt is cut at the model's max length, the end of a long document first"
+                )
+            if call.instruction:  # an empty one is none, as CrossEncoder's empty prompt is
+                options = replace(options, instruction=call.instruction)
+        scores, raw = await self._score(model, call, documents, chunking, options, timeout_s)
+        with self._tracer.start_as_current_span("assemble"):
+            self._metrics.rows.labels(model.name).inc(len(scores.values))
+            self._metrics.rows_per_call.observe(len(scores.values))
+            self._metrics.stage_seconds.labels("inference").observe(scores.inference_time_s)
+            values = activate(raw, model.activation, call.raw_scores)
+            ranked = assemble(values, documents, call.top_k, call.return_documents)
+        total_s = time.perf_counter() - start
+        self._metrics.stage_seconds.labels("total").observe(total_s)
+        return RankOutcome(
+            results=ranked,
+            model=model,
+            pairs=len(scores.values),
+            inference_requests=scores.requests,
+            inference_time_s=scores.inference_time_s,
+            total_time_s=total_s,
+        )
+
+    async def _score(
+        self,
+        model: ServedModel,
+        call: RankCall,
+        documents: list[str],
+        chunking: ChunkingChoice | None,
+        options: TruncationOptions,
+        timeout_s: float,
+    ) -> tuple[Scores, np.ndarray]:
+        if chunking is None:
+            with self.budget.hold(len(documents)):
+                scores = await self._scorer.score(model, call.query, documents, timeout_s, options)
+            return scores, scores.values
+        with self.budget.hold(len(documents)):
+            start = time.perf_counter()
+            chunks: list[Chunk] = await asyncio.to_thread(
+                self._chunker.chunks,
+                model,
+                call.query,
+                documents,
+                chunking.overlap,
+                chunking.max_chunks,
+                call.max_document_tokens,
+            )
+            self._metrics.stage_seconds.labels("chunk").observe(time.perf_counter() - start)
+        with self.budget.hold(len(chunks)):
+            scores = await self._scorer.score(
+                model,
+                call.query,
+                [c.text for c in chunks],
+                timeout_s,
+                options,
+                labels=[c.document for c in chunks],
+            )
+        return scores, best_per_document(scores.values, chunks, len(documents))

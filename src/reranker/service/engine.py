@@ -1,0 +1,274 @@
+"""The inference engine: Triton's ensembles, reached through ``tritonclient.grpc.aio``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from reranker.contract.model import ServedModel
+from reranker.contract.parameters import (
+    SERVED_MODEL_KEY,
+    EnsembleParameters,
+    ParameterError,
+    from_parameters,
+)
+from reranker.contract.tensors import (
+    DOCUMENT,
+    LONGEST_FIRST,
+    QUERY,
+    SCORE,
+    OverflowReport,
+    TruncationOptions,
+)
+from reranker.service.core import Scores
+from reranker.service.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidArgument,
+    ModelRestarting,
+    RerankError,
+    Unavailable,
+)
+from reranker.service.health import BackendHealth
+from reranker.service.ranking import plan_requests
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = (
+    "StatusCode.UNAVAILABLE",
+    "failed to connect",
+    "Connection refused",
+    "Socket closed",
+)
+# What Triton says when a Python-backend stub process has died (Triton does not restart it).
+_STUB_DEAD = "is not healthy"
+# A model the service knows but Triton does not have loaded: Triton is (re)starting.
+_NOT_LOADED = ("Request for unknown model", "has no available versions")
+_PROPAGATOR = TraceContextTextMapPropagator()
+_MESSAGE_BYTES = 256 * 1024 * 1024
+# Retries on the rank service -> Triton hop happen in one layer, the engine's own loop
+# (:meth:`TritonEngine._infer`): it sees what a gRPC retry policy cannot (a replica that is
+# up but still loading its models answers with an error message, not a status), and gRPC's
+# round robin sends each attempt to the next ready replica. The caller -> rank service hop
+# retries in the client's service config only.
+_ATTEMPTS = 3
+_RETRY_BACKOFF_S = 0.05
+_SERVICE_CONFIG: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", _MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MESSAGE_BYTES),
+    ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
+    ("grpc.enable_retries", 0),
+    # Reconnect quickly after Triton restarts: gRPC's default backoff grows to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def grpc_target(url: str) -> str:
+    """The gRPC target for Triton: ``host:port``, a comma-separated list of ``ip:port``
+    replicas, or any gRPC target URI (``dns:///triton:8001`` resolves to every replica)."""
+    if "," in url and ":///" not in url and not url.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + url
+    return url
+
+
+def describe(config: mc.ModelConfig) -> ServedModel | None:
+    """Reads a served model back from its ensemble's configuration (None if not one of ours).
+
+    Raises:
+        ParameterError: the ensemble is ours but its parameters cannot be read.
+    """
+    raw = {key: value.string_value for key, value in config.parameters.items()}
+    if config.platform != "ensemble" or SERVED_MODEL_KEY not in raw:
+        return None
+    tokenize, encode = config.ensemble_scheduling.step
+    return from_parameters(EnsembleParameters, raw, config.name).served_model(
+        config.name,
+        config.max_batch_size,
+        tokenize.output_map,
+        graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
+    )
+
+
+def _translate(error: InferenceServerException, url: str) -> RerankError:
+    return classify(error.status() or "", error.message() or str(error), url)
+
+
+def classify(status: str, message: str, url: str) -> RerankError:
+    """The error a caller sees for a failed Triton request. Triton says most of what went
+    wrong only in its message text, so this is the one place that reads that text."""
+    if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
+        return DeadlineExceeded("the deadline passed before inference finished")
+    if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
+        return Unavailable(f"inference server at {url} is unreachable")
+    if status == "StatusCode.CANCELLED" or message == "CANCELLED":
+        # Not the caller (that cancels this task): Triton dropped the request, shutting down.
+        return Unavailable(f"inference server at {url} cancelled the request (stopping?)")
+    if any(s in message for s in _NOT_LOADED):
+        return Unavailable(f"the model is not loaded yet: {message}")
+    if _STUB_DEAD in message:
+        return ModelRestarting(f"a model process died and is being restarted: {message}")
+    return InferenceFailed(f"inference failed: {message}")
+
+
+class TritonEngine:
+    """Knows the served models and scores rows with them."""
+
+    def __init__(
+        self, url: str, max_rows_per_request: int, tracer: trace.Tracer | None = None
+    ) -> None:
+        self.url = url
+        self._tracer = tracer or trace.NoOpTracer()
+        self._max_rows = max_rows_per_request
+        self._client = triton_aio.InferenceServerClient(
+            grpc_target(url), channel_args=_CHANNEL_ARGS
+        )
+        self.models: dict[str, ServedModel] = {}
+        self.health = BackendHealth()
+
+    async def refresh(self) -> dict[str, ServedModel]:
+        """Reads the served models from the ready ensembles of Triton's repository."""
+        try:
+            index = await self._client.get_model_repository_index()
+            models: dict[str, ServedModel] = {}
+            for entry in index.models:
+                if entry.state != "READY":
+                    continue
+                response = await self._client.get_model_config(entry.name)
+                try:
+                    model = describe(response.config)
+                except ParameterError as error:
+                    log.error("not serving %s: %s", entry.name, error)
+                    continue
+                if model is not None:
+                    models[model.name] = model
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        self.models = models
+        return models
+
+    async def score(
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        timeout_s: float,
+        options: TruncationOptions = LONGEST_FIRST,
+        labels: Sequence[int] | None = None,
+    ) -> Scores:
+        """Scores every document against the query, in as few requests as the model allows.
+
+        ``labels[i]`` is the caller's index of ``documents[i]`` (default ``i``), for errors.
+        """
+        max_rows = max(1, min(self._max_rows, model.max_batch_size))
+        plan = plan_requests(documents, max_rows)
+        start = time.perf_counter()
+        encoded_query = query.encode("utf-8")
+        parameters = options.parameters() if options != LONGEST_FIRST else None
+        parts = await asyncio.gather(
+            *(
+                self._infer(
+                    model.name,
+                    encoded_query,
+                    [documents[i] for i in rows],
+                    timeout_s,
+                    parameters,
+                    [labels[i] if labels is not None else i for i in rows],
+                )
+                for rows in plan
+            )
+        )
+        values = np.empty(len(documents), dtype=np.float32)
+        for rows, part in zip(plan, parts, strict=True):
+            values[rows] = part
+        return Scores(values, len(plan), time.perf_counter() - start)
+
+    async def _infer(
+        self,
+        model: str,
+        query: bytes,
+        documents: list[str],
+        timeout_s: float,
+        parameters: dict[str, int | str] | None,
+        labels: list[int],
+    ) -> np.ndarray:
+        rows = len(documents)
+        queries = np.full((rows, 1), query, dtype=np.object_)
+        texts = np.array([d.encode("utf-8") for d in documents], dtype=np.object_).reshape(rows, 1)
+        inputs = [
+            InferInput(QUERY, [rows, 1], "BYTES"),
+            InferInput(DOCUMENT, [rows, 1], "BYTES"),
+        ]
+        inputs[0].set_data_from_numpy(queries)
+        inputs[1].set_data_from_numpy(texts)
+        for attempt in range(1, _ATTEMPTS + 1):
+            started = time.monotonic()
+            try:
+                with self._tracer.start_as_current_span(
+                    "triton.infer",
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={"triton.model": model, "triton.rows": rows, "attempt": attempt},
+                ):
+                    # Triton joins its own spans to the caller's trace from this header.
+                    headers: dict[str, str] = {}
+                    _PROPAGATOR.inject(headers)
+                    result = await self._client.infer(
+                        model,
+                        inputs,
+                        outputs=[InferRequestedOutput(SCORE)],
+                        client_timeout=timeout_s,
+                        parameters=parameters,
+                        headers=headers or None,
+                    )
+                self.health.answered(model)
+                break
+            except InferenceServerException as error:
+                overflow = OverflowReport.decode(error.message() or "")
+                if overflow is not None:
+                    more = "more than " if overflow.clipped else ""
+                    raise InvalidArgument(
+                        f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens "
+                        f"with the query; the model reads at most {overflow.limit} "
+                        "(truncation is REFUSE)"
+                    ) from None
+                translated = _translate(error, self.url)
+                if isinstance(translated, Unavailable):
+                    dead = started if isinstance(translated, ModelRestarting) else None
+                    self.health.failed(model, dead)
+                # An unreachable replica, or one still loading its models, fails at once;
+                # round robin sends the next attempt to another one. (A dead model process is
+                # not retried: Triton takes a second to report it, and the launcher is
+                # restarting it anyway.)
+                if type(translated) is Unavailable and attempt < _ATTEMPTS:
+                    await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
+                    continue
+                raise translated from None
+            except grpc.RpcError as error:  # raised directly by some channel failures
+                self.health.failed(model)
+                if attempt < _ATTEMPTS:
+                    await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
+                    continue
+                raise Unavailable(
+                    f"inference server at {self.url} is unreachable: {error}"
+                ) from None
+        scores = result.as_numpy(SCORE)
+        if scores is None or scores.size != rows:
+            raise InferenceFailed(f"model {model} returned no score for some rows")
+        return scores.reshape(rows)
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,243 @@
+"""Launches the ``tritonserver`` binary that the nvidia-pytriton wheel ships.
+
+The wheel is used as a plain binary: the model repository is ours, and so is the backend
+directory, assembled in a temporary folder from links to the wheel's Python backend and
+the stub built for the running interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import tritonclient.grpc as triton_grpc
+
+from reranker.service.tracing import otlp_traces_url
+from reranker.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger(__name__)
+
+
+def triton_home() -> Path:
+    """The wheel's ``tritonserver`` folder, found without importing ``pytriton`` (whose own
+    Python API needs packages this server does not)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the nvidia-pytriton wheel is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def assemble_backends(target: Path) -> Path:
+    """Creates ``target/python`` with the Python backend and the stub for this interpreter."""
+    home = triton_home()
+    python_backend = target / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = [
+        home / "backends" / "python" / "libtriton_python.so",
+        home / "backends" / "python" / "triton_python_backend_utils.py",
+        home / "python_backend_stubs" / version / "triton_python_backend_stub",
+    ]
+    for source in sources:
+        if not source.exists():
+            raise FileNotFoundError(f"the Triton wheel lacks {source}")
+        link = python_backend / source.name
+        if not link.exists():
+            link.symlink_to(source)
+    return target
+
+
+def dies_with_parent(command: list[str]) -> list[str]:
+    """``command``, made to get SIGTERM when the process that starts it dies, even if that
+    process is killed outright, so no child outlives it.
+
+    ``setpriv`` asks the kernel for the signal between fork and exec. A ``preexec_fn`` would
+    run Python in the forked child of a process where gRPC's threads run, and such children
+    crash now and then (gRPC's fork handlers); without one, ``subprocess`` can use vfork.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv (util-linux) not found: %s may outlive this process", command[0])
+        return command
+    return [setpriv, "--pdeathsig", "TERM", "--", *command]
+
+
+class TritonServer:
+    """One ``tritonserver`` process bound to loopback."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+        self._shm_prefix = f"reranker{os.getpid()}_{id(self) & 0xFFFF:x}_"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self._settings.triton_grpc_port}"
+
+    def command(self, backend_directory: Path) -> list[str]:
+        s = self._settings
+        return [
+            str(triton_home() / "bin" / "tritonserver"),
+            f"--model-repository={s.model_repository.resolve()}",
+            f"--backend-directory={backend_directory}",
+            # Explicit control loads exactly the repository's models at start; the control
+            # API is on loopback only, like every Triton endpoint here.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--disable-auto-complete-config",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=5",
+            "--http-address=127.0.0.1",
+            f"--http-port={s.triton_http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={s.triton_grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={s.triton_metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--allow-cpu-metrics=true",
+            "--log-verbose=0",
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=4194304",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+            *self._trace_flags(),
+        ]
+
+    def _trace_flags(self) -> list[str]:
+        """Triton's own OpenTelemetry spans, joined to the rank service's trace through the
+        ``traceparent`` each inference request carries."""
+        endpoint = self._settings.otlp_endpoint
+        if not endpoint:
+            return []
+        return [
+            "--trace-config=mode=opentelemetry",
+            "--trace-config=level=TIMESTAMPS",
+            "--trace-config=rate=1",
+            "--trace-config=count=-1",
+            f"--trace-config=opentelemetry,url={otlp_traces_url(endpoint)}",
+            "--trace-config=opentelemetry,resource=service.name=triton",
+        ]
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """The stub embeds the system libpython: it needs the base interpreter's LIBDIR on the
+        library path, and finds this virtual environment through ``PATH``."""
+        # Triton and its stubs need none of the rank service's settings (an API key among them).
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in [libdir, env.get("LD_LIBRARY_PATH", "")] if p
+        )
+        return env
+
+    def start(self) -> None:
+        """Starts Triton and waits until it and every model in the repository are ready."""
+        self._workdir = Path(tempfile.mkdtemp(prefix="reranker-triton-"))
+        backends = assemble_backends(self._workdir / "backends")
+        log_path = self._settings.triton_log
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self._process = subprocess.Popen(
+                dies_with_parent(self.command(backends)),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                # Its own process group: a Ctrl-C reaches the launcher, which stops the rank
+                # service first and Triton after it, so in-flight calls can drain.
+                start_new_session=True,
+            )
+        log.info("tritonserver started (pid %d), log %s", self._process.pid, log_path)
+        try:
+            self._wait_ready(self._settings.triton_startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + timeout_s
+        client = triton_grpc.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise RuntimeError(
+                        f"tritonserver exited with code {self._process.returncode}; "
+                        f"see {self._settings.triton_log}:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(Exception):
+                    if client.is_server_ready():
+                        return
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise TimeoutError(
+            f"tritonserver not ready after {timeout_s:.0f}s; see {self._settings.triton_log}"
+        )
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def exit_code(self) -> int | None:
+        """The exit code of a Triton that exited by itself (None if never started)."""
+        return None if self._process is None else self._process.poll()
+
+    def kill(self) -> None:
+        """Kills Triton outright (a graceful stop waits on requests a dead stub holds)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """Kills whatever Triton left running in its process group (its Python-backend stubs).
+        Stubs normally exit within seconds of their Triton; this is the safeguard for one
+        that does not, which would hold its memory for good."""
+        if self._process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # Triton leads its own process group (start_new_session): the group is its pid.
+            os.killpg(self._process.pid, signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Cleans up after an exited Triton and starts a new one on the same ports."""
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self._settings.triton_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stops Triton with SIGTERM (SIGKILL if it hangs) and removes what it left behind."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver ignored SIGTERM for %.0fs; killing it", timeout_s)
+                process.kill()
+                process.wait()
+        self._kill_leftovers()
+        self._process = None
+        for region in Path("/dev/shm").glob(self._shm_prefix + "*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None

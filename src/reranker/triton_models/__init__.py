@@ -1,1 +1,0 @@
-"""Implementations of the Triton Python-backend models; each ``model.py`` imports one."""
