@@ -10,21 +10,18 @@ DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__tokenizer/1/tokeni
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
 
-test: $(INSTALLED)  ## lint, type-check and run the whole test suite
-	$(VENV)/bin/ruff check src client tests bench
-	$(VENV)/bin/ruff format --check src client tests bench
-	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests bench/*.py
+test: lint  ## lint, type-check, check the dependency rule and run the whole test suite
 	$(PY) -m pytest
 
 test-unit: $(INSTALLED)  ## the unit tests alone: seconds, no Triton
 	$(PY) -m pytest tests/unit -q
 
-lint: $(INSTALLED)
+lint: $(INSTALLED)  ## ruff, mypy and the import contracts (docs/architecture.md)
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests bench/*.py
+	$(VENV)/bin/lint-imports
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff format src client tests bench

@@ -11,8 +11,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reranker.settings import Settings, add_arguments, settings_from
+from reranker.settings import SETTINGS, OptionSource, Settings
+
+if TYPE_CHECKING:
+    from reranker.build.triton_configs import TritonTuning
 
 log = logging.getLogger("reranker")
 
@@ -131,6 +135,7 @@ def _build(args: argparse.Namespace) -> int:
         device=Device(device),
         runtime=EncoderRuntime(runtime),
         onnx_file=args.onnx_file,
+        tuning=_tuning().resolve(args, os.environ),
     )
     print(f"building {name} into {args.repository}", file=sys.stderr)
     try:
@@ -148,6 +153,16 @@ def _build(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _tuning() -> OptionSource[TritonTuning]:
+    from reranker.build.triton_configs import TritonTuning
+
+    return OptionSource(
+        TritonTuning,
+        "tuning",
+        "TOML file of Triton tuning levers (instances, threads, batching, queue delays)",
+    )
 
 
 def _target(device: str, runtime: str | None) -> tuple[str, str]:
@@ -195,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reranker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run Triton and the rank service")
-    add_arguments(serve_parser)
+    SETTINGS.add_arguments(serve_parser)
     build_parser = commands.add_parser(
         "build",
         help="add a model to the repository",
@@ -237,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="onnx (default): serve the ONNX export; torch: serve the checkpoint itself with "
         "PyTorch (fp32 on CPU; fp16 or bf16 on a GPU, no container needed)",
     )
+    _tuning().add_arguments(build_parser)
     health_parser = commands.add_parser(
         "health",
         help="exit 0 if a rank service reports SERVING (for container health checks)",
@@ -250,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _build(args)
     if args.command == "health":
         return _health(args.address, args.timeout_s, args.tls_ca_file)
-    settings = settings_from(args, os.environ)
+    settings = SETTINGS.resolve(args, os.environ)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -3,6 +3,8 @@
 Every setting is a command-line flag and an environment variable with the ``RERANKER_``
 prefix (flag ``--grpc-port`` is ``RERANKER_GRPC_PORT``). A flag beats the environment,
 the environment beats a profile file (``--profile``, TOML), and that beats the default.
+The build's Triton tuning (:class:`reranker.build.triton_configs.TritonTuning`) is read the
+same way, with its file option ``--tuning``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 ENV_PREFIX = "RERANKER_"
 
@@ -155,62 +157,89 @@ class Settings:
         return self.api_key
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+Options = TypeVar("Options")
 
 
-def _convert(name: str, raw: Any) -> Any:
-    kind = type(getattr(Settings(), name))
-    if isinstance(raw, kind):
-        return raw
+@dataclass(frozen=True)
+class OptionSource(Generic[Options]):
+    """How one frozen options dataclass is read at the entry point: a flag per field, an
+    environment variable per field (``RERANKER_`` + its name), and a TOML file named by
+    ``--<file_option>`` or ``RERANKER_<FILE_OPTION>``. A flag beats the environment, the
+    environment beats the file, and that beats the field's default."""
+
+    kind: type[Options]
+    file_option: str
+    file_help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Adds one flag per field (defaults left unset so precedence can be resolved)."""
+        group = parser.add_argument_group(self.kind.__name__)
+        group.add_argument(
+            "--" + self.file_option.replace("_", "-"), type=Path, help=self.file_help
+        )
+        for spec in dataclasses.fields(self.kind):  # type: ignore[arg-type]
+            env = ENV_PREFIX + spec.name.upper()
+            default = _shown(_default(spec))
+            group.add_argument(
+                "--" + spec.name.replace("_", "-"),
+                dest=spec.name,
+                default=None,
+                help=f"{spec.metadata.get('help', '')} [env {env}, default {default}]",
+            )
+
+    def resolve(self, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
+        """Every field: flag, then environment, then file, then default."""
+        values: dict[str, Any] = {}
+        fields = {spec.name: spec for spec in dataclasses.fields(self.kind)}  # type: ignore[arg-type]
+        file = getattr(args, self.file_option, None) or _env_path(environ, self.file_option)
+        if file is not None:
+            with open(file, "rb") as handle:
+                table = tomllib.load(handle)
+            unknown = set(table) - set(fields)
+            if unknown:
+                raise ValueError(f"{self.file_option} {file}: unknown settings {sorted(unknown)}")
+            values.update(table)
+        for name in fields:
+            env = environ.get(ENV_PREFIX + name.upper())
+            if env is not None:
+                values[name] = env
+            flag = getattr(args, name, None)
+            if flag is not None:
+                values[name] = flag
+        return self.kind(
+            **{name: _convert(name, _default(fields[name]), raw) for name, raw in values.items()}
+        )
+
+
+SETTINGS = OptionSource(Settings, "profile", "TOML file of settings (a launch profile)")
+
+
+def _default(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _convert(name: str, default: Any, raw: Any) -> Any:
+    """``raw`` (a string from a flag or the environment, or a TOML value) as the type of the
+    field's default; a tuple of ints is written ``64,128,256``."""
+    kind = type(default)
     try:
-        return kind(raw)
+        if isinstance(default, tuple):
+            if isinstance(raw, str):
+                return tuple(int(part) for part in raw.split(",") if part.strip())
+            return tuple(int(item) for item in raw)
+        return raw if isinstance(raw, kind) else kind(raw)
     except (TypeError, ValueError) as error:
         raise ValueError(f"setting {name}: cannot read {raw!r} as {kind.__name__}") from error
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one flag per setting (defaults left unset so precedence can be resolved)."""
-    parser.add_argument("--profile", type=Path, help="TOML file of settings (a launch profile)")
-    for name, spec in _FIELDS.items():
-        env = ENV_PREFIX + name.upper()
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            help=f"{spec.metadata.get('help', '')} [env {env}, default {spec.default}]",
-        )
-
-
-def settings_from(
-    args: argparse.Namespace, environ: Mapping[str, str], profile: Path | None = None
-) -> Settings:
-    """Resolves every setting: flag, then environment, then profile file, then default."""
-    values: dict[str, Any] = {}
-    profile = profile or getattr(args, "profile", None) or _env_path(environ, "PROFILE")
-    if profile is not None:
-        with open(profile, "rb") as handle:
-            table = tomllib.load(handle)
-        unknown = set(table) - set(_FIELDS)
-        if unknown:
-            raise ValueError(f"profile {profile}: unknown settings {sorted(unknown)}")
-        values.update(table)
-    for name in _FIELDS:
-        env = environ.get(ENV_PREFIX + name.upper())
-        if env is not None:
-            values[name] = env
-        flag = getattr(args, name, None)
-        if flag is not None:
-            values[name] = flag
-    return Settings(**{name: _convert(name, raw) for name, raw in values.items()})
-
-
 def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
-    value = environ.get(ENV_PREFIX + name)
+    value = environ.get(ENV_PREFIX + name.upper())
     return Path(value) if value else None
-
-
-def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    """Parses settings from a command line (without the program name) and an environment."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    return settings_from(parser.parse_args(list(argv)), environ)

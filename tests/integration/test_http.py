@@ -14,6 +14,8 @@ import grpc
 import httpx
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from reranker_api.reranker.v1 import reranker_pb2 as pb
+from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from reranker_api.tei.v1 import tei_pb2, tei_pb2_grpc
 from reranker_client import RerankClient
 
@@ -194,6 +196,21 @@ def test_models_route_lists_every_served_model(http: httpx.Client) -> None:
     assert body["object"] == "list"
     assert sorted(m["id"] for m in body["data"]) == sorted(ALL_MODELS)
     assert [m["id"] for m in body["data"] if m["is_default"]] == [DEFAULT_MODEL_NAME]
+
+
+def test_models_route_says_what_list_models_says_field_for_field(server: Server) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        listed = pb_grpc.RankStub(channel).ListModels(pb.ListModelsRequest(), timeout=30)
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        cards = {card.pop("id"): card for card in http.get("/v1/models").json()["data"]}
+    assert sorted(cards) == sorted(m.name for m in listed.models)
+    for model in listed.models:
+        card = cards[model.name]
+        assert (card.pop("object"), card.pop("owned_by")) == ("model", "reranker")
+        kind = pb.ModelKind.Name(model.kind).removeprefix("MODEL_KIND_")
+        assert card.pop("kind") == kind.lower().replace("_", "-")
+        fields = {f.name for f in pb.ModelInfo.DESCRIPTOR.fields} - {"name", "kind"}
+        assert card == {name: getattr(model, name) for name in fields}
 
 
 def test_openapi_describes_every_route(http: httpx.Client) -> None:

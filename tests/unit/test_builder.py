@@ -239,3 +239,34 @@ def test_a_chat_template_that_cannot_carry_a_pair_is_refused() -> None:
         ("query", "document"),
         ("Q: ", " D: ", " end"),
     )
+
+
+def test_triton_tuning_reaches_the_configurations_from_flags_environment_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from reranker import cli
+
+    source = _tiny_checkpoint(tmp_path / "ckpt")
+    tuning = tmp_path / "tuning.toml"
+    tuning.write_text("encoder_instances = 3\nintra_op_threads = 1\nlength_buckets = [32, 64]\n")
+    monkeypatch.setenv("RERANKER_INTRA_OP_THREADS", "4")  # beats the file
+    repository = tmp_path / "repo"
+    arguments = ["build", str(source), "--name", "m", "--repository", str(repository)]
+    flags = ["--tuning", str(tuning), "--encoder-queue-delay-us", "100"]
+    assert cli.main([*arguments, *flags]) == 0
+
+    def config(model: str) -> mc.ModelConfig:
+        text = (repository / model / "config.pbtxt").read_text()
+        return text_format.Parse(text, mc.ModelConfig())
+
+    encoder, tokenizer = config("m__encoder"), config("m__tokenizer")
+    assert [group.count for group in encoder.instance_group] == [3]
+    assert encoder.dynamic_batching.max_queue_delay_microseconds == 100
+    assert encoder.parameters["intra_op_threads"].string_value == "4"
+    assert tokenizer.parameters["length_buckets"].string_value == "32,64"
+    monkeypatch.setenv("RERANKER_ENCODER_INSTANCES", "many")
+    with pytest.raises(ValueError, match="encoder_instances"):
+        cli.main(arguments)

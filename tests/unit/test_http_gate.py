@@ -122,3 +122,24 @@ async def test_cohere_v2_results_carry_index_and_score_only() -> None:
         ).json()
     assert [set(r) for r in body["results"]] == [{"index", "relevance_score"}] * 2
     assert body["meta"] == {"api_version": {"version": "2"}} and body["model"] == "cross"
+
+
+async def test_a_storm_of_distinct_unknown_paths_adds_no_metric_series() -> None:
+    metrics = ServiceMetrics()
+
+    def series() -> set[tuple[str, ...]]:
+        (family,) = (f for f in metrics.registry.collect() if f.name == "reranker_calls")
+        return {tuple(f"{k}={v}" for k, v in sorted(s.labels.items())) for s in family.samples}
+
+    async with client(metrics) as http:
+        assert (await http.get("/scan/first")).status_code == 404
+        before = series()
+        for n in range(1000):
+            assert (await http.get(f"/scan/{n}/wp-login.php")).status_code == 404
+        assert series() == before
+        sample = metrics.registry.get_sample_value
+        labels = {"method": "GET <unmatched>", "code": "UNIMPLEMENTED"}
+        assert sample("reranker_calls_total", labels) == 1001
+        # A route with a path parameter would be counted by its template, not each path.
+        assert (await http.post("/v2/rerank", json={"query": "q", "documents": ["a"]})).is_success
+        assert sample("reranker_calls_total", {"method": "POST /v2/rerank", "code": "OK"}) == 1

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from reranker.settings import Settings, parse_settings
+from reranker.settings import SETTINGS, Settings
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Settings as ``reranker serve`` reads them from a command line and an environment."""
+    parser = argparse.ArgumentParser()
+    SETTINGS.add_arguments(parser)
+    return SETTINGS.resolve(parser.parse_args(list(argv)), environ)
 
 
 def test_defaults() -> None:

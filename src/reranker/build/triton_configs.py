@@ -4,7 +4,8 @@ onnxruntime/TensorRT one) and the ensemble."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -36,38 +37,54 @@ GPU_PREFERRED_BATCH_SIZES = (8, 16, 32, 64, 128)
 TENSORRT_CACHE = "/engine_cache"
 
 
+def _lever(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TritonTuning:
-    """How Triton runs a served model: instances, threads, batching and queue delays. Not
-    part of what describes the model (the rank service never reads it back)."""
+    """How Triton runs a served model: instances, threads, batching and queue delays, written
+    into the configurations at build time (``reranker build`` flags, ``RERANKER_`` variables
+    or a ``--tuning`` TOML file). Not part of what describes the model: the rank service
+    never reads it back."""
 
-    # Lengths the tokenizer pads rows to (empty: each merged batch to its longest row; on
-    # GPU a fixed set up to the model's max length).
-    length_buckets: tuple[int, ...] = ()
-    tokenizer_instances: int = 1
-    encoder_instances: int = 1
-    intra_op_threads: int = 2
-    # Attention cells (rows x length^2) one runtime call may hold, so a batch of long rows
-    # cannot exhaust memory: 2^22 is 16 rows of 512 tokens; a longer row runs alone.
-    max_attention_cells: int = 1 << 22
-    # Rows one runtime call runs at most; within it the split minimizes padding cost
-    # (larger caps gained nothing: docs/benchmark.md, levers).
-    max_rows_per_run: int = 16
-    tokenizer_queue_delay_us: int = 500
-    encoder_queue_delay_us: int = 2000
-    gpu_queue_delay_us: int = 1000
-    tensorrt_workspace_bytes: int = 1 << 31
-    # Tokenizing runs on CPU beside a GPU that scores thousands of rows a second.
-    gpu_tokenizer_instances: int = 4
-    # The PyTorch encoder on a GPU: requests of several callers merge into one execution of
-    # up to this many rows, cut into micro-batches of at most this many rows and padded
-    # tokens; a run's fixed cost (kernel launches) is worth about this many tokens' work.
-    torch_gpu_max_batch_size: int = 512
-    torch_gpu_max_rows_per_run: int = 256
-    torch_gpu_max_tokens_per_run: int = 1 << 16
-    torch_gpu_run_overhead_tokens: int = 1024
-    torch_gpu_queue_delay_us: int = 500
-    torch_compile: TorchCompile = TorchCompile.EAGER
+    length_buckets: tuple[int, ...] = _lever(
+        (),
+        "lengths the tokenizer pads rows to (empty: each request to its longest row; on GPU "
+        "with the onnx runtime, powers of two up to the model's max length)",
+    )
+    tokenizer_instances: int = _lever(1, "tokenizer model instances on a CPU build")
+    encoder_instances: int = _lever(1, "encoder model instances")
+    intra_op_threads: int = _lever(2, "threads each encoder instance's runtime uses")
+    max_attention_cells: int = _lever(
+        1 << 22,
+        "attention cells (rows x length^2) one encoder run may hold, so long rows cannot "
+        "exhaust memory (2^22: 16 rows of 512 tokens; a longer row runs alone; x64 on GPU)",
+    )
+    max_rows_per_run: int = _lever(
+        16, "rows one encoder run holds at most on CPU; the split minimizes padding"
+    )
+    tokenizer_queue_delay_us: int = _lever(500, "tokenizer dynamic batcher's queue delay")
+    encoder_queue_delay_us: int = _lever(2000, "CPU encoder dynamic batcher's queue delay")
+    gpu_queue_delay_us: int = _lever(1000, "queue delay of Triton's onnxruntime GPU encoder")
+    tensorrt_workspace_bytes: int = _lever(1 << 31, "TensorRT builder workspace on GPU")
+    gpu_tokenizer_instances: int = _lever(
+        4, "tokenizer instances beside a GPU encoder (tokenizing runs on CPU)"
+    )
+    torch_gpu_max_batch_size: int = _lever(
+        512, "rows of several callers the PyTorch GPU encoder merges into one execution"
+    )
+    torch_gpu_max_rows_per_run: int = _lever(256, "rows one PyTorch GPU run holds at most")
+    torch_gpu_max_tokens_per_run: int = _lever(
+        1 << 16, "padded tokens one PyTorch GPU run holds at most"
+    )
+    torch_gpu_run_overhead_tokens: int = _lever(
+        1024, "a PyTorch GPU run's fixed cost (kernel launches), in tokens' work"
+    )
+    torch_gpu_queue_delay_us: int = _lever(500, "PyTorch GPU encoder's queue delay")
+    torch_compile: TorchCompile = _lever(
+        TorchCompile.EAGER, "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"
+    )
 
 
 DEFAULT_TUNING = TritonTuning()
