@@ -1,5 +1,6 @@
 """One real Triton + rank service for the whole test session, started by the real launcher
-(``python -m reranker serve``) on loopback, with three models built by the real builder."""
+(``python -m reranker serve``) on loopback, serving every model of ``ALL_MODELS``, each built
+by the real builder."""
 
 from __future__ import annotations
 

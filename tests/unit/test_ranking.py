@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 
+from reranker.contract.model import Activation
 from reranker.service.chunking import Chunk, best_per_document, plan_windows
 from reranker.service.errors import InvalidArgument
 from reranker.service.ranking import activate, assemble, plan_requests, validate_rank_request
@@ -62,11 +63,12 @@ def test_plan_rejects_nonpositive_size() -> None:
 
 def test_activate() -> None:
     raw = np.array([0.0, 2.0, -3.0], dtype=np.float32)
-    np.testing.assert_allclose(activate(raw, "sigmoid", False), 1 / (1 + np.exp(-raw)))
-    np.testing.assert_array_equal(activate(raw, "sigmoid", True), raw)
-    np.testing.assert_array_equal(activate(raw, "none", False), raw)
-    with pytest.raises(ValueError):
-        activate(raw, "softmax", False)
+    sigmoid = Activation.SIGMOID
+    np.testing.assert_allclose(activate(raw, sigmoid, False), 1 / (1 + np.exp(-raw)))
+    np.testing.assert_array_equal(activate(raw, sigmoid, True), raw)
+    np.testing.assert_array_equal(activate(raw, Activation.NONE, False), raw)
+    # An unknown activation never gets this far: the model's description refuses it
+    # (tests/unit/test_parameters.py).
 
 
 def test_assemble_sorts_best_first_keeps_tie_order_and_cuts() -> None:

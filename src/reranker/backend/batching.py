@@ -45,8 +45,8 @@ class RunCost:
     ``overhead_tokens + rows * length * (1 + length / quadratic_length)``: a fixed cost per
     call, the layers' cost per token, and attention's, which grows with the length until it
     equals the rest at ``quadratic_length``. The defaults were fitted to ONNX Runtime on the
-    MiniLM cross-encoder (README, levers); per-token cost hardly depends on the rows in the
-    batch, so padding is what a good split saves."""
+    MiniLM cross-encoder (docs/benchmark.md, levers); per-token cost hardly depends on the rows
+    in the batch, so padding is what a good split saves."""
 
     overhead_tokens: float = 16.0
     quadratic_length: float = 1024.0

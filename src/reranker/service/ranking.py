@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reranker.backend.tokenization import TruncationOptions
+from reranker.contract.model import Activation
 from reranker.service.errors import InvalidArgument
 
 
@@ -78,14 +79,12 @@ def plan_requests(documents: Sequence[str], max_rows: int) -> list[list[int]]:
     return requests
 
 
-def activate(raw: np.ndarray, activation: str, raw_scores: bool) -> np.ndarray:
+def activate(raw: np.ndarray, activation: Activation, raw_scores: bool) -> np.ndarray:
     """Applies the model's activation to its raw outputs unless raw scores were asked for."""
     values = raw.astype(np.float64)
-    if raw_scores or activation == "none":
+    if raw_scores or activation is Activation.NONE:
         return values
-    if activation == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-values))
-    raise ValueError(f"unknown activation {activation!r}")
+    return 1.0 / (1.0 + np.exp(-values))
 
 
 def assemble(
