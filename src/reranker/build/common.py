@@ -1,0 +1,72 @@
+"""What every build path shares: the caller's options, the error a build fails with, progress
+output and the facts read from a checkpoint's files."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reranker.build.triton_configs import TritonTuning
+from reranker.contract.model import Device, EncoderRuntime, Precision
+
+# The ONNX export a build serves from a directory or hub repository publishing several.
+DEFAULT_ONNX_FILE = "model.onnx"
+
+
+class BuildError(Exception):
+    """The model cannot be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the caller chose; None leaves the choice to the source."""
+
+    name: str
+    max_length: int | None = None
+    max_batch_size: int = 64
+    precision: Precision = Precision.FP32
+    device: Device = Device.CPU
+    runtime: EncoderRuntime = EncoderRuntime.ONNX
+    # Which of a source's ONNX exports to serve (``onnx/model_quantized.onnx`` and the like).
+    onnx_file: str = DEFAULT_ONNX_FILE
+    # How Triton runs it: instances, threads, batching, queue delays.
+    tuning: TritonTuning = field(default_factory=TritonTuning)
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    """Shows progress of a long build step."""
+    print(f"  {message} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"  {message}: done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def max_length(options: BuildOptions, *directories: Path) -> int:
+    """Max tokens: the caller's choice, else the tokenizer's, else the position table's."""
+    if options.max_length is not None:
+        return options.max_length
+    for directory in directories:
+        limit = read_json(directory / "tokenizer_config.json").get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 1_000_000:
+            return limit
+    for directory in directories:
+        positions = read_json(directory / "config.json").get("max_position_embeddings")
+        if isinstance(positions, int) and positions > 0:
+            return positions
+    raise BuildError("cannot tell the model's max length: pass --max-length")
+
+
+def architecture(config: dict[str, Any], fallback: str) -> str:
+    architectures = config.get("architectures") or [fallback]
+    return str(architectures[0])

@@ -1,0 +1,45 @@
+"""Writes a served model's three Triton models into the repository: their configurations and
+the entry points of the Python-backend ones (the artifacts are installed separately)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from reranker.build.triton_configs import (
+    TritonTuning,
+    encoder_config,
+    ensemble_config,
+    tokenizer_config,
+)
+from reranker.contract.model import ServedModel
+
+TOKENIZER_MODULE = "reranker.backend.models.tokenizer"
+ENCODER_MODULE = "reranker.backend.models.encoder"
+
+_MODEL_PY = '''"""Triton entry point of the {role} model; the logic lives in {module}."""
+
+from {module} import TritonPythonModel
+
+__all__ = ["TritonPythonModel"]
+'''
+
+
+def write_configs(model: ServedModel, repository: Path, tuning: TritonTuning | None = None) -> None:
+    tuning = tuning or TritonTuning()
+    encoder_module = None if model.native_encoder else ENCODER_MODULE
+    entries = [
+        (model.name, ensemble_config(model), None),
+        (model.tokenizer_model, tokenizer_config(model, tuning), TOKENIZER_MODULE),
+        (model.encoder_model, encoder_config(model, tuning), encoder_module),
+    ]
+    for directory, config, module in entries:
+        version = repository / directory / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        (repository / directory / "config.pbtxt").write_text(text_format.MessageToString(config))
+        if module is not None:
+            role = module.rsplit(".", 1)[1]
+            (version / "model.py").write_text(_MODEL_PY.format(role=role, module=module))
+        else:
+            (version / "model.py").unlink(missing_ok=True)
