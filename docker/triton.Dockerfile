@@ -8,17 +8,21 @@ FROM ${TRITON_IMAGE}
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv libpython3.11 curl \
+      patchelf \
  && rm -rf /var/lib/apt/lists/*
 RUN python3.11 -m venv /opt/reranker
 
-# Versions come from requirements.txt, the one list the CPU path and the tests use too.
+# Versions come from requirements.txt, the one list the CPU path and the tests use too. The
+# stub links the CUDA runtime the wheel bundles under a renamed file; the script copies it
+# beside the stub before the wheel goes (tests/unit/test_deploy.py runs the same script).
 COPY requirements.txt /tmp/requirements.txt
+COPY docker/install-python-stub.sh /tmp/install-python-stub.sh
 RUN /opt/reranker/bin/pip install --no-cache-dir \
       $(grep -E '^(numpy|tokenizers)==' /tmp/requirements.txt) \
  && /opt/reranker/bin/pip install --no-cache-dir --no-deps \
       $(grep -E '^nvidia-pytriton==' /tmp/requirements.txt) \
- && cp /opt/reranker/lib/python3.11/site-packages/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub \
-      /opt/tritonserver/backends/python/triton_python_backend_stub \
+ && /tmp/install-python-stub.sh /opt/reranker/lib/python3.11/site-packages \
+      /opt/tritonserver/backends/python \
  && /opt/reranker/bin/pip uninstall -y nvidia-pytriton
 
 COPY pyproject.toml /src/pyproject.toml

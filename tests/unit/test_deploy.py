@@ -5,6 +5,7 @@ checked against a running server in tests/integration/test_deploy_endpoints.py.)
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from helm_python.chart import Chart
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "deploy" / "helm" / "reranker"
 KUBERNETES = "1.30.0"
+STUB = "triton_python_backend_stub"
 TRITON_HEALTH = ["curl", "-fsS", "http://127.0.0.1:8000/v2/health/ready"]
 
 
@@ -160,3 +162,41 @@ def test_kserve_serves_the_repository_with_this_triton_runtime() -> None:
         "spec": {"containers": [container]},
     }
     kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+
+
+def test_the_triton_image_stub_finds_every_library_after_the_wheel_is_gone(
+    tmp_path: Path,
+) -> None:
+    """The Dockerfile's stub step, run on a copy of the wheel laid out as in the image's
+    virtual environment; then the wheel goes, as ``pip uninstall`` takes it."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    from reranker.service.triton_server import triton_home
+
+    wheel_site = triton_home().parents[1]
+    site = tmp_path / "opt" / "reranker" / "lib" / "python3.11" / "site-packages"
+    stubs = site / "pytriton" / "tritonserver" / "python_backend_stubs" / "3.11"
+    stubs.mkdir(parents=True)
+    shutil.copy2(triton_home() / "python_backend_stubs" / "3.11" / STUB, stubs)
+    (site / "nvidia_pytriton.libs").symlink_to(wheel_site / "nvidia_pytriton.libs")
+    backend = tmp_path / "opt" / "tritonserver" / "backends" / "python"
+    tools = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    script = ROOT / "docker" / "install-python-stub.sh"
+    subprocess.run([str(script), str(site), str(backend)], check=True, env=tools)
+    shutil.rmtree(site / "pytriton")
+    (site / "nvidia_pytriton.libs").unlink()
+
+    # The image's libpython3.11 comes from apt: here, the base interpreter's LIBDIR.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    linked = subprocess.run(
+        ["ldd", str(backend / STUB)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LD_LIBRARY_PATH": libdir},
+        check=True,
+    ).stdout
+    assert "not found" not in linked, linked
+    assert str(backend / "libcudart-") in linked, linked
