@@ -19,7 +19,7 @@ COPY client client
 COPY server_config server_config
 RUN pip install --no-deps ./api . ./client
 
-RUN useradd --create-home --uid 10001 reranker
+RUN groupadd --gid 10001 reranker && useradd --create-home --uid 10001 --gid 10001 reranker
 USER reranker
 EXPOSE 50051 8003
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \

@@ -270,3 +270,32 @@ def test_triton_tuning_reaches_the_configurations_from_flags_environment_and_fil
     monkeypatch.setenv("RERANKER_ENCODER_INSTANCES", "many")
     with pytest.raises(ValueError, match="encoder_instances"):
         cli.main(arguments)
+
+
+def _fetched(files: set[str], onnx: bool = False, onnx_file: str = "model.onnx") -> set[str]:
+    from fnmatch import fnmatch
+
+    from reranker.build.builder import hub_patterns
+
+    patterns = hub_patterns("org/m", files, onnx, onnx_file)
+    return {f for f in files if any(fnmatch(f, pattern) for pattern in patterns)}
+
+
+def test_hub_downloads_sharded_and_pickled_checkpoints_whole() -> None:
+    metadata = {"config.json", "tokenizer.json", "tokenizer_config.json", "README.md"}
+    sharded = {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    }
+    assert _fetched(metadata | sharded) == (metadata - {"README.md"}) | sharded
+    pickled = {"pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"}
+    pickled |= {"pytorch_model.bin.index.json", "vocab.txt"}
+    assert _fetched(metadata | pickled) == (metadata - {"README.md"}) | pickled
+    # Both published: safetensors only, not the same weights twice.
+    both = _fetched(metadata | sharded | pickled)
+    assert sharded <= both and not both & {f for f in pickled if f.endswith(".bin")}
+    exported = metadata | sharded | {"onnx/model.onnx", "onnx/model_quantized.onnx"}
+    assert _fetched(exported, onnx=True) == (metadata - {"README.md"}) | {"onnx/model.onnx"}
+    with pytest.raises(BuildError, match="neither an ONNX export nor weights"):
+        _fetched(metadata)

@@ -159,9 +159,27 @@ def test_kserve_serves_the_repository_with_this_triton_runtime() -> None:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "runtime"},
-        "spec": {"containers": [container]},
+        "spec": {"containers": [container], "volumes": runtime["spec"]["volumes"]},
     }
     kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+
+
+def test_kserve_routes_to_triton_grpc_and_outlasts_an_engine_build() -> None:
+    from reranker.build.triton_configs import TENSORRT_CACHE
+
+    text = (ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text()
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())
+    (container,) = runtime["spec"]["containers"]
+    # RawDeployment's Service exposes the first container port as port 80.
+    first = container["ports"][0]["containerPort"]
+    assert f"--grpc-port={first}" in container["args"]
+    assert "svc.cluster.local:80" in text and f":{first}" not in text
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert startup["httpGet"] == container["readinessProbe"]["httpGet"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"] for v in runtime["spec"]["volumes"]}
+    assert mounts["engine-cache"] == TENSORRT_CACHE and "engine-cache" in volumes
 
 
 def test_the_triton_image_stub_finds_every_library_after_the_wheel_is_gone(
@@ -200,3 +218,14 @@ def test_the_triton_image_stub_finds_every_library_after_the_wheel_is_gone(
     ).stdout
     assert "not found" not in linked, linked
     assert str(backend / "libcudart-") in linked, linked
+
+
+def test_the_pod_volumes_belong_to_the_image_user_so_the_builder_can_write_them() -> None:
+    pod = by_kind(render())["Deployment"]["spec"]["template"]["spec"]
+    rank = (ROOT / "docker" / "rank-service.Dockerfile").read_text()
+    gid = re.search(r"useradd .*--gid (\d+)", rank)
+    assert gid is not None and pod["securityContext"]["fsGroup"] == int(gid.group(1))
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    claimed = render({"persistence": {"models": {"existingClaim": "made-by-root"}}})
+    spec = by_kind(claimed)["Deployment"]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["fsGroup"] == int(gid.group(1))

@@ -254,15 +254,7 @@ def download(
         _probe(constants.ENDPOINT)
         with step(f"listing {model_id} on the Hugging Face hub"):
             files = set(list_repo_files(model_id))
-        patterns = [f for f in _HUB_FILES if f in files]
-        patterns += [f for f in files if f.endswith("LogitScore/config.json")]
-        if onnx and f"onnx/{onnx_file}" in files:
-            patterns += [f"onnx/{onnx_file}", f"onnx/{onnx_file}_data"]
-        elif onnx and onnx_file != DEFAULT_ONNX_FILE:
-            published = sorted(f for f in files if f.startswith("onnx/") and f.endswith(".onnx"))
-            raise BuildError(f"{model_id} publishes no onnx/{onnx_file}; it has {published}")
-        else:
-            patterns += ["*.safetensors", "vocab.txt", "*.model", "merges.txt", "vocab.json"]
+        patterns = hub_patterns(model_id, files, onnx, onnx_file)
         with step(f"downloading {model_id}"):
             return Path(snapshot_download(model_id, allow_patterns=patterns, cache_dir=cache_dir))
     except BuildError:
@@ -274,6 +266,36 @@ def download(
             "(config.json, weights, tokenizer files), or (b) a directory holding model.onnx "
             "(or onnx/model.onnx) and tokenizer.json"
         ) from None
+
+
+# A checkpoint's weights as hub repositories publish them: safetensors (one file, or shards
+# with their index), else PyTorch's pickles (likewise); the tokenizer's own vocabulary files.
+_SAFETENSORS = ("*.safetensors", "*.safetensors.index.json")
+_PYTORCH_BINS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
+_VOCABULARIES = ("vocab.txt", "*.model", "merges.txt", "vocab.json")
+
+
+def hub_patterns(model_id: str, files: set[str], onnx: bool, onnx_file: str) -> list[str]:
+    """What to download of a hub repository holding ``files``: its configuration and
+    tokenizer, and either the ONNX export ``onnx_file`` (where ``onnx`` and it is published)
+    or the checkpoint's weights."""
+    patterns = [f for f in _HUB_FILES if f in files]
+    patterns += [f for f in files if f.endswith("LogitScore/config.json")]
+    if onnx and f"onnx/{onnx_file}" in files:
+        return [*patterns, f"onnx/{onnx_file}", f"onnx/{onnx_file}_data"]
+    if onnx and onnx_file != DEFAULT_ONNX_FILE:
+        published = sorted(f for f in files if f.startswith("onnx/") and f.endswith(".onnx"))
+        raise BuildError(f"{model_id} publishes no onnx/{onnx_file}; it has {published}")
+    if any(f.endswith(".safetensors") for f in files):
+        weights = _SAFETENSORS
+    elif any(f.startswith("pytorch_model") and f.endswith(".bin") for f in files):
+        weights = _PYTORCH_BINS
+    else:
+        raise BuildError(
+            f"{model_id} publishes neither an ONNX export nor weights (*.safetensors, "
+            "pytorch_model*.bin)"
+        )
+    return [*patterns, *weights, *_VOCABULARIES]
 
 
 def _probe(endpoint: str, timeout_s: float = 3.0) -> None:

@@ -82,8 +82,9 @@ class TritonTuning:
         1024, "a PyTorch GPU run's fixed cost (kernel launches), in tokens' work"
     )
     torch_gpu_queue_delay_us: int = _lever(500, "PyTorch GPU encoder's queue delay")
-    torch_compile: TorchCompile = _lever(
-        TorchCompile.EAGER, "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"
+    torch_compile: TorchCompile = field(
+        default=TorchCompile.EAGER,
+        metadata={"help": "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"},
     )
 
 
