@@ -119,8 +119,7 @@ def _build(args: argparse.Namespace) -> int:
         build,
         build_default,
     )
-    from reranker.build.precision import Precision
-    from reranker.contract.model import Device, EncoderRuntime
+    from reranker.contract.model import Device, EncoderRuntime, Precision
 
     name = args.name or (DEFAULT_MODEL_NAME if args.default else _name_from(args.source))
     device, runtime = _target(args.device, args.runtime)
@@ -132,6 +131,7 @@ def _build(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         max_batch_size=args.max_batch_size,
         precision=Precision(precision),
+        precision_chosen=args.precision is not None,
         device=Device(device),
         runtime=EncoderRuntime(runtime),
         onnx_file=args.onnx_file,
@@ -226,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_parser.add_argument(
         "--precision",
         choices=["fp32", "bf16", "int8", "fp16"],
-        help="fp32 (the default, exact; fp16 for the torch runtime on a GPU); bf16: OpenVINO "
+        help="fp32 (the default, exact; on a GPU with the torch runtime fp16, and bf16 for "
+        "causal LMs, whose activations can overflow fp16); bf16: OpenVINO "
         "on CPUs with AMX or AVX512_BF16, or torch on a GPU; int8: dynamic quantization for "
         "CPU; fp16: for GPUs. A reduced precision on CPU writes accuracy.json (vs fp32) "
         "beside the graph",

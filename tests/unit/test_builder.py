@@ -299,3 +299,34 @@ def test_hub_downloads_sharded_and_pickled_checkpoints_whole() -> None:
     assert _fetched(exported, onnx=True) == (metadata - {"README.md"}) | {"onnx/model.onnx"}
     with pytest.raises(BuildError, match="neither an ONNX export nor weights"):
         _fetched(metadata)
+
+
+def test_a_causal_lm_on_a_gpu_defaults_to_bf16_and_keeps_a_chosen_precision(
+    tmp_path: Path,
+) -> None:
+    from reranker.contract.model import Device, EncoderRuntime, Precision
+    from tests.checkpoints import qwen3_reranker
+
+    source = qwen3_reranker(tmp_path / "qwen3", layers=1)
+    gpu = BuildOptions(
+        name="q",
+        device=Device.GPU,
+        runtime=EncoderRuntime.TORCH,
+        precision=Precision.FP16,  # what the command line fills in when none is given
+        precision_chosen=False,
+    )
+    assert build(str(source), gpu, tmp_path / "repo").precision is Precision.BF16
+    chosen = replace(gpu, precision_chosen=True)
+    assert build(str(source), chosen, tmp_path / "repo").precision is Precision.FP16
+
+
+def test_the_torch_runtime_runs_the_model_once_at_load(tmp_path: Path) -> None:
+    """A model that cannot run fails where it is loaded, not on its first request."""
+    from reranker.backend.torch_runtime import TorchRunner
+
+    config = _tiny_bert()
+    config.num_labels = 1
+    config.max_position_embeddings = 4  # fewer positions than the warm-up's tokens
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "short")
+    with pytest.raises((IndexError, RuntimeError)):
+        TorchRunner(tmp_path / "short", bi_encoder=False, input_names=["input_ids"])

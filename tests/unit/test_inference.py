@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows, split_rows
 
@@ -88,3 +93,47 @@ def test_a_larger_fixed_cost_per_run_makes_fewer_larger_batches() -> None:
     cheap = micro_batches(lengths, 10**9, 64, RunCost(overhead_tokens=1))
     launch_bound = micro_batches(lengths, 10**9, 64, RunCost(overhead_tokens=4096))
     assert len(launch_bound) < len(cheap)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 600), min_size=1, max_size=8),
+    max_rows=st.integers(1, 8),
+    max_cells=st.sampled_from([1 << 14, 1 << 18, 1 << 22]),
+    max_tokens=st.sampled_from([0, 300, 2000]),
+    overhead=st.sampled_from([0.0, 16.0, 1024.0]),
+)
+def test_the_plan_is_the_cheapest_cut_of_the_sorted_rows(
+    lengths: list[int], max_rows: int, max_cells: int, max_tokens: int, overhead: float
+) -> None:
+    """Against every way of cutting the length-sorted rows into contiguous batches."""
+
+    def allowed(group: list[int]) -> bool:
+        longest = max(group)
+        fits = len(group) <= max_rows and len(group) * longest * longest <= max_cells
+        fits = fits and not 0 < max_tokens < len(group) * longest
+        return len(group) == 1 or fits
+
+    def price(group: list[int]) -> float:
+        longest = max(group)
+        return overhead + len(group) * longest * (1.0 + longest / 1024.0)
+
+    ordered = sorted(lengths)
+    cheapest = math.inf
+    for cuts in itertools.product([False, True], repeat=len(ordered) - 1):
+        groups, current = [], [ordered[0]]
+        for length, cut in zip(ordered[1:], cuts, strict=True):
+            if cut:
+                groups.append(current)
+                current = []
+            current.append(length)
+        groups.append(current)
+        if all(allowed(g) for g in groups):
+            cheapest = min(cheapest, sum(price(g) for g in groups))
+    plan = micro_batches(
+        lengths, max_cells, max_rows, RunCost(overhead_tokens=overhead), max_tokens
+    )
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+    planned = [[lengths[i] for i in batch] for batch in plan]
+    assert all(allowed(g) for g in planned)
+    assert math.isclose(sum(price(g) for g in planned), cheapest, rel_tol=1e-12)

@@ -62,3 +62,10 @@ def test_shipped_profiles_parse() -> None:
     assert profiles
     for profile in profiles:
         parse_settings(["--profile", str(profile)], {})
+
+
+def test_the_launching_gpu_profile_waits_longer_for_triton_than_the_default() -> None:
+    root = Path(__file__).parents[2] / "server_config"
+    gpu = parse_settings(["--profile", str(root / "gpu-pip.toml")], {})
+    assert gpu.triton_url == ""  # it launches Triton
+    assert gpu.triton_startup_timeout_s >= 600 > Settings().triton_startup_timeout_s

@@ -52,6 +52,10 @@ class RunCost:
     quadratic_length: float = 1024.0
 
     def __call__(self, rows: int, length: int) -> float:
+        return float(self.many(np.asarray(rows), length))
+
+    def many(self, rows: np.ndarray, length: int) -> np.ndarray:
+        """The cost of each of ``rows`` (an array of row counts) at ``length``."""
         return self.overhead_tokens + rows * length * (1.0 + length / self.quadratic_length)
 
 
@@ -72,23 +76,26 @@ def micro_batches(
     padding a full batch of short ones to their length."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     count = len(order)
-    best = [0.0] + [float("inf")] * count
-    start_of = [0] * (count + 1)
+    # best[end]: least cost of the sorted rows before ``end``; the loop over the last batch's
+    # size runs in numpy, as a GPU encoder plans hundreds of rows while its device waits.
+    best = np.zeros(count + 1)
+    start_of = np.zeros(count + 1, dtype=np.int64)
     for end in range(1, count + 1):
         longest = lengths[order[end - 1]]
-        for rows in range(1, min(max_rows, end) + 1):
-            if rows > 1 and (
-                rows * longest * longest > max_cells or 0 < max_tokens < rows * longest
-            ):
-                break
-            total = best[end - rows] + cost(rows, longest)
-            if total < best[end]:
-                best[end], start_of[end] = total, end - rows
+        longest = max(longest, 1)
+        limit = min(max_rows, end, max(1, max_cells // (longest * longest)))
+        if max_tokens > 0:
+            limit = min(limit, max(1, max_tokens // longest))
+        rows = np.arange(1, limit + 1)
+        totals = best[end - rows] + cost.many(rows, longest)
+        choice = int(np.argmin(totals))  # the first least: the fewest rows, as before
+        best[end], start_of[end] = totals[choice], end - rows[choice]
     batches: list[list[int]] = []
     end = count
     while end > 0:
-        batches.append(order[start_of[end] : end])
-        end = start_of[end]
+        start = int(start_of[end])
+        batches.append(order[start:end])
+        end = start
     return batches
 
 

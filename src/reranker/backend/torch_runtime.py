@@ -100,6 +100,16 @@ class TorchRunner:
         self._pinned = self._device.type == "cuda"
         self._staging: dict[str, torch.Tensor] = {}
         self._scores = torch.empty(0)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One small forward at load: a CUDA setup that cannot run the model (a runtime the
+        driver does not support, say) fails the model's load instead of its first request."""
+        feeds = {name: np.zeros((1, 8), dtype=np.int64) for name in self._inputs}
+        for name in ("input_ids", "attention_mask"):
+            if name in feeds:
+                feeds[name][:] = 1
+        self.run(feeds)
 
     @property
     def input_names(self) -> list[str]:

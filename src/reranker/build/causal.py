@@ -30,7 +30,14 @@ from reranker.build.common import (
     read_json,
     step,
 )
-from reranker.contract.model import Activation, EncoderRuntime, ModelKind, ServedModel
+from reranker.contract.model import (
+    Activation,
+    Device,
+    EncoderRuntime,
+    ModelKind,
+    Precision,
+    ServedModel,
+)
 
 # Stand-ins for the slots while the template is rendered: characters no template writes.
 _SLOTS = {
@@ -152,6 +159,9 @@ def build_causal_lm(
     from reranker.build.onnx_export import export_module, max_export_error, sample_batch
 
     name = architecture(config, "")
+    on_gpu = options.device is Device.GPU and options.runtime is EncoderRuntime.TORCH
+    if on_gpu and not options.precision_chosen:
+        options = replace(options, precision=Precision.BF16)
     if config.get("final_logit_softcapping"):
         raise BuildError(
             f"{name} caps its logits (final_logit_softcapping): the difference of two "

@@ -31,6 +31,9 @@ class BuildOptions:
     max_length: int | None = None
     max_batch_size: int = 64
     precision: Precision = Precision.FP32
+    # False: ``precision`` is the target's default, which a model may override (a causal LM
+    # on a GPU takes bf16: its activations can overflow fp16).
+    precision_chosen: bool = True
     device: Device = Device.CPU
     runtime: EncoderRuntime = EncoderRuntime.ONNX
     # Which of a source's ONNX exports to serve (``onnx/model_quantized.onnx`` and the like).
