@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__tokenizer/1/tokenizer.json
 
-.PHONY: serve test test-unit lint format proto install models bench bench-env load gpu-kit clean
+.PHONY: serve test test-unit lint format proto install models bench bench-env load gpu-kit gpu-dry-run clean
 
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
@@ -60,6 +60,11 @@ $(BENCH): $(INSTALLED) bench/requirements.txt
 # make gpu-kit, copy the tree with build/gpu-kit over, run bench/gpu_check OUT --wheels build/gpu-kit
 gpu-kit: $(INSTALLED)
 	$(PY) bench/gpu_kit.py --output build/gpu-kit
+
+# The GPU check's call sizes, concurrency (up to 64 callers) and 1000-document call, on CPU
+# with a tiny model: the row budget, the sweep and the report, exercised without a GPU.
+gpu-dry-run: $(INSTALLED)
+	$(PY) bench/gpu_check.py build/gpu-dry-run --cpu --scale gpu
 
 models: $(DEFAULT_MODEL)
 

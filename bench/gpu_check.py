@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -31,7 +34,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import tomllib
+import traceback
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +84,21 @@ GPU = Scale(
     small_callers=64,
     small_documents=10,
     batch_sizes=(32, 64, 128),
+)
+# The GPU's call sizes, concurrency and row counts, run on CPU with a tiny model: what the
+# GPU run sends (the row budget, the sweep, the report) is exercised without a GPU.
+DRY_RUN = Scale(
+    device="cpu",
+    precision="fp32",
+    shapes=(Shape("tiny", 32, 1, 2, 64),),
+    documents=GPU.documents,
+    concurrency=GPU.concurrency,
+    rounds=1,
+    large_call=GPU.large_call,
+    small_callers=GPU.small_callers,
+    small_documents=GPU.small_documents,
+    batch_sizes=GPU.batch_sizes,
+    gemm_size=1024,
 )
 CPU = Scale(
     device="cpu",
@@ -170,6 +191,77 @@ def check_numpy() -> None:
             f"error: numpy {numpy.__version__}: the Triton of nvidia-pytriton 0.7.0 needs "
             "numpy < 2 (its Python-backend stubs crash under numpy 2; 1.26.4 is tested)"
         )
+
+
+_PROTOBUF_GENCODE = re.compile(
+    r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+)"
+)
+_GRPC_GENCODE = re.compile(r"GRPC_GENERATED_VERSION = '([\d.]+)'")
+
+
+def needed_versions(generated: list[str]) -> dict[str, tuple[int, ...]]:
+    """The least protobuf and grpcio that generated modules (their texts) load under: each
+    checks at import that the runtime is at least the version that generated it."""
+    needed: dict[str, tuple[int, ...]] = {}
+    for text in generated:
+        for match in _PROTOBUF_GENCODE.finditer(text):
+            found = tuple(int(part) for part in match.groups())
+            needed["protobuf"] = max(needed.get("protobuf", ()), found)
+        for match in _GRPC_GENCODE.finditer(text):
+            found = tuple(int(part) for part in match.group(1).split("."))
+            needed["grpcio"] = max(needed.get("grpcio", ()), found)
+    return needed
+
+
+def _generated_texts(kit: Path | None) -> list[str]:
+    """The generated gRPC and protobuf modules the check will import: the project's, and
+    tritonclient's from the kit's wheel (or as installed)."""
+    texts = [p.read_text() for p in (ROOT / "api").rglob("*_pb2*.py")]
+    wheel = next(iter(sorted(kit.glob("tritonclient-*.whl"))), None) if kit else None
+    if wheel is not None:
+        with zipfile.ZipFile(wheel) as archive:
+            texts += [
+                archive.read(name).decode()
+                for name in archive.namelist()
+                if name.startswith("tritonclient/grpc/") and "_pb2" in name
+            ]
+    else:
+        spec = importlib.util.find_spec("tritonclient")
+        if spec is not None and spec.submodule_search_locations:
+            package = Path(next(iter(spec.submodule_search_locations)))
+            texts += [p.read_text() for p in (package / "grpc").glob("*_pb2*.py")]
+    return texts
+
+
+def check_versions(kit: Path | None) -> None:
+    """Refuses, before installing anything, a machine whose protobuf or grpcio is older than
+    the generated code needs (it would fail at import, after the environment is built)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    problems = []
+    for package, least in needed_versions(_generated_texts(kit)).items():
+        try:
+            have = version(package)
+        except PackageNotFoundError:
+            problems.append(f"{package} is not installed (>= {'.'.join(map(str, least))} needed)")
+            continue
+        if _release(have) < least:
+            problems.append(f"{package} {have} is older than {'.'.join(map(str, least))}")
+    if problems:
+        raise SystemExit(
+            "error: " + "; ".join(problems) + ": the generated gRPC code of this project and "
+            "of tritonclient checks this at import; install a newer one first"
+        )
+
+
+def _release(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
 
 
 def device_facts(scale: Scale) -> dict[str, Any]:
@@ -346,9 +438,18 @@ def stage_times(
     return times
 
 
-def parity(client: Any, cross_encoder: Any, model: str, documents: list[str]) -> dict[str, Any]:
+# Largest |served - reference| of sigmoid scores a parity check accepts: fp32 serving is
+# CrossEncoder's arithmetic; fp16 or bf16 serving differs by its rounding.
+PARITY_BOUND = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 5e-3}
+
+
+def parity(
+    client: Any, cross_encoder: Any, model: str, documents: list[str], bound: float
+) -> dict[str, Any]:
+    """Served scores against CrossEncoder's on the same documents: passed when every score
+    is finite, within ``bound`` and the top ten are the same documents in the same order."""
     served = client.rank(QUERY, documents, model=model)
-    served_scores = [0.0] * len(documents)
+    served_scores = [math.nan] * len(documents)
     for result in served:
         served_scores[result["corpus_id"]] = result["score"]
     reference = [float(s) for s in cross_encoder.predict([(QUERY, d) for d in documents])]
@@ -356,10 +457,19 @@ def parity(client: Any, cross_encoder: Any, model: str, documents: list[str]) ->
     def top(scores: list[float]) -> list[int]:
         return sorted(range(len(scores)), key=lambda i: -scores[i])[:10]
 
+    finite = all(math.isfinite(v) for v in (*served_scores, *reference))
+    # A NaN makes every comparison false: it must fail the check, not hide inside max().
+    worst = (
+        max(abs(a - b) for a, b in zip(served_scores, reference, strict=True)) if finite else None
+    )
+    top10 = top(served_scores) == top(reference)
     return {
         "pairs": len(documents),
-        "max_abs_diff": max(abs(a - b) for a, b in zip(served_scores, reference, strict=True)),
-        "top10_identical": top(served_scores) == top(reference),
+        "finite": finite,
+        "max_abs_diff": worst,
+        "bound": bound,
+        "top10_identical": top10,
+        "passed": finite and worst is not None and worst <= bound and top10,
     }
 
 
@@ -413,7 +523,75 @@ def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, 
     return results
 
 
-def measure(scale: Scale, work: Path, started: float) -> dict[str, Any]:
+class Results:
+    """The report, written to the output folder after every step, each step guarded: a step
+    that fails records its error and the run goes on with what does not depend on it, so a
+    late failure (a compile error, say) loses none of the earlier measurements."""
+
+    def __init__(self, output: Path, report: dict[str, Any], started: float) -> None:
+        self.output = output
+        self.report = report
+        self.report.setdefault("steps", {})
+        self.rows: list[Row] = []
+        self._started = started
+
+    def elapsed(self) -> str:
+        return f"[{time.monotonic() - self._started:5.0f} s]"
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        entry: dict[str, Any] = {"ok": True}
+        try:
+            yield
+        except Stopped:
+            raise
+        except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
+            entry = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+            print(f"{self.elapsed()} step {name!r} failed:", file=sys.stderr)
+            traceback.print_exc()
+        finally:
+            entry["seconds"] = round(time.monotonic() - started, 1)
+            self.report["steps"][name] = entry
+            self.write()
+
+    def skip(self, name: str, reason: str) -> None:
+        self.report["steps"][name] = {"ok": False, "error": f"skipped: {reason}", "seconds": 0.0}
+        self.write()
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, entry in self.report["steps"].items() if not entry["ok"]]
+
+    def write(self) -> None:
+        self.report["rows"] = [asdict(r) for r in self.rows]
+        self.report["wall_s"] = time.monotonic() - self._started
+        (self.output / "results.json").write_text(json.dumps(self.report, indent=2) + "\n")
+        (self.output / "results.md").write_text(markdown(self.report))
+
+
+def server_settings(scale: Scale) -> dict[str, str]:
+    """The rank service sized for the load the check sends: every row of the largest sweep in
+    flight at once (twice over, for the canaries and a margin), the 1000-document call."""
+    in_flight = max(
+        max(scale.concurrency) * scale.documents,
+        scale.small_callers * scale.small_documents,
+        scale.large_call,
+    )
+    settings = {
+        "http_port": "-1",
+        "max_documents_per_call": str(max(scale.large_call, scale.documents)),
+        "max_rows_in_flight": str(2 * in_flight),
+    }
+    if scale.device == "gpu":
+        # The GPU launch profile's, for a first CUDA load of the checkpoints.
+        with open(ROOT / "server_config" / "gpu-pip.toml", "rb") as profile:
+            timeout_s = tomllib.load(profile)["triton_startup_timeout_s"]
+        settings["triton_startup_timeout_s"] = str(timeout_s)
+    return settings
+
+
+def measure(scale: Scale, work: Path, results: Results) -> None:
     import torch
     from harness import Case, interleave
     from reranker_client import RerankClient
@@ -423,103 +601,143 @@ def measure(scale: Scale, work: Path, started: float) -> dict[str, Any]:
 
     from tests.launcher import start_server, stop_server
 
-    def elapsed() -> str:
-        return f"[{time.monotonic() - started:5.0f} s]"
-
-    checkpoints = build_models(scale, work)
-    print(f"{elapsed()} built {', '.join(checkpoints)}", flush=True)
-    tflops = gemm_tflops(scale)
-    print(f"{elapsed()} GEMM {tflops:.1f} TFLOP/s ({scale.precision})", flush=True)
+    report, elapsed = results.report, results.elapsed
+    checkpoints: dict[str, Path] = {}
+    with results.step("build"):
+        checkpoints = build_models(scale, work)
+        print(f"{elapsed()} built {', '.join(checkpoints)}", flush=True)
+    tflops = 0.0
+    with results.step("gemm"):
+        tflops = report["gemm_tflops"] = gemm_tflops(scale)
+        print(f"{elapsed()} GEMM {tflops:.1f} TFLOP/s ({scale.precision})", flush=True)
     all_documents = workload("a") * (scale.large_call // 100 + 1)
     documents = all_documents[: scale.documents]
     large = all_documents[: scale.large_call]
     small = documents[: scale.small_documents]
-    report: dict[str, Any] = {"gemm_tflops": tflops, "models": {}}
-    rows: list[Row] = []
+    report.setdefault("models", {})
     torch_device = "cuda" if scale.device == "gpu" else "cpu"
-    default_model = scale.shapes[0].name
     sampler = MemorySampler() if scale.device == "gpu" else None
+    bound = PARITY_BOUND[scale.precision]
     with contextlib.ExitStack() as stack:
         if sampler is not None:
             stack.enter_context(sampler)
-        server = start_server(
-            work / "model_repository", work / "server", default_model, http_port="-1"
-        )
-        stack.callback(stop_server, server, 60)
-        print(f"{elapsed()} server up at {server.address}", flush=True)
-        client = stack.enter_context(RerankClient(server.address, timeout=600))
+        client = server = None
+        if checkpoints:
+            with results.step("server"):
+                server = start_server(
+                    work / "model_repository",
+                    work / "server",
+                    scale.shapes[0].name,
+                    **server_settings(scale),
+                )
+                stack.callback(stop_server, server, 60)
+                print(f"{elapsed()} server up at {server.address}", flush=True)
+                client = stack.enter_context(RerankClient(server.address, timeout=600))
         for shape in scale.shapes:
-            model, checkpoint = shape.name, checkpoints[shape.name]
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-            encoded = tokenizer([QUERY] * len(documents), documents, truncation=True)
-            lengths = [len(ids) for ids in encoded["input_ids"]]
-            mean_length = statistics.fmean(lengths)
-            cross_encoder = CrossEncoder(str(checkpoint), device=torch_device)
-            checks = {"fp32 reference": parity(client, cross_encoder, model, documents)}
-            if scale.precision == "fp16":
-                # A torch module itself from sentence-transformers 4 on; a wrapper before.
-                is_module = isinstance(cross_encoder, torch.nn.Module)
-                (cross_encoder if is_module else cross_encoder.model).half()
-                checks["fp16 reference"] = parity(client, cross_encoder, model, documents)
-            print(f"{elapsed()} {model} parity {json.dumps(checks)}", flush=True)
-
-            def ce_call(batch_size: int, ce: Any = cross_encoder) -> Callable[[], object]:
-                return lambda: ce.rank(QUERY, documents, batch_size=batch_size)
+            model = shape.name
+            if client is None or server is None or model not in checkpoints:
+                results.skip(model, "no server or no checkpoint")
+                continue
+            checkpoint = checkpoints[model]
+            facts: dict[str, Any] = report["models"].setdefault(model, {"shape": asdict(shape)})
+            cross_encoder: Any = None
+            with results.step(f"{model}: parity"):
+                tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+                encoded = tokenizer([QUERY] * len(documents), documents, truncation=True)
+                mean_length = statistics.fmean(len(ids) for ids in encoded["input_ids"])
+                facts["mean_tokens"] = mean_length
+                facts["flops_per_pair"] = per_pair = flops_per_pair(shape, mean_length)
+                if tflops:
+                    facts["bound_pairs_per_s"] = tflops * 1e12 / per_pair
+                cross_encoder = CrossEncoder(str(checkpoint), device=torch_device)
+                checks = facts["parity"] = {
+                    "fp32 reference": parity(client, cross_encoder, model, documents, bound)
+                }
+                if scale.precision != "fp32":
+                    # A torch module itself from sentence-transformers 4 on; a wrapper before.
+                    is_module = isinstance(cross_encoder, torch.nn.Module)
+                    half = cross_encoder if is_module else cross_encoder.model
+                    half.to(torch.float16 if scale.precision == "fp16" else torch.bfloat16)
+                    checks[f"{scale.precision} reference"] = parity(
+                        client, cross_encoder, model, documents, bound
+                    )
+                print(f"{elapsed()} {model} parity {json.dumps(checks)}", flush=True)
 
             def served(docs: list[str], name: str = model) -> Callable[[], object]:
                 return lambda: client.rank(QUERY, docs, model=name)
 
             n = len(documents)
-            cases = [
-                Case(f"CrossEncoder.rank bs={b}", model, "a", 1, ce_call(b), n)
-                for b in scale.batch_sizes
-            ]
-            cases += [
-                Case("this server", model, "a", c, served(documents), n) for c in scale.concurrency
-            ]
-            before = triton_statistics(server.triton_grpc)
-            rows += [_row(r, "a") for r in interleave(cases, scale.rounds)]
-            after = triton_statistics(server.triton_grpc)
-            large_case = Case("this server", model, "large", 1, served(large), len(large))
-            small_case = Case(
-                "this server", model, "small", scale.small_callers, served(small), len(small)
-            )
-            rows += [_row(r, "large") for r in interleave([large_case], scale.rounds)]
-            rows += [_row(r, "small") for r in interleave([small_case], scale.rounds * 2)]
-            per_pair = flops_per_pair(shape, mean_length)
-            for row in rows:
-                if row.model == model and row.case == "a":
-                    row.flop_fraction = row.pairs_per_s * per_pair / (tflops * 1e12)
-            report["models"][model] = {
-                "shape": asdict(shape),
-                "mean_tokens": mean_length,
-                "flops_per_pair": per_pair,
-                "bound_pairs_per_s": tflops * 1e12 / per_pair,
-                "parity": checks,
-                "stages_workload_a": stage_times(before, after, model),
-            }
+            with results.step(f"{model}: workload a"):
+                cases = [
+                    Case(
+                        f"CrossEncoder.rank bs={b}",
+                        model,
+                        "a",
+                        1,
+                        _ranks(cross_encoder, documents, b),
+                        n,
+                    )
+                    for b in scale.batch_sizes
+                    if cross_encoder is not None
+                ]
+                cases += [
+                    Case("this server", model, "a", c, served(documents), n)
+                    for c in scale.concurrency
+                ]
+                before = triton_statistics(server.triton_grpc)
+                found = [_row(r, "a") for r in interleave(cases, scale.rounds)]
+                after = triton_statistics(server.triton_grpc)
+                per_pair = facts.get("flops_per_pair", 0.0)
+                for row in found:
+                    if tflops:
+                        row.flop_fraction = row.pairs_per_s * per_pair / (tflops * 1e12)
+                results.rows += found
+                facts["stages_workload_a"] = stage_times(before, after, model)
+            with results.step(f"{model}: large call"):
+                case = Case("this server", model, "large", 1, served(large), len(large))
+                results.rows += [_row(r, "large") for r in interleave([case], scale.rounds)]
+            with results.step(f"{model}: small callers"):
+                case = Case(
+                    "this server", model, "small", scale.small_callers, served(small), len(small)
+                )
+                results.rows += [_row(r, "small") for r in interleave([case], scale.rounds * 2)]
             del cross_encoder
             if scale.device == "gpu":
                 torch.cuda.empty_cache()
     if sampler is not None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib
-    print(f"{elapsed()} torch.compile check", flush=True)
     first = scale.shapes[0].name
-    report["compile"] = compile_check(checkpoints[first], scale, budget_s=150)
-    report["rows"] = [asdict(r) for r in rows]
-    report["targets"] = targets(rows, scale)
-    return report
+    if first in checkpoints:
+        with results.step("compile"):
+            print(f"{elapsed()} torch.compile check", flush=True)
+            report["compile"] = compile_check(checkpoints[first], scale, budget_s=150)
+    with results.step("targets"):
+        report["targets"] = targets(results.rows, scale, report)
 
 
-def targets(rows: list[Row], scale: Scale) -> list[dict[str, Any]]:
-    """The GPU targets, as ratios within this run, per model."""
+def _ranks(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:
+    return lambda: cross_encoder.rank(QUERY, documents, batch_size=batch_size)
+
+
+def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPU targets, as ratios within this run, per model, and each parity check."""
 
     def find(engine: str, model: str, case: str, concurrency: int) -> Row | None:
         key = (engine, model, case, concurrency)
         return next((r for r in rows if (r.engine, r.model, r.case, r.concurrency) == key), None)
 
     checks = []
+    for model, facts in sorted(report.get("models", {}).items()):
+        for reference, check in facts.get("parity", {}).items():
+            checks.append(
+                {
+                    "target": f"{model}: parity with CrossEncoder ({reference}), max |diff|",
+                    "measured": check["max_abs_diff"],
+                    "goal": f"<= {check['bound']:g}, finite, same top 10",
+                    "met": check["passed"],
+                }
+            )
     level = 16 if 16 in scale.concurrency else max(scale.concurrency)
     for model in sorted({r.model for r in rows}):
         ours = find("this server", model, "a", level)
@@ -573,32 +791,33 @@ def targets(rows: list[Row], scale: Scale) -> list[dict[str, Any]]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    facts = report["device"]
+    """The report as a table; a run cut short shows what it has, and each failed step."""
+    facts = report.get("device", {})
     lines = [
-        f"GPU check, {report['date']}, {facts['device']}"
+        f"GPU check, {report.get('date', '')}, {facts.get('device', '')}"
         + (
             f", CUDA {facts['cuda']}, driver {facts.get('driver', '')}" if facts.get("cuda") else ""
         ),
         "",
-        "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()),
         "",
         "| engine | model | case | c | pairs/s | p50 ms | p99 ms | FLOP bound |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["rows"]:
+    for r in report.get("rows", []):
         fraction = f"{r['flop_fraction']:.2f}" if r["flop_fraction"] else ""
         lines.append(
             f"| {r['engine']} | {r['model']} | {r['case']} | {r['concurrency']} | "
             f"{r['pairs_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {fraction} |"
         )
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
-    for check in report["targets"]:
-        value = "n/a" if check["measured"] is None else f"{check['measured']:.2f}"
+    for check in report.get("targets", []):
+        value = "n/a" if check["measured"] is None else f"{check['measured']:.3g}"
         lines.append(f"| {check['target']} | {value} | {check['goal']} | {check['met']} |")
     lines.append("")
-    for model, facts_of in report["models"].items():
-        lines.append(f"- {model}: parity {json.dumps(facts_of['parity'])}")
-        for stage, times in facts_of["stages_workload_a"].items():
+    for model, facts_of in report.get("models", {}).items():
+        lines.append(f"- {model}: parity {json.dumps(facts_of.get('parity', {}))}")
+        for stage, times in facts_of.get("stages_workload_a", {}).items():
             cells = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
             lines.append(f"  - {stage}: {cells}")
     if "gpu_memory_peak_mib" in report:
@@ -606,9 +825,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"- GPU memory: peak {report['gpu_memory_peak_mib']:.0f} MiB "
             f"(baseline {report['gpu_memory_baseline_mib']:.0f} MiB)"
         )
-    compiled = json.dumps(report["compile"])
-    lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s; torch.compile: {compiled}")
-    lines.append(f"- wall time: {report['wall_s']:.0f} s")
+    if "gemm_tflops" in report:
+        lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s")
+    if "compile" in report:
+        lines.append(f"- torch.compile: {json.dumps(report['compile'])}")
+    for name, step in report.get("steps", {}).items():
+        if not step["ok"]:
+            lines.append(f"- step {name!r} failed: {step['error']}")
+    lines.append(f"- wall time: {report.get('wall_s', 0.0):.0f} s")
     return "\n".join(lines) + "\n"
 
 
@@ -616,15 +840,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", type=Path, help="folder for results.json and results.md")
     parser.add_argument("--wheels", type=Path, help="folder of wheels (make gpu-kit)")
-    parser.add_argument("--cpu", action="store_true", help="the same steps on CPU, small")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU (fp32)")
+    parser.add_argument(
+        "--scale",
+        choices=["small", "gpu"],
+        help="small: a few calls of 1-layer models (the default on CPU); gpu: the GPU run's "
+        "call sizes, concurrency and row counts (the default on a GPU; with --cpu, a dry run "
+        "with a tiny model)",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--in-kit-environment", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    scale = CPU if args.cpu else GPU
+    scale = {(False, "gpu"): GPU, (True, "gpu"): DRY_RUN}.get((args.cpu, args.scale), GPU)
+    if args.cpu and args.scale != "gpu":
+        scale = CPU
     args.output.mkdir(parents=True, exist_ok=True)
+    # Before anything is installed: what the project's and the kit's generated code needs.
+    check_numpy()
+    check_versions(args.wheels)
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
@@ -640,7 +876,6 @@ def main(argv: list[str] | None = None) -> int:
                 child.wait(120)
                 return 143
         sys.path[:0] = [str(p) for p in SOURCES]
-        check_numpy()
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"),
             "scale": asdict(scale),
@@ -649,17 +884,19 @@ def main(argv: list[str] | None = None) -> int:
             "device": device_facts(scale),
         }
         print(f"GPU check on {report['device']['device']}: {json.dumps(report['versions'])}")
+        results = Results(args.output, report, started)
         try:
-            report |= measure(scale, work, started)
+            measure(scale, work, results)
         except Stopped as stopped:
             print(f"stopped ({stopped}); every process it started is stopped", file=sys.stderr)
             return 143
-        report["wall_s"] = time.monotonic() - started
-    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.output / "results.md").write_text(table)
-    print(table)
+        finally:
+            results.write()
+    print(markdown(report))
     print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")
+    if results.failed:
+        print(f"failed steps: {', '.join(results.failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

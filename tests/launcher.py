@@ -102,7 +102,9 @@ def start_server(repository: Path, workdir: Path, default_model: str, **settings
         f"http://127.0.0.1:{triton_http_port}",
     )
     try:
-        wait_serving(server)
+        # Triton gets its own start-up timeout; the rank service a minute more after it.
+        startup_s = float(settings.get("triton_startup_timeout_s", 0))
+        wait_serving(server, max(300.0, startup_s + 60))
     except BaseException:
         stop_server(server)
         raise

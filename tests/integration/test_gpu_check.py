@@ -6,7 +6,6 @@ without a GPU."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +15,40 @@ import psutil
 ROOT = Path(__file__).parents[2]
 
 
+# The check, with its last step (the torch.compile check) made to fail.
+FAILING_COMPILE = """
+import sys
+sys.path.insert(0, {bench!r})
+import gpu_check
+
+def compile_check(*args, **kwargs):
+    raise RuntimeError("inductor needs a C compiler")
+
+gpu_check.compile_check = compile_check
+sys.exit(gpu_check.main({argv!r}))
+"""
+
+
 def test_the_gpu_check_runs_its_steps_on_cpu_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """Every step on CPU; the last one fails, and every result before it is on disk."""
     output = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable)
+    argv = [str(output), "--cpu", "--workdir", str(tmp_path / "w")]
+    script = FAILING_COMPILE.format(bench=str(ROOT / "bench"), argv=argv)
     run = subprocess.run(
-        [str(ROOT / "bench" / "gpu_check"), str(output), "--cpu", "--workdir", str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((output / "results.json").read_text())
+    failed = {name: step for name, step in report["steps"].items() if not step["ok"]}
+    assert list(failed) == ["compile"], failed
+    assert "inductor needs a C compiler" in failed["compile"]["error"]
     table = (output / "results.md").read_text()
     assert report["device"]["device"].startswith("CPU")
     for model in ("minilm-l6", "bert-base"):
         parity = report["models"][model]["parity"]["fp32 reference"]
         # fp32 on CPU: the served scores are CrossEncoder's.
         assert parity["max_abs_diff"] <= 1e-5 and parity["top10_identical"], parity
+        assert parity["passed"] and parity["finite"]
         stages = report["models"][model]["stages_workload_a"]
         # Concurrent callers' requests merged into shared encoder executions.
         assert stages["encoder"]["rows_per_execution"] > 20, stages
@@ -49,6 +64,8 @@ def test_the_gpu_check_runs_its_steps_on_cpu_and_leaves_nothing_running(tmp_path
         assert all(r["pairs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
         assert f"| this server | {model} | a | 4 |" in table
     assert {t["target"].split(":")[0] for t in report["targets"]} == {"minilm-l6", "bert-base"}
+    assert all(t["met"] for t in report["targets"] if "parity" in t["target"])
+    assert "step 'compile' failed" in table
     assert report["gemm_tflops"] > 0
     # Everything it started stopped with it: no Triton, stub or rank service of its run.
     leftovers = [

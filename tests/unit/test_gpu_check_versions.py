@@ -1,0 +1,59 @@
+"""``bench/gpu_check`` refuses, before it installs anything, a machine whose protobuf or grpcio
+is older than the generated code it will import needs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+TRITON_GRPC = """
+_runtime_version.ValidateProtobufRuntimeVersion(
+    _runtime_version.Domain.PUBLIC,
+    6,
+    33,
+    0,
+    '',
+    'grpc_service.proto'
+)
+GRPC_GENERATED_VERSION = '1.81.1'
+"""
+
+
+@pytest.fixture(scope="module")
+def gpu_check() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_newest_generator_sets_the_least_runtime(gpu_check: ModuleType) -> None:
+    ours = (ROOT / "api" / "reranker_api" / "reranker" / "v1" / "reranker_pb2_grpc.py").read_text()
+    assert gpu_check.needed_versions([ours, TRITON_GRPC]) == {
+        "grpcio": (1, 81, 1),
+        "protobuf": (6, 33, 0),
+    }
+
+
+def test_an_old_grpcio_is_refused_by_name_and_this_machine_passes(
+    gpu_check: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu_check.check_versions(None)  # the versions installed here load everything
+    real = importlib.metadata.version
+
+    def older(package: str) -> str:
+        return "1.80.0" if package == "grpcio" else real(package)
+
+    monkeypatch.setattr(gpu_check, "_generated_texts", lambda kit: [TRITON_GRPC])
+    monkeypatch.setattr(importlib.metadata, "version", older)
+    with pytest.raises(SystemExit, match=r"grpcio 1\.80\.0 is older than 1\.81\.1"):
+        gpu_check.check_versions(None)
