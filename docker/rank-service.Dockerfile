@@ -21,7 +21,7 @@ RUN pip install --no-deps ./api . ./client
 
 RUN groupadd --gid 10001 reranker && useradd --create-home --uid 10001 --gid 10001 reranker
 USER reranker
-EXPOSE 50051 8003
+EXPOSE 50051 8080 8003
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
   CMD python -m reranker health --address 127.0.0.1:50051
 ENTRYPOINT ["python", "-m", "reranker"]

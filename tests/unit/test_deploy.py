@@ -62,9 +62,14 @@ def test_the_pod_reserves_a_gpu_and_probes_real_endpoints() -> None:
     assert triton["readinessProbe"]["exec"]["command"] == TRITON_HEALTH
     assert triton["livenessProbe"]["exec"]["command"][-1].endswith("/v2/health/live")
     assert rank["readinessProbe"]["grpc"]["port"] == 50051
-    # Only the rank service's gRPC and the two metrics ports leave the pod.
+    # Only the rank service's gRPC and HTTP doors and the two metrics ports leave the pod.
     exposed = {p["containerPort"] for c in containers.values() for p in c["ports"]}
-    assert exposed == {50051, 8003, 8002}
+    assert exposed == {50051, 8080, 8003, 8002}
+    service = {p["name"]: p["port"] for p in kinds["Service"]["spec"]["ports"]}
+    assert service == {"grpc": 50051, "http": 8080, "metrics": 8003, "triton-metrics": 8002}
+    environment = {e["name"]: e.get("value") for e in rank["env"]}
+    assert environment["RERANKER_HTTP_PORT"] == "8080"
+    assert rank["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     (builder,) = pod["initContainers"]
     assert builder["args"][:2] == ["build", "mixedbread-ai/mxbai-rerank-xsmall-v1"]
     assert builder["args"][4:6] == ["--device", "gpu"]
@@ -136,7 +141,7 @@ def test_compose_runs_triton_on_the_gpu_and_the_rank_service_beside_it() -> None
     assert {"--device", "gpu"} <= set(models["command"])
     # Triton's HTTP and gRPC ports are not published.
     published = {p.split(":")[0] for p in triton["ports"]}
-    assert published == {"50051", "8003", "8002"}
+    assert published == {"50051", "8080", "8003", "8002"}
 
 
 def test_kserve_serves_the_repository_with_this_triton_runtime() -> None:
