@@ -143,3 +143,45 @@ async def test_a_storm_of_distinct_unknown_paths_adds_no_metric_series() -> None
         # A route with a path parameter would be counted by its template, not each path.
         assert (await http.post("/v2/rerank", json={"query": "q", "documents": ["a"]})).is_success
         assert sample("reranker_calls_total", {"method": "POST /v2/rerank", "code": "OK"}) == 1
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_the_api_docs_load_every_asset_from_this_server_behind_the_key(page: str) -> None:
+    import re
+    from html.parser import HTMLParser
+    from urllib.parse import urlsplit
+
+    class Assets(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found = dict(attrs)
+            url = found.get("src") if tag == "script" else None
+            if tag == "link" and found.get("rel") in ("stylesheet", "shortcut icon", "icon"):
+                url = found.get("href")
+            if url:
+                self.urls.append(url)
+
+    auth = {"authorization": f"Bearer {KEY}"}
+    async with client(api_key=KEY) as http:
+        assert (await http.get(page)).status_code == 401
+        html = (await http.get(page, headers=auth)).text
+        assets = Assets()
+        assets.feed(html)
+        # Inline script may name more files (Swagger UI's spec URL): all of this server.
+        named = re.findall(r"""(?:url|href|src)\s*[:=]\s*['"]([^'"]+)['"]""", html)
+        assert assets.urls, html
+        for url in {*assets.urls, *named}:
+            parts = urlsplit(url)
+            assert not parts.scheme and not parts.netloc, f"{url} is not on this server"
+        for url in assets.urls:
+            answer = await http.get(url, headers=auth)
+            assert answer.status_code == 200, url
+            assert answer.headers["content-type"].split(";")[0] in (
+                "text/javascript",
+                "application/javascript",
+                "text/css",
+                "image/png",
+            ), url

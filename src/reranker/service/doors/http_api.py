@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
@@ -101,7 +102,9 @@ def _validation_message(error: RequestValidationError) -> str:
 
 def create_app(core: RankCore, monitor: HealthMonitor) -> FastAPI:
     """The routes, over ``core``; ``/health`` reports what ``monitor`` decides."""
-    app = FastAPI(
+    # The API docs serve Swagger UI's and ReDoc's assets from this server (fastapi-offline),
+    # so /docs works where the public CDNs cannot be reached, behind the same gate.
+    app = FastAPIOffline(
         title="reranker",
         version=SERVER_VERSION,
         description="Rerank shapes of Cohere, Jina, Text Embeddings Inference and NVIDIA NIM "
