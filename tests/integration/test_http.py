@@ -20,6 +20,7 @@ from reranker_api.tei.v1 import tei_pb2, tei_pb2_grpc
 from reranker_client import RerankClient
 
 from reranker.build.builder import DEFAULT_MODEL_NAME
+from tests.http_errors import error_message
 from tests.integration.conftest import ALL_MODELS, CROSS_ENCODER, Server
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
 
@@ -225,7 +226,6 @@ BAD_INPUTS = [
     ("malformed JSON", "/v2/rerank", b'{"query": "q", "documents": [', 400, "not valid JSON"),
     ("wrong type", "/v2/rerank", {"query": "q", "documents": "one"}, 400, "documents"),
     ("missing field", "/v2/rerank", {"documents": ["d"]}, 400, "query: Field required"),
-    ("unknown field", "/v2/rerank", {"query": "q", "documents": ["d"], "x": 1}, 400, "x: Extra"),
     ("empty query", "/v1/rerank", {"query": " ", "documents": ["d"]}, 400, "query must not be"),
     ("bad top_n", "/v2/rerank", {"query": "q", "documents": ["d"], "top_n": 0}, 400, "top_n"),
     ("too many documents", "/rerank", TOO_MANY, 400, "max_documents_per_call=1000"),
@@ -279,9 +279,7 @@ def test_bad_input_gets_its_status_and_a_json_error(
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = http.post(path, content=content, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
-    error = response.json()
-    assert set(error) == {"error", "error_type"}
-    assert message in error["error"]
+    assert message in error_message(path, response.json())
     good = http.post("/v2/rerank", json={"query": "q", "documents": ["a", "b"]})
     assert good.status_code == 200, good.text
 
@@ -291,7 +289,7 @@ def test_timeout_header_bounds_the_call(http: httpx.Client) -> None:
     body = {"model": CROSS_ENCODER, "query": QUERY, "documents": documents}
     expired = http.post("/v2/rerank", json=body, headers={"x-request-timeout": "0.001"})
     assert expired.status_code == 504, expired.text
-    assert expired.json()["error_type"] == "DEADLINE_EXCEEDED"
+    assert "deadline" in error_message("/v2/rerank", expired.json())
     for bad in ("soon", "-1", "0", "inf"):
         refused = http.post("/v2/rerank", json=body, headers={"x-request-timeout": bad})
         assert refused.status_code == 400, (bad, refused.text)

@@ -239,10 +239,12 @@ def test_tei_shape_options() -> None:
     assert TeiRequest(query="q", texts=["a"], truncate=True).call().truncation == "longest_first"
     refused = TeiRequest(query="q", texts=["a"], truncate=False).call()
     assert refused.truncation == Truncation.REFUSE
-    for direction in ("left", "Left", "LEFT"):
+    for direction in ("left", "Left"):
         call = TeiRequest(query="q", texts=["a"], truncation_direction=direction).call()
         assert call.truncate_left
     assert not TeiRequest(query="q", texts=["a"], truncation_direction="Right").call().truncate_left
+    with pytest.raises(errors.InvalidArgument, match="'LEFT'"):
+        TeiRequest(query="q", texts=["a"], truncation_direction="LEFT").call()
     with pytest.raises(errors.InvalidArgument, match="'up'"):
         TeiRequest(query="q", texts=["a"], truncation_direction="up").call()
     call = TeiRequest(query="q", texts=["a"], raw_scores=True, return_text=True).call()

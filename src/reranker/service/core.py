@@ -165,6 +165,10 @@ class RankCore:
         limit = self.settings.inference_timeout_s
         return limit if remaining_s is None else max(0.001, min(limit, remaining_s))
 
+    def served_models(self) -> list[str]:
+        """The models served now, as last read from the engine."""
+        return sorted(self._scorer.models)
+
     def default_model(self) -> str:
         if self.settings.default_model:
             return self.settings.default_model

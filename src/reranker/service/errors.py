@@ -55,23 +55,37 @@ class NotFound(RerankError):
     """The caller asked for a route or method this server does not have."""
 
 
-# The one table: every error class and its status on gRPC and on HTTP. A subclass not listed
-# takes its nearest listed ancestor's row.
-STATUS: dict[type[RerankError], tuple[grpc.StatusCode, HTTPStatus]] = {
-    RerankError: (grpc.StatusCode.INTERNAL, HTTPStatus.INTERNAL_SERVER_ERROR),
-    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, HTTPStatus.BAD_REQUEST),
-    FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, HTTPStatus.UNPROCESSABLE_ENTITY),
-    ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, HTTPStatus.TOO_MANY_REQUESTS),
-    RequestTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
-    Unavailable: (grpc.StatusCode.UNAVAILABLE, HTTPStatus.SERVICE_UNAVAILABLE),
-    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, HTTPStatus.UNAUTHORIZED),
-    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, HTTPStatus.GATEWAY_TIMEOUT),
-    InferenceFailed: (grpc.StatusCode.INTERNAL, HTTPStatus.INTERNAL_SERVER_ERROR),
-    NotFound: (grpc.StatusCode.UNIMPLEMENTED, HTTPStatus.NOT_FOUND),
+# The one table: every error class and its status on gRPC, on HTTP, and as Text Embeddings
+# Inference names its error types (the `error_type` TEI's clients read: Validation,
+# Overloaded, Backend, Tokenizer, Unhealthy, Empty). A subclass not listed takes its nearest
+# listed ancestor's row.
+STATUS: dict[type[RerankError], tuple[grpc.StatusCode, HTTPStatus, str]] = {
+    RerankError: (grpc.StatusCode.INTERNAL, HTTPStatus.INTERNAL_SERVER_ERROR, "Backend"),
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, HTTPStatus.BAD_REQUEST, "Validation"),
+    FailedPrecondition: (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "Validation",
+    ),
+    ResourceExhausted: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        HTTPStatus.TOO_MANY_REQUESTS,
+        "Overloaded",
+    ),
+    RequestTooLarge: (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        "Validation",
+    ),
+    Unavailable: (grpc.StatusCode.UNAVAILABLE, HTTPStatus.SERVICE_UNAVAILABLE, "Unhealthy"),
+    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, HTTPStatus.UNAUTHORIZED, "Validation"),
+    DeadlineExceeded: (grpc.StatusCode.DEADLINE_EXCEEDED, HTTPStatus.GATEWAY_TIMEOUT, "Backend"),
+    InferenceFailed: (grpc.StatusCode.INTERNAL, HTTPStatus.INTERNAL_SERVER_ERROR, "Backend"),
+    NotFound: (grpc.StatusCode.UNIMPLEMENTED, HTTPStatus.NOT_FOUND, "Validation"),
 }
 
 
-def _row(error: RerankError) -> tuple[grpc.StatusCode, HTTPStatus]:
+def _row(error: RerankError) -> tuple[grpc.StatusCode, HTTPStatus, str]:
     for kind in type(error).__mro__:
         row = STATUS.get(kind)
         if row is not None:
@@ -87,3 +101,8 @@ def grpc_status(error: RerankError) -> grpc.StatusCode:
 def http_status(error: RerankError) -> HTTPStatus:
     """The HTTP status a caller sees for ``error``."""
     return _row(error)[1]
+
+
+def tei_error_type(error: RerankError) -> str:
+    """The ``error_type`` Text Embeddings Inference would give ``error``."""
+    return _row(error)[2]

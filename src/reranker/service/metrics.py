@@ -51,6 +51,12 @@ class ServiceMetrics:
             "1 while every served model answers its canary request",
             registry=self.registry,
         )
+        self.ignored_fields = Counter(
+            "reranker_ignored_fields",
+            "Request fields no vendor documents, accepted and ignored, by route",
+            ["route"],
+            registry=self.registry,
+        )
         self.backend_restarts = Counter(
             "reranker_backend_restarts",
             "Times Triton was restarted after it or a model process died",

@@ -11,38 +11,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextvars import ContextVar
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
-from reranker.service.core import SERVER_VERSION, RankCore
+from reranker.service.core import SERVER_VERSION, RankCore, RankOutcome
 from reranker.service.doors.http_shapes import (
+    MAX_BYTES,
+    MAX_CHUNKS,
+    MAX_DOCUMENTS,
+    SERVED_MODEL,
+    CohereError,
     CohereResponse,
     CohereV1Request,
     CohereV2Request,
+    DetailError,
+    ErrorShape,
+    Health,
+    JinaResponse,
+    LlamaCppRequest,
+    MixedbreadRequest,
+    MixedbreadResponse,
     ModelList,
     NimRequest,
     NimResponse,
+    OpenAIError,
+    ScoreQueriesRequest,
+    ScoreRequest,
+    ScoreResponse,
+    TeiError,
+    TeiInfo,
     TeiRank,
     TeiRequest,
+    VoyageRequest,
+    VoyageResponse,
     cohere_response,
+    jina_response,
+    mixedbread_response,
     model_list,
     nim_response,
+    score_response,
     tei_info,
     tei_ranks,
+    voyage_response,
 )
 from reranker.service.doors.security import ApiKey, uvicorn_tls
 from reranker.service.errors import (
@@ -51,8 +76,8 @@ from reranker.service.errors import (
     NotFound,
     RequestTooLarge,
     RerankError,
-    grpc_status,
     http_status,
+    tei_error_type,
 )
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
@@ -75,13 +100,37 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 
-def error_body(error: RerankError) -> dict[str, str]:
-    """TEI's error shape, which the TEI clients parse; ``error_type`` is the gRPC code name."""
-    return {"error": str(error), "error_type": grpc_status(error).name}
+# Each vendor's error body on its routes (its SDK reads that one); TEI's on the rest.
+_ERROR_SHAPES: dict[str, ErrorShape] = {
+    "/v1/rerank": CohereError,
+    "/v2/rerank": CohereError,
+    "/voyage/v1/rerank": DetailError,
+    "/reranking": OpenAIError,
+    "/v1/reranking": OpenAIError,
+    "/score": OpenAIError,
+    "/v1/score": OpenAIError,
+}
 
 
-def _error_response(error: RerankError) -> JSONResponse:
-    return JSONResponse(error_body(error), status_code=http_status(error))
+def error_shape(path: str) -> ErrorShape:
+    return _ERROR_SHAPES.get(path, TeiError)
+
+
+def error_body(error: RerankError, path: str) -> dict[str, Any]:
+    """``error`` as the clients of the route at ``path`` read it."""
+    shape, message, status = error_shape(path), str(error), http_status(error)
+    if shape is CohereError:
+        return {"message": message}
+    if shape is DetailError:
+        return {"detail": message}
+    if shape is OpenAIError:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "code": int(status)}}
+    return {"error": message, "error_type": tei_error_type(error)}
+
+
+def _error_response(error: RerankError, path: str) -> JSONResponse:
+    return JSONResponse(error_body(error, path), status_code=http_status(error))
 
 
 def _remaining(core: RankCore) -> float:
@@ -100,77 +149,198 @@ def _validation_message(error: RequestValidationError) -> str:
     return "; ".join(parts) or "the request body is invalid"
 
 
-def create_app(core: RankCore, monitor: HealthMonitor) -> FastAPI:
+# What a rank route may answer besides 200 (413 and 401 come from the gate, 422 from a
+# deployment that cannot chunk, 429 from the row budget, 503/504 from the engine).
+_RANK_ERRORS = (400, 401, 413, 422, 429, 500, 503, 504)
+_READ_ERRORS = (401, 500, 503)
+IGNORED_HEADER = "x-ignored-fields"
+
+
+def _errors(path: str, statuses: Sequence[int] = _RANK_ERRORS) -> dict[int | str, Any]:
+    shape = error_shape(path)
+    return {
+        status: {"model": shape, "description": HTTPStatus(status).phrase} for status in statuses
+    }
+
+
+def create_app(core: RankCore, monitor: HealthMonitor, metrics: ServiceMetrics) -> FastAPI:
     """The routes, over ``core``; ``/health`` reports what ``monitor`` decides."""
     # The API docs serve Swagger UI's and ReDoc's assets from this server (fastapi-offline),
     # so /docs works where the public CDNs cannot be reached, behind the same gate.
     app = FastAPIOffline(
         title="reranker",
         version=SERVER_VERSION,
-        description="Rerank shapes of Cohere, Jina, Text Embeddings Inference and NVIDIA NIM "
-        "over one core. The gRPC API reranker.v1 is the primary API.",
+        description="Rerank shapes of Cohere, Jina, Text Embeddings Inference, NVIDIA NIM, "
+        "Voyage, Mixedbread, vLLM and llama.cpp over one core. The gRPC API reranker.v1 is "
+        "the primary API. Fields a route does not act on are accepted and named in the "
+        f"{IGNORED_HEADER} response header.",
     )
 
     @app.exception_handler(RerankError)
     async def rerank_error(request: Request, error: RerankError) -> JSONResponse:
-        return _error_response(error)
+        return _error_response(error, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        return _error_response(InvalidArgument(_validation_message(error)))
+        return _error_response(InvalidArgument(_validation_message(error)), request.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         # Logged by the gate, which sees the exception once this answer is sent.
-        return JSONResponse(
-            {"error": "internal error", "error_type": "INTERNAL"},
-            status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
-        )
+        return _error_response(RerankError("internal error"), request.url.path)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == HTTPStatus.NOT_FOUND:
-            return _error_response(NotFound(f"no route {request.url.path}"))
+            return _error_response(NotFound(f"no route {request.url.path}"), request.url.path)
         return JSONResponse(
             {"error": str(error.detail), "error_type": HTTPStatus(error.status_code).name},
             status_code=error.status_code,
             headers=error.headers,
         )
 
-    @app.post("/v2/rerank", tags=["Cohere"], response_model_exclude_none=True)
-    async def cohere_v2(body: CohereV2Request) -> CohereResponse:
-        outcome = await core.rank(body.call(), _remaining(core))
-        return cohere_response(outcome, str(uuid.uuid4()), "2")
+    async def rank(body: Any, response: Response, route: str) -> RankOutcome:
+        """Scores a request of any shape; names the fields it did not act on."""
+        ignored, unknown = body.ignored(), body.unknown()
+        if ignored:
+            response.headers[IGNORED_HEADER] = ",".join(ignored)
+        if unknown:
+            metrics.ignored_fields.labels(route).inc(len(unknown))
+        outcome: RankOutcome = await core.rank(body.call(), _remaining(core))
+        return outcome
 
-    @app.post("/v1/rerank", tags=["Cohere", "Jina"], response_model_exclude_none=True)
-    async def cohere_v1(body: CohereV1Request) -> CohereResponse:
-        outcome = await core.rank(body.call(), _remaining(core))
+    @app.post(
+        "/v2/rerank",
+        tags=["Cohere", "vLLM"],
+        response_model_exclude_none=True,
+        responses=_errors("/v2/rerank"),
+    )
+    async def cohere_v2(body: CohereV2Request, response: Response) -> CohereResponse:
+        outcome = await rank(body, response, "/v2/rerank")
+        return cohere_response(outcome, str(uuid.uuid4()), "2", body)
+
+    @app.post(
+        "/v1/rerank",
+        tags=["Cohere", "Jina", "vLLM", "llama.cpp"],
+        response_model_exclude_none=True,
+        responses=_errors("/v1/rerank"),
+    )
+    async def cohere_v1(body: CohereV1Request, response: Response) -> CohereResponse:
+        outcome = await rank(body, response, "/v1/rerank")
         return cohere_response(outcome, str(uuid.uuid4()), "1", body)
 
-    @app.post("/rerank", tags=["Text Embeddings Inference"], response_model_exclude_none=True)
-    async def tei_rerank(body: TeiRequest) -> list[TeiRank]:
-        outcome = await core.rank(body.call(), _remaining(core))
-        return tei_ranks(outcome)
+    @app.post(
+        "/rerank",
+        tags=["Text Embeddings Inference", "llama.cpp"],
+        response_model_exclude_none=True,
+        responses=_errors("/rerank"),
+        description="TEI's shape (texts) or llama.cpp's (documents), told apart by the body.",
+    )
+    async def tei_rerank(
+        body: TeiRequest | LlamaCppRequest, response: Response
+    ) -> list[TeiRank] | JinaResponse:
+        outcome = await rank(body, response, "/rerank")
+        return tei_ranks(outcome) if isinstance(body, TeiRequest) else jina_response(outcome)
 
-    @app.get("/info", tags=["Text Embeddings Inference"])
-    async def info() -> dict[str, Any]:
+    @app.post(
+        "/reranking",
+        tags=["llama.cpp"],
+        response_model_exclude_none=True,
+        responses=_errors("/reranking"),
+    )
+    async def llama_reranking(body: LlamaCppRequest, response: Response) -> JinaResponse:
+        return jina_response(await rank(body, response, "/reranking"))
+
+    @app.post(
+        "/v1/reranking",
+        tags=["Mixedbread", "llama.cpp"],
+        response_model_exclude_none=True,
+        responses=_errors("/v1/reranking"),
+        description="Mixedbread's shape (input) or llama.cpp's (documents), told apart by "
+        "the body.",
+    )
+    async def v1_reranking(
+        body: MixedbreadRequest | LlamaCppRequest, response: Response
+    ) -> MixedbreadResponse | JinaResponse:
+        outcome = await rank(body, response, "/v1/reranking")
+        if isinstance(body, MixedbreadRequest):
+            return mixedbread_response(outcome, body)
+        return jina_response(outcome)
+
+    @app.post(
+        "/voyage/v1/rerank",
+        tags=["Voyage AI"],
+        response_model_exclude_none=True,
+        responses=_errors("/voyage/v1/rerank"),
+    )
+    async def voyage_rerank(body: VoyageRequest, response: Response) -> VoyageResponse:
+        return voyage_response(await rank(body, response, "/voyage/v1/rerank"))
+
+    for score_path in ("/score", "/v1/score"):
+
+        @app.post(score_path, tags=["vLLM"], responses=_errors(score_path))
+        async def score(
+            body: ScoreRequest | ScoreQueriesRequest, response: Response
+        ) -> ScoreResponse:
+            outcome = await rank(body, response, "/score")
+            return score_response(outcome, f"score-{uuid.uuid4().hex}")
+
+    @app.post("/v1/ranking", tags=["NVIDIA NIM"], responses=_errors("/v1/ranking"))
+    async def nim_ranking(body: NimRequest, response: Response) -> NimResponse:
+        return nim_response(await rank(body, response, "/v1/ranking"))
+
+    @app.get("/info", tags=["Text Embeddings Inference"], responses=_errors("/info", _READ_ERRORS))
+    async def info() -> TeiInfo:
         return tei_info(await core.server_info())
 
-    @app.get("/health", tags=["Text Embeddings Inference"])
+    @app.get(
+        "/health",
+        tags=["Text Embeddings Inference"],
+        responses={503: {"model": Health, "description": "not serving"}},
+    )
     async def health() -> JSONResponse:
         if monitor.serving.is_set():
             return JSONResponse({"status": "SERVING"})
         return JSONResponse({"status": "NOT_SERVING"}, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
 
-    @app.post("/v1/ranking", tags=["NVIDIA NIM"])
-    async def nim_ranking(body: NimRequest) -> NimResponse:
-        return nim_response(await core.rank(body.call(), _remaining(core)))
-
-    @app.get("/v1/models", tags=["Models"])
+    @app.get("/v1/models", tags=["Models"], responses=_errors("/v1/models", _READ_ERRORS))
     async def models() -> ModelList:
         return model_list(await core.list_models())
 
+    described = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return describe_limits(described(), core)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def describe_limits(schema: dict[str, Any], core: RankCore) -> dict[str, Any]:
+    """The OpenAPI description with the ``x-*`` markers of :mod:`.http_shapes` filled in from
+    the server's settings and the models it serves now."""
+    settings = core.settings
+    served = ["", *sorted(core.served_models())]
+    sizes = {"query": settings.max_query_bytes, "document": settings.max_document_bytes}
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, list):
+            return [fill(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        filled = {key: fill(value) for key, value in node.items()}
+        if filled.pop(SERVED_MODEL, False) and len(served) > 1:
+            filled["enum"] = served
+        if filled.pop(MAX_DOCUMENTS, False):
+            filled["maxItems"] = settings.max_documents_per_call
+        if filled.pop(MAX_CHUNKS, False):
+            filled["maximum"] = settings.max_chunks_per_document
+        kind = filled.pop(MAX_BYTES, None)
+        if kind is not None:
+            filled["x-max-utf8-bytes"] = sizes[kind]
+        return filled
+
+    return cast(dict[str, Any], fill(copy.deepcopy(schema)))
 
 
 class Gate:
@@ -218,7 +388,7 @@ class Gate:
                     await self._app(scope, _replay(body), recording_send)
             except RerankError as error:
                 log.info("refused %s: %s", label, error)
-                await _error_response(error)(scope, receive, recording_send)
+                await _error_response(error, path)(scope, receive, recording_send)
             except Exception:  # the app has answered 500 already: log it, go on serving
                 log.exception("unexpected error in %s", label)
             if status[0] >= HTTPStatus.BAD_REQUEST:
@@ -302,7 +472,7 @@ def _replay(body: bytes) -> Receive:
 
 # HTTP statuses as the gRPC code names the calls metric uses for every transport, read back
 # from the one status table.
-_CODE_NAMES = {int(http): code.name for code, http in STATUS.values()} | {
+_CODE_NAMES = {int(http): code.name for code, http, _ in STATUS.values()} | {
     200: "OK",
     405: "UNIMPLEMENTED",  # a route without that method, as gRPC names a missing method
 }
@@ -333,7 +503,8 @@ class HttpServer:
         tracer: trace.Tracer,
     ) -> None:
         self._settings = settings
-        app = Gate(create_app(core, monitor), metrics, settings.max_request_bytes, api_key, tracer)
+        routes = create_app(core, monitor, metrics)
+        app = Gate(routes, metrics, settings.max_request_bytes, api_key, tracer)
         self._config = uvicorn.Config(
             app,
             lifespan="off",

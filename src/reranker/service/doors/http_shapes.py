@@ -1,12 +1,24 @@
 """The JSON shapes other rerank servers speak, as pydantic models, and their conversion to and
-from the core's types. Field names follow each API's published shape; unknown fields are
-refused (never silently dropped)."""
+from the core's types.
+
+Requests are read tolerantly: each vendor's documented request fields are declared (those
+with a meaning here are honoured, the others accepted and ignored), and fields no vendor
+documents are accepted too; both kinds are reported back (:meth:`Tolerant.ignored`), so a
+gateway's extra field does not break a call and a typo is still visible. Values are read
+strictly: a known field with a bad value is refused, naming it.
+
+Limits the core enforces (non-blank texts, the number of documents, the served models) are
+stated in the OpenAPI description through the ``x-*`` markers below, which the HTTP door
+fills in from the server's settings and models.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import time
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from reranker.service.core import (
     ChunkingRequest,
@@ -18,20 +30,77 @@ from reranker.service.core import (
 )
 from reranker.service.errors import InvalidArgument
 
+# A text must hold something besides whitespace (the core refuses a blank one).
+NON_BLANK = r"\S"
+# Markers the HTTP door replaces in the OpenAPI description (http_api.describe_limits).
+SERVED_MODEL = "x-served-model"
+MAX_DOCUMENTS = "x-max-documents"
+MAX_BYTES = "x-max-bytes"
+MAX_CHUNKS = "x-max-chunks"
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+def _model(description: str = "served model; empty or absent selects the default") -> Any:
+    return Field("", description=description, json_schema_extra={SERVED_MODEL: True})
 
 
-# --- Cohere v2: POST /v2/rerank -------------------------------------------------------------
-class CohereV2Request(Strict):
-    model: str = Field("", description="served model; empty selects the default")
-    query: str
-    documents: list[str]
+def _query() -> Any:
+    return Field(
+        description="the query (not blank)",
+        json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "query"},
+    )
+
+
+def _texts(description: str, item: JsonDict | None = None) -> Any:
+    text: JsonDict = {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"}
+    return Field(
+        description=description,
+        json_schema_extra={"minItems": 1, MAX_DOCUMENTS: True, "items": item or text},
+    )
+
+
+def _no_op(description: str) -> Any:
+    return Field(None, description=f"accepted and ignored here: {description}")
+
+
+class Tolerant(BaseModel):
+    """A request shape that keeps fields it does not name (reported, never silently used)."""
+
+    model_config = ConfigDict(extra="allow")
+    # Documented fields of the vendor's API that mean nothing here.
+    NO_OP: ClassVar[frozenset[str]] = frozenset()
+
+    def ignored(self) -> list[str]:
+        """Every field the call carried that the server did not act on, sorted."""
+        named = {name for name in self.NO_OP if getattr(self, name) is not None}
+        return sorted(named | set(self.model_extra or {}))
+
+    def unknown(self) -> list[str]:
+        """The fields no vendor documents (a subset of :meth:`ignored`)."""
+        return sorted(self.model_extra or {})
+
+
+def _raw(use_activation: bool | None) -> bool:
+    """vLLM's ``use_activation=false``: the model's raw logits."""
+    return use_activation is False
+
+
+# --- Cohere v2 (and vLLM's /v2/rerank): POST /v2/rerank ------------------------------------
+class CohereV2Request(Tolerant):
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
+
+    model: str = _model()
+    query: str = _query()
+    documents: list[str] = _texts("the documents, in the order results refer to")
     top_n: int | None = Field(None, ge=1, description="return only the best top_n")
     max_tokens_per_doc: int | None = Field(
         None, ge=1, description="keep at most this many tokens of each document"
     )
+    return_documents: bool = Field(False, description="vLLM: return each document's text")
+    use_activation: bool | None = Field(
+        None, description="vLLM: false returns the raw logits instead of sigmoid scores"
+    )
+    priority: int | None = _no_op("Cohere's and vLLM's scheduling priority")
+    truncate_prompt_tokens: int | None = _no_op("vLLM's prompt truncation")
 
     def call(self) -> RankCall:
         return RankCall(
@@ -39,8 +108,13 @@ class CohereV2Request(Strict):
             documents=self.documents,
             model=self.model,
             top_k=self.top_n,
+            return_documents=self.return_documents,
+            raw_scores=_raw(self.use_activation),
             max_document_tokens=self.max_tokens_per_doc or 0,
         )
+
+    def document(self, index: int) -> dict[str, Any]:
+        return {"text": self.documents[index]}
 
 
 class CohereResult(BaseModel):
@@ -56,33 +130,54 @@ class CohereResponse(BaseModel):
     model: str
 
 
-# --- Cohere v1 and Jina: POST /v1/rerank ----------------------------------------------------
+# --- Cohere v1, Jina, llama.cpp and vLLM: POST /v1/rerank -----------------------------------
 class DocumentObject(BaseModel):
     # Other fields are kept and returned with the document, as Cohere v1 does.
     model_config = ConfigDict(extra="allow")
-    text: str
+    text: str = Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "document"})
 
 
-class CohereV1Request(Strict):
-    model: str = ""
-    query: str
-    documents: list[str | DocumentObject]
+_TEXT_OR_OBJECT: JsonDict = {
+    "anyOf": [
+        {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"},
+        {"$ref": "#/components/schemas/DocumentObject"},
+    ]
+}
+_RANK_FIELDS = Field(
+    None,
+    description="the fields ranked; only ['text'] (documents are ranked by their text)",
+    json_schema_extra={"items": {"type": "string", "enum": ["text"]}, "maxItems": 1},
+)
+
+
+class CohereV1Request(Tolerant):
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
+
+    model: str = _model()
+    query: str = _query()
+    documents: list[str | DocumentObject] = _texts(
+        "the documents: strings, or objects with a text field", _TEXT_OR_OBJECT
+    )
     top_n: int | None = Field(None, ge=1, description="return only the best top_n")
     return_documents: bool = False
-    rank_fields: list[str] | None = Field(None, description="only ['text'] is supported")
+    rank_fields: list[str] | None = _RANK_FIELDS
     max_chunks_per_doc: int | None = Field(
-        None, ge=1, description="score long documents in up to this many windows (best counts)"
+        None,
+        ge=1,
+        description="score long documents in up to this many windows (the best counts)",
+        json_schema_extra={MAX_CHUNKS: True},
     )
+    use_activation: bool | None = Field(
+        None, description="vLLM: false returns the raw logits instead of sigmoid scores"
+    )
+    priority: int | None = _no_op("Cohere's and vLLM's scheduling priority")
+    truncate_prompt_tokens: int | None = _no_op("vLLM's prompt truncation")
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
 
     def call(self) -> RankCall:
-        if self.rank_fields is not None and self.rank_fields != ["text"]:
-            raise InvalidArgument(
-                f"rank_fields {self.rank_fields} is not supported: documents are ranked by "
-                "their 'text' field"
-            )
+        _check_rank_fields(self.rank_fields)
         chunking = None
         if self.max_chunks_per_doc is not None:
             chunking = ChunkingRequest(max_chunks=self.max_chunks_per_doc)
@@ -91,6 +186,7 @@ class CohereV1Request(Strict):
             documents=self.texts(),
             model=self.model,
             top_k=self.top_n,
+            raw_scores=_raw(self.use_activation),
             chunking=chunking,
         )
 
@@ -99,16 +195,25 @@ class CohereV1Request(Strict):
         return {"text": item} if isinstance(item, str) else item.model_dump()
 
 
+def _check_rank_fields(rank_fields: list[str] | None) -> None:
+    if rank_fields is not None and rank_fields != ["text"]:
+        raise InvalidArgument(
+            f"rank_fields {rank_fields} is not supported: documents are ranked by their "
+            "'text' field"
+        )
+
+
 def cohere_response(
-    outcome: RankOutcome, call_id: str, version: str, request: CohereV1Request | None = None
+    outcome: RankOutcome,
+    call_id: str,
+    version: str,
+    request: CohereV1Request | CohereV2Request,
 ) -> CohereResponse:
     results = [
         CohereResult(
             index=r.index,
             relevance_score=r.score,
-            document=request.document(r.index)
-            if request is not None and request.return_documents
-            else None,
+            document=request.document(r.index) if request.return_documents else None,
         )
         for r in outcome.results
     ]
@@ -120,22 +225,27 @@ def cohere_response(
     )
 
 
-# --- Text Embeddings Inference: POST /rerank, GET /info -----------------------------------
-class TeiRequest(Strict):
-    query: str
-    texts: list[str]
+# --- Text Embeddings Inference: POST /rerank, GET /info -------------------------------------
+class TeiRequest(Tolerant):
+    query: str = _query()
+    texts: list[str] = _texts("the texts to rank")
     truncate: bool | None = Field(
         None, description="false refuses a pair that does not fit; unset or true truncates"
     )
-    truncation_direction: str = Field("right", description="only 'right' is supported")
+    truncation_direction: str = Field(
+        "right",
+        description="Right only: this server truncates from the right, longest first "
+        "(Left is refused with a message)",
+        json_schema_extra={"enum": ["right", "Right"]},
+    )
     raw_scores: bool = False
     return_text: bool = False
 
     def call(self) -> RankCall:
-        direction = self.truncation_direction.lower()
-        if direction not in ("left", "right"):
+        direction = self.truncation_direction
+        if direction not in ("right", "Right", "left", "Left"):
             raise InvalidArgument(
-                f"truncation_direction must be 'left' or 'right', got {self.truncation_direction!r}"
+                f"truncation_direction must be 'Right' (or 'Left', refused), got {direction!r}"
             )
         return RankCall(
             query=self.query,
@@ -143,7 +253,7 @@ class TeiRequest(Strict):
             raw_scores=self.raw_scores,
             return_documents=self.return_text,
             truncation=Truncation.REFUSE if self.truncate is False else Truncation.LONGEST_FIRST,
-            truncate_left=direction == "left",
+            truncate_left=direction.lower() == "left",
         )
 
 
@@ -157,36 +267,304 @@ def tei_ranks(outcome: RankOutcome) -> list[TeiRank]:
     return [TeiRank(index=r.index, score=r.score, text=r.text) for r in outcome.results]
 
 
-def tei_info(info: ServerInfo) -> dict[str, Any]:
-    """TEI's ``/info`` body."""
-    return {
-        "model_id": info.model_id,
-        "model_sha": None,
-        "model_dtype": info.dtype,
-        "model_type": {"reranker": {"id2label": {}, "label2id": {}}},
-        "max_concurrent_requests": info.max_concurrent_requests,
-        "max_input_length": info.max_input_length,
-        "max_batch_tokens": info.max_batch_tokens,
-        "max_batch_requests": None,
-        "max_client_batch_size": info.max_client_batch_size,
-        "auto_truncate": True,
-        "tokenization_workers": 1,
-        "version": info.version,
-    }
+class TeiInfo(BaseModel):
+    model_id: str
+    model_sha: str | None = None
+    model_dtype: str
+    model_type: dict[str, Any]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None = None
+    max_client_batch_size: int
+    auto_truncate: bool = True
+    tokenization_workers: int = 1
+    version: str
+
+
+def tei_info(info: ServerInfo) -> TeiInfo:
+    return TeiInfo(
+        model_id=info.model_id,
+        model_dtype=info.dtype,
+        model_type={"reranker": {"id2label": {}, "label2id": {}}},
+        max_concurrent_requests=info.max_concurrent_requests,
+        max_input_length=info.max_input_length,
+        max_batch_tokens=info.max_batch_tokens,
+        max_client_batch_size=info.max_client_batch_size,
+        version=info.version,
+    )
+
+
+class Health(BaseModel):
+    status: Literal["SERVING", "NOT_SERVING"]
+
+
+# --- llama.cpp (Jina's shape): POST /rerank, /reranking, /v1/reranking ------------------------
+class LlamaCppRequest(Tolerant):
+    model: str = _model()
+    query: str = _query()
+    documents: list[str] = _texts("the documents to rank")
+    top_n: int | None = Field(None, ge=1, description="return only the best top_n")
+    return_documents: bool = False
+
+    def call(self) -> RankCall:
+        return RankCall(
+            query=self.query,
+            documents=self.documents,
+            model=self.model,
+            top_k=self.top_n,
+            return_documents=self.return_documents,
+        )
+
+
+class Usage(BaseModel):
+    """Token usage, in the fields each vendor names. This server does not count tokens on
+    the HTTP path: the counts are 0."""
+
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class JinaResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, str] | None = None
+
+
+class JinaResponse(BaseModel):
+    model: str
+    object: Literal["list"] = "list"
+    usage: Usage = Field(default_factory=Usage)
+    results: list[JinaResult]
+
+
+def jina_response(outcome: RankOutcome) -> JinaResponse:
+    return JinaResponse(
+        model=outcome.model.name,
+        results=[
+            JinaResult(
+                index=r.index,
+                relevance_score=r.score,
+                document=None if r.text is None else {"text": r.text},
+            )
+            for r in outcome.results
+        ],
+    )
+
+
+# --- Voyage AI: POST /voyage/v1/rerank --------------------------------------------------------
+class VoyageRequest(Tolerant):
+    query: str = _query()
+    documents: list[str] = _texts("the documents to rank")
+    model: str = _model()
+    top_k: int | None = Field(None, ge=1, description="return only the best top_k")
+    return_documents: bool = False
+    truncation: bool = Field(
+        True, description="false refuses a pair that does not fit instead of truncating it"
+    )
+
+    def call(self) -> RankCall:
+        return RankCall(
+            query=self.query,
+            documents=self.documents,
+            model=self.model,
+            top_k=self.top_k,
+            return_documents=self.return_documents,
+            truncation=Truncation.LONGEST_FIRST if self.truncation else Truncation.REFUSE,
+        )
+
+
+class VoyageResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: str | None = None
+
+
+class VoyageResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoyageResult]
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+def voyage_response(outcome: RankOutcome) -> VoyageResponse:
+    return VoyageResponse(
+        data=[
+            VoyageResult(index=r.index, relevance_score=r.score, document=r.text)
+            for r in outcome.results
+        ],
+        model=outcome.model.name,
+    )
+
+
+# --- Mixedbread: POST /v1/reranking -----------------------------------------------------------
+class MixedbreadRequest(Tolerant):
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"rewrite_query"})
+
+    model: str = _model()
+    query: str = _query()
+    input: list[str | DocumentObject] = _texts(
+        "the documents: strings, or objects with a text field", _TEXT_OR_OBJECT
+    )
+    rank_fields: list[str] | None = _RANK_FIELDS
+    top_k: int | None = Field(None, ge=1, description="return only the best top_k")
+    return_input: bool = False
+    rewrite_query: bool | None = _no_op("Mixedbread's query rewriting")
+
+    def call(self) -> RankCall:
+        _check_rank_fields(self.rank_fields)
+        return RankCall(
+            query=self.query,
+            documents=[d if isinstance(d, str) else d.text for d in self.input],
+            model=self.model,
+            top_k=self.top_k,
+        )
+
+
+class MixedbreadResult(BaseModel):
+    index: int
+    score: float
+    input: Any = None
+    object: Literal["rank_result"] = "rank_result"
+
+
+class MixedbreadResponse(BaseModel):
+    usage: Usage = Field(default_factory=Usage)
+    model: str
+    data: list[MixedbreadResult]
+    object: Literal["list"] = "list"
+    top_k: int
+    return_input: bool
+
+
+def mixedbread_response(outcome: RankOutcome, request: MixedbreadRequest) -> MixedbreadResponse:
+    def sent(index: int) -> Any:
+        item = request.input[index]
+        return item if isinstance(item, str) else item.model_dump()
+
+    return MixedbreadResponse(
+        model=outcome.model.name,
+        data=[
+            MixedbreadResult(
+                index=r.index, score=r.score, input=sent(r.index) if request.return_input else None
+            )
+            for r in outcome.results
+        ],
+        top_k=len(outcome.results),
+        return_input=request.return_input,
+    )
+
+
+# --- vLLM: POST /score, /v1/score -------------------------------------------------------------
+class _ScoreOptions(Tolerant):
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
+
+    model: str = _model()
+    use_activation: bool | None = Field(
+        None, description="false returns the raw logits instead of sigmoid scores"
+    )
+    priority: int | None = _no_op("vLLM's scheduling priority")
+    truncate_prompt_tokens: int | None = _no_op("vLLM's prompt truncation")
+
+    def _call(self, query: str, documents: str | list[str]) -> RankCall:
+        texts = [documents] if isinstance(documents, str) else documents
+        return RankCall(
+            query=query, documents=texts, model=self.model, raw_scores=_raw(self.use_activation)
+        )
+
+
+_ONE_OR_MORE: JsonDict = {
+    "anyOf": [
+        {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"},
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"},
+            "minItems": 1,
+            MAX_DOCUMENTS: True,
+        },
+    ]
+}
+
+
+class ScoreRequest(_ScoreOptions):
+    """One query (``text_1``) against one text or a list (``text_2``)."""
+
+    text_1: str = Field(
+        description="the query: one text (a list of pairwise queries is not supported)",
+        json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "query"},
+    )
+    text_2: str | list[str] = Field(
+        description="the texts scored against it", json_schema_extra=_ONE_OR_MORE
+    )
+
+    def call(self) -> RankCall:
+        return self._call(self.text_1, self.text_2)
+
+
+class ScoreQueriesRequest(_ScoreOptions):
+    """vLLM's newer spelling: ``queries`` (one) and ``documents``."""
+
+    queries: str = Field(
+        description="the query: one text", json_schema_extra={"pattern": NON_BLANK}
+    )
+    documents: str | list[str] = Field(
+        description="the texts scored against it", json_schema_extra=_ONE_OR_MORE
+    )
+
+    def call(self) -> RankCall:
+        return self._call(self.queries, self.documents)
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: Usage = Field(default_factory=Usage)
+
+
+def score_response(outcome: RankOutcome, call_id: str) -> ScoreResponse:
+    """Scores in the order the texts were sent, as vLLM returns them."""
+    scores = sorted(outcome.results, key=lambda r: r.index)
+    return ScoreResponse(
+        id=call_id,
+        created=int(time.time()),
+        model=outcome.model.name,
+        data=[ScoreData(index=r.index, score=r.score) for r in scores],
+    )
 
 
 # --- NVIDIA NIM: POST /v1/ranking ------------------------------------------------------------
-class NimText(Strict):
-    text: str
+class NimText(Tolerant):
+    text: str = Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "document"})
 
 
-class NimRequest(Strict):
-    model: str = ""
+class NimRequest(Tolerant):
+    model: str = _model()
     query: NimText
-    passages: list[NimText]
+    passages: list[NimText] = _texts(
+        "the passages to rank", {"$ref": "#/components/schemas/NimText"}
+    )
     truncate: Literal["NONE", "END"] = Field(
         "NONE", description="NONE refuses a pair that does not fit; END truncates it"
     )
+
+    def ignored(self) -> list[str]:
+        nested = [f"query.{name}" for name in self.query.ignored()]
+        nested += [
+            f"passages[{i}].{name}" for i, p in enumerate(self.passages) for name in p.ignored()
+        ]
+        return sorted([*super().ignored(), *nested])
+
+    def unknown(self) -> list[str]:
+        return self.ignored()
 
     def call(self) -> RankCall:
         return RankCall(
@@ -250,3 +628,36 @@ def model_list(listing: ModelListing) -> ModelList:
             for m in listing.models
         ]
     )
+
+
+# --- Error bodies, as each vendor's clients read them ----------------------------------------
+class TeiError(BaseModel):
+    """Text Embeddings Inference's error (also NIM's and the server's own routes)."""
+
+    error: str
+    error_type: str
+
+
+class CohereError(BaseModel):
+    message: str
+
+
+class DetailError(BaseModel):
+    """Voyage's (and FastAPI's) error."""
+
+    detail: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class OpenAIError(BaseModel):
+    """vLLM's, llama.cpp's and Mixedbread's error (OpenAI's shape)."""
+
+    error: OpenAIErrorDetail
+
+
+ErrorShape = type[TeiError] | type[CohereError] | type[DetailError] | type[OpenAIError]
