@@ -21,7 +21,7 @@ from reranker_client import RerankClient
 
 from reranker.build.builder import DEFAULT_MODEL_NAME
 from tests.http_errors import error_message
-from tests.integration.conftest import ALL_MODELS, CROSS_ENCODER, Server
+from tests.integration.conftest import ALL_MODELS, CROSS_ENCODER, Server, rank_server
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
@@ -192,6 +192,116 @@ def test_tei_rerank_info_and_health(http: httpx.Client, grpc_client: RerankClien
     assert http.get("/health").status_code == 200
 
 
+def test_voyage_sdk_by_base_url(server: Server, grpc_client: RerankClient) -> None:
+    import voyageai
+
+    client = voyageai.Client(api_key="unused", base_url=f"{server.http_url}/voyage/v1")
+    response = client.rerank(QUERY, DOCUMENTS, model=CROSS_ENCODER, top_k=3)
+    expected = reference(grpc_client, top_k=3)
+    assert_same_ranking([(r.index, r.relevance_score) for r in response.results], expected)
+    assert [r.document for r in response.results] == [DOCUMENTS[e["corpus_id"]] for e in expected]
+
+
+def test_mixedbread_sdk_by_base_url(server: Server, grpc_client: RerankClient) -> None:
+    from mixedbread import Mixedbread
+
+    client = Mixedbread(api_key="unused", base_url=server.http_url, max_retries=0)
+    objects = [{"text": d, "id": i} for i, d in enumerate(DOCUMENTS)]
+    response = client.rerank(
+        model=CROSS_ENCODER, query=QUERY, input=objects, top_k=3, return_input=True
+    )
+    expected = reference(grpc_client, top_k=3)
+    assert_same_ranking([(r.index, r.score) for r in response.data], expected)
+    assert [r.input for r in response.data] == [objects[e["corpus_id"]] for e in expected]
+
+
+def test_vllm_score_and_llama_cpp_shapes_by_plain_http(
+    http: httpx.Client, grpc_client: RerankClient
+) -> None:
+    expected = reference(grpc_client)
+    by_index = {e["corpus_id"]: e["score"] for e in expected}
+    bodies: list[dict[str, Any]] = [
+        {"model": CROSS_ENCODER, "text_1": QUERY, "text_2": DOCUMENTS},
+        {"model": CROSS_ENCODER, "queries": QUERY, "documents": DOCUMENTS},
+    ]
+    for path in ("/score", "/v1/score"):
+        for body in bodies:
+            answer = http.post(path, json=body)
+            assert answer.status_code == 200, answer.text
+            data = answer.json()["data"]
+            # vLLM's order: the texts as sent.
+            assert [d["index"] for d in data] == list(range(len(DOCUMENTS)))
+            assert all(abs(d["score"] - by_index[d["index"]]) <= 1e-6 for d in data)
+    for path in ("/rerank", "/reranking", "/v1/reranking", "/v1/rerank"):
+        llama = {
+            "model": CROSS_ENCODER,
+            "query": QUERY,
+            "documents": DOCUMENTS,
+            "top_n": 3,
+        }
+        answer = http.post(path, json=llama)
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert_same_ranking(
+            [(r["index"], r["relevance_score"]) for r in results], reference(grpc_client, top_k=3)
+        )
+
+
+def test_gateway_fields_are_accepted_named_and_counted(
+    server: Server, grpc_client: RerankClient
+) -> None:
+    client = cohere.ClientV2(base_url=server.http_url, api_key="unused")
+    response = client.rerank(
+        model=CROSS_ENCODER, query=QUERY, documents=DOCUMENTS, top_n=4, priority=5
+    )
+    assert_same_ranking(
+        [(r.index, r.relevance_score) for r in response.results], reference(grpc_client, top_k=4)
+    )
+    unknown = {"user": "u-1", "metadata": {"a": 1}, "stream": False, "tenant": "t", "x_trace": 3}
+    with httpx.Client(base_url=server.http_url, timeout=60) as http:
+        body = {"model": CROSS_ENCODER, "query": QUERY, "documents": DOCUMENTS, **unknown}
+        answer = http.post("/v2/rerank", json={**body, "priority": 1})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-ignored-fields"].split(",") == sorted([*unknown, "priority"])
+        results = answer.json()["results"]
+        assert_same_ranking(
+            [(r["index"], r["relevance_score"]) for r in results], reference(grpc_client)
+        )
+        # A known field with a bad value is still refused, naming it.
+        refused = http.post("/v2/rerank", json={**body, "top_n": "many"})
+        assert refused.status_code == 400 and "top_n" in refused.json()["message"]
+        metrics = httpx.get(server.metrics_url).text
+    counted = [
+        line for line in metrics.splitlines() if line.startswith("reranker_ignored_fields_total")
+    ]
+    assert any('route="/v2/rerank"' in line and float(line.split()[-1]) >= 5 for line in counted)
+
+
+def test_tei_routes_answer_tei_error_types(server: Server, http: httpx.Client) -> None:
+    refused = http.post("/rerank", json={"query": " ", "texts": ["a"]})
+    assert refused.status_code == 400
+    assert refused.json()["error_type"] == "Validation"
+
+
+async def test_an_overloaded_tei_route_answers_overloaded(server: Server) -> None:
+    import asyncio
+
+    async with rank_server(
+        server.triton_grpc,
+        default_model=CROSS_ENCODER,
+        max_rows_in_flight=8,
+        max_documents_per_call=8,
+    ) as service:
+        base = f"http://127.0.0.1:{service.http_port}"
+        body = {"query": QUERY, "texts": [f"{d} {i}" for i in range(8) for d in DOCUMENTS[:1]]}
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            answers = await asyncio.gather(*(client.post("/rerank", json=body) for _ in range(8)))
+    statuses = [a.status_code for a in answers]
+    assert 200 in statuses and 429 in statuses, statuses
+    overloaded = next(a for a in answers if a.status_code == 429)
+    assert overloaded.json()["error_type"] == "Overloaded"
+
+
 def test_models_route_lists_every_served_model(http: httpx.Client) -> None:
     body = http.get("/v1/models").json()
     assert body["object"] == "list"
@@ -216,7 +326,19 @@ def test_models_route_says_what_list_models_says_field_for_field(server: Server)
 
 def test_openapi_describes_every_route(http: httpx.Client) -> None:
     paths = http.get("/openapi.json").json()["paths"]
-    for route in ("/v2/rerank", "/v1/rerank", "/rerank", "/info", "/v1/ranking", "/v1/models"):
+    for route in (
+        "/v2/rerank",
+        "/v1/rerank",
+        "/rerank",
+        "/reranking",
+        "/v1/reranking",
+        "/voyage/v1/rerank",
+        "/score",
+        "/v1/score",
+        "/info",
+        "/v1/ranking",
+        "/v1/models",
+    ):
         assert route in paths
     assert http.get("/docs").status_code == 200
 

@@ -50,6 +50,7 @@ from reranker.service.doors.http_shapes import (
     NimRequest,
     NimResponse,
     OpenAIError,
+    RankShape,
     ScoreQueriesRequest,
     ScoreRequest,
     ScoreResponse,
@@ -118,7 +119,11 @@ def error_shape(path: str) -> ErrorShape:
 
 def error_body(error: RerankError, path: str) -> dict[str, Any]:
     """``error`` as the clients of the route at ``path`` read it."""
-    shape, message, status = error_shape(path), str(error), http_status(error)
+    return _shaped(path, str(error), http_status(error), tei_error_type(error))
+
+
+def _shaped(path: str, message: str, status: int, tei_type: str) -> dict[str, Any]:
+    shape = error_shape(path)
     if shape is CohereError:
         return {"message": message}
     if shape is DetailError:
@@ -126,11 +131,16 @@ def error_body(error: RerankError, path: str) -> dict[str, Any]:
     if shape is OpenAIError:
         kind = "invalid_request_error" if status < 500 else "server_error"
         return {"error": {"message": message, "type": kind, "code": int(status)}}
-    return {"error": message, "error_type": tei_error_type(error)}
+    return {"error": message, "error_type": tei_type}
 
 
 def _error_response(error: RerankError, path: str) -> JSONResponse:
     return JSONResponse(error_body(error, path), status_code=http_status(error))
+
+
+def _header_safe(name: str) -> str:
+    """A field name as an ASCII header value (a name may hold any character JSON can)."""
+    return ascii(name)[1:-1].replace(",", "\\x2c")
 
 
 def _remaining(core: RankCore) -> float:
@@ -191,19 +201,21 @@ def create_app(core: RankCore, monitor: HealthMonitor, metrics: ServiceMetrics) 
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        path = request.url.path
         if error.status_code == HTTPStatus.NOT_FOUND:
-            return _error_response(NotFound(f"no route {request.url.path}"), request.url.path)
+            return _error_response(NotFound(f"no route {path}"), path)
+        # Starlette's own answers: a body it could not parse, a method the route lacks.
         return JSONResponse(
-            {"error": str(error.detail), "error_type": HTTPStatus(error.status_code).name},
+            _shaped(path, str(error.detail), error.status_code, "Validation"),
             status_code=error.status_code,
             headers=error.headers,
         )
 
-    async def rank(body: Any, response: Response, route: str) -> RankOutcome:
+    async def rank(body: RankShape, response: Response, route: str) -> RankOutcome:
         """Scores a request of any shape; names the fields it did not act on."""
         ignored, unknown = body.ignored(), body.unknown()
         if ignored:
-            response.headers[IGNORED_HEADER] = ",".join(ignored)
+            response.headers[IGNORED_HEADER] = ",".join(map(_header_safe, ignored))
         if unknown:
             metrics.ignored_fields.labels(route).inc(len(unknown))
         outcome: RankOutcome = await core.rank(body.call(), _remaining(core))

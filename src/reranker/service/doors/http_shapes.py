@@ -15,9 +15,10 @@ fills in from the server's settings and models.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Ge
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
 
 from reranker.service.core import (
@@ -37,6 +38,18 @@ SERVED_MODEL = "x-served-model"
 MAX_DOCUMENTS = "x-max-documents"
 MAX_BYTES = "x-max-bytes"
 MAX_CHUNKS = "x-max-chunks"
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integers include whole numbers written as 3.0; strings stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Integer fields of a request: strict, but a whole number written with a fraction is one.
+Integer = Annotated[int, BeforeValidator(_whole)]
+Positive = Annotated[int, Ge(1), BeforeValidator(_whole)]
 
 
 def _model(description: str = "served model; empty or absent selects the default") -> Any:
@@ -62,10 +75,21 @@ def _no_op(description: str) -> Any:
     return Field(None, description=f"accepted and ignored here: {description}")
 
 
-class Tolerant(BaseModel):
-    """A request shape that keeps fields it does not name (reported, never silently used)."""
+class RankShape(Protocol):
+    """What the HTTP door needs of a request shape."""
 
-    model_config = ConfigDict(extra="allow")
+    def call(self) -> RankCall: ...
+
+    def ignored(self) -> list[str]: ...
+
+    def unknown(self) -> list[str]: ...
+
+
+class Tolerant(BaseModel):
+    """A request shape that keeps fields it does not name (reported, never silently used),
+    and reads the values of those it names strictly (no "3" for 3, no 0 for false)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
     # Documented fields of the vendor's API that mean nothing here.
     NO_OP: ClassVar[frozenset[str]] = frozenset()
 
@@ -91,16 +115,16 @@ class CohereV2Request(Tolerant):
     model: str = _model()
     query: str = _query()
     documents: list[str] = _texts("the documents, in the order results refer to")
-    top_n: int | None = Field(None, ge=1, description="return only the best top_n")
-    max_tokens_per_doc: int | None = Field(
-        None, ge=1, description="keep at most this many tokens of each document"
+    top_n: Positive | None = Field(None, description="return only the best top_n")
+    max_tokens_per_doc: Positive | None = Field(
+        None, description="keep at most this many tokens of each document"
     )
     return_documents: bool = Field(False, description="vLLM: return each document's text")
     use_activation: bool | None = Field(
         None, description="vLLM: false returns the raw logits instead of sigmoid scores"
     )
-    priority: int | None = _no_op("Cohere's and vLLM's scheduling priority")
-    truncate_prompt_tokens: int | None = _no_op("vLLM's prompt truncation")
+    priority: Integer | None = _no_op("Cohere's and vLLM's scheduling priority")
+    truncate_prompt_tokens: Integer | None = _no_op("vLLM's prompt truncation")
 
     def call(self) -> RankCall:
         return RankCall(
@@ -133,7 +157,7 @@ class CohereResponse(BaseModel):
 # --- Cohere v1, Jina, llama.cpp and vLLM: POST /v1/rerank -----------------------------------
 class DocumentObject(BaseModel):
     # Other fields are kept and returned with the document, as Cohere v1 does.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     text: str = Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "document"})
 
 
@@ -158,20 +182,19 @@ class CohereV1Request(Tolerant):
     documents: list[str | DocumentObject] = _texts(
         "the documents: strings, or objects with a text field", _TEXT_OR_OBJECT
     )
-    top_n: int | None = Field(None, ge=1, description="return only the best top_n")
+    top_n: Positive | None = Field(None, description="return only the best top_n")
     return_documents: bool = False
     rank_fields: list[str] | None = _RANK_FIELDS
-    max_chunks_per_doc: int | None = Field(
+    max_chunks_per_doc: Positive | None = Field(
         None,
-        ge=1,
         description="score long documents in up to this many windows (the best counts)",
         json_schema_extra={MAX_CHUNKS: True},
     )
     use_activation: bool | None = Field(
         None, description="vLLM: false returns the raw logits instead of sigmoid scores"
     )
-    priority: int | None = _no_op("Cohere's and vLLM's scheduling priority")
-    truncate_prompt_tokens: int | None = _no_op("vLLM's prompt truncation")
+    priority: Integer | None = _no_op("Cohere's and vLLM's scheduling priority")
+    truncate_prompt_tokens: Integer | None = _no_op("vLLM's prompt truncation")
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -196,7 +219,7 @@ class CohereV1Request(Tolerant):
 
 
 def _check_rank_fields(rank_fields: list[str] | None) -> None:
-    if rank_fields is not None and rank_fields != ["text"]:
+    if rank_fields not in (None, [], ["text"]):
         raise InvalidArgument(
             f"rank_fields {rank_fields} is not supported: documents are ranked by their "
             "'text' field"
@@ -304,7 +327,7 @@ class LlamaCppRequest(Tolerant):
     model: str = _model()
     query: str = _query()
     documents: list[str] = _texts("the documents to rank")
-    top_n: int | None = Field(None, ge=1, description="return only the best top_n")
+    top_n: Positive | None = Field(None, description="return only the best top_n")
     return_documents: bool = False
 
     def call(self) -> RankCall:
@@ -357,7 +380,7 @@ class VoyageRequest(Tolerant):
     query: str = _query()
     documents: list[str] = _texts("the documents to rank")
     model: str = _model()
-    top_k: int | None = Field(None, ge=1, description="return only the best top_k")
+    top_k: Positive | None = Field(None, description="return only the best top_k")
     return_documents: bool = False
     truncation: bool = Field(
         True, description="false refuses a pair that does not fit instead of truncating it"
@@ -407,7 +430,7 @@ class MixedbreadRequest(Tolerant):
         "the documents: strings, or objects with a text field", _TEXT_OR_OBJECT
     )
     rank_fields: list[str] | None = _RANK_FIELDS
-    top_k: int | None = Field(None, ge=1, description="return only the best top_k")
+    top_k: Positive | None = Field(None, description="return only the best top_k")
     return_input: bool = False
     rewrite_query: bool | None = _no_op("Mixedbread's query rewriting")
 
@@ -463,8 +486,8 @@ class _ScoreOptions(Tolerant):
     use_activation: bool | None = Field(
         None, description="false returns the raw logits instead of sigmoid scores"
     )
-    priority: int | None = _no_op("vLLM's scheduling priority")
-    truncate_prompt_tokens: int | None = _no_op("vLLM's prompt truncation")
+    priority: Integer | None = _no_op("vLLM's scheduling priority")
+    truncate_prompt_tokens: Integer | None = _no_op("vLLM's prompt truncation")
 
     def _call(self, query: str, documents: str | list[str]) -> RankCall:
         texts = [documents] if isinstance(documents, str) else documents
