@@ -169,6 +169,24 @@ def test_kserve_serves_the_repository_with_this_triton_runtime() -> None:
     kubernetes_validate.validate(pod, KUBERNETES, strict=True)
 
 
+def test_kserve_puts_the_rank_service_http_door_in_front_as_the_transformer() -> None:
+    service = yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+    (container,) = service["spec"]["transformer"]["containers"]
+    # KServe sends the InferenceService's traffic to the transformer's first port.
+    ports = [(p["name"], p["containerPort"]) for p in container["ports"]]
+    assert ports == [("http1", 8080), ("grpc", 50051), ("metrics", 8003)]
+    environment = {e["name"]: e["value"] for e in container["env"]}
+    assert environment["RERANKER_HTTP_PORT"] == "8080"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "transformer"},
+        "spec": {"containers": [container]},
+    }
+    kubernetes_validate.validate(pod, KUBERNETES, strict=True)
+
+
 def test_kserve_routes_to_triton_grpc_and_outlasts_an_engine_build() -> None:
     from reranker.build.triton_configs import TENSORRT_CACHE
 
@@ -178,7 +196,10 @@ def test_kserve_routes_to_triton_grpc_and_outlasts_an_engine_build() -> None:
     # RawDeployment's Service exposes the first container port as port 80.
     first = container["ports"][0]["containerPort"]
     assert f"--grpc-port={first}" in container["args"]
-    assert "svc.cluster.local:80" in text and f":{first}" not in text
+    (transformer,) = yaml.safe_load(text)["spec"]["transformer"]["containers"]
+    environment = {e["name"]: e["value"] for e in transformer["env"]}
+    assert environment["RERANKER_TRITON_URL"] == "reranker-predictor:80"
+    assert f":{first}" not in text
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert startup["httpGet"] == container["readinessProbe"]["httpGet"]
