@@ -548,3 +548,17 @@ def mxbai_v2_reranker(target: Path, layers: int = 2, max_length: int = 512, seed
     )
     CrossEncoder(modules=[backbone, score]).save(str(target))
     return target
+
+
+def without_chat_template(source: Path, target: Path) -> Path:
+    """A copy of a causal-LM reranker checkpoint without its chat template: CrossEncoder then
+    reads each pair as a text pair."""
+    import json
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((target / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (target / "tokenizer_config.json").write_text(json.dumps(settings, indent=1))
+    return target

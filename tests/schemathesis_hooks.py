@@ -1,8 +1,11 @@
 """Schemathesis hooks for the OpenAPI contract test (tests/integration/test_openapi.py).
 
-A JSON schema cannot state two documented rules of the rank core that depend on token
-counts, so schema-valid requests that could break them are not generated as "positive" cases
-(they get a clear 400, tested in tests/integration/test_http.py and test_truncation.py):
+A JSON schema cannot state three documented rules of the rank core that depend on the model
+or on token counts, so schema-valid requests that could break them are not generated as
+"positive" cases (they get a clear 400, tested in tests/integration/test_http.py,
+test_truncation.py and test_causal.py):
+- an instruction is refused by a model without a slot for one (no model the contract test
+  serves has one);
 - a pair longer than the model reads is refused when the call asks not to truncate (NIM's
   ``truncate: NONE``, TEI's ``truncate: false``, Voyage's ``truncation: false``);
 - a query too long to leave a chunk window is refused when chunking is asked for.
@@ -51,6 +54,8 @@ def filter_case(context: Any, case: Any) -> bool:
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return True
     body = case.body if isinstance(case.body, dict) else {}
+    if body.get("instruction") or body.get("instruct"):
+        return False
     long_texts = any(len(text) > SHORT for text in _texts(body))
     path = case.operation.path
     if _refuses_overflow(body, path) and long_texts:

@@ -16,7 +16,7 @@ from sentence_transformers import CrossEncoder
 
 from reranker.build.builder import BuildOptions, build
 from reranker.contract.model import EncoderRuntime
-from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker
+from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker, without_chat_template
 from tests.integration.conftest import Server, alone_and_merged, start_server, stop_server
 from tests.integration.test_parity import PAIRS, TOLERANCE, assert_parity
 
@@ -26,7 +26,13 @@ INSTRUCTION = "Given a question about literature or science, find the passage th
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("causal")
-    return {"qwen3": qwen3_reranker(root / "qwen3"), "mxbai-v2": mxbai_v2_reranker(root / "mxbai")}
+    qwen3 = qwen3_reranker(root / "qwen3")
+    return {
+        "qwen3": qwen3,
+        "mxbai-v2": mxbai_v2_reranker(root / "mxbai"),
+        # The same Qwen3 checkpoint without a chat template: a text pair, as CrossEncoder reads.
+        "qwen3-plain": without_chat_template(qwen3, root / "qwen3-plain"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +70,7 @@ def served(server: Server, model: str, instruction: str | None = None) -> np.nda
         ("qwen3", None),
         ("qwen3", INSTRUCTION),
         ("mxbai-v2", None),
+        ("qwen3-plain", None),
         ("qwen3-torch", None),
         ("qwen3-torch", INSTRUCTION),
     ],
@@ -99,7 +106,7 @@ def test_the_instruction_changes_the_scores_and_past_max_length_pairs_are_served
     assert sum(length > tokenizer.model_max_length for length in lengths) >= 10
 
 
-@pytest.mark.parametrize("model", ["qwen3", "mxbai-v2", "qwen3-torch"])
+@pytest.mark.parametrize("model", ["qwen3", "mxbai-v2", "qwen3-plain", "qwen3-torch"])
 async def test_a_causal_row_scores_alike_alone_and_in_a_merged_batch(
     causal_server: Server, model: str
 ) -> None:
@@ -117,6 +124,7 @@ def test_list_models_describes_causal_rerankers(causal_server: Server) -> None:
     assert described == {
         "qwen3": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", True, "onnx"),
         "mxbai-v2": ("causal-lm", "Qwen2ForCausalLM", "qwen2", "logit-diff", False, "onnx"),
+        "qwen3-plain": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", False, "onnx"),
         "qwen3-torch": ("causal-lm", "Qwen3ForCausalLM", "qwen3", "logit-diff", True, "torch"),
     }
 
@@ -128,3 +136,32 @@ def test_refusals_for_causal_rerankers(causal_server: Server) -> None:
         with pytest.raises(InvalidArgumentError, match="chunking is not offered"):
             client.rank("q", ["d"], model="qwen3", chunking=True)
         assert len(client.rank("q", ["still serving"], model="mxbai-v2")) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("/v2/rerank", "instruction"), ("/v1/rerank", "instruct"), ("/rerank", "instruction")],
+)
+def test_the_instruction_over_http_is_the_grpc_instruction(
+    causal_server: Server, path: str, field: str
+) -> None:
+    import httpx
+
+    query, documents = PAIRS[0][0], [d for q, d in PAIRS if q == PAIRS[0][0]]
+    with RerankClient(causal_server.address, timeout=120) as client:
+        instructed = client.rank(query, documents, model="qwen3", instruction=INSTRUCTION)
+        default = client.rank(query, documents, model="qwen3")
+    expected = {r["corpus_id"]: r["score"] for r in instructed}
+    assert max(abs(expected[r["corpus_id"]] - r["score"]) for r in default) > 100 * TOLERANCE
+    texts = "texts" if path == "/rerank" else "documents"
+    body = {"model": "qwen3", "query": query, texts: documents, field: INSTRUCTION}
+    with httpx.Client(base_url=causal_server.http_url, timeout=120) as http:
+        answer = http.post(path, json=body)
+        refused = http.post(path, json={**body, "model": "mxbai-v2"})
+    assert answer.status_code == 200, answer.text
+    results = answer.json() if path == "/rerank" else answer.json()["results"]
+    got = {r["index"]: r.get("relevance_score", r.get("score")) for r in results}
+    assert sorted(got) == sorted(expected)
+    assert max(abs(got[i] - expected[i]) for i in got) <= 1e-6
+    if path != "/rerank":  # TEI's shape names no model: the default (qwen3) serves it
+        assert refused.status_code == 400 and "instruction is not taken" in refused.text

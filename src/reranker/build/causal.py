@@ -82,14 +82,13 @@ def _read_json_list(path: Path) -> list[dict[str, Any]]:
     return [entry for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
 
 
-def prompt_template(tokenizer: Any) -> PromptTemplate:
+def prompt_template(tokenizer: Any) -> PromptTemplate | None:
     """The model's chat template cut at its slots, as CrossEncoder renders a pair: without an
-    instruction, and with one (a system message) where the template has a place for it."""
+    instruction, and with one (a system message) where the template has a place for it. None
+    for a model without a chat template: CrossEncoder then tokenizes the pair as a text pair
+    (the tokenizer's own pair layout, truncated longest first) and reads the last token."""
     if not getattr(tokenizer, "chat_template", None):
-        raise BuildError(
-            "a causal-LM reranker needs a chat template that renders the 'query' and "
-            "'document' roles (tokenizer_config.json or chat_template.jinja); this one has none"
-        )
+        return None
     pair = [
         {"role": "query", "content": _SLOTS["query"]},
         {"role": "document", "content": _SLOTS["document"]},
@@ -181,13 +180,18 @@ def build_causal_lm(
         token_inputs=("input_ids", "attention_mask"),
         max_batch_size=options.max_batch_size,
         family=str(config.get("model_type", "")),
-        takes_instruction=prompt.takes_instruction,
+        takes_instruction=prompt is not None and prompt.takes_instruction,
         relevance_tokens=(true_id, false_id),
+        templated=prompt is not None,
     )
     print(
         f"  relevance tokens: {hf_tokenizer.convert_ids_to_tokens(true_id)!r} ({true_id}) less "
-        f"{hf_tokenizer.convert_ids_to_tokens(false_id)!r} ({false_id}); instruction slot: "
-        f"{'yes' if prompt.takes_instruction else 'no'}",
+        f"{hf_tokenizer.convert_ids_to_tokens(false_id)!r} ({false_id}); "
+        + (
+            f"instruction slot: {'yes' if model.takes_instruction else 'no'}"
+            if prompt is not None
+            else "no chat template: the pair is tokenized as a text pair"
+        ),
         file=sys.stderr,
     )
     tokenizer = hf_tokenizer.backend_tokenizer

@@ -15,7 +15,7 @@ from reranker.contract.model import (
     PROMPT_FILE,
     Device,
     EncoderRuntime,
-    ModelKind,
+    PairMode,
     Precision,
     ServedModel,
 )
@@ -128,7 +128,7 @@ def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) 
             pair_mode=model.pair_mode,
             max_chars=max_chars(model.max_length),
             length_buckets=tokenizer_buckets(model, tuning),
-            prompt_file=PROMPT_FILE if model.kind is ModelKind.CAUSAL_LM else "",
+            prompt_file=PROMPT_FILE if model.pair_mode is PairMode.PROMPT else "",
         ),
     )
     return config

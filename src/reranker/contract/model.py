@@ -125,6 +125,9 @@ class ServedModel:
     takes_instruction: bool = False
     # A causal-LM reranker's (relevant, irrelevant) token ids: what its PyTorch encoder scores.
     relevance_tokens: tuple[int, int] | None = None
+    # Whether a causal-LM reranker renders the pair in its chat template; one without a
+    # template reads the pair as a text pair, as a cross-encoder does.
+    templated: bool = True
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -160,7 +163,7 @@ class ServedModel:
 
     @property
     def pair_mode(self) -> PairMode:
-        if self.kind is ModelKind.CAUSAL_LM:
+        if self.kind is ModelKind.CAUSAL_LM and self.templated:
             return PairMode.PROMPT
         return PairMode.SEPARATE if self.kind is ModelKind.BI_ENCODER else PairMode.JOINT
 

@@ -103,13 +103,29 @@ class Tolerant(BaseModel):
         return sorted(self.model_extra or {})
 
 
+class Instructed(Tolerant):
+    """A shape that carries a causal-LM reranker's instruction, as ``RankRequest.instruction``
+    does: unset or empty is the model's default; a model without a slot for one refuses it."""
+
+    instruction: str | None = Field(
+        None, description="the instruction of a causal-LM reranker that takes one"
+    )
+    instruct: str | None = Field(None, description="SGLang's spelling of instruction")
+
+    def given_instruction(self) -> str | None:
+        both = self.instruction is not None and self.instruct is not None
+        if both and self.instruction != self.instruct:
+            raise InvalidArgument("instruction and instruct differ: give one of them")
+        return self.instruction if self.instruction is not None else self.instruct
+
+
 def _raw(use_activation: bool | None) -> bool:
     """vLLM's ``use_activation=false``: the model's raw logits."""
     return use_activation is False
 
 
 # --- Cohere v2 (and vLLM's /v2/rerank): POST /v2/rerank ------------------------------------
-class CohereV2Request(Tolerant):
+class CohereV2Request(Instructed):
     NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
 
     model: str = _model()
@@ -135,6 +151,7 @@ class CohereV2Request(Tolerant):
             return_documents=self.return_documents,
             raw_scores=_raw(self.use_activation),
             max_document_tokens=self.max_tokens_per_doc or 0,
+            instruction=self.given_instruction(),
         )
 
     def document(self, index: int) -> dict[str, Any]:
@@ -174,7 +191,7 @@ _RANK_FIELDS = Field(
 )
 
 
-class CohereV1Request(Tolerant):
+class CohereV1Request(Instructed):
     NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
 
     model: str = _model()
@@ -211,6 +228,7 @@ class CohereV1Request(Tolerant):
             top_k=self.top_n,
             raw_scores=_raw(self.use_activation),
             chunking=chunking,
+            instruction=self.given_instruction(),
         )
 
     def document(self, index: int) -> dict[str, Any]:
@@ -249,7 +267,7 @@ def cohere_response(
 
 
 # --- Text Embeddings Inference: POST /rerank, GET /info -------------------------------------
-class TeiRequest(Tolerant):
+class TeiRequest(Instructed):
     query: str = _query()
     texts: list[str] = _texts("the texts to rank")
     truncate: bool | None = Field(
@@ -277,6 +295,7 @@ class TeiRequest(Tolerant):
             return_documents=self.return_text,
             truncation=Truncation.REFUSE if self.truncate is False else Truncation.LONGEST_FIRST,
             truncate_left=direction.lower() == "left",
+            instruction=self.given_instruction(),
         )
 
 
