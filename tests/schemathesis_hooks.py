@@ -54,7 +54,7 @@ def filter_case(context: Any, case: Any) -> bool:
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return True
     body = case.body if isinstance(case.body, dict) else {}
-    if body.get("instruction") or body.get("instruct"):
+    if body.get("instruction") is not None or body.get("instruct") is not None:
         return False
     long_texts = any(len(text) > SHORT for text in _texts(body))
     path = case.operation.path
