@@ -111,7 +111,10 @@ async def test_a_causal_row_scores_alike_alone_and_in_a_merged_batch(
     causal_server: Server, model: str
 ) -> None:
     alone, merged = await alone_and_merged(causal_server, model)
-    assert max(abs(score - alone) for score in merged) <= 1e-6
+    # Under PyTorch the rows of a merged batch share their prompt's keys and values (computed
+    # once), while a row alone runs whole: fp32 sums in another order, a few 1e-7 apart.
+    tolerance = 5e-6 if model.endswith("-torch") else 1e-6
+    assert max(abs(score - alone) for score in merged) <= tolerance
 
 
 def test_list_models_describes_causal_rerankers(causal_server: Server) -> None:

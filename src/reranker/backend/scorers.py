@@ -58,6 +58,9 @@ def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
     1]``: the body runs once, and of the vocabulary head only the difference of two rows."""
 
     class RelevanceScorer(nn.Module):
+        direction: torch.Tensor
+        offset: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.body = network.get_decoder()
@@ -75,7 +78,33 @@ def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
             hidden = self.body(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state
-            last = attention_mask.sum(dim=1) - 1
+            return self._score(hidden, attention_mask.sum(dim=1) - 1)
+
+        def shared_prefix(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int
+        ) -> torch.Tensor:
+            """The same scores, when every row starts with the same ``prefix`` tokens (the
+            prompt before the document): the prefix runs once, and each row's rest attends
+            to its keys and values, at the positions it has in the whole row."""
+            rows = input_ids.shape[0]
+            head = self.body(
+                input_ids=input_ids[:1, :prefix],
+                attention_mask=attention_mask[:1, :prefix],
+                use_cache=True,
+            )
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(rows)
+            positions = torch.arange(prefix, input_ids.shape[1], device=input_ids.device)
+            hidden = self.body(
+                input_ids=input_ids[:, prefix:],
+                attention_mask=attention_mask,
+                position_ids=positions.unsqueeze(0).expand(rows, -1),
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
+            return self._score(hidden, attention_mask.sum(dim=1) - 1 - prefix)
+
+        def _score(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
             final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
             return (final @ self.direction + self.offset).unsqueeze(-1)
 

@@ -9,7 +9,7 @@ makes it) and returns one raw score per row, as the ONNX graph of the same model
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from reranker.backend.scorers import PairCosineScorer, relevance_scorer
 from reranker.contract.model import Precision
 from reranker.contract.parameters import TorchCompile
 
+# Fewer shared tokens than this are not worth a second pass of the body.
+MIN_SHARED_PREFIX = 16
 # The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
 TORCH_DTYPES = {
     Precision.FP32: torch.float32,
@@ -92,6 +94,8 @@ class TorchRunner:
         scorer = load_scorer(checkpoint, bi_encoder, TORCH_DTYPES[dtype], relevance).to(
             self._device
         )
+        # A causal LM scores rows that begin with one prompt: that prefix can run once.
+        self._prefixed: Callable[..., torch.Tensor] | None = getattr(scorer, "shared_prefix", None)
         self._forward = (
             scorer
             if compile_mode is TorchCompile.EAGER
@@ -101,6 +105,19 @@ class TorchRunner:
         self._staging: dict[str, torch.Tensor] = {}
         self._scores = torch.empty(0)
         self._warm_up()
+
+    def _shared_prefix(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """The tokens every row of the batch begins with, when worth running once (each row
+        keeps at least its last token to score); 0 otherwise."""
+        if self._prefixed is None:
+            return 0
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
+        if ids.shape[0] < 2:
+            return 0
+        differs = np.flatnonzero((ids != ids[:1]).any(axis=0))
+        common = int(differs[0]) if differs.size else ids.shape[1]
+        common = min(common, int(mask.sum(axis=1).min()) - 1)
+        return common if common >= MIN_SHARED_PREFIX else 0
 
     def _warm_up(self) -> None:
         """One small forward at load: a CUDA setup that cannot run the model (a runtime the
@@ -129,12 +146,17 @@ class TorchRunner:
         return view
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        prefix = self._shared_prefix(feeds)
         with torch.inference_mode():
             tensors = {
                 name: self._host(name, feeds[name], torch.int64).to(self._device, non_blocking=True)
                 for name in self._inputs
             }
-            scores = self._forward(**tensors).reshape(-1).float()
+            if prefix and self._prefixed is not None:
+                scores = self._prefixed(**tensors, prefix=prefix)
+            else:
+                scores = self._forward(**tensors)
+            scores = scores.reshape(-1).float()
             if not self._pinned:
                 return scores.numpy().copy()
             rows = scores.numel()
