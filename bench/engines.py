@@ -22,6 +22,7 @@ from workloads import QUERY, long_documents
 ROOT = Path(__file__).resolve().parents[1]
 # The server launcher and the seeded checkpoints are the test suite's (tests/).
 sys.path.insert(0, str(ROOT))
+from reranker.contract.tensors import TruncationOptions  # noqa: E402
 from reranker.service.triton_server import dies_with_parent  # noqa: E402
 from tests.launcher import Server, free_port, start_server  # noqa: E402
 
@@ -59,13 +60,19 @@ def graph_engines(
     return {"naive": naive, "sorted": length_sorted}
 
 
+# Qwen3-Reranker's default instruction: the causal row's prompt carries it, as the model's
+# users' calls do.
+CAUSAL_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
 def prompt_sorted(runner: Any, tokenizer: Any, documents: list[str]) -> Callable[[], object]:
     """In-process length-sorted batches of a causal-LM reranker's graph, its pairs rendered
     into the model's prompt by the same tokenizer the tokenizer model runs."""
     names = runner.input_names
+    options = TruncationOptions(instruction=CAUSAL_INSTRUCTION)
 
     def length_sorted() -> object:
-        rows = tokenizer.tokenize([QUERY] * len(documents), documents)
+        rows = tokenizer.tokenize([QUERY] * len(documents), documents, options)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
         scores = np.empty(len(documents), dtype=np.float32)
         for start in range(0, len(order), SORTED_BATCH):
@@ -80,16 +87,14 @@ def prompt_sorted(runner: Any, tokenizer: Any, documents: list[str]) -> Callable
 def causal_cases(
     repository: Path, checkpoint: Path, client: Any, runner: Any, documents: list[str]
 ) -> list[Case]:
-    """The causal-LM row (Qwen3-Reranker shape, workload b): CrossEncoder on the checkpoint,
-    ONNX Runtime sorted in-process on the served graph, and this server at concurrency 4."""
+    """The causal-LM row (Qwen3-Reranker shape, its default instruction, documents of 60-200
+    tokens): CrossEncoder on the checkpoint, ONNX Runtime sorted in-process on the served
+    graph, this server at concurrency 4 with the ONNX graph (every row run whole) and with
+    the PyTorch runtime (each call's shared prompt run once)."""
     from sentence_transformers import CrossEncoder
 
-    from reranker.backend.tokenization import (
-        PairMode,
-        PairTokenizer,
-        PairTokenizerConfig,
-        PromptTemplate,
-    )
+    from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
+    from reranker.contract.model import PairMode
 
     tokenizer_dir = repository / "qwen3__tokenizer" / "1"
     prompt = PromptTemplate.from_json(json.loads((tokenizer_dir / "prompt.json").read_text()))
@@ -97,13 +102,32 @@ def causal_cases(
     tokenizer = PairTokenizer.from_file(str(tokenizer_dir / "tokenizer.json"), config)
     cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
     n = len(documents)
+    print(f"  ideal speedup of a shared prompt: {shared_prompt_ideal(tokenizer, documents):.2f}x")
+
+    def served(model: str) -> Callable[[], object]:
+        return partial(client.rank, QUERY, documents, model=model, instruction=CAUSAL_INSTRUCTION)
+
+    def reference() -> object:
+        return cross_encoder.rank(QUERY, documents, prompt=CAUSAL_INSTRUCTION)
+
     return [
-        Case("CrossEncoder.rank", "qwen3", "b", 1, lambda: cross_encoder.rank(QUERY, documents), n),
-        Case("onnxruntime sorted", "qwen3", "b", 1, prompt_sorted(runner, tokenizer, documents), n),
-        Case(
-            "this server", "qwen3", "b", 4, partial(client.rank, QUERY, documents, model="qwen3"), n
-        ),
+        Case("CrossEncoder.rank", "qwen3", "a", 1, reference, n),
+        Case("onnxruntime sorted", "qwen3", "a", 1, prompt_sorted(runner, tokenizer, documents), n),
+        Case("this server", "qwen3", "a", 4, served("qwen3"), n),
+        Case("this server torch, shared prompt", "qwen3", "a", 4, served("qwen3-torch"), n),
     ]
+
+
+def shared_prompt_ideal(tokenizer: Any, documents: list[str]) -> float:
+    """The work left when a call's shared prompt prefix runs once: its rows' tokens over the
+    prefix once plus each row's rest (attention's quadratic share left aside)."""
+    options = TruncationOptions(instruction=CAUSAL_INSTRUCTION)
+    rows = [row.ids for row in tokenizer.tokenize([QUERY] * len(documents), documents, options)]
+    prefix = 0
+    while all(len(r) > prefix + 1 and r[prefix] == rows[0][prefix] for r in rows):
+        prefix += 1
+    whole = sum(len(r) for r in rows)
+    return whole / (prefix + whole - prefix * len(rows))
 
 
 def precision_of(served: str) -> str:

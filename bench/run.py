@@ -53,7 +53,7 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16; a
     causal-LM reranker of Qwen3-Reranker-0.6B's shape with ``CAUSAL_LAYERS`` layers."""
     from reranker.build.builder import BuildOptions, build
-    from reranker.contract.model import Precision
+    from reranker.contract.model import EncoderRuntime, Precision
     from tests.checkpoints import (
         QWEN3_0_6B,
         deberta_v2_cross_encoder,
@@ -87,6 +87,10 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
         if not (checkpoints / "qwen3").is_dir():
             qwen3_reranker(checkpoints / "qwen3", layers=CAUSAL_LAYERS, shape=QWEN3_0_6B)
         variants("qwen3", [Precision.FP32])
+        # The same checkpoint under the PyTorch runtime, which runs a call's shared prompt once.
+        if not (repository / "qwen3-torch").is_dir():
+            options = BuildOptions(name="qwen3-torch", runtime=EncoderRuntime.TORCH)
+            build(str(checkpoints / "qwen3"), options, repository)
     return repository
 
 
@@ -213,7 +217,7 @@ def main() -> int:
             )
             del lc_runners
         if not args.no_causal:
-            print(f"{elapsed()} qwen3 (b, causal LM, {CAUSAL_LAYERS} layers)", flush=True)
+            print(f"{elapsed()} qwen3 (a, causal LM, {CAUSAL_LAYERS} layers)", flush=True)
             causal_runner = runners("qwen3")["qwen3"]
             results += interleave(
                 causal_cases(
@@ -221,7 +225,7 @@ def main() -> int:
                     args.workdir / "checkpoints" / "qwen3",
                     client,
                     causal_runner,
-                    workload("b"),
+                    workload("a"),
                 ),
                 args.runs,
             )
