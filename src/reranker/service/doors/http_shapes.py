@@ -56,19 +56,16 @@ def _model(description: str = "served model; empty or absent selects the default
     return Field("", description=description, json_schema_extra={SERVED_MODEL: True})
 
 
-def _query() -> Any:
-    return Field(
-        description="the query (not blank)",
-        json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "query"},
-    )
+# A query and a document as the schema states them; the core enforces both (its messages).
+Query = Annotated[str, Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "query"})]
+Document = Annotated[str, Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "document"})]
+_DOCUMENT_COUNT: JsonDict = {"minItems": 1, MAX_DOCUMENTS: True}
+# One document, or a list of them (vLLM's score API).
+Documents = Document | Annotated[list[Document], Field(json_schema_extra=_DOCUMENT_COUNT)]
 
 
-def _texts(description: str, item: JsonDict | None = None) -> Any:
-    text: JsonDict = {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"}
-    return Field(
-        description=description,
-        json_schema_extra={"minItems": 1, MAX_DOCUMENTS: True, "items": item or text},
-    )
+def _texts(description: str) -> Any:
+    return Field(description=description, json_schema_extra=_DOCUMENT_COUNT)
 
 
 def _no_op(description: str) -> Any:
@@ -119,28 +116,32 @@ class Instructed(Tolerant):
         return self.instruction if self.instruction is not None else self.instruct
 
 
-def _raw(use_activation: bool | None) -> bool:
-    """vLLM's ``use_activation=false``: the model's raw logits."""
-    return use_activation is False
+class VllmOptions(Tolerant):
+    """The fields vLLM adds to the rerank and score shapes it serves."""
 
-
-# --- Cohere v2 (and vLLM's /v2/rerank): POST /v2/rerank ------------------------------------
-class CohereV2Request(Instructed):
     NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
 
-    model: str = _model()
-    query: str = _query()
-    documents: list[str] = _texts("the documents, in the order results refer to")
-    top_n: Positive | None = Field(None, description="return only the best top_n")
-    max_tokens_per_doc: Positive | None = Field(
-        None, description="keep at most this many tokens of each document"
-    )
-    return_documents: bool = Field(False, description="vLLM: return each document's text")
     use_activation: bool | None = Field(
         None, description="vLLM: false returns the raw logits instead of sigmoid scores"
     )
     priority: Integer | None = _no_op("Cohere's and vLLM's scheduling priority")
     truncate_prompt_tokens: Integer | None = _no_op("vLLM's prompt truncation")
+
+    @property
+    def raw_scores(self) -> bool:
+        return self.use_activation is False
+
+
+# --- Cohere v2 (and vLLM's /v2/rerank): POST /v2/rerank ------------------------------------
+class CohereV2Request(Instructed, VllmOptions):
+    model: str = _model()
+    query: Query = Field(description="the query (not blank)")
+    documents: list[Document] = _texts("the documents, in the order results refer to")
+    top_n: Positive | None = Field(None, description="return only the best top_n")
+    max_tokens_per_doc: Positive | None = Field(
+        None, description="keep at most this many tokens of each document"
+    )
+    return_documents: bool = Field(False, description="vLLM: return each document's text")
 
     def call(self) -> RankCall:
         return RankCall(
@@ -149,7 +150,7 @@ class CohereV2Request(Instructed):
             model=self.model,
             top_k=self.top_n,
             return_documents=self.return_documents,
-            raw_scores=_raw(self.use_activation),
+            raw_scores=self.raw_scores,
             max_document_tokens=self.max_tokens_per_doc or 0,
             instruction=self.given_instruction(),
         )
@@ -175,15 +176,9 @@ class CohereResponse(BaseModel):
 class DocumentObject(BaseModel):
     # Other fields are kept and returned with the document, as Cohere v1 does.
     model_config = ConfigDict(extra="allow", strict=True)
-    text: str = Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "document"})
+    text: Document
 
 
-_TEXT_OR_OBJECT: JsonDict = {
-    "anyOf": [
-        {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"},
-        {"$ref": "#/components/schemas/DocumentObject"},
-    ]
-}
 _RANK_FIELDS = Field(
     None,
     description="the fields ranked; only ['text'] (documents are ranked by their text)",
@@ -191,13 +186,11 @@ _RANK_FIELDS = Field(
 )
 
 
-class CohereV1Request(Instructed):
-    NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
-
+class CohereV1Request(Instructed, VllmOptions):
     model: str = _model()
-    query: str = _query()
-    documents: list[str | DocumentObject] = _texts(
-        "the documents: strings, or objects with a text field", _TEXT_OR_OBJECT
+    query: Query = Field(description="the query (not blank)")
+    documents: list[Document | DocumentObject] = _texts(
+        "the documents: strings, or objects with a text field"
     )
     top_n: Positive | None = Field(None, description="return only the best top_n")
     return_documents: bool = False
@@ -207,14 +200,6 @@ class CohereV1Request(Instructed):
         description="score long documents in up to this many windows (the best counts)",
         json_schema_extra={MAX_CHUNKS: True},
     )
-    use_activation: bool | None = Field(
-        None, description="vLLM: false returns the raw logits instead of sigmoid scores"
-    )
-    priority: Integer | None = _no_op("Cohere's and vLLM's scheduling priority")
-    truncate_prompt_tokens: Integer | None = _no_op("vLLM's prompt truncation")
-
-    def texts(self) -> list[str]:
-        return [d if isinstance(d, str) else d.text for d in self.documents]
 
     def call(self) -> RankCall:
         _check_rank_fields(self.rank_fields)
@@ -223,10 +208,10 @@ class CohereV1Request(Instructed):
             chunking = ChunkingRequest(max_chunks=self.max_chunks_per_doc)
         return RankCall(
             query=self.query,
-            documents=self.texts(),
+            documents=_texts_of(self.documents),
             model=self.model,
             top_k=self.top_n,
-            raw_scores=_raw(self.use_activation),
+            raw_scores=self.raw_scores,
             chunking=chunking,
             instruction=self.given_instruction(),
         )
@@ -234,6 +219,11 @@ class CohereV1Request(Instructed):
     def document(self, index: int) -> dict[str, Any]:
         item = self.documents[index]
         return {"text": item} if isinstance(item, str) else item.model_dump()
+
+
+def _texts_of(documents: list[str | DocumentObject]) -> list[str]:
+    """The text each document is ranked by (an object's ``text`` field)."""
+    return [d if isinstance(d, str) else d.text for d in documents]
 
 
 def _check_rank_fields(rank_fields: list[str] | None) -> None:
@@ -268,8 +258,8 @@ def cohere_response(
 
 # --- Text Embeddings Inference: POST /rerank, GET /info -------------------------------------
 class TeiRequest(Instructed):
-    query: str = _query()
-    texts: list[str] = _texts("the texts to rank")
+    query: Query = Field(description="the query (not blank)")
+    texts: list[Document] = _texts("the texts to rank")
     truncate: bool | None = Field(
         None, description="false refuses a pair that does not fit; unset or true truncates"
     )
@@ -344,8 +334,8 @@ class Health(BaseModel):
 # --- llama.cpp (Jina's shape): POST /rerank, /reranking, /v1/reranking ------------------------
 class LlamaCppRequest(Tolerant):
     model: str = _model()
-    query: str = _query()
-    documents: list[str] = _texts("the documents to rank")
+    query: Query = Field(description="the query (not blank)")
+    documents: list[Document] = _texts("the documents to rank")
     top_n: Positive | None = Field(None, description="return only the best top_n")
     return_documents: bool = False
 
@@ -396,8 +386,8 @@ def jina_response(outcome: RankOutcome) -> JinaResponse:
 
 # --- Voyage AI: POST /voyage/v1/rerank --------------------------------------------------------
 class VoyageRequest(Tolerant):
-    query: str = _query()
-    documents: list[str] = _texts("the documents to rank")
+    query: Query = Field(description="the query (not blank)")
+    documents: list[Document] = _texts("the documents to rank")
     model: str = _model()
     top_k: Positive | None = Field(None, description="return only the best top_k")
     return_documents: bool = False
@@ -444,9 +434,9 @@ class MixedbreadRequest(Tolerant):
     NO_OP: ClassVar[frozenset[str]] = frozenset({"rewrite_query"})
 
     model: str = _model()
-    query: str = _query()
-    input: list[str | DocumentObject] = _texts(
-        "the documents: strings, or objects with a text field", _TEXT_OR_OBJECT
+    query: Query = Field(description="the query (not blank)")
+    input: list[Document | DocumentObject] = _texts(
+        "the documents: strings, or objects with a text field"
     )
     rank_fields: list[str] | None = _RANK_FIELDS
     top_k: Positive | None = Field(None, description="return only the best top_k")
@@ -457,7 +447,7 @@ class MixedbreadRequest(Tolerant):
         _check_rank_fields(self.rank_fields)
         return RankCall(
             query=self.query,
-            documents=[d if isinstance(d, str) else d.text for d in self.input],
+            documents=_texts_of(self.input),
             model=self.model,
             top_k=self.top_k,
         )
@@ -498,46 +488,21 @@ def mixedbread_response(outcome: RankOutcome, request: MixedbreadRequest) -> Mix
 
 
 # --- vLLM: POST /score, /v1/score -------------------------------------------------------------
-class _ScoreOptions(Tolerant):
-    NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
-
+class _ScoreOptions(VllmOptions):
     model: str = _model()
-    use_activation: bool | None = Field(
-        None, description="false returns the raw logits instead of sigmoid scores"
-    )
-    priority: Integer | None = _no_op("vLLM's scheduling priority")
-    truncate_prompt_tokens: Integer | None = _no_op("vLLM's prompt truncation")
 
     def _call(self, query: str, documents: str | list[str]) -> RankCall:
         texts = [documents] if isinstance(documents, str) else documents
-        return RankCall(
-            query=query, documents=texts, model=self.model, raw_scores=_raw(self.use_activation)
-        )
-
-
-_ONE_OR_MORE: JsonDict = {
-    "anyOf": [
-        {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"},
-        {
-            "type": "array",
-            "items": {"type": "string", "pattern": NON_BLANK, MAX_BYTES: "document"},
-            "minItems": 1,
-            MAX_DOCUMENTS: True,
-        },
-    ]
-}
+        return RankCall(query=query, documents=texts, model=self.model, raw_scores=self.raw_scores)
 
 
 class ScoreRequest(_ScoreOptions):
     """One query (``text_1``) against one text or a list (``text_2``)."""
 
-    text_1: str = Field(
-        description="the query: one text (a list of pairwise queries is not supported)",
-        json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "query"},
+    text_1: Query = Field(
+        description="the query: one text (a list of pairwise queries is not supported)"
     )
-    text_2: str | list[str] = Field(
-        description="the texts scored against it", json_schema_extra=_ONE_OR_MORE
-    )
+    text_2: Documents = Field(description="the texts scored against it")
 
     def call(self) -> RankCall:
         return self._call(self.text_1, self.text_2)
@@ -546,12 +511,8 @@ class ScoreRequest(_ScoreOptions):
 class ScoreQueriesRequest(_ScoreOptions):
     """vLLM's newer spelling: ``queries`` (one) and ``documents``."""
 
-    queries: str = Field(
-        description="the query: one text", json_schema_extra={"pattern": NON_BLANK}
-    )
-    documents: str | list[str] = Field(
-        description="the texts scored against it", json_schema_extra=_ONE_OR_MORE
-    )
+    queries: Query = Field(description="the query: one text")
+    documents: Documents = Field(description="the texts scored against it")
 
     def call(self) -> RankCall:
         return self._call(self.queries, self.documents)
@@ -585,15 +546,13 @@ def score_response(outcome: RankOutcome, call_id: str) -> ScoreResponse:
 
 # --- NVIDIA NIM: POST /v1/ranking ------------------------------------------------------------
 class NimText(Tolerant):
-    text: str = Field(json_schema_extra={"pattern": NON_BLANK, MAX_BYTES: "document"})
+    text: Document
 
 
 class NimRequest(Tolerant):
     model: str = _model()
     query: NimText
-    passages: list[NimText] = _texts(
-        "the passages to rank", {"$ref": "#/components/schemas/NimText"}
-    )
+    passages: list[NimText] = _texts("the passages to rank")
     truncate: Literal["NONE", "END"] = Field(
         "NONE", description="NONE refuses a pair that does not fit; END truncates it"
     )
