@@ -226,17 +226,22 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _convert(name: str, default: Any, raw: Any) -> Any:
     """``raw`` (a string from a flag or the environment, or a TOML value) as the type of the
     field's default; a tuple of ints is written ``64,128,256``."""
     kind = type(default)
     try:
+        if isinstance(default, bool) and isinstance(raw, str):
+            return _BOOLEANS[raw.strip().lower()]
         if isinstance(default, tuple):
             if isinstance(raw, str):
                 return tuple(int(part) for part in raw.split(",") if part.strip())
             return tuple(int(item) for item in raw)
         return raw if isinstance(raw, kind) else kind(raw)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, KeyError) as error:
         raise ValueError(f"setting {name}: cannot read {raw!r} as {kind.__name__}") from error
 
 

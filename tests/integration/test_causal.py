@@ -6,11 +6,14 @@ directory, with and without an instruction."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import torch
 from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
@@ -115,6 +118,65 @@ async def test_a_causal_row_scores_alike_alone_and_in_a_merged_batch(
     # once), while a row alone runs whole: fp32 sums in another order, a few 1e-7 apart.
     tolerance = 5e-6 if model.endswith("-torch") else 1e-6
     assert max(abs(score - alone) for score in merged) <= tolerance
+
+
+def _triton_metric(server: Server, name: str, model: str) -> float:
+    text = httpx.get(server.triton_metrics_url, timeout=10).text
+    prefix = f'{name}{{model="{model}",'
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+@pytest.mark.parametrize("model", ["qwen3", "mxbai-v2", "qwen3-plain", "qwen3-torch"])
+async def test_calls_with_different_queries_merged_into_one_batch_score_exactly(
+    causal_server: Server, checkpoints: dict[str, Path], model: str
+) -> None:
+    """Two calls with different queries at once, until Triton has run their rows in one
+    encoder execution: each call's scores equal CrossEncoder's, and its scores alone."""
+    from reranker_client import AsyncRerankClient
+
+    config = httpx.get(
+        f"{causal_server.triton_http_url}/v2/models/{model}__encoder/config", timeout=10
+    ).json()
+    shared = config["parameters"].get("shared_prefix", {}).get("string_value")
+    assert shared == ("true" if not model.endswith("-torch") else None)
+    calls = [
+        ("what is a reranker", [d for _, d in PAIRS[:6]]),
+        ("how long is the river nile", [d for _, d in PAIRS[6:11]]),
+    ]
+    cross_encoder = CrossEncoder(str(checkpoints[model.removesuffix("-torch")]), device="cpu")
+    encoder = f"{model}__encoder"
+    async with AsyncRerankClient(causal_server.address, timeout=120) as client:
+
+        async def scored(query: str, documents: list[str]) -> np.ndarray:
+            results = await client.rank(query, documents, model=model, raw_scores=True)
+            scores = np.empty(len(documents))
+            for result in results:
+                scores[result["corpus_id"]] = result["score"]
+            return scores
+
+        alone = [await scored(query, documents) for query, documents in calls]
+        merged_runs = 0
+        for _ in range(10):
+            requests = _triton_metric(causal_server, "nv_inference_request_success", encoder)
+            runs = _triton_metric(causal_server, "nv_inference_exec_count", encoder)
+            together = await asyncio.gather(*(scored(q, d) for q, d in calls))
+            requests = (
+                _triton_metric(causal_server, "nv_inference_request_success", encoder) - requests
+            )
+            runs = _triton_metric(causal_server, "nv_inference_exec_count", encoder) - runs
+            for scores, lone in zip(together, alone, strict=True):
+                assert np.abs(scores - lone).max() <= 5e-6
+            merged_runs += runs < requests
+            if merged_runs:
+                break
+    assert merged_runs, "Triton never merged the two calls into one execution"
+    for (query, documents), scores in zip(calls, alone, strict=True):
+        reference = cross_encoder.predict(
+            [[query, d] for d in documents], activation_fn=torch.nn.Identity()
+        )
+        assert np.abs(scores - reference).max() <= TOLERANCE
 
 
 def test_list_models_describes_causal_rerankers(causal_server: Server) -> None:

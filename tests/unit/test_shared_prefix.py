@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
+from reranker.backend.prefix import MIN_SHARED_PREFIX
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
-from reranker.backend.torch_runtime import MIN_SHARED_PREFIX, TorchRunner
+from reranker.backend.torch_runtime import TorchRunner
 from reranker.build.builder import BuildOptions, build
 from reranker.contract.model import EncoderRuntime, PairMode
 from reranker.contract.tensors import TruncationOptions
@@ -60,18 +61,58 @@ def test_rows_of_one_call_share_the_prompt_and_score_as_whole_rows(
     options = TruncationOptions(instruction=instruction)
     padded = tokenizer.pad(tokenizer.tokenize([query] * len(documents), documents, options))
     feeds = {name: padded[name] for name in ("input_ids", "attention_mask")}
-    assert runner._shared_prefix(feeds) >= MIN_SHARED_PREFIX
+    [group] = runner._prefix_groups(feeds)
+    rows, prefix = group.rows, group.prefix
+    assert rows.tolist() == list(range(len(documents))) and prefix >= MIN_SHARED_PREFIX
     assert np.abs(runner.run(feeds) - _whole(runner, feeds)).max() <= 1e-5
 
 
-def test_rows_of_two_calls_share_what_they_have_in_common_and_stay_exact(
+def _leading_tokens_in_common(first: list[int], second: list[int]) -> int:
+    count = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def test_calls_that_meet_in_one_batch_share_the_system_prompt_and_stay_exact(
     served: tuple[TorchRunner, PairTokenizer],
 ) -> None:
+    """Two calls' rows interleaved in one batch: the template's system text, which every
+    call begins with, runs once for all of them; every score stays in place."""
     runner, tokenizer = served
-    pairs = PAIRS[:10]
-    queries = ["what is a reranker"] * 5 + ["how long is the river nile"] * 5
-    padded = tokenizer.pad(tokenizer.tokenize(queries, [d for _, d in pairs]))
+    documents = [d for _, d in PAIRS[:10]]
+    queries = ["what is a reranker", "how long is the river nile"] * 5
+    padded = tokenizer.pad(tokenizer.tokenize(queries, documents))
     feeds = {name: padded[name] for name in ("input_ids", "attention_mask")}
-    alone = runner._shared_prefix({k: v[:5] for k, v in feeds.items()})
-    assert 0 <= runner._shared_prefix(feeds) < alone
+    rows = [
+        ids[mask > 0].tolist()
+        for ids, mask in zip(feeds["input_ids"], feeds["attention_mask"], strict=True)
+    ]
+    [group] = runner._prefix_groups(feeds)
+    assert group.rows.tolist() == list(range(10))
+    assert group.prefix == _leading_tokens_in_common(rows[0], rows[1]) >= MIN_SHARED_PREFIX
+    assert np.abs(runner.run(feeds) - _whole(runner, feeds)).max() <= 1e-5
+
+
+def test_rows_group_by_the_prompt_they_begin_with_and_a_lone_row_runs_whole(
+    served: tuple[TorchRunner, PairTokenizer],
+) -> None:
+    """Prompts with nothing in common (as a template-less causal LM's, which begin with the
+    query): each prompt's rows form a group, a row alone in its prompt runs whole."""
+    runner, _ = served
+    generator = np.random.default_rng(0)
+    prompts = [generator.integers(10, 500, size=n) for n in (24, 40, 30)]
+    calls = [0, 1, 0, 1, 0, 2, 1]
+    rests = [generator.integers(10, 500, size=n) for n in (5, 9, 13, 2, 20, 7, 11)]
+    rows = [np.concatenate([prompts[call], rest]) for call, rest in zip(calls, rests, strict=True)]
+    width = max(len(row) for row in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    groups = {tuple(g.rows.tolist()): g.prefix for g in runner._prefix_groups(feeds)}
+    assert groups == {(0, 2, 4): 24, (1, 3, 6): 40, (5,): 0}
     assert np.abs(runner.run(feeds) - _whole(runner, feeds)).max() <= 1e-5

@@ -52,6 +52,20 @@ def _mean_pool(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return summed / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
+class AfterPrefix(nn.Module):
+    """A causal-LM relevance scorer as the graph that takes the rows' shared prefix apart:
+    ``forward(prefix_ids, input_ids, attention_mask)`` is its ``after_prefix``."""
+
+    def __init__(self, scorer: nn.Module) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(
+        self, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.scorer.after_prefix(prefix_ids, input_ids, attention_mask)  # type: ignore[operator]
+
+
 def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
     """A module of ``input_ids, attention_mask`` (right-padded) returning, per row, the
     logit of ``true_id`` less that of ``false_id`` at the row's last real token, ``[rows,
@@ -83,26 +97,36 @@ def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
         def shared_prefix(
             self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int
         ) -> torch.Tensor:
-            """The same scores, when every row starts with the same ``prefix`` tokens (the
-            prompt before the document): the prefix runs once, and each row's rest attends
-            to its keys and values, at the positions it has in the whole row."""
-            rows = input_ids.shape[0]
+            """The same scores, when every row starts with the same ``prefix`` tokens."""
+            return self.after_prefix(input_ids[:1, :prefix], input_ids[:, prefix:], attention_mask)
+
+        def after_prefix(
+            self, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        ) -> torch.Tensor:
+            """The scores of rows that begin with ``prefix_ids`` (``[1, prefix]``) and go on
+            with ``input_ids``; ``attention_mask`` covers the whole rows. The prefix runs
+            once, and each row's rest attends to its keys and values at the positions it has
+            in the whole row. A row may end inside the prefix: under causal attention its
+            last token's state is the prefix's state there."""
+            rows, prefix = input_ids.shape[0], prefix_ids.shape[1]
             head = self.body(
-                input_ids=input_ids[:1, :prefix],
-                attention_mask=attention_mask[:1, :prefix],
-                use_cache=True,
+                input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True
             )
             cache = head.past_key_values
-            cache.batch_repeat_interleave(rows)
-            positions = torch.arange(prefix, input_ids.shape[1], device=input_ids.device)
-            hidden = self.body(
-                input_ids=input_ids[:, prefix:],
+            # A view, not copies: the rest's pass appends its own keys and values to it.
+            for layer in cache.layers:
+                layer.keys = layer.keys.expand(rows, -1, -1, -1)
+                layer.values = layer.values.expand(rows, -1, -1, -1)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device) + prefix
+            rest = self.body(
+                input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=positions.unsqueeze(0).expand(rows, -1),
                 past_key_values=cache,
                 use_cache=True,
             ).last_hidden_state
-            return self._score(hidden, attention_mask.sum(dim=1) - 1 - prefix)
+            hidden = torch.cat([head.last_hidden_state.expand(rows, -1, -1), rest], dim=1)
+            return self._score(hidden, attention_mask.sum(dim=1) - 1)
 
         def _score(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
             final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

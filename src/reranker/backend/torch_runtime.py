@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from reranker.backend.prefix import MIN_SHARED_PREFIX, PrefixGroup, prefix_groups, run_groups
 from reranker.backend.scorers import PairCosineScorer, relevance_scorer
 from reranker.contract.model import Precision
 from reranker.contract.parameters import TorchCompile
 
-# Fewer shared tokens than this are not worth a second pass of the body.
-MIN_SHARED_PREFIX = 16
 # The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
 TORCH_DTYPES = {
     Precision.FP32: torch.float32,
@@ -106,18 +105,22 @@ class TorchRunner:
         self._scores = torch.empty(0)
         self._warm_up()
 
-    def _shared_prefix(self, feeds: Mapping[str, np.ndarray]) -> int:
-        """The tokens every row of the batch begins with, when worth running once (each row
-        keeps at least its last token to score); 0 otherwise."""
-        if self._prefixed is None:
-            return 0
-        ids, mask = feeds["input_ids"], feeds["attention_mask"]
-        if ids.shape[0] < 2:
-            return 0
-        differs = np.flatnonzero((ids != ids[:1]).any(axis=0))
-        common = int(differs[0]) if differs.size else ids.shape[1]
-        common = min(common, int(mask.sum(axis=1).min()) - 1)
-        return common if common >= MIN_SHARED_PREFIX else 0
+    def _prefix_groups(self, feeds: Mapping[str, np.ndarray]) -> list[PrefixGroup]:
+        """The batch's rows as groups that each run in one pass: rows behind a prefix worth
+        running once (``prefix.MIN_SHARED_PREFIX`` tokens), and one group of the rest that
+        run whole (prefix 0)."""
+        rows = feeds["input_ids"].shape[0]
+        if self._prefixed is None or rows < 2:
+            return [PrefixGroup(np.arange(rows), 0)]
+        groups = prefix_groups(feeds["input_ids"], feeds["attention_mask"])
+        shared: list[PrefixGroup] = []
+        whole: list[int] = []
+        for group in groups:
+            if len(group.rows) > 1 and group.prefix >= MIN_SHARED_PREFIX:
+                shared.append(group)
+            else:
+                whole += group.rows.tolist()
+        return shared + ([PrefixGroup(np.asarray(sorted(whole)), 0)] if whole else [])
 
     def _warm_up(self) -> None:
         """One small forward at load: a CUDA setup that cannot run the model (a runtime the
@@ -146,7 +149,12 @@ class TorchRunner:
         return view
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        prefix = self._shared_prefix(feeds)
+        groups = self._prefix_groups(feeds)
+        if len(groups) == 1 and groups[0].prefix == 0:
+            return self._run_group(feeds, 0)
+        return run_groups({name: feeds[name] for name in self._inputs}, groups, self._run_group)
+
+    def _run_group(self, feeds: Mapping[str, np.ndarray], prefix: int) -> np.ndarray:
         with torch.inference_mode():
             tensors = {
                 name: self._host(name, feeds[name], torch.int64).to(self._device, non_blocking=True)

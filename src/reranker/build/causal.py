@@ -21,6 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reranker.backend.tokenization import PromptLayout, PromptTemplate
 from reranker.build.common import (
     BuildError,
@@ -38,6 +40,7 @@ from reranker.contract.model import (
     Precision,
     ServedModel,
 )
+from reranker.contract.tensors import PREFIX_IDS
 
 # Stand-ins for the slots while the template is rendered: characters no template writes.
 _SLOTS = {
@@ -210,12 +213,77 @@ def build_causal_lm(
             repository,
             prompt,
         )
-    batch = sample_batch(pair_tokenizer(tokenizer, model, prompt))
-    feeds = {name: torch.from_numpy(batch[name]) for name in model.token_inputs}
+    pairs = pair_tokenizer(tokenizer, model, prompt)
     scorer = relevance_scorer(network, true_id, false_id)
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "model.onnx"
-        with step(f"exporting {name} (last-token relevance) to ONNX"):
-            export_module(scorer, feeds, "relevance", graph)
-        check_export(max_export_error(graph, reference, batch))
+        # The graph that takes the shared prefix apart serves fp32 on CPU; int8 and bf16
+        # (their accuracy reports feed whole rows) and GPU engines serve whole rows.
+        if (
+            options.tuning.shared_prefix
+            and options.precision is Precision.FP32
+            and (options.device is Device.CPU)
+        ):
+            batch = prefix_sample(pairs)
+            with step(f"exporting {name} (last-token relevance, shared prefix) to ONNX"):
+                export_after_prefix(scorer, batch, graph)
+            check_export(max_after_prefix_error(graph, reference, batch))
+        else:
+            batch = sample_batch(pairs)
+            feeds = {name: torch.from_numpy(batch[name]) for name in model.token_inputs}
+            with step(f"exporting {name} (last-token relevance) to ONNX"):
+                export_module(scorer, feeds, "relevance", graph)
+            check_export(max_export_error(graph, reference, batch))
         return install(model, tokenizer, graph, options, repository, prompt)
+
+
+def prefix_sample(pairs: Any) -> dict[str, Any]:
+    """Rows of two queries, the first with three documents of uneven lengths: the export's
+    trace needs a group of several rows with a rest of several tokens."""
+    queries = ["what is a reranker?"] * 3 + ["how long is the river nile in kilometres"]
+    documents = [
+        "A reranker orders candidate documents by their relevance to a query.",
+        "Cross-encoders read the query and the document together.",
+        "The Nile is about 6,650 km long. " * 3,
+        "The Nile flows north through eleven countries.",
+    ]
+    return dict(pairs.pad(pairs.tokenize(queries, documents)))
+
+
+def export_after_prefix(scorer: Any, batch: dict[str, Any], path: Path) -> None:
+    """Exports the graph of :class:`AfterPrefix` (inputs ``prefix_ids``, ``input_ids``
+    after it, ``attention_mask``), traced on ``batch``'s first prefix group."""
+    import torch
+
+    from reranker.backend.prefix import prefix_groups, run_groups, split_prefix
+    from reranker.backend.scorers import AfterPrefix
+    from reranker.build.onnx_export import export_module
+
+    traced: dict[str, Any] = {}
+
+    def keep(feeds: Any, prefix: int) -> Any:
+        traced.setdefault("feeds", split_prefix(feeds, prefix))
+        return np.zeros(len(feeds["input_ids"]), dtype=np.float32)
+
+    run_groups(batch, prefix_groups(batch["input_ids"], batch["attention_mask"])[:1], keep)
+    inputs = {name: torch.from_numpy(values) for name, values in traced["feeds"].items()}
+    axes = {
+        PREFIX_IDS: {1: "prefix"},
+        "input_ids": {0: "batch", 1: "rest"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+    }
+    export_module(AfterPrefix(scorer).eval(), inputs, "relevance", path, axes)
+
+
+def max_after_prefix_error(path: Path, reference: Any, batch: dict[str, Any]) -> float:
+    """Largest difference between the checkpoint's whole-row scores and the graph's on
+    ``batch``, run as the encoder runs it: each prefix group of the batch apart."""
+    import torch
+
+    from reranker.backend.prefix import SharedPrefixGraph
+    from reranker.backend.runtimes import OnnxRuntimeRunner
+
+    scores = SharedPrefixGraph(OnnxRuntimeRunner(path, 0)).run(batch)
+    feeds = {name: torch.from_numpy(batch[name]) for name in ("input_ids", "attention_mask")}
+    expected = reference(feeds).numpy().reshape(-1)
+    return float(np.abs(scores - expected).max())

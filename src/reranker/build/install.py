@@ -29,7 +29,7 @@ from reranker.contract.model import (
     onnx_path,
     tokenizer_path,
 )
-from reranker.contract.tensors import TOKEN_TENSORS, max_chars
+from reranker.contract.tensors import PREFIX_IDS, TOKEN_TENSORS, max_chars
 
 # Largest error an export may show against the torch model it came from.
 EXPORT_TOLERANCE = 1e-4
@@ -57,7 +57,7 @@ def graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     inputs = {i.name for i in graph.input}
-    unknown = inputs - set(TOKEN_TENSORS)
+    unknown = inputs - set(TOKEN_TENSORS) - {PREFIX_IDS}
     if unknown:
         raise BuildError(f"{path} reads inputs this server cannot feed: {sorted(unknown)}")
     if len(graph.output) != 1:
@@ -67,6 +67,14 @@ def graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
     if len(dims) != 2 or dims[1] != 1:
         raise BuildError(f"{path} outputs {output.name} of shape {dims}; expected [batch, 1]")
     return tuple(name for name in TOKEN_TENSORS if name in inputs), output.name
+
+
+def takes_prefix(path: Path) -> bool:
+    """Whether an ONNX graph takes its rows' shared prefix apart (``prefix_ids``)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(i.name == PREFIX_IDS for i in graph.input)
 
 
 def check_precision(options: BuildOptions) -> None:
@@ -111,6 +119,7 @@ def install(
         model,
         token_inputs=token_inputs,
         graph_output=graph_output,
+        shared_prefix=takes_prefix(graph),
         precision=published or options.precision,
         device=options.device,
     )

@@ -21,13 +21,18 @@ OPSET = 17
 
 
 def export_module(
-    module: nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    output: str,
+    path: Path,
+    axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
     """Exports ``module`` (its ``forward`` takes ``inputs`` positionally, in their order) with
-    dynamic batch and sequence axes and one output named ``output``."""
+    one output named ``output``, ``[batch, 1]``. Every input's axes are dynamic: ``axes``
+    names them, by default batch and sequence."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(inputs)
-    axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | (axes or {})
     axes[output] = {0: "batch"}
     # The legacy exporter: its graphs quantize with ONNX Runtime; the dynamo one's do not.
     torch.onnx.export(

@@ -82,6 +82,11 @@ class TritonTuning:
         1024, "a PyTorch GPU run's fixed cost (kernel launches), in tokens' work"
     )
     torch_gpu_queue_delay_us: int = _lever(500, "PyTorch GPU encoder's queue delay")
+    shared_prefix: bool = _lever(
+        True,
+        "causal-LM rerankers on CPU: the graph runs the prompt prefix rows share once per run "
+        "(false: every row runs whole)",
+    )
     torch_compile: TorchCompile = field(
         default=TorchCompile.EAGER,
         metadata={"help": "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"},
@@ -159,6 +164,7 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
             intra_op_threads=tuning.intra_op_threads,
             max_attention_cells=tuning.max_attention_cells,
             max_rows_per_run=tuning.max_rows_per_run,
+            shared_prefix=model.shared_prefix,
         ),
     )
     return config

@@ -128,6 +128,9 @@ class ServedModel:
     # Whether a causal-LM reranker renders the pair in its chat template; one without a
     # template reads the pair as a text pair, as a cross-encoder does.
     templated: bool = True
+    # Whether a causal-LM reranker's graph takes the prompt prefix its rows share apart
+    # (tensors.PREFIX_IDS) and runs it once per run.
+    shared_prefix: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):

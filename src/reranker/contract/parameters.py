@@ -110,6 +110,8 @@ class GraphEncoderParameters(EncoderParameters):
 
     onnx_file: str = ONNX_FILE
     inference_precision: PrecisionHint = PrecisionHint.F32
+    # The graph takes the rows' shared prompt prefix apart (tensors.PREFIX_IDS).
+    shared_prefix: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -34,6 +34,10 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
             graph.intra_op_threads,
             graph.inference_precision,
         )
+        if graph.shared_prefix:
+            from reranker.backend.prefix import SharedPrefixGraph
+
+            return SharedPrefixGraph(runner), graph
         return runner, graph
     from reranker.backend.torch_runtime import TorchRunner, instance_device
 
