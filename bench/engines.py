@@ -88,9 +88,10 @@ def causal_cases(
     repository: Path, checkpoint: Path, client: Any, runner: Any, documents: list[str]
 ) -> list[Case]:
     """The causal-LM row (Qwen3-Reranker shape, its default instruction, documents of 60-200
-    tokens): CrossEncoder on the checkpoint, ONNX Runtime sorted in-process on the served
-    graph, this server at concurrency 4 with the ONNX graph (every row run whole) and with
-    the PyTorch runtime (each call's shared prompt run once)."""
+    tokens): CrossEncoder on the checkpoint, ONNX Runtime sorted in-process on the graph of
+    whole rows, and this server at concurrency 4 with each group's shared prompt run once,
+    paired with the same model built to run every row whole. Then the short prompt: the
+    template-less checkpoint, whose rows begin with a 5-token query, served both ways."""
     from sentence_transformers import CrossEncoder
 
     from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
@@ -102,20 +103,32 @@ def causal_cases(
     tokenizer = PairTokenizer.from_file(str(tokenizer_dir / "tokenizer.json"), config)
     cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
     n = len(documents)
-    print(f"  ideal speedup of a shared prompt: {shared_prompt_ideal(tokenizer, documents):.2f}x")
+    ideal = shared_prompt_ideal(tokenizer, documents)
+    print(f"  ideal speedup of a shared prompt: {ideal:.2f}x", flush=True)
 
-    def served(model: str) -> Callable[[], object]:
-        return partial(client.rank, QUERY, documents, model=model, instruction=CAUSAL_INSTRUCTION)
+    def served(model: str, query: str = QUERY, **options: str) -> Callable[[], object]:
+        return partial(client.rank, query, documents, model=model, **options)
 
     def reference() -> object:
         return cross_encoder.rank(QUERY, documents, prompt=CAUSAL_INSTRUCTION)
 
+    instructed = {"instruction": CAUSAL_INSTRUCTION}
+    whole = Case(WHOLE_ROWS, "qwen3", "a", 4, served("qwen3-whole", **instructed), n)
+    short_whole = Case(WHOLE_ROWS, "qwen3-plain", "a", 4, served("qwen3-plain-whole", SHORT), n)
     return [
         Case("CrossEncoder.rank", "qwen3", "a", 1, reference, n),
         Case("onnxruntime sorted", "qwen3", "a", 1, prompt_sorted(runner, tokenizer, documents), n),
-        Case("this server", "qwen3", "a", 4, served("qwen3"), n),
-        Case("this server torch, shared prompt", "qwen3", "a", 4, served("qwen3-torch"), n),
+        whole,
+        Case("this server", "qwen3", "a", 4, served("qwen3", **instructed), n, whole, ideal),
+        short_whole,
+        Case("this server", "qwen3-plain", "a", 4, served("qwen3-plain", SHORT), n, short_whole),
     ]
+
+
+# The causal row's server case with every row run whole (the graph without a prefix input).
+WHOLE_ROWS = "this server, rows whole"
+# The short-prompt case's query: about 5 tokens, behind no template.
+SHORT = "how do rerankers work"
 
 
 def shared_prompt_ideal(tokenizer: Any, documents: list[str]) -> float:

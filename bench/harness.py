@@ -30,6 +30,8 @@ class Result:
     # holds where the medians of the two rows fall into different speed states.
     partner: str = ""
     paired_ratio: float = 0.0
+    # The speedup over the partner that the work left predicts (a shared prompt run once).
+    ideal_ratio: float = 0.0
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Case:
     pairs: int
     # The case this one is compared with: the two run back to back in every round.
     partner: Case | None = None
+    ideal_ratio: float = 0.0
     throughputs: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
@@ -85,6 +88,7 @@ class Case:
             run_pairs_per_s=[round(value, 1) for value in self.throughputs],
             partner=f"{partner.engine} c={partner.concurrency}" if partner else "",
             paired_ratio=statistics.median(ratios) if ratios else 0.0,
+            ideal_ratio=self.ideal_ratio,
         )
 
 

@@ -45,6 +45,10 @@ from tests.launcher import stop_server
 # Layers of the causal-LM row's Qwen3-Reranker-0.6B shape: its 28 would take a quarter of an
 # hour a round on this 2-core machine, so the row runs 4 (per-layer cost is what it measures).
 CAUSAL_LAYERS = 4
+# A call of the causal row carries this many documents, and the row takes this many rounds:
+# a round of the row runs every case on 4 x 32 pairs, about half a minute here.
+CAUSAL_DOCUMENTS = 32
+CAUSAL_ROUNDS = 3
 
 
 def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) -> Path:
@@ -53,13 +57,15 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16; a
     causal-LM reranker of Qwen3-Reranker-0.6B's shape with ``CAUSAL_LAYERS`` layers."""
     from reranker.build.builder import BuildOptions, build
-    from reranker.contract.model import EncoderRuntime, Precision
+    from reranker.build.triton_configs import TritonTuning
+    from reranker.contract.model import Precision
     from tests.checkpoints import (
         QWEN3_0_6B,
         deberta_v2_cross_encoder,
         jina_bert_like_onnx,
         minilm_cross_encoder,
         qwen3_reranker,
+        without_chat_template,
     )
 
     repository = workdir / "model_repository"
@@ -86,11 +92,16 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     if causal:
         if not (checkpoints / "qwen3").is_dir():
             qwen3_reranker(checkpoints / "qwen3", layers=CAUSAL_LAYERS, shape=QWEN3_0_6B)
-        variants("qwen3", [Precision.FP32])
-        # The same checkpoint under the PyTorch runtime, which runs a call's shared prompt once.
-        if not (repository / "qwen3-torch").is_dir():
-            options = BuildOptions(name="qwen3-torch", runtime=EncoderRuntime.TORCH)
-            build(str(checkpoints / "qwen3"), options, repository)
+        if not (checkpoints / "qwen3-plain").is_dir():
+            without_chat_template(checkpoints / "qwen3", checkpoints / "qwen3-plain")
+        # Each served as built (the graph runs a group's shared prompt once) and with every
+        # row run whole; the template-less one is the row whose prompt is a short query.
+        whole = TritonTuning(shared_prefix=False)
+        for checkpoint in ("qwen3", "qwen3-plain"):
+            for served, tuning in ((checkpoint, TritonTuning()), (f"{checkpoint}-whole", whole)):
+                if not (repository / served).is_dir():
+                    options = BuildOptions(name=served, tuning=tuning)
+                    build(str(checkpoints / checkpoint), options, repository)
     return repository
 
 
@@ -105,10 +116,10 @@ def main() -> int:
     parser.add_argument("--no-deberta", action="store_true")
     parser.add_argument(
         "--workloads",
-        nargs="+",
+        nargs="*",
         choices=sorted(WORKLOADS),
         default=sorted(WORKLOADS),
-        help="MiniLM workloads to measure (default: all)",
+        help="MiniLM workloads to measure (default: all; none: no MiniLM rows)",
     )
     parser.add_argument("--no-long-context", action="store_true")
     parser.add_argument("--no-causal", action="store_true", help="skip the causal-LM row")
@@ -218,16 +229,16 @@ def main() -> int:
             del lc_runners
         if not args.no_causal:
             print(f"{elapsed()} qwen3 (a, causal LM, {CAUSAL_LAYERS} layers)", flush=True)
-            causal_runner = runners("qwen3")["qwen3"]
+            causal_runner = runners("qwen3-whole")["qwen3-whole"]
             results += interleave(
                 causal_cases(
                     repository,
                     args.workdir / "checkpoints" / "qwen3",
                     client,
                     causal_runner,
-                    workload("a"),
+                    workload("a")[:CAUSAL_DOCUMENTS],
                 ),
-                args.runs,
+                min(args.runs, CAUSAL_ROUNDS),
             )
             del causal_runner
         print(f"{elapsed()} perf_analyzer", flush=True)
