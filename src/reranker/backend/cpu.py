@@ -3,6 +3,7 @@ worth serving on this machine."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,3 +43,36 @@ def bf16_hint(flags: Iterable[str], fp32_models: Iterable[str]) -> str | None:
         "`reranker build SOURCE --precision bf16` serves a model in bf16 through OpenVINO, "
         "several times faster at near-fp32 accuracy (README: Precision)"
     )
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs this process's cgroup may use (its CFS quota over its period), or None when
+    unlimited or unreadable: cgroup v2's ``cpu.max``, else v1's ``cpu.cfs_quota_us``."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cores(affinity: int | None = None, quota: float | None = None) -> int:
+    """The cores this process can run on: its CPU affinity, lowered by a cgroup quota (a
+    container limited to 2.5 CPUs on a 64-core host gets 2). Arguments stand in for what
+    the machine says, for tests."""
+    cores = affinity if affinity is not None else len(os.sched_getaffinity(0))
+    limit = quota if quota is not None else cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, int(limit))
+    return max(1, cores)
+
+
+def intra_op_threads(cores: int, instances: int) -> int:
+    """The threads each of ``instances`` encoder instances runs with on ``cores`` cores: an
+    equal share, at least one."""
+    return max(1, cores // max(1, instances))

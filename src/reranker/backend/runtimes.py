@@ -34,8 +34,8 @@ class GraphRunner(Protocol):
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: Path, threads: int) -> None:
-        self._session = create_session(path, threads)
+    def __init__(self, path: Path, threads: int, spinning: bool = True) -> None:
+        self._session = create_session(path, threads, spinning)
         self._output = self._session.get_outputs()[0].name
         self._inputs = [i.name for i in self._session.get_inputs()]
 
@@ -85,15 +85,22 @@ def cpu_runtime(precision: Precision) -> tuple[Runtime, PrecisionHint]:
 
 
 def load_runner(
-    path: Path, runtime: Runtime, threads: int, precision_hint: PrecisionHint
+    path: Path,
+    runtime: Runtime,
+    threads: int,
+    precision_hint: PrecisionHint,
+    spinning: bool = True,
 ) -> GraphRunner:
     if runtime is Runtime.OPENVINO:
         return OpenVinoRunner(path, threads, precision_hint)
-    return OnnxRuntimeRunner(path, threads)
+    return OnnxRuntimeRunner(path, threads, spinning)
 
 
-def create_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session: all graph optimizations, a fixed thread count."""
+def create_session(
+    path: Path, intra_op_threads: int, spinning: bool = True
+) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session: all graph optimizations, a fixed thread count; with
+    ``spinning`` off its idle worker threads sleep instead of busy-waiting for work."""
     # Imported here: the PyTorch runtime's encoder runs on machines without ONNX Runtime.
     import onnxruntime as ort
 
@@ -102,6 +109,7 @@ def create_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Without the arena, memory a long-context batch needed goes back to the system when the
     # batch is done instead of staying reserved by the session for its lifetime.
     options.enable_cpu_mem_arena = False

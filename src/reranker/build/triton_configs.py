@@ -55,7 +55,16 @@ class TritonTuning:
     )
     tokenizer_instances: int = _lever(1, "tokenizer model instances on a CPU build")
     encoder_instances: int = _lever(1, "encoder model instances")
-    intra_op_threads: int = _lever(2, "threads each encoder instance's runtime uses")
+    intra_op_threads: int = _lever(
+        0,
+        "threads each CPU encoder instance's runtime uses (0: an equal share of the cores "
+        "available when the server starts, cgroup quota included)",
+    )
+    intra_op_spinning: bool = _lever(
+        False,
+        "ONNX Runtime's idle worker threads busy-wait for work (measured: no faster served, "
+        "and it slows whatever else shares the cores)",
+    )
     max_attention_cells: int = _lever(
         1 << 22,
         "attention cells (rows x length^2) one encoder run may hold, so long rows cannot "
@@ -165,6 +174,7 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
             max_attention_cells=tuning.max_attention_cells,
             max_rows_per_run=tuning.max_rows_per_run,
             shared_prefix=model.shared_prefix,
+            intra_op_spinning=tuning.intra_op_spinning,
         ),
     )
     return config

@@ -112,6 +112,8 @@ class GraphEncoderParameters(EncoderParameters):
     inference_precision: PrecisionHint = PrecisionHint.F32
     # The graph takes the rows' shared prompt prefix apart (tensors.PREFIX_IDS).
     shared_prefix: bool = False
+    # ONNX Runtime's idle worker threads busy-wait for work (else they sleep).
+    intra_op_spinning: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

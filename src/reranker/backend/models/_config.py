@@ -29,6 +29,10 @@ class ModelArgs:
         """The model's parameters, parsed once into ``kind`` (fails the load if invalid)."""
         return from_parameters(kind, self.raw_parameters(), self.name)
 
+    def instances(self) -> int:
+        """The model's instances on this server, every instance group counted."""
+        return sum(int(group.get("count", 1)) for group in self.config.get("instance_group", []))
+
     def output_names(self) -> list[str]:
         return [output["name"] for output in self.config["output"]]
 

@@ -8,12 +8,14 @@ and split back per request.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows, split_rows
+from reranker.backend.cpu import available_cores, intra_op_threads
 from reranker.backend.models._config import ModelArgs
 from reranker.backend.runtimes import GraphRunner, load_runner
 from reranker.contract.model import ModelKind
@@ -25,14 +27,31 @@ from reranker.contract.parameters import (
 )
 
 
+def _threads(model: ModelArgs, configured: int) -> int:
+    """The configured thread count, or (0) an equal share of the cores this process may use
+    now, which follows the host or container the server starts on."""
+    if configured > 0:
+        return configured
+    cores, instances = available_cores(), max(1, model.instances())
+    threads = intra_op_threads(cores, instances)
+    print(
+        f"{model.name}: {instances} instance(s) x {threads} intra-op thread(s) "
+        f"on {cores} available core(s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return threads
+
+
 def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, EncoderParameters]:
     if model.parameters(EncoderParameters).runtime is not Runtime.TORCH:
         graph = model.parameters(GraphEncoderParameters)
         runner = load_runner(
             model.version_dir / graph.onnx_file,
             graph.runtime,
-            graph.intra_op_threads,
+            _threads(model, graph.intra_op_threads),
             graph.inference_precision,
+            graph.intra_op_spinning,
         )
         if graph.shared_prefix:
             from reranker.backend.prefix import SharedPrefixGraph
@@ -42,6 +61,7 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
     from reranker.backend.torch_runtime import TorchRunner, instance_device
 
     torch = model.parameters(TorchEncoderParameters)
+    on_gpu = args["model_instance_kind"] == "GPU"
     relevance = torch.relevance_tokens
     runner = TorchRunner(
         model.version_dir / torch.checkpoint_dir,
@@ -49,7 +69,7 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
         input_names=model.input_names(),
         device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
         dtype=torch.torch_dtype,
-        threads=torch.intra_op_threads,
+        threads=0 if on_gpu else _threads(model, torch.intra_op_threads),
         compile_mode=torch.torch_compile,
         relevance=(relevance[0], relevance[1]) if relevance else None,
     )
