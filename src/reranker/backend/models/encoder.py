@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows, split_rows
 from reranker.backend.cpu import available_cores, intra_op_threads
+from reranker.backend.heap import HeapTrimmer
 from reranker.backend.models._config import ModelArgs
 from reranker.backend.runtimes import GraphRunner, load_runner
 from reranker.contract.model import ModelKind
@@ -86,6 +87,7 @@ class TritonPythonModel:
         self._max_tokens = parameters.max_tokens_per_run
         self._cost = RunCost(overhead_tokens=parameters.run_overhead_tokens)
         (self._output,) = model.output_names()
+        self._trim_heap = HeapTrimmer()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pooled = pool_rows(
@@ -107,6 +109,8 @@ class TritonPythonModel:
         except Exception as error:  # noqa: BLE001 - every request of the batch is told why
             failure = pb_utils.TritonError(f"inference failed: {error}")
             return [pb_utils.InferenceResponse(error=failure) for _ in requests]
+        finally:
+            self._trim_heap()
         return [
             pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(self._output, part.reshape(-1, 1))]
