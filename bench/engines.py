@@ -273,8 +273,8 @@ def engines(
     for served, runner in runners.items():
         precision = precision_of(served)
         for kind, call in graph_engines(runner, tokenizer, documents).items():
-            if precision != "fp32" and kind == "naive":
-                continue  # reduced precisions are compared with sorted in-process batches only
+            if kind == "naive" and (precision != "fp32" or name != "a"):
+                continue  # naive batches are a reference once: fp32, workload (a)
             label = f"{in_process_label(precision)} {kind}{suffix_for(precision)}"
             cases.append(Case(label, model, name, 1, call, n))
     for served in runners:
@@ -301,7 +301,7 @@ def engines(
         call = partial(http.rank, documents)
         cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n, partner=grpc))
         for dtype, peer in infinity.items():
-            levels = concurrency if dtype == "float32" else [4]
+            levels = [4]
             label = "infinity" + ("" if dtype == "float32" else " bf16")
             for level in levels:
                 cases.append(Case(label, model, name, level, partial(peer.rank, documents), n))

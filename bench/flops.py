@@ -47,3 +47,18 @@ def bf16_gemm_gflops(size: int = 2048, repeats: int = 10) -> tuple[float, float]
     import torch
 
     return _gemm_rates(torch.randn(size, size, dtype=torch.bfloat16), size, repeats)
+
+
+def int8_gemm_gops(size: int = 2048, repeats: int = 10) -> tuple[float, float]:
+    """Median and best int8 GEMM rate (int8 x int8 -> int32, torch's oneDNN kernels, VNNI or
+    AMX-INT8 where the CPU has them; all cores): the bound of int8 rows."""
+    import torch
+
+    square = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+    torch._int_mm(square, square)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch._int_mm(square, square)
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates), max(rates)

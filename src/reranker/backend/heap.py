@@ -21,7 +21,8 @@ def resident_bytes(statm: Path = Path("/proc/self/statm")) -> int:
 
 
 class HeapTrimmer:
-    """Calls ``malloc_trim`` after a run when resident memory has grown ``threshold`` bytes
+    """Calls ``malloc_trim`` once when made (after a model's load: the parse of its file is
+    garbage by then), and after a run when resident memory has grown ``threshold`` bytes
     past where the last trim left it: a few milliseconds, paid only when there is that much
     to give back. A no-op where the C library is not glibc."""
 
@@ -29,12 +30,17 @@ class HeapTrimmer:
         self._threshold = threshold
         name = ctypes.util.find_library("c")
         self._trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        self._floor = 0
+        self._release()
+
+    def _release(self) -> None:
+        if self._trim is not None:
+            self._trim(0)
         self._floor = resident_bytes()
 
     def __call__(self) -> bool:
         """Trims if worth it; whether it did."""
         if self._trim is None or resident_bytes() - self._floor < self._threshold:
             return False
-        self._trim(0)
-        self._floor = resident_bytes()
+        self._release()
         return True
