@@ -11,7 +11,9 @@ Measures: fp16 parity with CrossEncoder; workload (a), 100 documents a call, at 
 1, 4, 16 and 64 against ``CrossEncoder.rank`` with batch size 32 (as shipped) and the best of
 32, 64 and 128; a 1000-document call; 64 callers x 10 documents; GPU memory peak; the
 tokenizer's CPU time and Triton's queue and compute time per model; the FLOP bound from a
-measured fp16 GEMM rate; eager against ``torch.compile`` (CUDA graphs) in-process. Writes
+measured fp16 GEMM rate; eager against ``torch.compile`` (CUDA graphs) in-process; a
+causal-LM reranker of Qwen3-Reranker-0.6B's shape (8 layers, bf16) behind its default prompt,
+each call's shared prompt run once against the same model run whole, paired. Writes
 ``results.json`` and ``results.md`` into the output folder and stops every process it
 started. ``--cpu`` runs the same steps on CPU at a small scale (fp32).
 """
@@ -71,6 +73,10 @@ class Scale:
     batch_sizes: tuple[int, ...]
     shipped_batch_size: int = 32
     gemm_size: int = 8192
+    # Layers of the causal row's Qwen3-Reranker-0.6B shape (28 in the real model), and the
+    # documents of its calls.
+    causal_layers: int = 8
+    causal_documents: int = 100
 
 
 GPU = Scale(
@@ -101,6 +107,8 @@ DRY_RUN = Scale(
     small_documents=GPU.small_documents,
     batch_sizes=GPU.batch_sizes,
     gemm_size=1024,
+    causal_layers=1,
+    causal_documents=16,
 )
 CPU = Scale(
     device="cpu",
@@ -114,6 +122,8 @@ CPU = Scale(
     small_documents=5,
     batch_sizes=(32, 64),
     gemm_size=1024,
+    causal_layers=1,
+    causal_documents=16,
 )
 
 
@@ -346,10 +356,12 @@ def gemm_tflops(scale: Scale) -> float:
 
 
 def build_models(scale: Scale, work: Path) -> dict[str, Path]:
-    """Seeded checkpoints, each built into one repository for the torch runtime."""
+    """Seeded checkpoints, each built into one repository for the torch runtime; the causal
+    one twice, as built (each call's shared prompt runs once) and with rows run whole."""
     from reranker.build.builder import BuildOptions, build
+    from reranker.build.triton_configs import TritonTuning
     from reranker.contract.model import Device, EncoderRuntime, Precision
-    from tests.checkpoints import bert_cross_encoder
+    from tests.checkpoints import QWEN3_0_6B, bert_cross_encoder, qwen3_reranker
 
     checkpoints = {}
     for shape in scale.shapes:
@@ -368,7 +380,25 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
         )
         build(str(checkpoint), options, work / "model_repository")
         checkpoints[shape.name] = checkpoint
+    causal = qwen3_reranker(
+        work / "checkpoints" / CAUSAL, layers=scale.causal_layers, shape=QWEN3_0_6B
+    )
+    for name, shared in ((CAUSAL, True), (f"{CAUSAL}-whole", False)):
+        options = BuildOptions(
+            name=name,
+            device=Device(scale.device),
+            runtime=EncoderRuntime.TORCH,
+            precision_chosen=False,
+            tuning=TritonTuning(shared_prefix=shared),
+        )
+        build(str(causal), options, work / "model_repository")
+    checkpoints[CAUSAL] = causal
     return checkpoints
+
+
+# The causal-LM row: its model, and the instruction its calls carry (Qwen3-Reranker's own).
+CAUSAL = "qwen3"
+CAUSAL_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
 @dataclass
@@ -382,6 +412,7 @@ class Row:
     p99_ms: float
     flop_fraction: float = 0.0
     run_pairs_per_s: list[float] = field(default_factory=list)
+    paired_ratio: float = 0.0
 
 
 def _row(result: Any, case: str) -> Row:
@@ -709,6 +740,11 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
     if sampler is not None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib
+        if client is not None and CAUSAL in checkpoints:
+            with results.step(f"{CAUSAL}: shared prompt"):
+                results.rows += causal_rows(
+                    client, checkpoints[CAUSAL], all_documents[: scale.causal_documents], scale
+                )
     first = scale.shapes[0].name
     if first in checkpoints:
         with results.step("compile"):
@@ -716,6 +752,48 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
             report["compile"] = compile_check(checkpoints[first], scale, budget_s=150)
     with results.step("targets"):
         report["targets"] = targets(results.rows, scale, report)
+
+
+def causal_rows(client: Any, checkpoint: Path, documents: list[str], scale: Scale) -> list[Row]:
+    """A causal-LM reranker (Qwen3-Reranker-0.6B shape) behind its default prompt at
+    concurrency 4: the server with each group's shared prompt run once, paired round by
+    round with the same model built to run rows whole, and ``CrossEncoder.rank`` on the
+    same device and precision."""
+    from functools import partial
+
+    import torch
+    from harness import Case, interleave
+    from sentence_transformers import CrossEncoder
+
+    device = "cuda" if scale.device == "gpu" else "cpu"
+    cross_encoder = CrossEncoder(str(checkpoint), device=device)
+    if scale.device == "gpu":
+        is_module = isinstance(cross_encoder, torch.nn.Module)
+        (cross_encoder if is_module else cross_encoder.model).to(torch.bfloat16)
+    n = len(documents)
+
+    def served(model: str) -> Callable[[], object]:
+        return partial(client.rank, QUERY, documents, model=model, instruction=CAUSAL_INSTRUCTION)
+
+    whole = Case("this server, rows whole", CAUSAL, "causal", 4, served(f"{CAUSAL}-whole"), n)
+    cases = [
+        Case(
+            "CrossEncoder.rank",
+            CAUSAL,
+            "causal",
+            1,
+            lambda: cross_encoder.rank(QUERY, documents, prompt=CAUSAL_INSTRUCTION),
+            n,
+        ),
+        whole,
+        Case("this server", CAUSAL, "causal", 4, served(CAUSAL), n, partner=whole),
+    ]
+    rows = []
+    for result in interleave(cases, scale.rounds):
+        row = _row(result, "causal")
+        row.paired_ratio = result.paired_ratio
+        rows.append(row)
+    return rows
 
 
 def _ranks(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:
@@ -740,8 +818,18 @@ def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[
                     "met": check["passed"],
                 }
             )
+    shared = find("this server", CAUSAL, "causal", 4)
+    if shared:
+        checks.append(
+            {
+                "target": f"{CAUSAL}: shared prompt c=4 / rows whole c=4, paired",
+                "measured": shared.paired_ratio,
+                "goal": ">= 1.3",
+                "met": shared.paired_ratio >= 1.3,
+            }
+        )
     level = 16 if 16 in scale.concurrency else max(scale.concurrency)
-    for model in sorted({r.model for r in rows}):
+    for model in sorted({r.model for r in rows if r.case != "causal"}):
         ours = find("this server", model, "a", level)
         shipped = find(f"CrossEncoder.rank bs={scale.shipped_batch_size}", model, "a", 1)
         best = max(

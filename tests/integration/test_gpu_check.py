@@ -67,7 +67,14 @@ def test_the_gpu_check_runs_its_steps_on_cpu_and_leaves_nothing_running(tmp_path
         }
         assert all(r["pairs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
         assert f"| this server | {model} | a | 64 |" in table
-    assert {t["target"].split(":")[0] for t in report["targets"]} == {"minilm-l6"}
+    causal = {(r["engine"], r["concurrency"]): r for r in report["rows"] if r["case"] == "causal"}
+    assert set(causal) == {
+        ("CrossEncoder.rank", 1),
+        ("this server, rows whole", 4),
+        ("this server", 4),
+    }
+    assert causal[("this server", 4)]["paired_ratio"] > 0
+    assert {t["target"].split(":")[0] for t in report["targets"]} == {"minilm-l6", "qwen3"}
     assert all(t["met"] for t in report["targets"] if "parity" in t["target"])
     assert "step 'compile' failed" in table
     assert report["gemm_tflops"] > 0

@@ -85,6 +85,7 @@ class TorchRunner:
         threads: int = 0,
         compile_mode: TorchCompile = TorchCompile.EAGER,
         relevance: tuple[int, int] | None = None,
+        shared_prefix: bool = True,
     ) -> None:
         if threads > 0 and device == "cpu":
             torch.set_num_threads(threads)
@@ -94,7 +95,9 @@ class TorchRunner:
             self._device
         )
         # A causal LM scores rows that begin with one prompt: that prefix can run once.
-        self._prefixed: Callable[..., torch.Tensor] | None = getattr(scorer, "shared_prefix", None)
+        self._prefixed: Callable[..., torch.Tensor] | None = (
+            getattr(scorer, "shared_prefix", None) if shared_prefix else None
+        )
         self._forward = (
             scorer
             if compile_mode is TorchCompile.EAGER

@@ -15,6 +15,7 @@ from reranker.contract.model import (
     PROMPT_FILE,
     Device,
     EncoderRuntime,
+    ModelKind,
     PairMode,
     Precision,
     ServedModel,
@@ -93,8 +94,8 @@ class TritonTuning:
     torch_gpu_queue_delay_us: int = _lever(500, "PyTorch GPU encoder's queue delay")
     shared_prefix: bool = _lever(
         True,
-        "causal-LM rerankers on CPU: the graph runs the prompt prefix rows share once per run "
-        "(false: every row runs whole)",
+        "causal-LM rerankers: the prompt prefix rows share runs once per group of rows (the "
+        "CPU graph takes it apart; the PyTorch runtime uses its cache); false: rows run whole",
     )
     torch_compile: TorchCompile = field(
         default=TorchCompile.EAGER,
@@ -228,6 +229,7 @@ def torch_encoder_config(
             max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run if gpu else 0,
             run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
             relevance_tokens=model.relevance_tokens or (),
+            shared_prefix=tuning.shared_prefix and model.kind is ModelKind.CAUSAL_LM,
         ),
     )
     return config

@@ -131,6 +131,8 @@ class TorchEncoderParameters(EncoderParameters):
     torch_compile: TorchCompile = TorchCompile.EAGER
     # A causal LM's (relevant, irrelevant) token ids; empty for other kinds.
     relevance_tokens: tuple[int, ...] = ()
+    # A causal LM's rows that begin with one prompt run it once (its keys and values reused).
+    shared_prefix: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -73,6 +73,7 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
         threads=0 if on_gpu else _threads(model, torch.intra_op_threads),
         compile_mode=torch.torch_compile,
         relevance=(relevance[0], relevance[1]) if relevance else None,
+        shared_prefix=torch.shared_prefix,
     )
     return runner, torch
 
