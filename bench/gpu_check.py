@@ -737,14 +737,14 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
             del cross_encoder
             if scale.device == "gpu":
                 torch.cuda.empty_cache()
-    if sampler is not None:
-        report["gpu_memory_peak_mib"] = sampler.peak_mib
-        report["gpu_memory_baseline_mib"] = sampler.baseline_mib
         if client is not None and CAUSAL in checkpoints:
             with results.step(f"{CAUSAL}: shared prompt"):
                 results.rows += causal_rows(
                     client, checkpoints[CAUSAL], all_documents[: scale.causal_documents], scale
                 )
+    if sampler is not None:
+        report["gpu_memory_peak_mib"] = sampler.peak_mib
+        report["gpu_memory_baseline_mib"] = sampler.baseline_mib
     first = scale.shapes[0].name
     if first in checkpoints:
         with results.step("compile"):

@@ -57,6 +57,8 @@ def served_memory(
         for name in names[:count]:
             for part in (name, f"{name}__tokenizer", f"{name}__encoder"):
                 link = repository / part
+                if link.is_symlink() and not link.exists():
+                    link.unlink()  # left by an earlier run whose models moved
                 if not link.exists():
                     link.symlink_to(built / part, target_is_directory=True)
         server = start_bench_server(repository, workdir / f"memory-server-{count}", names[0])

@@ -262,7 +262,9 @@ def targets(
             "target": name,
             "measured": value,
             "goal": f"{relation} {goal}",
-            "met": value is not None and (value >= goal if relation == ">=" else value <= goal),
+            "met": None
+            if reason
+            else value is not None and (value >= goal if relation == ">=" else value <= goal),
             "not_applicable": reason,
         }
         for name, value, relation, goal, reason in checks

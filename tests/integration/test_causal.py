@@ -140,7 +140,7 @@ async def test_calls_with_different_queries_merged_into_one_batch_score_exactly(
         f"{causal_server.triton_http_url}/v2/models/{model}__encoder/config", timeout=10
     ).json()
     shared = config["parameters"].get("shared_prefix", {}).get("string_value")
-    assert shared == ("true" if not model.endswith("-torch") else None)
+    assert shared == "true"
     calls = [
         ("what is a reranker", [d for _, d in PAIRS[:6]]),
         ("how long is the river nile", [d for _, d in PAIRS[6:11]]),

@@ -54,7 +54,23 @@ def test_cgroup_quota_v2_and_v1(tmp_path: Path, files: dict[str, str], limit: fl
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert cgroup_cpu_limit(tmp_path) == limit
+    assert cgroup_cpu_limit(tmp_path, tmp_path / "no-membership") == limit
+
+
+def test_the_tightest_quota_on_the_way_up_from_the_process_cgroup_counts(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    for directory, text in (("", "max 100000"), ("pod", "300000 100000"), ("pod/app", "max")):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+        (root / directory / "cpu.max").write_text(text + "\n")
+    (tmp_path / "sibling").mkdir()
+    (tmp_path / "sibling" / "cpu.max").write_text("100000 100000\n")  # outside: not counted
+    membership = tmp_path / "self-cgroup"
+    membership.write_text("0::/pod/app\n")
+    assert cgroup_cpu_limit(root, membership) == 3.0
+    (root / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(root, membership) == 1.5
+    (root / "pod" / "cpu.max").write_text("100000 0\n")  # a zero period is no limit
+    assert cgroup_cpu_limit(root, membership) == 1.5
 
 
 def test_instances_count_every_instance_group(tmp_path: Path) -> None:

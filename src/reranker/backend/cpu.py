@@ -45,20 +45,46 @@ def bf16_hint(flags: Iterable[str], fp32_models: Iterable[str]) -> str | None:
     )
 
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """The CPUs this process's cgroup may use (its CFS quota over its period), or None when
-    unlimited or unreadable: cgroup v2's ``cpu.max``, else v1's ``cpu.cfs_quota_us``."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
+def cgroup_cpu_limit(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """The CPUs this process's cgroup may use (the tightest CFS quota over its period on the
+    way from its own cgroup up to the root), or None when unlimited or unreadable: cgroup
+    v2's ``cpu.max``, else v1's ``cpu.cfs_quota_us``."""
+    limits = [
+        limit
+        for directory in _cgroup_v2_directories(root, membership)
+        if (limit := _quota(directory / "cpu.max")) is not None
+    ]
+    if limits:
+        return min(limits)
     try:
         quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
         period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError):
         return None
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def _cgroup_v2_directories(root: Path, membership: Path) -> list[Path]:
+    """This process's cgroup v2 directory and its ancestors up to ``root`` (only ``root``
+    where the membership file names none, as inside a container's own namespace)."""
+    own = root
+    try:
+        for line in membership.read_text().splitlines():
+            if line.startswith("0::"):
+                own = root / line[3:].strip().lstrip("/")
+    except OSError:
+        pass
+    return [own, *[parent for parent in own.parents if root in (parent, *parent.parents)]]
+
+
+def _quota(path: Path) -> float | None:
+    try:
+        quota, period = path.read_text().split()[:2]
+        return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
 
 
 def available_cores(affinity: int | None = None, quota: float | None = None) -> int:

@@ -36,8 +36,10 @@ def _common_prefix(ids: np.ndarray) -> int:
 def _group(rows: list[int], ids: np.ndarray, lengths: np.ndarray) -> PrefixGroup:
     members = np.asarray(sorted(rows))
     width = int(lengths[members].max())
-    # A run leaves the prefix one column at least, padded where every row ends inside it.
-    return PrefixGroup(members, min(_common_prefix(ids[members, :width]), max(width - 1, 1)))
+    # A run leaves the prefix one column at least, padded where every row ends inside it;
+    # the graph needs one prefix token at least.
+    common = _common_prefix(ids[members, : max(width, 1)])
+    return PrefixGroup(members, max(1, min(common, width - 1)))
 
 
 def prefix_groups(ids: np.ndarray, mask: np.ndarray) -> list[PrefixGroup]:
