@@ -5,11 +5,13 @@ scores are the same as running every row whole."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reranker.backend.prefix import MIN_SHARED_PREFIX
+from reranker.backend.prefix import MIN_SHARED_PREFIX, SharedPrefixGraph
+from reranker.backend.runtimes import OnnxRuntimeRunner
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.backend.torch_runtime import TorchRunner
 from reranker.build.builder import BuildOptions, build
@@ -24,10 +26,24 @@ INSTRUCTION = "Given a web search query, retrieve relevant passages that answer 
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[TorchRunner, PairTokenizer]:
-    root = tmp_path_factory.mktemp("prefix")
-    source = qwen3_reranker(root / "qwen3", layers=2)
-    model = build(str(source), BuildOptions(name="q", runtime=EncoderRuntime.TORCH), root / "r")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return qwen3_reranker(tmp_path_factory.mktemp("prefix") / "qwen3", layers=2)
+
+
+@pytest.fixture(scope="module")
+def graph(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> SharedPrefixGraph:
+    """The ONNX graph the builder exports for CPU, run as the encoder runs it."""
+    root = tmp_path_factory.mktemp("graph")
+    build(str(checkpoint), BuildOptions(name="g"), root)
+    return SharedPrefixGraph(OnnxRuntimeRunner(root / "g__encoder" / "1" / "model.onnx", 0))
+
+
+@pytest.fixture(scope="module")
+def served(
+    checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TorchRunner, PairTokenizer]:
+    root = tmp_path_factory.mktemp("served")
+    model = build(str(checkpoint), BuildOptions(name="q", runtime=EncoderRuntime.TORCH), root / "r")
     version = root / "r" / "q__tokenizer" / "1"
     prompt = PromptTemplate.from_json(json.loads((version / "prompt.json").read_text()))
     config = PairTokenizerConfig(model.max_length, PairMode.PROMPT, 1 << 16, prompt=prompt)
@@ -96,23 +112,58 @@ def test_calls_that_meet_in_one_batch_share_the_system_prompt_and_stay_exact(
     assert np.abs(runner.run(feeds) - _whole(runner, feeds)).max() <= 1e-5
 
 
-def test_rows_group_by_the_prompt_they_begin_with_and_a_lone_row_runs_whole(
-    served: tuple[TorchRunner, PairTokenizer],
-) -> None:
-    """Prompts with nothing in common (as a template-less causal LM's, which begin with the
-    query): each prompt's rows form a group, a row alone in its prompt runs whole."""
-    runner, _ = served
+def _batch(prompts: list[int], calls: list[int], rests: list[int]) -> dict[str, np.ndarray]:
+    """Right-padded rows of random tokens: prompt ``calls[i]`` (of ``prompts`` lengths), then
+    ``rests[i]`` tokens of the row's own."""
     generator = np.random.default_rng(0)
-    prompts = [generator.integers(10, 500, size=n) for n in (24, 40, 30)]
-    calls = [0, 1, 0, 1, 0, 2, 1]
-    rests = [generator.integers(10, 500, size=n) for n in (5, 9, 13, 2, 20, 7, 11)]
-    rows = [np.concatenate([prompts[call], rest]) for call, rest in zip(calls, rests, strict=True)]
+    starts = [generator.integers(10, 500, size=n) for n in prompts]
+    rows = [
+        np.concatenate([starts[call], generator.integers(10, 500, size=rest)])
+        for call, rest in zip(calls, rests, strict=True)
+    ]
     width = max(len(row) for row in rows)
     ids = np.zeros((len(rows), width), dtype=np.int64)
     mask = np.zeros_like(ids)
     for i, row in enumerate(rows):
         ids[i, : len(row)], mask[i, : len(row)] = row, 1
-    feeds = {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# Three prompts with nothing in common (as a template-less causal LM's, which begin with
+# the query), the third with one row.
+PROMPTS = [24, 40, 30]
+CALLS = [0, 1, 0, 1, 0, 2, 1]
+RESTS = [5, 9, 13, 2, 20, 7, 11]
+
+
+def test_rows_group_by_the_prompt_they_begin_with_and_a_lone_row_runs_whole(
+    served: tuple[TorchRunner, PairTokenizer],
+) -> None:
+    runner, _ = served
+    feeds = _batch(PROMPTS, CALLS, RESTS)
     groups = {tuple(g.rows.tolist()): g.prefix for g in runner._prefix_groups(feeds)}
     assert groups == {(0, 2, 4): 24, (1, 3, 6): 40, (5,): 0}
     assert np.abs(runner.run(feeds) - _whole(runner, feeds)).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("prompts", "calls", "rests"),
+    [
+        (PROMPTS, CALLS, RESTS),
+        # Short prompts (a 5-token query) shared by nobody past them: every row runs whole,
+        # in one pass, each row its own prefix, shorter rows ending inside theirs.
+        ([5, 3, 6], [0, 1, 2, 0, 1], [40, 7, 1, 12, 30]),
+        # Rows of one token after a one-token prompt: the pass pads a column.
+        ([1], [0, 0], [0, 0]),
+    ],
+)
+def test_the_exported_graph_scores_groups_and_whole_rows_as_the_checkpoint_does(
+    served: tuple[TorchRunner, PairTokenizer],
+    graph: SharedPrefixGraph,
+    prompts: list[int],
+    calls: list[int],
+    rests: list[int],
+) -> None:
+    runner, _ = served
+    feeds = _batch(prompts, calls, rests)
+    assert np.abs(graph.run(feeds) - _whole(runner, feeds)).max() <= 1e-5

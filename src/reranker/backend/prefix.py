@@ -21,7 +21,7 @@ MIN_SHARED_PREFIX = 16
 @dataclass(frozen=True)
 class PrefixGroup:
     """Rows of a batch (their indices, ascending) that begin with the same ``prefix`` tokens
-    and leave at least one column after it."""
+    and leave at least one column after it; ``prefix`` 0: rows that run whole."""
 
     rows: np.ndarray
     prefix: int
@@ -33,36 +33,28 @@ def _common_prefix(ids: np.ndarray) -> int:
     return int(differs[0]) if differs.size else ids.shape[1]
 
 
-def _group(rows: list[int], ids: np.ndarray, lengths: np.ndarray) -> PrefixGroup:
-    members = np.asarray(sorted(rows))
-    width = int(lengths[members].max())
-    # A run leaves the prefix one column at least, padded where every row ends inside it;
-    # the graph needs one prefix token at least.
-    common = _common_prefix(ids[members, : max(width, 1)])
-    return PrefixGroup(members, max(1, min(common, width - 1)))
-
-
 def prefix_groups(ids: np.ndarray, mask: np.ndarray) -> list[PrefixGroup]:
     """The batch's rows (right-padded) as groups that each run in one pass. Rows that begin
-    with the same ``MIN_SHARED_PREFIX`` tokens form a group: one call's rows, or several
-    calls' behind a long system text. The others group by their first token, so a template-
-    less model's rows (which begin with the query) still share what they can; each group's
-    prefix stops short of its longest row. A row may end inside its group's prefix: causal
-    attention makes its last token's state the same as when it runs alone."""
+    with the same ``MIN_SHARED_PREFIX`` tokens form a group behind their common prefix (one
+    call's rows, or several calls' behind a long system text they share), which stops short
+    of the group's longest row. The others form one group of rows that run whole (prefix 0):
+    a row alone in its prompt, or a template-less model's rows behind a short query."""
     lengths = mask.sum(axis=1)
     by_start: dict[bytes, list[int]] = {}
     for row in range(ids.shape[0]):
         by_start.setdefault(ids[row, :MIN_SHARED_PREFIX].tobytes(), []).append(row)
     groups: list[PrefixGroup] = []
-    by_first: dict[int, list[int]] = {}
+    whole: list[int] = []
     for members in by_start.values():
-        group = _group(members, ids, lengths)
-        if len(members) > 1 and group.prefix >= MIN_SHARED_PREFIX:
-            groups.append(group)
+        rows = np.asarray(members)
+        width = int(lengths[rows].max())
+        prefix = min(_common_prefix(ids[rows, :width]), width - 1)
+        if len(members) > 1 and prefix >= MIN_SHARED_PREFIX:
+            groups.append(PrefixGroup(rows, prefix))
         else:
-            for row in members:
-                by_first.setdefault(int(ids[row, 0]), []).append(row)
-    groups += [_group(members, ids, lengths) for members in by_first.values()]
+            whole += members
+    if whole:
+        groups.append(PrefixGroup(np.asarray(sorted(whole)), 0))
     return sorted(groups, key=lambda group: int(group.rows[0]))
 
 
@@ -77,30 +69,25 @@ def run_groups(
     lengths = feeds["attention_mask"].sum(axis=1)
     scores = np.empty(feeds["attention_mask"].shape[0], dtype=np.float32)
     for group in groups:
-        width = max(int(lengths[group.rows].max()), group.prefix + 1)
-        cut = {name: _columns(values[group.rows], width) for name, values in feeds.items()}
+        width = int(lengths[group.rows].max())
+        cut = {name: values[group.rows, :width] for name, values in feeds.items()}
         scores[group.rows] = run(cut, group.prefix)
     return scores
 
 
-def _columns(values: np.ndarray, width: int) -> np.ndarray:
-    """``values`` with exactly ``width`` columns: cut, or padded with zeros (masked out)."""
-    if values.shape[1] >= width:
-        return values[:, :width]
-    padded = np.zeros((values.shape[0], width), dtype=values.dtype)
-    padded[:, : values.shape[1]] = values
-    return padded
-
-
 def split_prefix(feeds: Mapping[str, np.ndarray], prefix: int) -> dict[str, np.ndarray]:
-    """The feeds of a graph that takes the prefix apart: ``prefix_ids`` ``[1, prefix]``,
-    each row's ``input_ids`` after it, and the whole rows' ``attention_mask``."""
-    ids = feeds["input_ids"]
-    return {
-        PREFIX_IDS: ids[:1, :prefix],
-        "input_ids": ids[:, prefix:],
-        "attention_mask": feeds["attention_mask"],
-    }
+    """The feeds of the graph that takes the prefix apart: ``prefix_ids`` ``[1, prefix]``,
+    each row's ``input_ids`` after it, and the whole rows' ``attention_mask``. ``prefix`` 0
+    runs the rows whole: each row is its own prefix (``[rows, width - 1]``) and its last
+    column the rest, a row shorter than the widest ending inside its prefix."""
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    if prefix:
+        return {PREFIX_IDS: ids[:1, :prefix], "input_ids": ids[:, prefix:], "attention_mask": mask}
+    if ids.shape[1] < 2:  # padding after it: the graph needs a column of each at least
+        short = ((0, 0), (0, 2 - ids.shape[1]))
+        ids, mask = np.pad(ids, short), np.pad(mask, short)
+    last = ids.shape[1] - 1
+    return {PREFIX_IDS: ids[:, :last], "input_ids": ids[:, last:], "attention_mask": mask}
 
 
 class SharedPrefixGraph:

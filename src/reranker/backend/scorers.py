@@ -103,17 +103,19 @@ def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
         def after_prefix(
             self, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
         ) -> torch.Tensor:
-            """The scores of rows that begin with ``prefix_ids`` (``[1, prefix]``) and go on
-            with ``input_ids``; ``attention_mask`` covers the whole rows. The prefix runs
-            once, and each row's rest attends to its keys and values at the positions it has
-            in the whole row. A row may end inside the prefix: under causal attention its
-            last token's state is the prefix's state there."""
+            """The scores of rows that begin with ``prefix_ids`` (``[1, prefix]``: the prefix
+            they share, run once; or ``[rows, prefix]``: each row's own) and go on with
+            ``input_ids``; ``attention_mask`` covers the whole rows. Each row's rest attends
+            to the prefix's keys and values at the positions it has in the whole row. A row
+            may end inside the prefix: under causal attention its last token's state is the
+            prefix's state there, and what follows it (padding) is never read."""
             rows, prefix = input_ids.shape[0], prefix_ids.shape[1]
             head = self.body(
                 input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True
             )
             cache = head.past_key_values
-            # A view, not copies: the rest's pass appends its own keys and values to it.
+            # A view, not copies (nothing to expand for rows' own prefixes): the rest's pass
+            # appends its own keys and values to it.
             for layer in cache.layers:
                 layer.keys = layer.keys.expand(rows, -1, -1, -1)
                 layer.values = layer.values.expand(rows, -1, -1, -1)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reranker.backend.prefix import MIN_SHARED_PREFIX, PrefixGroup, prefix_groups, run_groups
+from reranker.backend.prefix import PrefixGroup, prefix_groups, run_groups
 from reranker.backend.scorers import PairCosineScorer, relevance_scorer
 from reranker.contract.model import Precision
 from reranker.contract.parameters import TorchCompile
@@ -109,21 +109,12 @@ class TorchRunner:
         self._warm_up()
 
     def _prefix_groups(self, feeds: Mapping[str, np.ndarray]) -> list[PrefixGroup]:
-        """The batch's rows as groups that each run in one pass: rows behind a prefix worth
-        running once (``prefix.MIN_SHARED_PREFIX`` tokens), and one group of the rest that
-        run whole (prefix 0)."""
+        """The batch's rows as groups that each run in one pass (``prefix.prefix_groups``);
+        one group of whole rows where the scorer cannot share a prefix."""
         rows = feeds["input_ids"].shape[0]
         if self._prefixed is None or rows < 2:
             return [PrefixGroup(np.arange(rows), 0)]
-        groups = prefix_groups(feeds["input_ids"], feeds["attention_mask"])
-        shared: list[PrefixGroup] = []
-        whole: list[int] = []
-        for group in groups:
-            if len(group.rows) > 1 and group.prefix >= MIN_SHARED_PREFIX:
-                shared.append(group)
-            else:
-                whole += group.rows.tolist()
-        return shared + ([PrefixGroup(np.asarray(sorted(whole)), 0)] if whole else [])
+        return prefix_groups(feeds["input_ids"], feeds["attention_mask"])
 
     def _warm_up(self) -> None:
         """One small forward at load: a CUDA setup that cannot run the model (a runtime the

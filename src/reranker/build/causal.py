@@ -270,7 +270,7 @@ def export_after_prefix(scorer: Any, batch: dict[str, Any], path: Path) -> None:
     run_groups(batch, prefix_groups(batch["input_ids"], batch["attention_mask"])[:1], keep)
     inputs = {name: torch.from_numpy(values) for name, values in traced["feeds"].items()}
     axes = {
-        PREFIX_IDS: {1: "prefix"},
+        PREFIX_IDS: {0: "prefix_rows", 1: "prefix"},
         "input_ids": {0: "batch", 1: "rest"},
         "attention_mask": {0: "batch", 1: "sequence"},
     }
@@ -279,13 +279,21 @@ def export_after_prefix(scorer: Any, batch: dict[str, Any], path: Path) -> None:
 
 def max_after_prefix_error(path: Path, reference: Any, batch: dict[str, Any]) -> float:
     """Largest difference between the checkpoint's whole-row scores and the graph's on
-    ``batch``, run as the encoder runs it: each prefix group of the batch apart."""
+    ``batch``, run as the encoder runs it (each prefix group of the batch apart) and with
+    every row whole (each its own prefix)."""
     import torch
 
-    from reranker.backend.prefix import SharedPrefixGraph
+    from reranker.backend.prefix import PrefixGroup, SharedPrefixGraph, run_groups, split_prefix
     from reranker.backend.runtimes import OnnxRuntimeRunner
 
-    scores = SharedPrefixGraph(OnnxRuntimeRunner(path, 0)).run(batch)
+    session = OnnxRuntimeRunner(path, 0)
+    grouped = SharedPrefixGraph(session).run(batch)
+    rows = PrefixGroup(np.arange(len(batch["input_ids"])), 0)
+    whole = run_groups(
+        {name: batch[name] for name in ("input_ids", "attention_mask")},
+        [rows],
+        lambda cut, prefix: session.run(split_prefix(cut, prefix)),
+    )
     feeds = {name: torch.from_numpy(batch[name]) for name in ("input_ids", "attention_mask")}
     expected = reference(feeds).numpy().reshape(-1)
-    return float(np.abs(scores - expected).max())
+    return float(max(np.abs(grouped - expected).max(), np.abs(whole - expected).max()))
