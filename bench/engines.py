@@ -301,10 +301,8 @@ def engines(
         call = partial(http.rank, documents)
         cases.append(Case("this server HTTP /v2/rerank", model, name, 4, call, n, partner=grpc))
         for dtype, peer in infinity.items():
-            levels = [4]
             label = "infinity" + ("" if dtype == "float32" else " bf16")
-            for level in levels:
-                cases.append(Case(label, model, name, level, partial(peer.rank, documents), n))
+            cases.append(Case(label, model, name, 4, partial(peer.rank, documents), n))
     return cases
 
 

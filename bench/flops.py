@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,17 @@ def deberta_flops(length: float, hidden: int, layers: int, intermediate: int) ->
 
 def _gemm_rates(square: Any, size: int, repeats: int) -> tuple[float, float]:
     """Median and best GFLOP/s of ``square @ square`` (``size`` x ``size``)."""
-    square @ square  # warm-up
+    return _rates(lambda: square @ square, size, repeats)
+
+
+def _rates(product: Callable[[], object], size: int, repeats: int) -> tuple[float, float]:
+    """Median and best rate (billions of operations a second) of ``product``, one product
+    of two ``size`` x ``size`` matrices, after a warm-up."""
+    product()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        square @ square
+        product()
         rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates), max(rates)
 
@@ -57,13 +64,7 @@ def int8_gemm_gops(size: int = 2048, repeats: int = 10) -> tuple[float, float]:
     import torch
 
     square = torch.randint(-128, 128, (size, size), dtype=torch.int8)
-    torch._int_mm(square, square)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch._int_mm(square, square)
-        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-    ours = statistics.median(rates), max(rates)
+    ours = _rates(lambda: torch._int_mm(square, square), size, repeats)
     return max(ours, _onnxruntime_rates("MatMulInteger", size, repeats))
 
 
@@ -91,10 +92,4 @@ def _onnxruntime_rates(op: str, size: int, repeats: int) -> tuple[float, float]:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    session.run(None, {"left": left})  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"left": left})
-        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates), max(rates)
+    return _rates(lambda: session.run(None, {"left": left}), size, repeats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engines import WHOLE_ROWS, in_process_label
 from harness import Result
@@ -73,6 +73,26 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+class Check(NamedTuple):
+    name: str
+    measured: float | None
+    relation: str  # ">=" or "<="
+    goal: float
+    # Why the target does not apply to this CPU; "" where it does.
+    not_applicable: str = ""
+
+    def verdict(self) -> dict[str, Any]:
+        value, goal = self.measured, self.goal
+        met = value is not None and (value >= goal if self.relation == ">=" else value <= goal)
+        return {
+            "target": self.name,
+            "measured": value,
+            "goal": f"{self.relation} {goal}",
+            "met": None if self.not_applicable else met,
+            "not_applicable": self.not_applicable,
+        }
+
+
 def targets(
     results: Sequence[Result], machine: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -97,8 +117,8 @@ def targets(
 
     server, int8 = find("this server", 4), find("this server int8", 4)
     server_c1, deberta = find("this server", 1), find("this server", 1, "deberta")
-    # name, measured, relation, goal, and why it does not apply to this CPU ("" if it does)
-    checks: list[tuple[str, float | None, str, float, str]] = []
+    # Check's fields, the last one only where it does not apply to this CPU.
+    checks: list[tuple[Any, ...]] = []
 
     def throughput(ours: Result | None, theirs: Result | None) -> float | None:
         return ours.pairs_per_s / theirs.pairs_per_s if ours and theirs else None
@@ -123,40 +143,36 @@ def targets(
         else None
     )
     checks += [
-        ("fp32 c=4 / ORT sorted, every round", min(rounds) if rounds else None, ">=", 1.0, ""),
-        ("fp32 c=4 / ORT sorted", throughput(server, ort_sorted), ">=", 1.1, ""),
-        ("fp32 c=1 vs c=4, slower / faster", steady, ">=", 0.9, ""),
-        ("fp32 c=4 / ORT naive", throughput(server, find("onnxruntime naive")), ">=", 1.0, ""),
-        ("fp32 c=4 / CrossEncoder", throughput(server, find("CrossEncoder.rank")), ">=", 1.15, ""),
-        ("fp32 c=4 / Infinity c=4", throughput(server, find("infinity", 4)), ">=", 1.15, ""),
-        ("HTTP /v2/rerank c=4 / gRPC c=4, paired", paired(http, server), ">=", 0.95, ""),
+        ("fp32 c=4 / ORT sorted, every round", min(rounds) if rounds else None, ">=", 1.0),
+        ("fp32 c=4 / ORT sorted", throughput(server, ort_sorted), ">=", 1.1),
+        ("fp32 c=1 vs c=4, slower / faster", steady, ">=", 0.9),
+        ("fp32 c=4 / ORT naive", throughput(server, find("onnxruntime naive")), ">=", 1.0),
+        ("fp32 c=4 / CrossEncoder", throughput(server, find("CrossEncoder.rank")), ">=", 1.15),
+        ("fp32 c=4 / Infinity c=4", throughput(server, find("infinity", 4)), ">=", 1.15),
+        ("HTTP /v2/rerank c=4 / gRPC c=4, paired", paired(http, server), ">=", 0.95),
         (
             "int8 c=4 / CrossEncoder fp32",
             throughput(int8, find("CrossEncoder.rank")),
             ">=",
             2.2,
-            "",
         ),
         (
             "int8 c=4 / ORT int8 sorted",
             throughput(int8, find("onnxruntime sorted int8")),
             ">=",
             0.95,
-            "",
         ),
         (
             "int8 c=4, fraction of int8 GEMM bound",
             int8.flop_fraction if int8 else None,
             ">=",
             0.6,
-            "",
         ),
     ]
-    sorted_c1 = find("onnxruntime sorted")
-    latency = server_c1.p50_ms / sorted_c1.p50_ms if server_c1 and sorted_c1 else None
-    checks.append(("p50 c=1 / ORT sorted p50", latency, "<=", 1.15, ""))
+    latency = server_c1.p50_ms / ort_sorted.p50_ms if server_c1 and ort_sorted else None
+    checks.append(("p50 c=1 / ORT sorted p50", latency, "<=", 1.15))
     fraction = deberta.flop_fraction if deberta else None
-    checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70, ""))
+    checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70))
     bf16 = find("this server bf16", 4)
     no_amx = "" if "amx_bf16" in features else "needs AMX (amx_bf16), which this CPU lacks"
     no_bf16 = (
@@ -214,22 +230,20 @@ def targets(
         shared_gain / causal.ideal_ratio if causal and causal.ideal_ratio and shared_gain else None
     )
     checks += [
-        ("causal LM c=4 / ORT sorted", throughput(causal, sorted_in_process), ">=", 1.25, ""),
-        ("causal LM c=4 / rows whole, paired", shared_gain, ">=", 1.3, ""),
-        ("causal LM c=4: fraction of the ideal", of_ideal, ">=", 0.8, ""),
+        ("causal LM c=4 / ORT sorted", throughput(causal, sorted_in_process), ">=", 1.25),
+        ("causal LM c=4 / rows whole, paired", shared_gain, ">=", 1.3),
+        ("causal LM c=4: fraction of the ideal", of_ideal, ">=", 0.8),
         (
             "causal LM c=4 / CrossEncoder",
             throughput(causal, find("CrossEncoder.rank", 1, "qwen3", "a")),
             ">=",
             1.15,
-            "",
         ),
         (
             "causal LM short prompt / rows whole, paired",
             paired(short, find(WHOLE_ROWS, 4, "qwen3-plain", "a")),
             ">=",
             0.95,
-            "",
         ),
     ]
     for precision, suffix in (("fp32", ""), ("bf16", " bf16")):
@@ -243,7 +257,6 @@ def targets(
                 ),
                 ">=",
                 0.9,
-                "",
             )
         )
     memory = [row for row in machine.get("memory", []) if row.get("models") == 4]
@@ -254,21 +267,9 @@ def targets(
                 memory[0][kind] if memory else None,
                 "<=",
                 180,
-                "",
             )
         )
-    return [
-        {
-            "target": name,
-            "measured": value,
-            "goal": f"{relation} {goal}",
-            "met": None
-            if reason
-            else value is not None and (value >= goal if relation == ">=" else value <= goal),
-            "not_applicable": reason,
-        }
-        for name, value, relation, goal, reason in checks
-    ]
+    return [Check(*check).verdict() for check in checks]
 
 
 def target_lines(checks: Sequence[dict[str, Any]]) -> str:

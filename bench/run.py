@@ -146,14 +146,14 @@ def main() -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
-    bf16 = has_native_bf16(cpu_flags())
+    flags = cpu_flags()
+    bf16 = has_native_bf16(flags)
     repository = build_models(
         args.workdir, deberta=not args.no_deberta, bf16=bf16, causal=not args.no_causal
     )
     models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
     results: list[Result] = []
     lengths: dict[str, dict[str, float]] = {}
-    flags = cpu_flags()
     cpu = {"model": _cpu_model(), "features": sorted(flags & MATRIX_FEATURES)}
     print(f"CPU: {cpu['model']}; matrix features: {', '.join(cpu['features']) or 'none'}")
     gemm = [gemm_peak_gflops()]

@@ -27,7 +27,7 @@ class PrefixGroup:
     prefix: int
 
 
-def _common_prefix(ids: np.ndarray) -> int:
+def common_prefix(ids: np.ndarray) -> int:
     """How many leading tokens every row of ``ids`` has in common."""
     differs = np.flatnonzero((ids != ids[:1]).any(axis=0))
     return int(differs[0]) if differs.size else ids.shape[1]
@@ -48,7 +48,7 @@ def prefix_groups(ids: np.ndarray, mask: np.ndarray) -> list[PrefixGroup]:
     for members in by_start.values():
         rows = np.asarray(members)
         width = int(lengths[rows].max())
-        prefix = min(_common_prefix(ids[rows, :width]), width - 1)
+        prefix = min(common_prefix(ids[rows, :width]), width - 1)
         if len(members) > 1 and prefix >= MIN_SHARED_PREFIX:
             groups.append(PrefixGroup(rows, prefix))
         else:
@@ -65,9 +65,12 @@ def run_groups(
 ) -> np.ndarray:
     """One score per row of ``feeds``: ``run(group_feeds, prefix)`` for each group, on its
     rows cut to its longest row (right padding beyond it changes no score), scattered back
-    into the batch's order."""
+    into the batch's order. One group of every row (most batches) runs on ``feeds`` as given."""
+    rows = feeds["input_ids"].shape[0]
+    if len(groups) == 1 and len(groups[0].rows) == rows:
+        return run(feeds, groups[0].prefix)
     lengths = feeds["attention_mask"].sum(axis=1)
-    scores = np.empty(feeds["attention_mask"].shape[0], dtype=np.float32)
+    scores = np.empty(rows, dtype=np.float32)
     for group in groups:
         width = int(lengths[group.rows].max())
         cut = {name: values[group.rows, :width] for name, values in feeds.items()}

@@ -94,12 +94,6 @@ def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
             ).last_hidden_state
             return self._score(hidden, attention_mask.sum(dim=1) - 1)
 
-        def shared_prefix(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int
-        ) -> torch.Tensor:
-            """The same scores, when every row starts with the same ``prefix`` tokens."""
-            return self.after_prefix(input_ids[:1, :prefix], input_ids[:, prefix:], attention_mask)
-
         def after_prefix(
             self, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
         ) -> torch.Tensor:

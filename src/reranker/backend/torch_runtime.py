@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reranker.backend.prefix import PrefixGroup, prefix_groups, run_groups
+from reranker.backend.prefix import PrefixGroup, prefix_groups, run_groups, split_prefix
 from reranker.backend.scorers import PairCosineScorer, relevance_scorer
 from reranker.contract.model import Precision
 from reranker.contract.parameters import TorchCompile
@@ -95,8 +95,8 @@ class TorchRunner:
             self._device
         )
         # A causal LM scores rows that begin with one prompt: that prefix can run once.
-        self._prefixed: Callable[..., torch.Tensor] | None = (
-            getattr(scorer, "shared_prefix", None) if shared_prefix else None
+        self._after_prefix: Callable[..., torch.Tensor] | None = (
+            getattr(scorer, "after_prefix", None) if shared_prefix else None
         )
         self._forward = (
             scorer
@@ -112,7 +112,7 @@ class TorchRunner:
         """The batch's rows as groups that each run in one pass (``prefix.prefix_groups``);
         one group of whole rows where the scorer cannot share a prefix."""
         rows = feeds["input_ids"].shape[0]
-        if self._prefixed is None or rows < 2:
+        if self._after_prefix is None or rows < 2:
             return [PrefixGroup(np.arange(rows), 0)]
         return prefix_groups(feeds["input_ids"], feeds["attention_mask"])
 
@@ -143,21 +143,19 @@ class TorchRunner:
         return view
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        groups = self._prefix_groups(feeds)
-        if len(groups) == 1 and groups[0].prefix == 0:
-            return self._run_group(feeds, 0)
-        return run_groups({name: feeds[name] for name in self._inputs}, groups, self._run_group)
+        inputs = {name: feeds[name] for name in self._inputs}
+        return run_groups(inputs, self._prefix_groups(feeds), self._run_group)
 
     def _run_group(self, feeds: Mapping[str, np.ndarray], prefix: int) -> np.ndarray:
+        score: Callable[..., torch.Tensor] = self._forward
+        if prefix and self._after_prefix is not None:
+            feeds, score = split_prefix(feeds, prefix), self._after_prefix
         with torch.inference_mode():
             tensors = {
-                name: self._host(name, feeds[name], torch.int64).to(self._device, non_blocking=True)
-                for name in self._inputs
+                name: self._host(name, values, torch.int64).to(self._device, non_blocking=True)
+                for name, values in feeds.items()
             }
-            if prefix and self._prefixed is not None:
-                scores = self._prefixed(**tensors, prefix=prefix)
-            else:
-                scores = self._forward(**tensors)
+            scores = score(**tensors)
             scores = scores.reshape(-1).float()
             if not self._pinned:
                 return scores.numpy().copy()

@@ -227,12 +227,7 @@ def build_causal_lm(
             batch = prefix_sample(pairs)
             with step(f"exporting {name} (last-token relevance, shared prefix) to ONNX"):
                 export_after_prefix(scorer, batch, graph)
-            # Checked as traced, and on batches of other shapes run as the encoder runs them
-            # and whole: what the trace fixed shows there.
-            errors = [
-                max_after_prefix_error(graph, reference, b) for b in (batch, sample_batch(pairs))
-            ]
-            check_export(max([traced_error(graph, reference, batch), *errors]))
+            check_export(max_after_prefix_error(graph, reference, batch, sample_batch(pairs)))
         else:
             batch = sample_batch(pairs)
             feeds = {name: torch.from_numpy(batch[name]) for name in model.token_inputs}
@@ -276,43 +271,36 @@ def export_after_prefix(scorer: Any, batch: dict[str, Any], path: Path) -> None:
 
 def _first_query_behind_its_prefix(batch: dict[str, Any]) -> dict[str, Any]:
     """``prefix_sample``'s first three rows (one query) split after the tokens they share."""
-    from reranker.backend.prefix import split_prefix
+    from reranker.backend.prefix import common_prefix, split_prefix
 
     rows = {name: values[:3] for name, values in batch.items()}
-    ids, width = rows["input_ids"], int(rows["attention_mask"].sum(axis=1).min())
-    shared = next(i for i in range(width) if len({int(t) for t in ids[:, i]}) > 1)
-    return split_prefix(rows, shared)
+    width = int(rows["attention_mask"].sum(axis=1).min())
+    return split_prefix(rows, min(common_prefix(rows["input_ids"][:, :width]), width - 1))
 
 
-def traced_error(path: Path, reference: Any, batch: dict[str, Any]) -> float:
-    """Largest difference between the checkpoint's whole-row scores and the graph's on the
-    rows and split it was traced with."""
+def max_after_prefix_error(
+    path: Path, reference: Any, traced: dict[str, Any], other: dict[str, Any]
+) -> float:
+    """Largest difference between the checkpoint's whole-row scores and the graph's: on the
+    rows and split it was traced with, and on ``traced`` and a batch of ``other`` shapes run
+    as the encoder runs them (each prefix group apart) and with every row whole (each its
+    own prefix): what the trace fixed shows there."""
     import torch
 
-    from reranker.backend.runtimes import OnnxRuntimeRunner
-
-    scores = OnnxRuntimeRunner(path, 0).run(_first_query_behind_its_prefix(batch))
-    rows = {name: torch.from_numpy(batch[name][:3]) for name in ("input_ids", "attention_mask")}
-    return float(np.abs(scores - reference(rows).numpy().reshape(-1)).max())
-
-
-def max_after_prefix_error(path: Path, reference: Any, batch: dict[str, Any]) -> float:
-    """Largest difference between the checkpoint's whole-row scores and the graph's on
-    ``batch``, run as the encoder runs it (each prefix group of the batch apart) and with
-    every row whole (each its own prefix)."""
-    import torch
-
-    from reranker.backend.prefix import PrefixGroup, SharedPrefixGraph, run_groups, split_prefix
+    from reranker.backend.prefix import SharedPrefixGraph, split_prefix
     from reranker.backend.runtimes import OnnxRuntimeRunner
 
     session = OnnxRuntimeRunner(path, 0)
-    grouped = SharedPrefixGraph(session).run(batch)
-    rows = PrefixGroup(np.arange(len(batch["input_ids"])), 0)
-    whole = run_groups(
-        {name: batch[name] for name in ("input_ids", "attention_mask")},
-        [rows],
-        lambda cut, prefix: session.run(split_prefix(cut, prefix)),
-    )
-    feeds = {name: torch.from_numpy(batch[name]) for name in ("input_ids", "attention_mask")}
-    expected = reference(feeds).numpy().reshape(-1)
-    return float(max(np.abs(grouped - expected).max(), np.abs(whole - expected).max()))
+
+    def expected(batch: dict[str, Any]) -> Any:
+        feeds = {name: torch.from_numpy(batch[name]) for name in ("input_ids", "attention_mask")}
+        return reference(feeds).numpy().reshape(-1)
+
+    first = {name: values[:3] for name, values in traced.items()}
+    errors = [np.abs(session.run(_first_query_behind_its_prefix(traced)) - expected(first))]
+    for batch in (traced, other):
+        tokens = {name: batch[name] for name in ("input_ids", "attention_mask")}
+        whole = session.run(split_prefix(tokens, 0))
+        scores = expected(batch)
+        errors += [np.abs(SharedPrefixGraph(session).run(tokens) - scores), np.abs(whole - scores)]
+    return float(max(e.max() for e in errors))

@@ -9,7 +9,7 @@ import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenizers import Tokenizer
 
@@ -50,9 +50,17 @@ def pair_tokenizer(
     return PairTokenizer(Tokenizer.from_str(tokenizer.to_str()), config)
 
 
-def graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
-    """The token tensors an ONNX graph really reads (exporters drop unused ones), and the
-    name of its one output, which must be one score per row: ``[batch, 1]``."""
+class GraphSignature(NamedTuple):
+    # The token tensors the graph really reads (exporters drop unused ones).
+    token_inputs: tuple[str, ...]
+    # Its one output: one score per row, ``[batch, 1]``.
+    output: str
+    # Whether it takes its rows' shared prompt prefix apart (``prefix_ids``).
+    takes_prefix: bool
+
+
+def graph_signature(path: Path) -> GraphSignature:
+    """What an ONNX graph reads and writes, checked to be what this server can feed it."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -66,15 +74,8 @@ def graph_signature(path: Path) -> tuple[tuple[str, ...], str]:
     dims = [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim]
     if len(dims) != 2 or dims[1] != 1:
         raise BuildError(f"{path} outputs {output.name} of shape {dims}; expected [batch, 1]")
-    return tuple(name for name in TOKEN_TENSORS if name in inputs), output.name
-
-
-def takes_prefix(path: Path) -> bool:
-    """Whether an ONNX graph takes its rows' shared prefix apart (``prefix_ids``)."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(i.name == PREFIX_IDS for i in graph.input)
+    tokens = tuple(name for name in TOKEN_TENSORS if name in inputs)
+    return GraphSignature(tokens, output.name, PREFIX_IDS in inputs)
 
 
 def check_precision(options: BuildOptions) -> None:
@@ -114,12 +115,12 @@ def install(
     """Puts an fp32 graph (or its reduced-precision variant, with an accuracy report) and
     the tokenizer into the repository, and writes the configurations. ``published`` is the
     precision of a graph its publisher already reduced: it is served as it is."""
-    token_inputs, graph_output = graph_signature(graph)
+    signature = graph_signature(graph)
     model = replace(
         model,
-        token_inputs=token_inputs,
-        graph_output=graph_output,
-        shared_prefix=takes_prefix(graph),
+        token_inputs=signature.token_inputs,
+        graph_output=signature.output,
+        shared_prefix=signature.takes_prefix,
         precision=published or options.precision,
         device=options.device,
     )

@@ -13,8 +13,9 @@ DOCUMENT = "DOCUMENT"
 SCORE = "SCORE"
 # Token tensors the encoders read; a model uses the subset its graph has.
 TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
-# A causal-LM graph's input of the prompt prefix its rows share, [1, prefix]: its rows'
-# ``input_ids`` then hold what follows it, their ``attention_mask`` the whole rows.
+# A causal-LM graph's input of the prompt prefix: [1, prefix] when its rows share it, or
+# [rows, prefix], each row's own; the rows' ``input_ids`` then hold what follows it, their
+# ``attention_mask`` the whole rows.
 PREFIX_IDS = "prefix_ids"
 
 # Request parameters a rank call's truncation options travel as.
