@@ -72,12 +72,14 @@ models: $(DEFAULT_MODEL)
 $(DEFAULT_MODEL): $(INSTALLED)
 	$(PY) -m reranker build --default --device auto
 
-# torch first and on its own: torch==2.13.0 is the CPU build on this machine's disk, and
-# anything that depends on torch must find it installed rather than pull a CUDA build.
+# torch and torchvision first and on their own, from this machine's disk (a build that also
+# runs on the CPU; no CPU build of torchvision matches torch 2.13): anything that depends on
+# torch must find it installed rather than pull another build. torchvision is what
+# transformers' vision-language processors (Qwen-VL) need to load at all.
 $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml api/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e api -e . -e client
 	touch $@

@@ -77,6 +77,13 @@ class Scale:
     # documents of its calls.
     causal_layers: int = 8
     causal_documents: int = 100
+    # The multimodal row: a vision-language reranker of Qwen3-VL-2B's shape (or a small one)
+    # with these text and vision layers (28 and 24 in the real model), one text query against
+    # this many page-like images of this size (width, height).
+    vision_full_shape: bool = True
+    vision_layers: tuple[int, int] = (4, 4)
+    vision_pages: int = 20
+    vision_page_size: tuple[int, int] = (768, 1024)
 
 
 GPU = Scale(
@@ -109,6 +116,10 @@ DRY_RUN = Scale(
     gemm_size=1024,
     causal_layers=1,
     causal_documents=16,
+    vision_full_shape=False,
+    vision_layers=(1, 1),
+    vision_pages=4,
+    vision_page_size=(160, 200),
 )
 CPU = Scale(
     device="cpu",
@@ -124,6 +135,10 @@ CPU = Scale(
     gemm_size=1024,
     causal_layers=1,
     causal_documents=16,
+    vision_full_shape=False,
+    vision_layers=(1, 1),
+    vision_pages=4,
+    vision_page_size=(160, 200),
 )
 
 
@@ -361,7 +376,15 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
     from reranker.build.builder import BuildOptions, build
     from reranker.build.triton_configs import TritonTuning
     from reranker.contract.model import Device, EncoderRuntime, Precision
-    from tests.checkpoints import QWEN3_0_6B, bert_cross_encoder, qwen3_reranker
+    from tests.checkpoints import (
+        QWEN3_0_6B,
+        QWEN3_VL_2B,
+        QWEN3_VL_PIXELS,
+        QWEN3_VL_SMALL,
+        bert_cross_encoder,
+        qwen3_reranker,
+        qwen3_vl_reranker,
+    )
 
     checkpoints = {}
     for shape in scale.shapes:
@@ -393,9 +416,25 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
         )
         build(str(causal), options, work / "model_repository")
     checkpoints[CAUSAL] = causal
+    vision = qwen3_vl_reranker(
+        work / "checkpoints" / VISION,
+        shape=QWEN3_VL_2B if scale.vision_full_shape else QWEN3_VL_SMALL,
+        layers=scale.vision_layers,
+        pixels=QWEN3_VL_PIXELS,
+    )
+    options = BuildOptions(
+        name=VISION,
+        device=Device(scale.device),
+        runtime=EncoderRuntime.TORCH,
+        precision_chosen=False,
+    )
+    build(str(vision), options, work / "model_repository")
+    checkpoints[VISION] = vision
     return checkpoints
 
 
+# The multimodal row's model.
+VISION = "qwen3-vl"
 # The causal-LM row: its model, and the instruction its calls carry (Qwen3-Reranker's own).
 CAUSAL = "qwen3"
 CAUSAL_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -742,6 +781,9 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
                 results.rows += causal_rows(
                     client, checkpoints[CAUSAL], all_documents[: scale.causal_documents], scale
                 )
+        if client is not None and VISION in checkpoints:
+            with results.step(f"{VISION}: pages"):
+                results.rows += vision_rows(client, checkpoints[VISION], scale)
     if sampler is not None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib
@@ -796,6 +838,38 @@ def causal_rows(client: Any, checkpoint: Path, documents: list[str], scale: Scal
     return rows
 
 
+def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> list[Row]:
+    """A vision-language reranker (Qwen3-VL-2B shape) ranking page-like images against a text
+    query: ``CrossEncoder.rank`` on the same device and precision, and this server at
+    concurrency 1 and 4."""
+    import io
+    from functools import partial
+
+    import torch
+    from harness import Case, interleave
+    from PIL import Image
+    from sentence_transformers import CrossEncoder
+    from vision import page_images
+
+    device = "cuda" if scale.device == "gpu" else "cpu"
+    cross_encoder = CrossEncoder(str(checkpoint), device=device)
+    if scale.device == "gpu":
+        is_module = isinstance(cross_encoder, torch.nn.Module)
+        (cross_encoder if is_module else cross_encoder.model).to(torch.bfloat16)
+    pages = page_images(scale.vision_pages, scale.vision_page_size)
+    images = [Image.open(io.BytesIO(page)).convert("RGB") for page in pages]
+    n = len(pages)
+    served = partial(client.rank, QUERY, pages, model=VISION)
+    cases = [
+        Case(
+            "CrossEncoder.rank", VISION, "pages", 1, partial(cross_encoder.rank, QUERY, images), n
+        ),
+        Case("this server", VISION, "pages", 1, served, n),
+        Case("this server", VISION, "pages", 4, served, n),
+    ]
+    return [_row(result, "pages") for result in interleave(cases, scale.rounds)]
+
+
 def _ranks(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:
     return lambda: cross_encoder.rank(QUERY, documents, batch_size=batch_size)
 
@@ -828,8 +902,21 @@ def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[
                 "met": shared.paired_ratio >= 1.3,
             }
         )
+    pages, reference = (
+        find("this server", VISION, "pages", 4),
+        find("CrossEncoder.rank", VISION, "pages", 1),
+    )
+    if pages and reference:
+        checks.append(
+            {
+                "target": f"{VISION}: pages c=4 / CrossEncoder.rank",
+                "measured": pages.pairs_per_s / reference.pairs_per_s,
+                "goal": ">= 1.2",
+                "met": pages.pairs_per_s >= 1.2 * reference.pairs_per_s,
+            }
+        )
     level = 16 if 16 in scale.concurrency else max(scale.concurrency)
-    for model in sorted({r.model for r in rows if r.case != "causal"}):
+    for model in sorted({r.model for r in rows if r.case not in ("causal", "pages")}):
         ours = find("this server", model, "a", level)
         shipped = find(f"CrossEncoder.rank bs={scale.shipped_batch_size}", model, "a", 1)
         best = max(

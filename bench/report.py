@@ -246,6 +246,17 @@ def targets(
             0.95,
         ),
     ]
+    checks.append(
+        (
+            "multimodal c=4 / CrossEncoder",
+            throughput(
+                find("this server", 4, "qwen3-vl", "pages"),
+                find("CrossEncoder.rank", 1, "qwen3-vl", "pages"),
+            ),
+            ">=",
+            1.2,
+        )
+    )
     for precision, suffix in (("fp32", ""), ("bf16", " bf16")):
         engine = in_process_label(precision)
         checks.append(

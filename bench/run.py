@@ -39,6 +39,7 @@ from harness import Result, interleave
 from memory import served_memory
 from report import plot, show, table, target_lines, targets
 from triton_perf import perf_analyzer
+from vision import VISION_LAYERS, build_vision_model, page_images, time_split, vision_cases
 from workloads import QUERY, WORKLOADS, workload
 
 from tests.launcher import stop_server
@@ -50,6 +51,10 @@ CAUSAL_LAYERS = 4
 # a round of the row runs every case on 4 x 32 pairs, about half a minute here.
 CAUSAL_DOCUMENTS = 32
 CAUSAL_ROUNDS = 3
+# Pages a call of the multimodal row carries, and the row's rounds: a round runs
+# CrossEncoder and the server at c=1 and c=4 on 6 x 20 pages, a minute or two here.
+VISION_PAGES = 20
+VISION_ROUNDS = 2
 # Rounds of every row but MiniLM (a), whose targets hold per round: what keeps the whole
 # benchmark within 20 minutes here.
 SHORT_ROUNDS = 3
@@ -127,6 +132,7 @@ def main() -> int:
     )
     parser.add_argument("--no-long-context", action="store_true")
     parser.add_argument("--no-causal", action="store_true", help="skip the causal-LM row")
+    parser.add_argument("--no-vision", action="store_true", help="skip the multimodal row")
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     args = parser.parse_args()
     if args.show:
@@ -151,6 +157,10 @@ def main() -> int:
     repository = build_models(
         args.workdir, deberta=not args.no_deberta, bf16=bf16, causal=not args.no_causal
     )
+    vision_checkpoint = (
+        None if args.no_vision else build_vision_model(args.workdir / "checkpoints", repository)
+    )
+    vision_split: dict[str, float] = {}
     models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
     results: list[Result] = []
     lengths: dict[str, dict[str, float]] = {}
@@ -252,6 +262,20 @@ def main() -> int:
                 min(args.runs, CAUSAL_ROUNDS),
             )
             del causal_runner
+        if vision_checkpoint is not None:
+            layers = f"text, vision: {VISION_LAYERS[0]}, {VISION_LAYERS[1]} layers"
+            print(f"{elapsed()} qwen3-vl (pages, multimodal, {layers})", flush=True)
+            pages = page_images(VISION_PAGES)
+            results += interleave(
+                vision_cases(client, vision_checkpoint, pages), min(args.runs, VISION_ROUNDS)
+            )
+            vision_split = time_split(repository, pages)
+            print(
+                f"  per page in-process: processor {vision_split['preprocess_s_per_page']:.2f} s, "
+                f"model {vision_split['model_s_per_page']:.2f} s "
+                f"({vision_split['tokens_per_row']:.0f} tokens a row)",
+                flush=True,
+            )
         print(f"{elapsed()} perf_analyzer", flush=True)
         binary = args.perf_analyzer / "perf_analyzer"
         if binary.exists():
@@ -349,6 +373,7 @@ def main() -> int:
         "token_lengths": lengths,
         "bounds": bounds,
         "perf_analyzer": perf,
+        "vision_time_split": vision_split,
         "results": [asdict(r) for r in results],
     }
     checks = targets(results, report)

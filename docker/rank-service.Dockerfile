@@ -6,10 +6,11 @@ FROM python:3.11-slim-bookworm
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 
-# torch (CPU build, only the builder exports checkpoints with it) first and on its own, as
-# in the Makefile, so nothing pulls a CUDA build; then the pinned requirements.
+# torch and torchvision (CPU builds: only the builder loads checkpoints with them) first and
+# on their own, as in the Makefile, so nothing pulls a CUDA build; then the pinned
+# requirements.
 COPY requirements.txt ./
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu \
  && pip install -r requirements.txt
 
 COPY pyproject.toml ./

@@ -562,3 +562,184 @@ def without_chat_template(source: Path, target: Path) -> Path:
     settings.pop("chat_template", None)
     (target / "tokenizer_config.json").write_text(json.dumps(settings, indent=1))
     return target
+
+
+# A vision-language reranker's chat template in the Qwen-VL style: each message's content is
+# a list of parts, an image part rendered as its placeholder (which the processor expands into
+# the image's grid of tokens), an instruction as a system message.
+QWEN_VL_RERANKER_TEMPLATE = (
+    "{%- macro render(message) -%}"
+    "{%- if message.content is string -%}{{ message.content }}"
+    "{%- else -%}{%- for part in message.content -%}"
+    "{%- if part.type == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif part.type == 'text' -%}{{ part.text }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "<|im_start|>system\n"
+    "{%- set system = messages | selectattr('role', 'eq', 'system') | list -%}"
+    "{%- if system %}{{ render(system | first) }}"
+    "{%- else %}Judge whether the Document meets the requirements based on the Query. Note "
+    'that the answer can only be "yes" or "no".{%- endif -%}'
+    "<|im_end|>\n<|im_start|>user\n"
+    "<Query>: {{ render(messages | selectattr('role', 'eq', 'query') | first) }}\n"
+    "<Document>: {{ render(messages | selectattr('role', 'eq', 'document') | first) }}"
+    "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+# Qwen3-VL-2B's shape: text hidden, heads, key-value heads, head width, feed-forward width
+# (28 layers); vision hidden, heads, feed-forward width (24 layers); its pixel bounds.
+QWEN3_VL_2B = ((2048, 16, 8, 128, 6144), (1024, 16, 4096))
+QWEN3_VL_PIXELS = (65536, 16777216)
+QWEN3_VL_SMALL = ((64, 4, 2, 16, 192), (32, 2, 64))
+
+
+def _vision_reranker(
+    target: Path,
+    layout: str,
+    seed: int,
+    shape: tuple[tuple[int, int, int, int, int], tuple[int, int, int]] = QWEN3_VL_SMALL,
+    layers: tuple[int, int] = (2, 2),
+    pixels: tuple[int, int] | None = None,
+) -> Path:
+    """A seeded vision-language reranker saved as sentence-transformers' CrossEncoder saves
+    one: the model, its processor (tokenizer with Qwen's vision tokens, image processor, video
+    processor, the template above) and a LogitScore module scoring "yes" less "no". Small
+    unless ``shape`` is ``QWEN3_VL_2B``; ``layers`` are the text and vision depths; ``pixels``
+    the image processor's bounds (default: small images stay small)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+
+    scratch = target.with_name(target.name + "-backbone")
+    tokenizer = chat_bpe_tokenizer(scratch, QWEN_VL_RERANKER_TEMPLATE, ("yes", "no"), 4096)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(_VISION_TOKENS)})
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _VISION_TOKENS}
+    (hidden, heads, kv_heads, head_dim, intermediate), (v_hidden, v_heads, v_intermediate) = shape
+    text_layers, vision_layers = layers
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 8192,
+        "initializer_range": 0.1 if hidden <= 256 else 0.02,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    # M-RoPE's temporal, height and width sections of each head's rotary half.
+    half = head_dim // 2
+    sections = [half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16]
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    torch.manual_seed(seed)
+    if layout == "qwen3_vl":
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        rope = {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 3, 3]}
+        config: Any = Qwen3VLConfig(
+            text_config={
+                **text,
+                "head_dim": 16,
+                "rope_parameters": {**rope, "mrope_interleaved": True},
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "patch_size": 16,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "out_hidden_size": 64,
+                "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [0],
+                "initializer_range": 0.1,
+            },
+            tie_word_embeddings=True,
+            **tokens,
+        )
+        network: Any = Qwen3VLForConditionalGeneration(config)
+        patch = 16
+        processor_class: Any = Qwen3VLProcessor
+        video_class: Any = Qwen3VLVideoProcessor
+    else:
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        config = Qwen2VLConfig(
+            text_config={
+                **text,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 1000000.0,
+                    "mrope_section": sections,
+                },
+            },
+            vision_config={
+                "depth": vision_layers,
+                "embed_dim": v_hidden,
+                "hidden_size": hidden,
+                "num_heads": v_heads,
+                "mlp_ratio": v_intermediate // v_hidden,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "initializer_range": 0.1,
+            },
+            tie_word_embeddings=True,
+            **tokens,
+        )
+        network = Qwen2VLForConditionalGeneration(config)
+        patch, processor_class, video_class = 14, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    network.save_pretrained(scratch)
+    factor = patch * 2
+    min_pixels, max_pixels = pixels or (factor * factor * 4, factor * factor * 256)
+    images = Qwen2VLImageProcessor(
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+    )
+    processor_class(
+        image_processor=images,
+        tokenizer=tokenizer,
+        video_processor=video_class(),
+        chat_template=QWEN_VL_RERANKER_TEMPLATE,
+    ).save_pretrained(scratch)
+    backbone = Transformer(str(scratch), transformer_task="any-to-any")
+    score = LogitScore(
+        true_token_id=tokenizer.convert_tokens_to_ids("yes"),
+        false_token_id=tokenizer.convert_tokens_to_ids("no"),
+    )
+    CrossEncoder(modules=[backbone, score]).save(str(target))
+    return target
+
+
+def qwen3_vl_reranker(
+    target: Path,
+    seed: int = 0,
+    shape: tuple[tuple[int, int, int, int, int], tuple[int, int, int]] = QWEN3_VL_SMALL,
+    layers: tuple[int, int] = (2, 2),
+    pixels: tuple[int, int] | None = None,
+) -> Path:
+    """Laid out as Qwen/Qwen3-VL-Reranker: ``Qwen3VLForConditionalGeneration`` (interleaved
+    M-RoPE, DeepStack visual features), patch 16."""
+    return _vision_reranker(target, "qwen3_vl", seed, shape, layers, pixels)
+
+
+def qwen2_vl_reranker(target: Path, seed: int = 0) -> Path:
+    """Laid out as the jina-reranker-m0 lineage: ``Qwen2VLForConditionalGeneration``
+    (M-RoPE), patch 14."""
+    return _vision_reranker(target, "qwen2_vl", seed)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,8 @@ class ModelInfo:
         scoring: ``"sigmoid"``, ``"logit"``, ``"cosine"`` or ``"logit-diff"``.
         takes_instruction: Whether a per-request instruction is accepted.
         runtime: ``"onnx"`` or ``"torch"``.
+        modalities: What a query or document may be: ``("text",)``, or
+            ``("text", "image")`` for a vision-language reranker.
     """
 
     name: str
@@ -81,6 +84,7 @@ class ModelInfo:
     scoring: str = ""
     takes_instruction: bool = False
     runtime: str = ""
+    modalities: tuple[str, ...] = ("text",)
 
 
 _KIND_NAMES = {
@@ -112,16 +116,45 @@ class RankOptions:
     instruction: str | None = None
 
 
+# A query or document: text; an image (its encoded bytes, or an object with a ``save``
+# method such as a PIL image, sent as PNG); or ``{"image": ..., "text": ...}``, read image first.
+Content = str | bytes | Mapping[str, Any] | Any
+
+
+def _image(value: Any) -> pb.Image:
+    if isinstance(value, bytes):
+        return pb.Image(data=value)
+    if hasattr(value, "save"):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return pb.Image(data=buffer.getvalue(), media_type="image/png")
+    raise TypeError(f"an image is its encoded bytes or a PIL image, not {type(value).__name__}")
+
+
+def _content(value: Content) -> tuple[str, pb.Image | None]:
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, Mapping):
+        image = value.get("image")
+        return str(value.get("text", "")), None if image is None else _image(image)
+    return "", _image(value)
+
+
 def build_rank_request(
-    query: str, documents: Sequence[str], options: RankOptions
+    query: Content, documents: Sequence[Content], options: RankOptions
 ) -> pb.RankRequest:
     if isinstance(documents, str):
         raise TypeError("documents must be a sequence of strings, not a single string")
     if options.truncation not in _TRUNCATIONS:
         raise ValueError(f"truncation must be one of {sorted(_TRUNCATIONS)}")
+    query_text, query_image = _content(query)
+    sides = [_content(document) for document in documents]
+    images = [image for _, image in sides]
     return pb.RankRequest(
-        query=query,
-        documents=list(documents),
+        query=query_text,
+        query_image=query_image,
+        document_images=[image or pb.Image() for image in images] if any(images) else [],
+        documents=[text for text, _ in sides],
         model=options.model,
         top_k=options.top_k,
         return_documents=options.return_documents,
@@ -139,12 +172,17 @@ def build_rank_request(
     )
 
 
-def rank_results(response: pb.RankResponse) -> list[dict[str, Any]]:
-    """Results in the shape of sentence-transformers' ``CrossEncoder.rank()``."""
+def rank_results(
+    response: pb.RankResponse, documents: Sequence[Content] = ()
+) -> list[dict[str, Any]]:
+    """Results in the shape of sentence-transformers' ``CrossEncoder.rank()``: a returned
+    document with an image is the caller's own object, as ``CrossEncoder.rank()`` returns it."""
     results: list[dict[str, Any]] = []
     for result in response.results:
         entry: dict[str, Any] = {"corpus_id": result.index, "score": result.score}
-        if result.HasField("text"):
+        if result.HasField("image") and result.index < len(documents):
+            entry["text"] = documents[result.index]
+        elif result.HasField("text"):
             entry["text"] = result.text
         results.append(entry)
     return results
@@ -163,6 +201,7 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             scoring=m.scoring,
             takes_instruction=m.takes_instruction,
             runtime=m.runtime,
+            modalities=tuple(m.modalities) or ("text",),
         )
         for m in response.models
     ]

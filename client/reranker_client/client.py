@@ -12,6 +12,7 @@ from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker_client._convert import (
+    Content,
     ModelInfo,
     RankOptions,
     build_rank_request,
@@ -59,8 +60,8 @@ class RerankClient:
 
     def rank(
         self,
-        query: str,
-        documents: Sequence[str],
+        query: Content,
+        documents: Sequence[Content],
         *,
         top_k: int | None = None,
         return_documents: bool = False,
@@ -77,8 +78,10 @@ class RerankClient:
         """Ranks ``documents`` by relevance to ``query``.
 
         Args:
-            query: The query.
-            documents: The documents to rank.
+            query: The query: text, or for a model whose ``modalities`` include
+                ``"image"``, an image (encoded bytes or a PIL image) or
+                ``{"image": ..., "text": ...}``.
+            documents: The documents to rank, each as ``query`` may be.
             top_k: Return only the best ``top_k`` (default: all).
             return_documents: Include each document's text as ``"text"``.
             model: Served model to use (default: the server's default model).
@@ -125,7 +128,7 @@ class RerankClient:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-        return rank_results(response)
+        return rank_results(response, documents)
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models the server serves."""
@@ -179,8 +182,8 @@ class AsyncRerankClient:
 
     async def rank(
         self,
-        query: str,
-        documents: Sequence[str],
+        query: Content,
+        documents: Sequence[Content],
         *,
         top_k: int | None = None,
         return_documents: bool = False,
@@ -219,7 +222,7 @@ class AsyncRerankClient:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-        return rank_results(response)
+        return rank_results(response, documents)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Lists the models the server serves."""

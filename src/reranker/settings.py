@@ -92,6 +92,17 @@ class Settings:
     max_document_bytes: int = field(
         default=1024 * 1024, metadata={"help": "largest document, in UTF-8 bytes"}
     )
+    max_image_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={"help": "largest image (query or document), encoded, in bytes"},
+    )
+    max_image_pixels: int = field(
+        default=32 * 1024 * 1024,
+        metadata={
+            "help": "most pixels (width x height) of an image, read from its header before "
+            "it is decoded"
+        },
+    )
     max_request_bytes: int = field(
         default=32 * 1024 * 1024,
         metadata={"help": "largest serialized rank request (gRPC max receive message size)"},
@@ -135,6 +146,8 @@ class Settings:
             "max_documents_per_call",
             "max_query_bytes",
             "max_document_bytes",
+            "max_image_bytes",
+            "max_image_pixels",
             "max_request_bytes",
             "max_rows_in_flight",
         ):

@@ -74,7 +74,13 @@ def test_the_gpu_check_runs_its_steps_on_cpu_and_leaves_nothing_running(tmp_path
         ("this server", 4),
     }
     assert causal[("this server", 4)]["paired_ratio"] > 0
-    assert {t["target"].split(":")[0] for t in report["targets"]} == {"minilm-l6", "qwen3"}
+    pages = {(r["engine"], r["concurrency"]) for r in report["rows"] if r["case"] == "pages"}
+    assert pages == {("CrossEncoder.rank", 1), ("this server", 1), ("this server", 4)}
+    assert {t["target"].split(":")[0] for t in report["targets"]} == {
+        "minilm-l6",
+        "qwen3",
+        "qwen3-vl",
+    }
     assert all(t["met"] for t in report["targets"] if "parity" in t["target"])
     assert "step 'compile' failed" in table
     assert report["gemm_tflops"] > 0

@@ -70,3 +70,32 @@ def test_errors_map_to_the_exception_tree() -> None:
     assert isinstance(from_rpc_error(_Failure(grpc.StatusCode.UNAVAILABLE, "x")), UnavailableError)
     other = from_rpc_error(_Failure(grpc.StatusCode.ABORTED, "x"))
     assert type(other) is RerankError
+
+
+def test_images_travel_by_document_and_come_back_as_the_callers_objects() -> None:
+    import io
+
+    from PIL import Image
+
+    picture = Image.new("RGB", (4, 3), "blue")
+    page = b"\x89PNG fake bytes"
+    documents = [page, "a text", {"image": picture, "text": "its caption"}]
+    request = build_rank_request({"image": page}, documents, RankOptions(return_documents=True))
+    assert request.query == "" and request.query_image.data == page
+    assert list(request.documents) == ["", "a text", "its caption"]
+    assert [image.data for image in request.document_images][:2] == [page, b""]
+    sent = request.document_images[2]
+    assert sent.media_type == "image/png"
+    assert Image.open(io.BytesIO(sent.data)).size == (4, 3)
+    # Text alone sends no images at all.
+    assert not build_rank_request("q", ["a"], RankOptions()).document_images
+    response = pb.RankResponse(
+        results=[
+            pb.RankResult(index=2, score=0.9, text="its caption", image=sent),
+            pb.RankResult(index=1, score=0.5, text="a text"),
+        ]
+    )
+    assert rank_results(response, documents) == [
+        {"corpus_id": 2, "score": 0.9, "text": documents[2]},
+        {"corpus_id": 1, "score": 0.5, "text": "a text"},
+    ]

@@ -18,8 +18,16 @@ from reranker.contract.model import Activation, ModelKind, ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
 from reranker.service import errors
 from reranker.service.chunking import Chunk, DocumentChunker
-from reranker.service.core import ChunkingRequest, RankCall, RankCore, Scores, Truncation
+from reranker.service.core import (
+    ChunkingRequest,
+    RankCall,
+    RankCore,
+    RowImages,
+    Scores,
+    Truncation,
+)
 from reranker.service.doors.http_shapes import CohereV1Request, NimRequest, TeiRequest
+from reranker.service.errors import InvalidArgument
 from reranker.service.health import BackendHealth
 from reranker.service.metrics import ServiceMetrics
 from reranker.settings import Settings
@@ -40,6 +48,7 @@ class FakeScorer:
     )
     gate: asyncio.Event | None = None
     health: BackendHealth = field(default_factory=BackendHealth)
+    images: list[RowImages | None] = field(default_factory=list)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -56,8 +65,10 @@ class FakeScorer:
         timeout_s: float,
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
+        images: RowImages | None = None,
     ) -> Scores:
         self.calls.append((list(documents), options, labels))
+        self.images.append(images)
         if self.gate is not None:
             await self.gate.wait()
         values = np.array([len(d) - 5.0 for d in documents], dtype=np.float32)
@@ -283,3 +294,75 @@ def test_cohere_v1_documents_and_chunks() -> None:
     assert request.document(1) == {"text": "object", "id": 7}
     with pytest.raises(errors.InvalidArgument, match="rank_fields"):
         CohereV1Request(query="q", documents=["a"], rank_fields=["title"]).call()
+
+
+VISION = ServedModel(
+    "vision",
+    ModelKind.CAUSAL_LM,
+    "Qwen3VLForConditionalGeneration",
+    4096,
+    Activation.SIGMOID,
+    ("input_ids", "attention_mask"),
+    takes_images=True,
+)
+
+
+def _png(width: int = 8, height: int = 6) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "red").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_images_reach_the_scorer_by_row_and_return_as_sent() -> None:
+    from reranker.service.images import CallImage
+
+    core, scorer = core_with(FakeScorer(served={"cross": CROSS, "vision": VISION}))
+    page = CallImage(_png(), "image/png")
+    call = RankCall(
+        "q",
+        ["", "a text"],
+        model="vision",
+        return_documents=True,
+        document_images=[page, None],
+    )
+    outcome = await core.rank(call, 1.0)
+    assert scorer.images == [RowImages(b"", [page.data, b""])]
+    # An image's tokens cannot be cut: a vision-language model's rows are never truncated.
+    assert scorer.calls[0][1].refuse
+    assert {r.index: r.image for r in outcome.results} == {0: page, 1: None}
+    query_image = RankCall("", ["a"], model="vision", query_image=CallImage(_png()))
+    await core.rank(query_image, 1.0)
+    assert scorer.images[-1] == RowImages(_png(), [b""])
+
+
+async def test_images_are_refused_by_name_before_the_scorer_sees_them() -> None:
+    from reranker.service.images import CallImage
+
+    core, scorer = core_with(
+        FakeScorer(served={"cross": CROSS, "vision": VISION}), max_image_pixels=50
+    )
+    good, large = CallImage(_png()), CallImage(_png(10, 10))
+    cases = {
+        "documents[1] is an image, but model 'cross'": RankCall(
+            "q", ["a", ""], document_images=[None, good]
+        ),
+        "the query is an image, but model 'cross'": RankCall("", ["a"], query_image=good),
+        "documents[1] image: the image is 10x10 = 100 pixels; the limit is 50": RankCall(
+            "q", ["a", ""], model="vision", document_images=[good, large]
+        ),
+        "documents[0] must not be empty": RankCall(
+            "q", ["", "b"], model="vision", document_images=[None, good]
+        ),
+        "document images hold 1 entries for 2 documents": RankCall(
+            "q", ["a", "b"], model="vision", document_images=[good]
+        ),
+    }
+    for message, call in cases.items():
+        with pytest.raises(InvalidArgument) as error:
+            await core.rank(call, 1.0)
+        assert message in str(error.value)
+    assert scorer.calls == []

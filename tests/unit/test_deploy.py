@@ -115,8 +115,8 @@ def test_images_install_the_pinned_versions() -> None:
         line = f"{package}=={requirements[package]}"
         assert any(re.match(pattern, line) for pattern in selections), package
     assert "pip install -r requirements.txt" in rank
-    torch = re.search(r"torch==(\S+)", makefile)
-    assert torch is not None and f"torch=={torch.group(1)} " in rank
+    torch = re.search(r"\$\(PY\) -m pip install -q (torch==\S+ torchvision==\S+)", makefile)
+    assert torch is not None and f"pip install {torch.group(1)} " in rank
 
 
 def test_compose_runs_triton_on_the_gpu_and_the_rank_service_beside_it() -> None:

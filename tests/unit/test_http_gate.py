@@ -12,7 +12,7 @@ from opentelemetry import trace
 
 from reranker.contract.model import ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
-from reranker.service.core import RankCore, Scores
+from reranker.service.core import RankCore, RowImages, Scores
 from reranker.service.doors.http_api import Gate, create_app
 from reranker.service.doors.security import ApiKey
 from reranker.service.health import HealthMonitor
@@ -33,6 +33,7 @@ class BrokenScorer(FakeScorer):
         timeout_s: float,
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
+        images: RowImages | None = None,
     ) -> Scores:
         if query == "break":
             raise RuntimeError("a bug")

@@ -2,11 +2,17 @@ from __future__ import annotations
 
 import pytest
 
+from reranker.backend.images import ImageLimits
 from reranker.service.errors import InvalidArgument, ResourceExhausted
 from reranker.service.limits import CallLimits, RowBudget
 from reranker.settings import Settings
 
-LIMITS = CallLimits(max_documents=3, max_query_bytes=10, max_document_bytes=8)
+LIMITS = CallLimits(
+    max_documents=3,
+    max_query_bytes=10,
+    max_document_bytes=8,
+    images=ImageLimits(max_bytes=100, max_pixels=100),
+)
 
 
 def test_calls_within_limits_pass() -> None:

@@ -6,6 +6,7 @@ OpenVINO or PyTorch) only when it loads, so an image needs only the one it serve
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -36,12 +37,16 @@ def _site(tmp_path: Path, packages: tuple[str, ...]) -> Path:
     """A site directory holding only ``packages`` (and their bundled libraries)."""
     site = tmp_path / "site"
     site.mkdir()
+    distributions = importlib.metadata.packages_distributions()
     for name in packages:
         package = Path(importlib.import_module(name).__file__ or "").parent
         (site / name).symlink_to(package)
-        libs = package.with_name(name + ".libs")
-        if libs.is_dir():
-            (site / libs.name).symlink_to(libs)
+        # Bundled libraries sit beside the package, named after it or its distribution (PIL's
+        # in pillow.libs).
+        for owner in {name, *distributions.get(name, [])}:
+            libs = package.with_name(owner + ".libs")
+            if libs.is_dir():
+                (site / libs.name).symlink_to(libs)
     from reranker.service.triton_server import triton_home
 
     utils = triton_home() / "backends" / "python" / "triton_python_backend_utils.py"
@@ -54,6 +59,9 @@ def _site(tmp_path: Path, packages: tuple[str, ...]) -> Path:
     [
         ("reranker.backend.models.tokenizer", ("numpy", "tokenizers")),
         ("reranker.backend.models.encoder", ("numpy",)),
+        # A vision-language reranker's tokenizer model: the processor itself is imported at
+        # load, from the image that serves it.
+        ("reranker.backend.models.processor", ("numpy", "PIL")),
     ],
 )
 def test_a_triton_model_imports_with_only_its_runtime_packages(

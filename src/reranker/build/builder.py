@@ -28,6 +28,7 @@ from reranker.build.common import (
     step,
 )
 from reranker.build.install import check_export, install, install_checkpoint, pair_tokenizer
+from reranker.build.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, EncoderRuntime, ModelKind, Precision, ServedModel
 from reranker.contract.tensors import TOKEN_TENSORS
 
@@ -41,6 +42,10 @@ _HUB_FILES = (
     # the relevance tokens.
     "chat_template.jinja",
     "modules.json",
+    # Vision-language rerankers: their processor.
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
 )
 
 
@@ -81,6 +86,8 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
     from reranker.build.onnx_export import export_cross_encoder, max_export_error, sample_batch
 
     config = read_json(source / "config.json")
+    if is_vision_language(config):
+        return build_vision_language(source, config, options, repository)
     _checkarchitecture(source, config)
     if architecture(config, "").endswith("ForCausalLM"):
         from reranker.build.causal import build_causal_lm

@@ -16,6 +16,7 @@ from reranker.build.triton_configs import (
 from reranker.contract.model import ServedModel
 
 TOKENIZER_MODULE = "reranker.backend.models.tokenizer"
+PROCESSOR_MODULE = "reranker.backend.models.processor"
 ENCODER_MODULE = "reranker.backend.models.encoder"
 
 _MODEL_PY = '''"""Triton entry point of the {role} model; the logic lives in {module}."""
@@ -31,7 +32,11 @@ def write_configs(model: ServedModel, repository: Path, tuning: TritonTuning | N
     encoder_module = None if model.native_encoder else ENCODER_MODULE
     entries = [
         (model.name, ensemble_config(model), None),
-        (model.tokenizer_model, tokenizer_config(model, tuning), TOKENIZER_MODULE),
+        (
+            model.tokenizer_model,
+            tokenizer_config(model, tuning),
+            PROCESSOR_MODULE if model.takes_images else TOKENIZER_MODULE,
+        ),
         (model.encoder_model, encoder_config(model, tuning), encoder_module),
     ]
     for directory, config, module in entries:

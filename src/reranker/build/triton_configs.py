@@ -23,13 +23,22 @@ from reranker.contract.model import (
 from reranker.contract.parameters import (
     EnsembleParameters,
     GraphEncoderParameters,
+    ProcessorParameters,
     Runtime,
     TokenizerParameters,
     TorchCompile,
     TorchEncoderParameters,
     to_parameters,
 )
-from reranker.contract.tensors import DOCUMENT, QUERY, SCORE, max_chars
+from reranker.contract.tensors import (
+    DOCUMENT,
+    IMAGE_INPUTS,
+    PIXEL_VALUES,
+    QUERY,
+    SCORE,
+    VISION_TOKEN_TENSORS,
+    max_chars,
+)
 
 # Padded lengths on GPU: every distinct length is another TensorRT engine shape, and only
 # requests of equal shape are batched together.
@@ -111,9 +120,23 @@ def _parameters(config: mc.ModelConfig, values: object) -> None:
         config.parameters[key].string_value = value
 
 
-def _string_inputs(config: mc.ModelConfig) -> None:
-    for name in (QUERY, DOCUMENT):
+def _string_inputs(config: mc.ModelConfig, model: ServedModel) -> None:
+    for name in _row_inputs(model):
         config.input.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
+
+
+def _row_inputs(model: ServedModel) -> tuple[str, ...]:
+    """What the ensemble takes per row: the texts, and a vision-language model's images."""
+    return (QUERY, DOCUMENT, *IMAGE_INPUTS) if model.takes_images else (QUERY, DOCUMENT)
+
+
+def _encoder_inputs(model: ServedModel) -> list[tuple[str, int]]:
+    """What the tokenizer model hands the encoder, with its data type."""
+    if model.takes_images:
+        return [(name, mc.TYPE_INT64) for name in VISION_TOKEN_TENSORS] + [
+            (PIXEL_VALUES, mc.TYPE_FP32)
+        ]
+    return [(name, mc.TYPE_INT64) for name in model.token_inputs]
 
 
 def _dynamic_batching(config: mc.ModelConfig, queue_delay_us: int) -> None:
@@ -128,14 +151,17 @@ def _dynamic_batching(config: mc.ModelConfig, queue_delay_us: int) -> None:
 def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.tokenizer_model, backend="python")
     config.max_batch_size = model.max_batch_size
-    _string_inputs(config)
-    for name in model.token_inputs:
-        config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
+    _string_inputs(config, model)
+    for name, data_type in _encoder_inputs(model):
+        config.output.add(name=name, data_type=data_type, dims=[-1])
     instances = (
         tuning.gpu_tokenizer_instances if model.device is Device.GPU else tuning.tokenizer_instances
     )
     config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     _dynamic_batching(config, tuning.tokenizer_queue_delay_us)
+    if model.takes_images:
+        _parameters(config, ProcessorParameters(max_length=model.max_length))
+        return config
     _parameters(
         config,
         TokenizerParameters(
@@ -186,9 +212,9 @@ def _python_encoder(
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.encoder_model, backend="python")
     config.max_batch_size = max_batch_size
-    for name in model.token_inputs:
+    for name, data_type in _encoder_inputs(model):
         # Ragged: requests padded to different lengths still merge into one execution.
-        config.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1], allow_ragged_batch=True)
+        config.input.add(name=name, data_type=data_type, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     group = config.instance_group.add(count=tuning.encoder_instances, kind=kind)
     if kind == mc.ModelInstanceGroup.KIND_GPU:
@@ -229,7 +255,10 @@ def torch_encoder_config(
             max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run if gpu else 0,
             run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
             relevance_tokens=model.relevance_tokens or (),
-            shared_prefix=tuning.shared_prefix and model.kind is ModelKind.CAUSAL_LM,
+            shared_prefix=tuning.shared_prefix
+            and model.kind is ModelKind.CAUSAL_LM
+            and not model.takes_images,
+            vision_language=model.takes_images,
         ),
     )
     return config
@@ -290,15 +319,15 @@ def tensorrt_profile(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) 
 def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.name, platform="ensemble")
     config.max_batch_size = model.max_batch_size
-    _string_inputs(config)
+    _string_inputs(config, model)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     tokenize = config.ensemble_scheduling.step.add(
         model_name=model.tokenizer_model, model_version=-1
     )
     encode = config.ensemble_scheduling.step.add(model_name=model.encoder_model, model_version=-1)
-    for name in (QUERY, DOCUMENT):
+    for name in _row_inputs(model):
         tokenize.input_map[name] = name
-    for name in model.token_inputs:
+    for name, _ in _encoder_inputs(model):
         tokenize.output_map[name] = name
         encode.input_map[name] = name
     encode.output_map[model.graph_output if model.native_encoder else SCORE] = SCORE

@@ -26,6 +26,9 @@ TOKENIZER_FILE = "tokenizer.json"
 PROMPT_FILE = "prompt.json"
 ONNX_FILE = "model.onnx"
 CHECKPOINT_DIR = "checkpoint"
+# A vision-language reranker's processor (chat template, tokenizer, image processor), which
+# its tokenizer model runs.
+PROCESSOR_DIR = "processor"
 
 
 class ModelKind(enum.StrEnum):
@@ -86,6 +89,9 @@ class PairMode(enum.StrEnum):
     JOINT = "joint"
     SEPARATE = "separate"
     PROMPT = "prompt"
+    # A vision-language reranker: the pair as query and document messages, text or images,
+    # rendered by the checkpoint's own processor.
+    MESSAGES = "messages"
 
 
 # Fields given as plain strings (a checkpoint's config, a test) become their enum here, so a
@@ -131,6 +137,8 @@ class ServedModel:
     # Whether a causal-LM reranker's graph takes the prompt prefix its rows share apart
     # (tensors.PREFIX_IDS) and runs it once per run.
     shared_prefix: bool = False
+    # Whether queries and documents may be images (a vision-language reranker).
+    takes_images: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -165,7 +173,14 @@ class ServedModel:
         return self.device is Device.GPU and self.runtime is EncoderRuntime.ONNX
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """What a query or document may be, as ``ListModels`` reports it."""
+        return ("text", "image") if self.takes_images else ("text",)
+
+    @property
     def pair_mode(self) -> PairMode:
+        if self.takes_images:
+            return PairMode.MESSAGES
         if self.kind is ModelKind.CAUSAL_LM and self.templated:
             return PairMode.PROMPT
         return PairMode.SEPARATE if self.kind is ModelKind.BI_ENCODER else PairMode.JOINT

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from reranker.contract.model import (
     CHECKPOINT_DIR,
     ONNX_FILE,
+    PROCESSOR_DIR,
     TOKENIZER_FILE,
     Activation,
     Device,
@@ -84,6 +85,19 @@ class TokenizerParameters:
 
 
 @dataclass(frozen=True)
+class ProcessorParameters:
+    """A vision-language reranker's tokenizer model: the checkpoint's own processor renders
+    each pair's messages, decodes and patches its images."""
+
+    # Tokens a row may hold, its image tokens included; a longer row is refused.
+    max_length: int
+    processor_dir: str = PROCESSOR_DIR
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_length")
+
+
+@dataclass(frozen=True)
 class EncoderParameters:
     """The Python-backend encoder: what runs it, and how merged rows are cut into runs."""
 
@@ -133,6 +147,8 @@ class TorchEncoderParameters(EncoderParameters):
     relevance_tokens: tuple[int, ...] = ()
     # A causal LM's rows that begin with one prompt run it once (its keys and values reused).
     shared_prefix: bool = False
+    # A vision-language causal LM: rows carry images (tensors.VISION_TOKEN_TENSORS, PIXEL_VALUES).
+    vision_language: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,6 +178,7 @@ class EnsembleParameters:
     runtime: EncoderRuntime = EncoderRuntime.ONNX
     family: str = ""
     takes_instruction: bool = False
+    takes_images: bool = False
 
     @classmethod
     def of(cls, model: ServedModel) -> EnsembleParameters:
@@ -175,6 +192,7 @@ class EnsembleParameters:
             runtime=model.runtime,
             family=model.family,
             takes_instruction=model.takes_instruction,
+            takes_images=model.takes_images,
         )
 
     def served_model(
@@ -199,6 +217,7 @@ class EnsembleParameters:
             runtime=self.runtime,
             family=self.family,
             takes_instruction=self.takes_instruction,
+            takes_images=self.takes_images,
         )
 
 

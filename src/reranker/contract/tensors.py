@@ -11,12 +11,25 @@ from dataclasses import asdict, dataclass
 QUERY = "QUERY"
 DOCUMENT = "DOCUMENT"
 SCORE = "SCORE"
+# A vision-language reranker's ensemble also takes each row's query and document image, as
+# the encoded file's bytes (TYPE_STRING [1] per row; empty: that side has no image). The
+# images go before the text in their message.
+QUERY_IMAGE = "QUERY_IMAGE"
+DOCUMENT_IMAGE = "DOCUMENT_IMAGE"
+IMAGE_INPUTS = (QUERY_IMAGE, DOCUMENT_IMAGE)
 # Token tensors the encoders read; a model uses the subset its graph has.
 TOKEN_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
 # A causal-LM graph's input of the prompt prefix: [1, prefix] when its rows share it, or
 # [rows, prefix], each row's own; the rows' ``input_ids`` then hold what follows it, their
 # ``attention_mask`` the whole rows.
 PREFIX_IDS = "prefix_ids"
+# What a vision-language reranker's tokenizer model hands its encoder, one row each:
+# the token tensors (``mm_token_type_ids`` marks image tokens, for M-RoPE), each row's image
+# grids (t, h, w per image, zero-padded) and its images' patches, flattened and zero-padded.
+MM_TOKEN_TYPE_IDS = "mm_token_type_ids"
+IMAGE_GRID_THW = "image_grid_thw"
+PIXEL_VALUES = "pixel_values"
+VISION_TOKEN_TENSORS = ("input_ids", "attention_mask", MM_TOKEN_TYPE_IDS, IMAGE_GRID_THW)
 
 # Request parameters a rank call's truncation options travel as.
 _PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"

@@ -22,6 +22,7 @@ from reranker.contract.model import ModelKind, ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
 from reranker.service.errors import InvalidArgument, Unavailable
+from reranker.service.images import CallImage, check_images
 from reranker.service.limits import CallLimits, RowBudget
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.ranking import (
@@ -44,6 +45,15 @@ class Scores:
     inference_time_s: float
 
 
+@dataclass(frozen=True)
+class RowImages:
+    """A call's images as the engine sends them: the query's and each document's encoded
+    bytes (empty: none)."""
+
+    query: bytes
+    documents: Sequence[bytes]
+
+
 class Scorer(Protocol):
     """What the core needs of an inference backend (the engine, in production)."""
 
@@ -60,6 +70,7 @@ class Scorer(Protocol):
         timeout_s: float,
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
+        images: RowImages | None = None,
     ) -> Scores: ...
 
 
@@ -103,6 +114,20 @@ class RankCall:
     instruction: str | None = None
     # Asked to truncate from the left (TEI's option): refused, naming the option.
     truncate_left: bool = False
+    # The query's image, for a model that takes images (the query text may then be empty).
+    query_image: CallImage | None = None
+    # Empty, or one entry per document: its image, or None (its text may then be empty).
+    document_images: Sequence[CallImage | None] = ()
+
+    @property
+    def images(self) -> RowImages | None:
+        if self.query_image is None and not any(self.document_images):
+            return None
+        return RowImages(
+            query=self.query_image.data if self.query_image is not None else b"",
+            documents=[image.data if image is not None else b"" for image in self.document_images]
+            or [b""] * len(self.documents),
+        )
 
 
 @dataclass(frozen=True)
@@ -232,7 +257,14 @@ class RankCore:
             documents = list(call.documents)
             if call.truncate_left:
                 raise InvalidArgument(LEFT_TRUNCATION_REFUSED)
-            validate_rank_request(call.query, documents, call.top_k)
+            document_images = list(call.document_images)
+            validate_rank_request(
+                call.query,
+                documents,
+                call.top_k,
+                call.query_image is not None,
+                [image is not None for image in document_images],
+            )
             self.limits.check(call.query, documents)
             if call.max_document_tokens < 0:
                 raise InvalidArgument(
@@ -258,13 +290,21 @@ class RankCore:
                 )
             if call.instruction:  # an empty one is none, as CrossEncoder's empty prompt is
                 options = replace(options, instruction=call.instruction)
+            if call.images is not None:
+                _check_takes_images(model, call)
+                await asyncio.to_thread(
+                    check_images, call.query_image, document_images, self.limits.images
+                )
+            if model.takes_images:
+                # An image's tokens cannot be cut: a pair that does not fit is refused.
+                options = replace(options, refuse=True)
         scores, raw = await self._score(model, call, documents, chunking, options, timeout_s)
         with self._tracer.start_as_current_span("assemble"):
             self._metrics.rows.labels(model.name).inc(len(scores.values))
             self._metrics.rows_per_call.observe(len(scores.values))
             self._metrics.stage_seconds.labels("inference").observe(scores.inference_time_s)
             values = activate(raw, model.activation, call.raw_scores)
-            ranked = assemble(values, documents, call.top_k, call.return_documents)
+            ranked = assemble(values, documents, call.top_k, call.return_documents, document_images)
         total_s = time.perf_counter() - start
         self._metrics.stage_seconds.labels("total").observe(total_s)
         return RankOutcome(
@@ -287,7 +327,9 @@ class RankCore:
     ) -> tuple[Scores, np.ndarray]:
         if chunking is None:
             with self.budget.hold(len(documents)):
-                scores = await self._scorer.score(model, call.query, documents, timeout_s, options)
+                scores = await self._scorer.score(
+                    model, call.query, documents, timeout_s, options, images=call.images
+                )
             return scores, scores.values
         with self.budget.hold(len(documents)):
             start = time.perf_counter()
@@ -311,3 +353,22 @@ class RankCore:
                 labels=[c.document for c in chunks],
             )
         return scores, best_per_document(scores.values, chunks, len(documents))
+
+
+def _check_takes_images(model: ServedModel, call: RankCall) -> None:
+    """Refuses an image for a model that reads text only, naming the first one."""
+    if model.takes_images:
+        return
+    where = (
+        "the query"
+        if call.query_image is not None
+        else next(
+            f"documents[{index}]"
+            for index, image in enumerate(call.document_images)
+            if image is not None
+        )
+    )
+    raise InvalidArgument(
+        f"{where} is an image, but model {model.name!r} ({model.architecture}) reads text only; "
+        "choose a model whose modalities include image"
+    )

@@ -26,13 +26,15 @@ from reranker.contract.parameters import (
 )
 from reranker.contract.tensors import (
     DOCUMENT,
+    DOCUMENT_IMAGE,
     LONGEST_FIRST,
     QUERY,
+    QUERY_IMAGE,
     SCORE,
     OverflowReport,
     TruncationOptions,
 )
-from reranker.service.core import Scores
+from reranker.service.core import RowImages, Scores
 from reranker.service.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -169,11 +171,15 @@ class TritonEngine:
         timeout_s: float,
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
+        images: RowImages | None = None,
     ) -> Scores:
         """Scores every document against the query, in as few requests as the model allows.
 
         ``labels[i]`` is the caller's index of ``documents[i]`` (default ``i``), for errors.
+        A model that takes images is sent each row's images (empty bytes: none).
         """
+        if model.takes_images and images is None:
+            images = RowImages(b"", [b""] * len(documents))
         max_rows = max(1, min(self._max_rows, model.max_batch_size))
         plan = plan_requests(documents, max_rows)
         start = time.perf_counter()
@@ -188,6 +194,7 @@ class TritonEngine:
                     timeout_s,
                     parameters,
                     [labels[i] if labels is not None else i for i in rows],
+                    None if images is None else (images.query, [images.documents[i] for i in rows]),
                 )
                 for rows in plan
             )
@@ -205,16 +212,21 @@ class TritonEngine:
         timeout_s: float,
         parameters: dict[str, int | str] | None,
         labels: list[int],
+        images: tuple[bytes, list[bytes]] | None = None,
     ) -> np.ndarray:
         rows = len(documents)
-        queries = np.full((rows, 1), query, dtype=np.object_)
-        texts = np.array([d.encode("utf-8") for d in documents], dtype=np.object_).reshape(rows, 1)
-        inputs = [
-            InferInput(QUERY, [rows, 1], "BYTES"),
-            InferInput(DOCUMENT, [rows, 1], "BYTES"),
-        ]
-        inputs[0].set_data_from_numpy(queries)
-        inputs[1].set_data_from_numpy(texts)
+        columns = {
+            QUERY: np.full((rows, 1), query, dtype=np.object_),
+            DOCUMENT: np.array([d.encode("utf-8") for d in documents], dtype=np.object_),
+        }
+        if images is not None:
+            columns[QUERY_IMAGE] = np.full((rows, 1), images[0], dtype=np.object_)
+            columns[DOCUMENT_IMAGE] = np.array(images[1], dtype=np.object_)
+        inputs = []
+        for name, values in columns.items():
+            tensor = InferInput(name, [rows, 1], "BYTES")
+            tensor.set_data_from_numpy(values.reshape(rows, 1))
+            inputs.append(tensor)
         for attempt in range(1, _ATTEMPTS + 1):
             started = time.monotonic()
             try:

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from reranker.backend.images import ImageLimits
 from reranker.service.errors import InvalidArgument, ResourceExhausted
 from reranker.settings import Settings
 
@@ -16,6 +17,7 @@ class CallLimits:
     max_documents: int
     max_query_bytes: int
     max_document_bytes: int
+    images: ImageLimits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallLimits:
@@ -23,6 +25,7 @@ class CallLimits:
             max_documents=settings.max_documents_per_call,
             max_query_bytes=settings.max_query_bytes,
             max_document_bytes=settings.max_document_bytes,
+            images=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
         )
 
     def check(self, query: str, documents: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from reranker.backend.tokenization import TruncationOptions
 from reranker.contract.model import Activation
 from reranker.service.errors import InvalidArgument
+from reranker.service.images import CallImage
 
 
 @dataclass(frozen=True)
@@ -18,16 +19,30 @@ class RankedDocument:
     index: int
     score: float
     text: str | None
+    # The document's image as it was sent, when documents are returned and it had one.
+    image: CallImage | None = None
 
 
-def validate_rank_request(query: str, documents: Sequence[str], top_k: int | None) -> None:
-    """Raises :class:`InvalidArgument` naming the first offending field."""
-    if not query.strip():
+def validate_rank_request(
+    query: str,
+    documents: Sequence[str],
+    top_k: int | None,
+    query_image: bool = False,
+    document_images: Sequence[bool] = (),
+) -> None:
+    """Raises :class:`InvalidArgument` naming the first offending field. A query or document
+    with an image may have no text."""
+    if not query.strip() and not query_image:
         raise InvalidArgument("query must not be empty")
     if not documents:
         raise InvalidArgument("documents must hold at least one document")
+    if document_images and len(document_images) != len(documents):
+        raise InvalidArgument(
+            f"document images hold {len(document_images)} entries for {len(documents)} "
+            "documents: give one per document (an empty one for a document without)"
+        )
     for index, document in enumerate(documents):
-        if not document.strip():
+        if not document.strip() and not (document_images and document_images[index]):
             raise InvalidArgument(f"documents[{index}] must not be empty")
     if top_k is not None and top_k < 1:
         raise InvalidArgument(f"top_k must be >= 1 when set, got {top_k}")
@@ -88,7 +103,11 @@ def activate(raw: np.ndarray, activation: Activation, raw_scores: bool) -> np.nd
 
 
 def assemble(
-    scores: np.ndarray, documents: Sequence[str], top_k: int | None, return_documents: bool
+    scores: np.ndarray,
+    documents: Sequence[str],
+    top_k: int | None,
+    return_documents: bool,
+    images: Sequence[CallImage | None] = (),
 ) -> list[RankedDocument]:
     """Orders documents best first (ties keep input order) and keeps the best ``top_k``."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
@@ -99,6 +118,7 @@ def assemble(
             index=i,
             score=float(scores[i]),
             text=documents[i] if return_documents else None,
+            image=images[i] if return_documents and images else None,
         )
         for i in order
     ]

@@ -28,7 +28,7 @@ MODEL_KIND_BI_ENCODER: ModelKind
 MODEL_KIND_CAUSAL_LM: ModelKind
 
 class RankRequest(_message.Message):
-    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking", "instruction")
+    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking", "instruction", "document_images", "query_image")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class RankRequest(_message.Message):
     MAX_DOCUMENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -49,7 +51,17 @@ class RankRequest(_message.Message):
     max_document_tokens: int
     chunking: Chunking
     instruction: str
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ..., truncation: _Optional[_Union[Truncation, str]] = ..., max_document_tokens: _Optional[int] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., instruction: _Optional[str] = ...) -> None: ...
+    document_images: _containers.RepeatedCompositeFieldContainer[Image]
+    query_image: Image
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ..., truncation: _Optional[_Union[Truncation, str]] = ..., max_document_tokens: _Optional[int] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., instruction: _Optional[str] = ..., document_images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., query_image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("data", "media_type")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    media_type: str
+    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ...) -> None: ...
 
 class Chunking(_message.Message):
     __slots__ = ("enabled", "overlap_tokens", "max_chunks")
@@ -62,14 +74,16 @@ class Chunking(_message.Message):
     def __init__(self, enabled: bool = ..., overlap_tokens: _Optional[int] = ..., max_chunks: _Optional[int] = ...) -> None: ...
 
 class RankResult(_message.Message):
-    __slots__ = ("index", "score", "text")
+    __slots__ = ("index", "score", "text", "image")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     index: int
     score: float
     text: str
-    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+    image: Image
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class RankMetadata(_message.Message):
     __slots__ = ("pairs", "inference_requests", "inference_time_us", "total_time_us")
@@ -98,7 +112,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "max_length", "is_default", "architecture", "precision", "family", "scoring", "takes_instruction", "runtime")
+    __slots__ = ("name", "kind", "max_length", "is_default", "architecture", "precision", "family", "scoring", "takes_instruction", "runtime", "modalities")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +123,7 @@ class ModelInfo(_message.Message):
     SCORING_FIELD_NUMBER: _ClassVar[int]
     TAKES_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     max_length: int
@@ -119,7 +134,8 @@ class ModelInfo(_message.Message):
     scoring: str
     takes_instruction: bool
     runtime: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., family: _Optional[str] = ..., scoring: _Optional[str] = ..., takes_instruction: bool = ..., runtime: _Optional[str] = ...) -> None: ...
+    modalities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., family: _Optional[str] = ..., scoring: _Optional[str] = ..., takes_instruction: bool = ..., runtime: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -78,9 +78,68 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
     return runner, torch
 
 
+class _VisionLanguageEncoder:
+    """A vision-language reranker's encoder: the rows of every merged request, images and
+    all, scored in micro-batches of similar length (``backend.vision``)."""
+
+    def __init__(self, model: ModelArgs, args: dict[str, str]) -> None:
+        from reranker.backend.torch_runtime import TORCH_DTYPES, instance_device
+        from reranker.backend.vision import VisionLanguageRunner
+
+        torch = model.parameters(TorchEncoderParameters)
+        on_gpu = args["model_instance_kind"] == "GPU"
+        relevant, irrelevant = torch.relevance_tokens
+        self._runner = VisionLanguageRunner(
+            model.version_dir / torch.checkpoint_dir,
+            (relevant, irrelevant),
+            device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
+            dtype=TORCH_DTYPES[torch.torch_dtype],
+            threads=0 if on_gpu else _threads(model, torch.intra_op_threads),
+        )
+        self._inputs = model.input_names()
+        self._max_rows = torch.max_rows_per_run
+        self._max_tokens = torch.max_tokens_per_run or torch.max_attention_cells
+        (self._output,) = model.output_names()
+        self._trim_heap = HeapTrimmer()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        from reranker.backend.vision import score_rows, unpack_rows
+
+        rows = []
+        counts = []
+        try:
+            for request in requests:
+                tensors = {
+                    name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                    for name in self._inputs
+                }
+                part = unpack_rows(tensors, self._runner.patch_values)
+                rows.extend(part)
+                counts.append(len(part))
+            scores = score_rows(rows, self._runner.run, self._max_rows, self._max_tokens)
+        except Exception as error:  # noqa: BLE001 - every request of the batch is told why
+            failure = pb_utils.TritonError(f"inference failed: {error}")
+            return [pb_utils.InferenceResponse(error=failure) for _ in requests]
+        finally:
+            self._trim_heap()
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(self._output, part.reshape(-1, 1))]
+            )
+            for part in split_rows(scores, counts)
+        ]
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
+        parameters = model.parameters(EncoderParameters)
+        self._vision: _VisionLanguageEncoder | None = None
+        if parameters.runtime is Runtime.TORCH and (
+            model.parameters(TorchEncoderParameters).vision_language
+        ):
+            self._vision = _VisionLanguageEncoder(model, args)
+            return
         self._runner, parameters = _runner(model, args)
         self._inputs = self._runner.input_names
         self._max_cells = parameters.max_attention_cells
@@ -91,6 +150,8 @@ class TritonPythonModel:
         self._trim_heap = HeapTrimmer()
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self._vision is not None:
+            return self._vision.execute(requests)
         pooled = pool_rows(
             [
                 {

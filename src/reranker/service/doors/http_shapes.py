@@ -30,6 +30,7 @@ from reranker.service.core import (
     Truncation,
 )
 from reranker.service.errors import InvalidArgument
+from reranker.service.images import CallImage, image_reference
 
 # A text must hold something besides whitespace (the core refuses a blank one).
 NON_BLANK = r"\S"
@@ -173,10 +174,42 @@ class CohereResponse(BaseModel):
 
 
 # --- Cohere v1, Jina, llama.cpp and vLLM: POST /v1/rerank -----------------------------------
+# An image in a JSON body: base64, or a data: URL (Jina's and NIM's convention).
+ImageReference = Annotated[
+    str,
+    Field(
+        description="an image (PNG, JPEG or WebP), base64 or a data:image/...;base64, URL; "
+        "for models whose modalities include image; URLs are not fetched"
+    ),
+]
+
+
+# A document or passage object holds a text, an image or both.
+_TEXT_OR_IMAGE: JsonDict = {
+    "anyOf": [
+        {"required": [field], "properties": {field: {"type": "string"}}}
+        for field in ("text", "image")
+    ]
+}
+
+
 class DocumentObject(BaseModel):
     # Other fields are kept and returned with the document, as Cohere v1 does.
-    model_config = ConfigDict(extra="allow", strict=True)
-    text: Document
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra=_TEXT_OR_IMAGE)
+    text: Document | None = None
+    image: ImageReference | None = None
+
+
+def _images_of(items: list[Any], what: str) -> list[CallImage | None]:
+    """Each item's image (None for a string or an object without one); empty when no item
+    has one. An object needs a text or an image."""
+    images: list[CallImage | None] = []
+    for index, item in enumerate(items):
+        text, image = (item, None) if isinstance(item, str) else (item.text, item.image)
+        if text is None and image is None:
+            raise InvalidArgument(f"{what}[{index}] needs a text or an image")
+        images.append(None if image is None else image_reference(image, f"{what}[{index}]"))
+    return images if any(images) else []
 
 
 _RANK_FIELDS = Field(
@@ -214,16 +247,17 @@ class CohereV1Request(Instructed, VllmOptions):
             raw_scores=self.raw_scores,
             chunking=chunking,
             instruction=self.given_instruction(),
+            document_images=_images_of(self.documents, "documents"),
         )
 
     def document(self, index: int) -> dict[str, Any]:
         item = self.documents[index]
-        return {"text": item} if isinstance(item, str) else item.model_dump()
+        return {"text": item} if isinstance(item, str) else item.model_dump(exclude_unset=True)
 
 
 def _texts_of(documents: list[str | DocumentObject]) -> list[str]:
-    """The text each document is ranked by (an object's ``text`` field)."""
-    return [d if isinstance(d, str) else d.text for d in documents]
+    """The text each document is ranked by (an object's ``text`` field; "" beside an image)."""
+    return [d if isinstance(d, str) else d.text or "" for d in documents]
 
 
 def _check_rank_fields(rank_fields: list[str] | None) -> None:
@@ -450,6 +484,7 @@ class MixedbreadRequest(Tolerant):
             documents=_texts_of(self.input),
             model=self.model,
             top_k=self.top_k,
+            document_images=_images_of(self.input, "input"),
         )
 
 
@@ -472,7 +507,7 @@ class MixedbreadResponse(BaseModel):
 def mixedbread_response(outcome: RankOutcome, request: MixedbreadRequest) -> MixedbreadResponse:
     def sent(index: int) -> Any:
         item = request.input[index]
-        return item if isinstance(item, str) else item.model_dump()
+        return item if isinstance(item, str) else item.model_dump(exclude_unset=True)
 
     return MixedbreadResponse(
         model=outcome.model.name,
@@ -549,10 +584,16 @@ class NimText(Tolerant):
     text: Document
 
 
+class NimPassage(Tolerant):
+    model_config = ConfigDict(json_schema_extra=_TEXT_OR_IMAGE)
+    text: Document | None = None
+    image: ImageReference | None = None
+
+
 class NimRequest(Tolerant):
     model: str = _model()
     query: NimText
-    passages: list[NimText] = _texts("the passages to rank")
+    passages: list[NimPassage] = _texts("the passages to rank: a text, an image or both")
     truncate: Literal["NONE", "END"] = Field(
         "NONE", description="NONE refuses a pair that does not fit; END truncates it"
     )
@@ -570,10 +611,11 @@ class NimRequest(Tolerant):
     def call(self) -> RankCall:
         return RankCall(
             query=self.query.text,
-            documents=[p.text for p in self.passages],
+            documents=[p.text or "" for p in self.passages],
             model=self.model,
             raw_scores=True,
             truncation=Truncation.REFUSE if self.truncate == "NONE" else Truncation.LONGEST_FIRST,
+            document_images=_images_of(self.passages, "passages"),
         )
 
 
@@ -604,6 +646,7 @@ class ModelCard(BaseModel):
     scoring: str
     takes_instruction: bool
     runtime: str
+    modalities: list[str]
 
 
 class ModelList(BaseModel):
@@ -625,6 +668,7 @@ def model_list(listing: ModelListing) -> ModelList:
                 scoring=m.scoring.value,
                 takes_instruction=m.takes_instruction,
                 runtime=m.runtime.value,
+                modalities=list(m.modalities),
             )
             for m in listing.models
         ]

@@ -20,7 +20,9 @@ from reranker.contract.model import ModelKind
 from reranker.service.core import ChunkingRequest, RankCall, RankCore, Truncation
 from reranker.service.doors.security import ApiKey
 from reranker.service.errors import InvalidArgument, RerankError, Unauthenticated, grpc_status
+from reranker.service.images import CallImage
 from reranker.service.metrics import ServiceMetrics
+from reranker.service.ranking import RankedDocument
 from reranker.service.tracing import caller_context
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,24 @@ def rank_call(request: pb.RankRequest) -> RankCall:
         max_document_tokens=request.max_document_tokens,
         chunking=chunking,
         instruction=request.instruction if request.HasField("instruction") else None,
+        query_image=_image(request.query_image) if request.HasField("query_image") else None,
+        document_images=[
+            _image(image) if image.data else None for image in request.document_images
+        ],
+    )
+
+
+def _image(image: pb.Image) -> CallImage:
+    return CallImage(image.data, image.media_type)
+
+
+def _result(result: RankedDocument) -> pb.RankResult:
+    image = result.image
+    return pb.RankResult(
+        index=result.index,
+        score=result.score,
+        text=result.text,
+        image=None if image is None else pb.Image(data=image.data, media_type=image.media_type),
     )
 
 
@@ -195,9 +215,7 @@ class RankServicer(pb_grpc.RankServicer):
         call = rank_call(request)
         outcome = await self._core.rank(call, self._core.timeout(context.time_remaining()))
         return pb.RankResponse(
-            results=[
-                pb.RankResult(index=r.index, score=r.score, text=r.text) for r in outcome.results
-            ],
+            results=[_result(r) for r in outcome.results],
             model=outcome.model.name,
             metadata=pb.RankMetadata(
                 pairs=outcome.pairs,
@@ -224,6 +242,7 @@ class RankServicer(pb_grpc.RankServicer):
                     scoring=m.scoring.value,
                     takes_instruction=m.takes_instruction,
                     runtime=m.runtime.value,
+                    modalities=m.modalities,
                 )
                 for m in listing.models
             ]
