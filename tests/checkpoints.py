@@ -645,25 +645,25 @@ def _vision_reranker(
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-        rope = {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [2, 3, 3]}
+        rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": sections}
         config: Any = Qwen3VLConfig(
             text_config={
                 **text,
-                "head_dim": 16,
+                "head_dim": head_dim,
                 "rope_parameters": {**rope, "mrope_interleaved": True},
             },
             vision_config={
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
+                "depth": vision_layers,
+                "hidden_size": v_hidden,
+                "intermediate_size": v_intermediate,
+                "num_heads": v_heads,
                 "patch_size": 16,
                 "spatial_merge_size": 2,
                 "temporal_patch_size": 2,
-                "out_hidden_size": 64,
-                "num_position_embeddings": 64,
-                "deepstack_visual_indexes": [0],
-                "initializer_range": 0.1,
+                "out_hidden_size": hidden,
+                "num_position_embeddings": 2304 if v_hidden > 256 else 64,
+                "deepstack_visual_indexes": list(range(min(vision_layers, 3))),
+                "initializer_range": text["initializer_range"],
             },
             tie_word_embeddings=True,
             **tokens,

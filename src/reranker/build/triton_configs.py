@@ -97,6 +97,11 @@ class TritonTuning:
     torch_gpu_max_tokens_per_run: int = _lever(
         1 << 16, "padded tokens one PyTorch GPU run holds at most"
     )
+    vision_max_tokens_per_run: int = _lever(
+        4096,
+        "tokens (image tokens included) one CPU run of a vision-language reranker holds at "
+        "most: a page image is about 800, and its activations scale with them",
+    )
     torch_gpu_run_overhead_tokens: int = _lever(
         1024, "a PyTorch GPU run's fixed cost (kernel launches), in tokens' work"
     )
@@ -252,7 +257,9 @@ def torch_encoder_config(
             intra_op_threads=tuning.intra_op_threads,
             max_attention_cells=tuning.max_attention_cells * (64 if gpu else 1),
             max_rows_per_run=tuning.torch_gpu_max_rows_per_run if gpu else tuning.max_rows_per_run,
-            max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run if gpu else 0,
+            max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run
+            if gpu
+            else (tuning.vision_max_tokens_per_run if model.takes_images else 0),
             run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
             relevance_tokens=model.relevance_tokens or (),
             shared_prefix=tuning.shared_prefix
