@@ -516,7 +516,7 @@ PARITY_BOUND = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 5e-3}
 
 
 def parity(
-    client: Any, cross_encoder: Any, model: str, documents: list[str], bound: float
+    client: Any, cross_encoder: Any, model: str, documents: list[Any], bound: float
 ) -> dict[str, Any]:
     """Served scores against CrossEncoder's on the same documents: passed when every score
     is finite, within ``bound`` and the top ten are the same documents in the same order."""
@@ -783,7 +783,9 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
                 )
         if client is not None and VISION in checkpoints:
             with results.step(f"{VISION}: pages"):
-                results.rows += vision_rows(client, checkpoints[VISION], scale)
+                rows, checks = vision_rows(client, checkpoints[VISION], scale)
+                results.rows += rows
+                report["models"][VISION] = {"parity": checks}
     if sampler is not None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib
@@ -838,10 +840,10 @@ def causal_rows(client: Any, checkpoint: Path, documents: list[str], scale: Scal
     return rows
 
 
-def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> list[Row]:
+def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> tuple[list[Row], dict[str, Any]]:
     """A vision-language reranker (Qwen3-VL-2B shape) ranking page-like images against a text
     query: ``CrossEncoder.rank`` on the same device and precision, and this server at
-    concurrency 1 and 4."""
+    concurrency 1 and 4; and its scores against CrossEncoder's."""
     import io
     from functools import partial
 
@@ -851,13 +853,19 @@ def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> list[Row]:
     from sentence_transformers import CrossEncoder
     from vision import page_images
 
-    device = "cuda" if scale.device == "gpu" else "cpu"
-    cross_encoder = CrossEncoder(str(checkpoint), device=device)
-    if scale.device == "gpu":
-        is_module = isinstance(cross_encoder, torch.nn.Module)
-        (cross_encoder if is_module else cross_encoder.model).to(torch.bfloat16)
+    gpu = scale.device == "gpu"
+    # Loaded in the served precision (bf16 on a GPU) as the server loads it: its rotary
+    # frequencies stay fp32.
+    cross_encoder = CrossEncoder(
+        str(checkpoint),
+        device="cuda" if gpu else "cpu",
+        model_kwargs={"dtype": torch.bfloat16 if gpu else torch.float32},
+    )
     pages = page_images(scale.vision_pages, scale.vision_page_size)
     images = [Image.open(io.BytesIO(page)).convert("RGB") for page in pages]
+    bound = PARITY_BOUND["bf16" if gpu else "fp32"]
+    checks = {"reference": parity(client, cross_encoder, VISION, images, bound)}
+    print(f"{VISION} parity {json.dumps(checks)}", flush=True)
     n = len(pages)
     served = partial(client.rank, QUERY, pages, model=VISION)
     cases = [
@@ -867,7 +875,8 @@ def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> list[Row]:
         Case("this server", VISION, "pages", 1, served, n),
         Case("this server", VISION, "pages", 4, served, n),
     ]
-    return [_row(result, "pages") for result in interleave(cases, scale.rounds)]
+    rows = [_row(result, "pages") for result in interleave(cases, scale.rounds)]
+    return rows, checks
 
 
 def _ranks(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:

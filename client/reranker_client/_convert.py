@@ -126,9 +126,22 @@ def _image(value: Any) -> pb.Image:
         return pb.Image(data=value)
     if hasattr(value, "save"):
         buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
+        _as_processors_see_it(value).save(buffer, format="PNG")
         return pb.Image(data=buffer.getvalue(), media_type="image/png")
     raise TypeError(f"an image is its encoded bytes or a PIL image, not {type(value).__name__}")
+
+
+def _as_processors_see_it(image: Any) -> Any:
+    """A PIL image as a vision-language processor reads the object itself: transparency
+    composited onto white, then RGB (the server reads the encoded file as a path or data URL
+    is read, whose transparency is dropped)."""
+    if "A" not in image.getbands() and image.info.get("transparency") is None:
+        return image
+    from PIL import Image  # the caller holds a PIL image: Pillow is there
+
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _content(value: Content) -> tuple[str, pb.Image | None]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 import pytest
 from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_client import InvalidArgumentError, RerankError, UnavailableError
@@ -99,3 +100,19 @@ def test_images_travel_by_document_and_come_back_as_the_callers_objects() -> Non
         {"corpus_id": 2, "score": 0.9, "text": documents[2]},
         {"corpus_id": 1, "score": 0.5, "text": "a text"},
     ]
+
+
+def test_a_transparent_picture_is_sent_as_the_processor_reads_the_object() -> None:
+    import io
+
+    from PIL import Image
+    from transformers.image_transforms import convert_to_rgb
+
+    picture = Image.new("RGBA", (6, 4), (200, 10, 10, 0))
+    picture.putpixel((0, 0), (10, 200, 10, 128))
+    request = build_rank_request("q", [picture], RankOptions())
+    sent = Image.open(io.BytesIO(request.document_images[0].data))
+    # What transformers' processors make of the object: composited onto white.
+    expected = convert_to_rgb(picture, return_numpy=True)
+    assert sent.mode == "RGB"
+    assert (np.asarray(sent) == expected).all()

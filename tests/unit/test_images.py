@@ -46,6 +46,7 @@ def test_served_formats_open(fmt: str) -> None:
         (b"\x89PNG\r\n\x1a\n" + bytes(64), "is not a PNG, JPEG or WebP image"),
         (encoded(noise(50, 50))[:2000], "is corrupt or truncated"),
         (encoded(noise(50, 50), "JPEG")[:700], "is corrupt or truncated"),
+        (encoded(noise(1, 300)), "is 300x1: sides more than 200 times apart"),
     ],
 )
 def test_bad_images_are_refused_saying_why(data: bytes, message: str) -> None:
@@ -94,3 +95,22 @@ def test_image_references_are_base64_or_data_urls_and_never_fetched() -> None:
         image_reference("not base64!", "d")
     with pytest.raises(InvalidArgument, match="must be base64"):
         image_reference("data:image/png," + text, "d")
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg() -> None:
+    frames = [noise(20, 30), noise(20, 30).rotate(90)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="MPO", save_all=True, append_images=frames[1:])
+    check_image(CallImage(buffer.getvalue(), "image/jpeg"), "d", LIMITS)
+
+
+def test_rows_with_images_travel_by_image_size_within_the_byte_budget() -> None:
+    from reranker.service.core import RowImages
+    from reranker.service.engine import image_requests
+
+    sizes = [5, 0, 40_000_000, 0, 7, 30_000_000, 6]
+    images = RowImages(b"q", [bytes(size) for size in sizes])
+    requests = image_requests(images, max_rows=3)
+    assert sorted(row for request in requests for row in request) == list(range(len(sizes)))
+    # Text rows first, then by size, three at most; 30 MB and 40 MB never share 64 MB.
+    assert requests == [[1, 3, 0], [6, 4, 5], [2]]

@@ -16,7 +16,13 @@ from io import BytesIO
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # The formats served, by Pillow's name, with their media type.
-MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# What Pillow may name what it opened: a JPEG with more than one picture opens as MPO (a JPEG
+# file, whose first picture is read).
+MEDIA_TYPES = {**_FORMATS, "MPO": "image/jpeg"}
+# Longest side over shortest: vision-language processors refuse flatter images (Qwen-VL's
+# resize, 200).
+MAX_ASPECT_RATIO = 200
 
 
 class ImageError(ValueError):
@@ -38,13 +44,18 @@ def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise ImageError(f"is {len(data)} bytes; the limit is {limits.max_bytes}")
     try:
-        image = Image.open(BytesIO(data), formats=tuple(MEDIA_TYPES))
+        image = Image.open(BytesIO(data), formats=tuple(_FORMATS))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError):
         raise ImageError("is not a PNG, JPEG or WebP image (or its header is corrupt)") from None
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageError(
             f"is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise ImageError(
+            f"is {width}x{height}: sides more than {MAX_ASPECT_RATIO} times apart cannot be "
+            "resized to the model's patches"
         )
     try:
         image.load()
@@ -59,5 +70,5 @@ def media_type(image: Image.Image) -> str:
 
 def decode(data: bytes) -> Image.Image:
     """An image the service checked, as the processor is given it: upright and RGB."""
-    image = Image.open(BytesIO(data), formats=tuple(MEDIA_TYPES))
+    image = Image.open(BytesIO(data), formats=tuple(_FORMATS))
     return ImageOps.exif_transpose(image).convert("RGB")

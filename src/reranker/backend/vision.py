@@ -77,9 +77,15 @@ class PairProcessor:
     """The checkpoint's processor, run one row at a time (a row's tokens and pixels never
     depend on the rows beside it)."""
 
-    def __init__(self, directory: Path, max_length: int) -> None:
+    def __init__(self, directory: Path, max_length: int, threads: int = 0) -> None:
         from transformers import AutoProcessor
 
+        if threads > 0:
+            # The processor's resizing runs on torch: beside an encoder that uses every core,
+            # it takes one instead of contending for all of them.
+            import torch
+
+            torch.set_num_threads(threads)
         self._processor = AutoProcessor.from_pretrained(str(directory))
         self._max_length = max_length
 
@@ -182,11 +188,13 @@ class VisionLanguageRunner:
         )
         text = getattr(config, "text_config", config)
         self._pad_id = int(getattr(text, "pad_token_id", None) or 0)
-        network = AutoModelForImageTextToText.from_pretrained(
-            str(checkpoint), attn_implementation="sdpa"
-        )
-        self._network = network.eval().to(dtype or torch.float32).to(self._device)
         self._dtype = dtype or torch.float32
+        # Loaded in its serving precision, as CrossEncoder's ``model_kwargs={"dtype": ...}``
+        # loads it: the rotary frequencies stay fp32 (a cast after loading would round them).
+        network = AutoModelForImageTextToText.from_pretrained(
+            str(checkpoint), attn_implementation="sdpa", dtype=self._dtype
+        )
+        self._network = network.eval().to(self._device)
         self._relevant, self._irrelevant = relevance
 
     def run(self, rows: Sequence[VisionRow]) -> np.ndarray:
@@ -214,7 +222,7 @@ class VisionLanguageRunner:
             )
         with torch.inference_mode():
             tensors = {name: value.to(self._device) for name, value in feeds.items()}
-            logits = self._network(**tensors, logits_to_keep=1).logits[:, -1]
+            logits = self._network(**tensors, use_cache=False, logits_to_keep=1).logits[:, -1]
             scores = logits[:, self._relevant] - logits[:, self._irrelevant]
         return scores.float().cpu().numpy()
 

@@ -44,21 +44,27 @@ def is_vision_language(config: dict[str, Any]) -> bool:
     return "vision_config" in config and str(config.get("model_type", "")) in VISION_FAMILIES
 
 
-def _sample_messages(instruction: str | None = None) -> list[list[dict[str, Any]]]:
-    """Rows the load check scores: a text pair, and text queries against images of two
-    sizes (one image alone, one beside a caption)."""
+def _sample_pairs() -> list[tuple[tuple[str, Any], tuple[str, Any]]]:
+    """Pairs the load check scores, as (text, image) sides: a text pair, and text queries
+    against images of two sizes (one image alone, one beside a caption)."""
     from PIL import Image
-
-    from reranker.backend.vision import pair_messages
 
     rng = np.random.default_rng(0)
     wide = Image.fromarray(rng.integers(0, 256, (96, 160, 3), dtype=np.uint8))
     tall = Image.fromarray(rng.integers(0, 256, (200, 120, 3), dtype=np.uint8))
     return [
-        pair_messages(("what is a reranker", None), ("it orders documents", None), instruction),
-        pair_messages(("a wide picture", None), ("", wide), instruction),
-        pair_messages(("a tall picture", None), ("its caption", tall), instruction),
+        (("what is a reranker", None), ("it orders documents", None)),
+        (("a wide picture", None), ("", wide)),
+        (("a tall picture", None), ("its caption", tall)),
     ]
+
+
+def _cross_encoder_input(side: tuple[str, Any]) -> Any:
+    """A side as ``CrossEncoder`` takes it: a text, an image, or both (image first)."""
+    text, image = side
+    if image is None:
+        return text
+    return {"image": image, "text": text} if text else image
 
 
 def build_vision_language(
@@ -67,13 +73,12 @@ def build_vision_language(
     from transformers import AutoProcessor
 
     from reranker.backend.torch_runtime import TORCH_DTYPES
-    from reranker.backend.vision import PairProcessor, VisionLanguageRunner
+    from reranker.backend.vision import PairProcessor, VisionLanguageRunner, pair_messages
     from reranker.build.causal import relevance_tokens
     from reranker.build.install import check_precision
     from reranker.build.repository import write_configs
 
-    if options.runtime is not EncoderRuntime.TORCH and options.device is Device.GPU:
-        raise BuildError("a vision-language reranker is served by the PyTorch runtime")
+    # The PyTorch runtime serves it on CPU and GPU alike (no ONNX export of the vision tower).
     if options.device is Device.GPU and not options.precision_chosen:
         options = replace(options, precision=Precision.BF16)
     options = replace(options, runtime=EncoderRuntime.TORCH)
@@ -92,9 +97,10 @@ def build_vision_language(
             "chat template that renders the query and document roles"
         )
     true_id, false_id = relevance_tokens(source, tokenizer)
+    query, document = _sample_pairs()[0]
     rendered = [
-        processor.apply_chat_template(messages, tokenize=False)
-        for messages in (_sample_messages()[0], _sample_messages("INSTRUCTION")[0])
+        processor.apply_chat_template(pair_messages(query, document, instruction), tokenize=False)
+        for instruction in (None, "INSTRUCTION")
     ]
     model = ServedModel(
         name=options.name,
@@ -130,32 +136,31 @@ def build_vision_language(
         for pattern in ("config.json", "*.safetensors", "model.safetensors.index.json"):
             for file in source.glob(pattern):
                 shutil.copyfile(file, target / file.name)
-    rows = [PairProcessor(processor_dir, model.max_length).row(m) for m in _sample_messages()]
+    pairs = _sample_pairs()
+    pair_processor = PairProcessor(processor_dir, model.max_length)
+    rows = [pair_processor.row(pair_messages(query, document)) for query, document in pairs]
     served = VisionLanguageRunner(target, (true_id, false_id)).run(rows)
-    reference = _reference_scores(source, processor, true_id, false_id)
+    reference = _cross_encoder_scores(source, pairs)
     error = float(np.abs(served - reference).max())
-    print(f"  load check: max |served - checkpoint| = {error:.2e}", file=sys.stderr)
+    print(f"  load check: max |served - CrossEncoder| = {error:.2e}", file=sys.stderr)
     if error > _TOLERANCE:
-        raise BuildError(f"the copied checkpoint scores differently ({error:.2e})")
+        raise BuildError(
+            f"the served files score differently from CrossEncoder on the checkpoint "
+            f"({error:.2e}): its sentence-transformers settings (processing_kwargs, prompts) "
+            "may ask for what the server does not do"
+        )
     write_configs(model, repository, options.tuning)
     return model
 
 
-def _reference_scores(source: Path, processor: Any, true_id: int, false_id: int) -> np.ndarray:
-    """The checkpoint's scores of the sample rows as ``CrossEncoder`` computes them: the
-    batch rendered and left-padded by the processor, the logits at the last position."""
+def _cross_encoder_scores(
+    source: Path, pairs: list[tuple[tuple[str, Any], tuple[str, Any]]]
+) -> np.ndarray:
+    """The reference: ``CrossEncoder.predict`` on the checkpoint, in fp32, raw logits."""
     import torch
-    from transformers import AutoModelForImageTextToText
+    from sentence_transformers import CrossEncoder
 
-    network = AutoModelForImageTextToText.from_pretrained(str(source)).eval()
-    processor.tokenizer.padding_side = "left"
-    features = processor.apply_chat_template(
-        _sample_messages(),
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"text_kwargs": {"padding": True}},
-    )
-    with torch.inference_mode():
-        logits = network(**features, logits_to_keep=1).logits[:, -1]
-    return (logits[:, true_id] - logits[:, false_id]).float().numpy()
+    model = CrossEncoder(str(source), device="cpu", model_kwargs={"dtype": torch.float32})
+    inputs = [(_cross_encoder_input(q), _cross_encoder_input(d)) for q, d in pairs]
+    scores = model.predict(inputs, activation_fn=torch.nn.Identity())
+    return np.asarray(scores, dtype=np.float32)

@@ -92,9 +92,12 @@ class ProcessorParameters:
     # Tokens a row may hold, its image tokens included; a longer row is refused.
     max_length: int
     processor_dir: str = PROCESSOR_DIR
+    # Threads of the processor's image operations (0: torch's default, every core).
+    intra_op_threads: int = 1
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "max_length")
+        _at_least(self, 0, "intra_op_threads")
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,13 @@ class RankCore:
                     check_images, call.query_image, document_images, self.limits.images
                 )
             if model.takes_images:
-                # An image's tokens cannot be cut: a pair that does not fit is refused.
+                if call.max_document_tokens:
+                    raise InvalidArgument(
+                        f"max_document_tokens is not offered for vision-language rerankers "
+                        f"({model.name!r}): their rows are never cut (an image's tokens "
+                        "cannot be); leave it unset"
+                    )
+                # A pair that does not fit is refused, naming the document.
                 options = replace(options, refuse=True)
         scores, raw = await self._score(model, call, documents, chunking, options, timeout_s)
         with self._tracer.start_as_current_span("assemble"):

@@ -88,6 +88,32 @@ def grpc_target(url: str) -> str:
     return url
 
 
+# Image bytes one request to Triton carries at most (a row's query and document images):
+# every row carries its query's image, and the request must stay well within the message
+# limit above.
+_IMAGE_BYTES_PER_REQUEST = 64 * 1024 * 1024
+
+
+def image_requests(images: RowImages, max_rows: int) -> list[list[int]]:
+    """A call's rows as requests when they carry images: ordered by image size, so rows of
+    similar images travel together (a request's patches are padded to its largest row's),
+    and no request over ``_IMAGE_BYTES_PER_REQUEST``."""
+    sizes = [len(images.query) + len(document) for document in images.documents]
+    order = sorted(range(len(sizes)), key=lambda row: sizes[row])
+    requests: list[list[int]] = []
+    for row in order:
+        current = requests[-1] if requests else None
+        if (
+            current is None
+            or len(current) >= max_rows
+            or sum(sizes[i] for i in current) + sizes[row] > _IMAGE_BYTES_PER_REQUEST
+        ):
+            requests.append([row])
+        else:
+            current.append(row)
+    return requests
+
+
 def describe(config: mc.ModelConfig) -> ServedModel | None:
     """Reads a served model back from its ensemble's configuration (None if not one of ours).
 
@@ -181,7 +207,10 @@ class TritonEngine:
         if model.takes_images and images is None:
             images = RowImages(b"", [b""] * len(documents))
         max_rows = max(1, min(self._max_rows, model.max_batch_size))
-        plan = plan_requests(documents, max_rows)
+        if images is None:
+            plan = plan_requests(documents, max_rows)
+        else:
+            plan = image_requests(images, max_rows)
         start = time.perf_counter()
         encoded_query = query.encode("utf-8")
         parameters = options.parameters() if options != LONGEST_FIRST else None
@@ -252,10 +281,10 @@ class TritonEngine:
                 overflow = OverflowReport.decode(error.message() or "")
                 if overflow is not None:
                     more = "more than " if overflow.clipped else ""
+                    why = "its images' tokens cannot be cut" if images else "truncation is REFUSE"
                     raise InvalidArgument(
                         f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens "
-                        f"with the query; the model reads at most {overflow.limit} "
-                        "(truncation is REFUSE)"
+                        f"with the query; the model reads at most {overflow.limit} ({why})"
                     ) from None
                 translated = _translate(error, self.url)
                 if isinstance(translated, Unavailable):

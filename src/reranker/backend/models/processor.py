@@ -43,7 +43,9 @@ class TritonPythonModel:
         model = ModelArgs(args)
         parameters = model.parameters(ProcessorParameters)
         self._processor = PairProcessor(
-            model.version_dir / parameters.processor_dir, parameters.max_length
+            model.version_dir / parameters.processor_dir,
+            parameters.max_length,
+            parameters.intra_op_threads,
         )
         self._outputs = model.output_names()
 
