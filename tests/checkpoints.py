@@ -518,9 +518,6 @@ def mxbai_v2_reranker(target: Path, layers: int = 2, max_length: int = 512, seed
     with a prompt that takes no instruction, scored as logit("1") - logit("0"): saved as a
     sentence-transformers CrossEncoder whose LogitScore module names those tokens."""
     import torch
-    from sentence_transformers import CrossEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.cross_encoder.modules import LogitScore
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     scratch = target.with_name(target.name + "-backbone")
@@ -541,11 +538,21 @@ def mxbai_v2_reranker(target: Path, layers: int = 2, max_length: int = 512, seed
     )
     torch.manual_seed(seed)
     Qwen2ForCausalLM(config).save_pretrained(scratch)
-    backbone = Transformer(str(scratch), transformer_task="text-generation")
-    score = LogitScore(
-        true_token_id=tokenizer.convert_tokens_to_ids("1"),
-        false_token_id=tokenizer.convert_tokens_to_ids("0"),
-    )
+    return _logit_score_cross_encoder(scratch, "text-generation", tokenizer, ("1", "0"), target)
+
+
+def _logit_score_cross_encoder(
+    backbone_dir: Path, task: str, tokenizer: Any, tokens: tuple[str, str], target: Path
+) -> Path:
+    """The backbone saved as a sentence-transformers CrossEncoder whose LogitScore module
+    scores ``tokens[0]`` less ``tokens[1]``."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.cross_encoder.modules import LogitScore
+
+    backbone = Transformer(str(backbone_dir), transformer_task=task)
+    relevant, irrelevant = (tokenizer.convert_tokens_to_ids(token) for token in tokens)
+    score = LogitScore(true_token_id=relevant, false_token_id=irrelevant)
     CrossEncoder(modules=[backbone, score]).save(str(target))
     return target
 
@@ -609,9 +616,6 @@ def _vision_reranker(
     unless ``shape`` is ``QWEN3_VL_2B``; ``layers`` are the text and vision depths; ``pixels``
     the image processor's bounds (default: small images stay small)."""
     import torch
-    from sentence_transformers import CrossEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.cross_encoder.modules import LogitScore
 
     scratch = target.with_name(target.name + "-backbone")
     tokenizer = chat_bpe_tokenizer(scratch, QWEN_VL_RERANKER_TEMPLATE, ("yes", "no"), 4096)
@@ -718,13 +722,7 @@ def _vision_reranker(
         video_processor=video_class(),
         chat_template=QWEN_VL_RERANKER_TEMPLATE,
     ).save_pretrained(scratch)
-    backbone = Transformer(str(scratch), transformer_task="any-to-any")
-    score = LogitScore(
-        true_token_id=tokenizer.convert_tokens_to_ids("yes"),
-        false_token_id=tokenizer.convert_tokens_to_ids("no"),
-    )
-    CrossEncoder(modules=[backbone, score]).save(str(target))
-    return target
+    return _logit_score_cross_encoder(scratch, "any-to-any", tokenizer, ("yes", "no"), target)
 
 
 def qwen3_vl_reranker(

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows, split_rows
+from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows
 from reranker.backend.cpu import available_cores, intra_op_threads
 from reranker.backend.heap import HeapTrimmer
 from reranker.backend.models._config import ModelArgs
+from reranker.backend.models._responses import score_responses
 from reranker.backend.runtimes import GraphRunner, load_runner
 from reranker.contract.model import ModelKind
 from reranker.contract.parameters import (
@@ -105,9 +106,8 @@ class _VisionLanguageEncoder:
     def execute(self, requests: list[Any]) -> list[Any]:
         from reranker.backend.vision import score_rows, unpack_rows
 
-        rows = []
-        counts = []
-        try:
+        def score() -> tuple[np.ndarray, list[int]]:
+            rows, counts = [], []
             for request in requests:
                 tensors = {
                     name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
@@ -117,17 +117,9 @@ class _VisionLanguageEncoder:
                 rows.extend(part)
                 counts.append(len(part))
             scores = score_rows(rows, self._runner.run, self._max_rows, self._max_tokens)
-        except Exception as error:  # noqa: BLE001 - every request of the batch is told why
-            failure = pb_utils.TritonError(f"inference failed: {error}")
-            return [pb_utils.InferenceResponse(error=failure) for _ in requests]
-        finally:
-            self._trim_heap()
-        return [
-            pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(self._output, part.reshape(-1, 1))]
-            )
-            for part in split_rows(scores, counts)
-        ]
+            return scores, counts
+
+        return score_responses(requests, self._output, score, self._trim_heap)
 
 
 class TritonPythonModel:
@@ -162,20 +154,13 @@ class TritonPythonModel:
             ],
             self._inputs,
         )
-        scores = np.empty(len(pooled.lengths), dtype=np.float32)
-        try:
+
+        def score() -> tuple[np.ndarray, list[int]]:
+            scores = np.empty(len(pooled.lengths), dtype=np.float32)
             for rows in micro_batches(
                 pooled.lengths, self._max_cells, self._max_rows, self._cost, self._max_tokens
             ):
                 scores[rows] = self._runner.run(pad_batch(pooled, rows))
-        except Exception as error:  # noqa: BLE001 - every request of the batch is told why
-            failure = pb_utils.TritonError(f"inference failed: {error}")
-            return [pb_utils.InferenceResponse(error=failure) for _ in requests]
-        finally:
-            self._trim_heap()
-        return [
-            pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(self._output, part.reshape(-1, 1))]
-            )
-            for part in split_rows(scores, pooled.counts)
-        ]
+            return scores, pooled.counts
+
+        return score_responses(requests, self._output, score, self._trim_heap)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.images import decode
 from reranker.backend.models._config import ModelArgs
+from reranker.backend.models._responses import respond_each, tensor_response
 from reranker.backend.vision import PairProcessor, pack_rows, pair_messages
 from reranker.contract.parameters import ProcessorParameters
 from reranker.contract.tensors import (
@@ -71,18 +71,7 @@ class TritonPythonModel:
                 zip(queries, query_images, documents, document_images, strict=True)
             )
         ]
-        tensors = pack_rows(rows)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(tensors[name])) for name in self._outputs
-            ]
-        )
+        return tensor_response(pack_rows(rows), self._outputs)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except ValueError as error:  # bad input or a row too long: this request only
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
-        return responses
+        return respond_each(requests, self._respond)

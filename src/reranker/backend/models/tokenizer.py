@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.models._config import ModelArgs
+from reranker.backend.models._responses import respond_each, tensor_response
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.contract.parameters import TokenizerParameters
 from reranker.contract.tensors import DOCUMENT, QUERY, TruncationOptions
@@ -56,17 +56,7 @@ class TritonPythonModel:
             raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
         options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
         tensors = self._tokenizer.pad(self._tokenizer.tokenize(queries, documents, options))
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(name, np.ascontiguousarray(tensors[name])) for name in self._outputs
-            ]
-        )
+        return tensor_response(tensors, self._outputs)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._respond(request))
-            except ValueError as error:  # bad input or a refused overflow: this request only
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
-        return responses
+        return respond_each(requests, self._respond)

@@ -1,0 +1,53 @@
+"""The responses every one of our Python-backend models builds the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from reranker.backend.batching import split_rows
+
+
+def tensor_response(tensors: Mapping[str, np.ndarray], names: Sequence[str]) -> Any:
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            pb_utils.Tensor(name, np.ascontiguousarray(tensors[name])) for name in names
+        ]
+    )
+
+
+def respond_each(requests: list[Any], respond: Callable[[Any], Any]) -> list[Any]:
+    """One response per request; a request that cannot be served (a ValueError: bad input or
+    a refused row) gets its own error and the others go on."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(respond(request))
+        except ValueError as error:
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
+    return responses
+
+
+def score_responses(
+    requests: list[Any],
+    output: str,
+    score: Callable[[], tuple[np.ndarray, Sequence[int]]],
+    after: Callable[[], object],
+) -> list[Any]:
+    """Each request's share of the scores ``score`` returns (every row of the batch, and the
+    row count of each request); if it fails, every request of the batch is told why.
+    ``after`` runs either way."""
+    try:
+        scores, counts = score()
+    except Exception as error:  # noqa: BLE001 - every request of the batch is told why
+        failure = pb_utils.TritonError(f"inference failed: {error}")
+        return [pb_utils.InferenceResponse(error=failure) for _ in requests]
+    finally:
+        after()
+    return [
+        pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(output, part.reshape(-1, 1))])
+        for part in split_rows(scores, counts)
+    ]
