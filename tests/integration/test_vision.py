@@ -415,3 +415,18 @@ def test_bad_images_are_refused_by_name_over_http(vision_server: Server) -> None
             },
         )
         assert good.status_code == 200, good.text
+
+
+def test_the_builder_refuses_what_a_vision_language_model_cannot_be_served_in(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    from reranker.build.common import BuildError
+    from reranker.contract.model import Precision
+
+    with pytest.raises(BuildError, match="serves fp32 on CPU, fp16 or bf16 on a GPU; not int8"):
+        build(
+            str(checkpoints["qwen3-vl"]),
+            BuildOptions(name="vl-int8", precision=Precision.INT8),
+            tmp_path,
+        )
+    assert not (tmp_path / "vl-int8").exists()
