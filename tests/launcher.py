@@ -4,6 +4,7 @@ loopback ports and stops it: one way, shared by the test suite and the benchmark
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,11 +18,37 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from reranker.service.triton_server import dies_with_parent
 
+# Ports handed out in this process: never twice, though the first server has not bound its
+# port yet when the next is chosen.
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's range for outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, chosen below the kernel's ephemeral range: an
+    outgoing connection (a client of a server already up) takes its local port from that
+    range, and could take a port chosen there before the new server binds it."""
+    top = max(_ephemeral_start(), 20000)
+    chooser = random.Random()
+    for _ in range(1000):
+        port = chooser.randrange(10000, top)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 @dataclass
