@@ -290,7 +290,8 @@ class RankCore:
                 )
             if call.instruction:  # an empty one is none, as CrossEncoder's empty prompt is
                 options = replace(options, instruction=call.instruction)
-            if call.images is not None:
+            images = call.images
+            if images is not None:
                 _check_takes_images(model, call)
                 await asyncio.to_thread(
                     check_images, call.query_image, document_images, self.limits.images
@@ -304,7 +305,9 @@ class RankCore:
                     )
                 # A pair that does not fit is refused, naming the document.
                 options = replace(options, refuse=True)
-        scores, raw = await self._score(model, call, documents, chunking, options, timeout_s)
+        scores, raw = await self._score(
+            model, call, documents, chunking, options, timeout_s, images
+        )
         with self._tracer.start_as_current_span("assemble"):
             self._metrics.rows.labels(model.name).inc(len(scores.values))
             self._metrics.rows_per_call.observe(len(scores.values))
@@ -330,11 +333,12 @@ class RankCore:
         chunking: ChunkingChoice | None,
         options: TruncationOptions,
         timeout_s: float,
+        images: RowImages | None = None,
     ) -> tuple[Scores, np.ndarray]:
         if chunking is None:
             with self.budget.hold(len(documents)):
                 scores = await self._scorer.score(
-                    model, call.query, documents, timeout_s, options, images=call.images
+                    model, call.query, documents, timeout_s, options, images=images
                 )
             return scores, scores.values
         with self.budget.hold(len(documents)):

@@ -29,8 +29,6 @@ from reranker.contract.tensors import (
 
 def _column(request: Any, name: str) -> list[bytes]:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:  # an optional input the call left out
-        return []
     return [bytes(value) for value in tensor.as_numpy().reshape(-1)]
 
 
@@ -53,8 +51,8 @@ class TritonPythonModel:
         queries, documents = _column(request, QUERY), _column(request, DOCUMENT)
         if len(queries) != len(documents):
             raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
-        query_images = _column(request, QUERY_IMAGE) or [b""] * len(queries)
-        document_images = _column(request, DOCUMENT_IMAGE) or [b""] * len(documents)
+        query_images = _column(request, QUERY_IMAGE)
+        document_images = _column(request, DOCUMENT_IMAGE)
         if not len(query_images) == len(document_images) == len(queries):
             raise ValueError("QUERY_IMAGE and DOCUMENT_IMAGE must hold one entry per row")
         options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
