@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding, Tokenizer, models
 
 from reranker.contract.model import PairMode
 from reranker.contract.tensors import LONGEST_FIRST, OverflowReport, TruncationOptions
@@ -122,13 +122,18 @@ class PairTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, config: PairTokenizerConfig) -> None:
+        """Takes ``tokenizer`` over: its padding and truncation are turned off."""
         self._config = config
         self.pad_id = _pad_token_id(tokenizer)
-        self._encoder = Tokenizer.from_str(tokenizer.to_str())
+        self._encoder = tokenizer
         self._encoder.no_padding()
         self._encoder.no_truncation()
-        self._finisher = Tokenizer.from_str(tokenizer.to_str())
-        self._finisher.no_padding()
+        # Truncating a pair and adding its special tokens reads no vocabulary: the finisher
+        # holds only the post-processor, not a second copy of the vocabulary (megabytes per
+        # served model, in every tokenizer process).
+        self._finisher = Tokenizer(models.WordLevel())
+        if tokenizer.post_processor is not None:
+            self._finisher.post_processor = tokenizer.post_processor
         self._finisher.enable_truncation(config.max_length, strategy="longest_first")
         self._pair_specials = self._encoder.num_special_tokens_to_add(is_pair=True)
         self._single_specials = self._encoder.num_special_tokens_to_add(is_pair=False)

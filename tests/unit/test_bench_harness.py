@@ -1,0 +1,61 @@
+"""The benchmark's run: how many calls a run makes, and how many are in flight at once."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("harness", ROOT / "bench" / "harness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["harness"] = module  # dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Calls:
+    """Counts calls and the most in flight at once."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._lock = threading.Lock()
+        # Every worker of a concurrent run is in its call before any returns.
+        self._barrier = threading.Barrier(concurrency) if concurrency > 1 else None
+        self.made = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.made += 1
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if self._barrier is not None:
+            self._barrier.wait(timeout=10)
+        with self._lock:
+            self.in_flight -= 1
+
+
+def test_a_run_at_c1_makes_its_calls_one_after_another() -> None:
+    harness = _harness()
+    calls = _Calls(1)
+    case = harness.Case("engine", "model", "a", 1, calls, pairs=100, calls=4)
+    case.run()
+    case.run()
+    assert calls.made == 8 and calls.most_in_flight == 1
+    assert len(case.latencies) == 8 and len(case.throughputs) == 2
+
+
+def test_a_run_makes_one_call_per_worker_unless_told() -> None:
+    harness = _harness()
+    calls = _Calls(4)
+    case = harness.Case("engine", "model", "a", 4, calls, pairs=100)
+    case.run()
+    assert calls.made == 4 and calls.most_in_flight == 4
+    assert len(case.throughputs) == 1
