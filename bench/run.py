@@ -52,9 +52,11 @@ CAUSAL_LAYERS = 4
 CAUSAL_DOCUMENTS = 32
 CAUSAL_ROUNDS = 3
 # Pages a call of the multimodal row carries, and the row's rounds: a round runs
-# CrossEncoder and the server at c=1 and c=4 on 6 x 20 pages, about 4 minutes here (a page
-# costs its model about 1.9 s with one text and one vision layer).
-VISION_PAGES = 20
+# CrossEncoder and the server at c=1 and c=4 on 6 x 12 pages, about 3 minutes here (a page
+# costs its model about 2-2.5 s with one text and one vision layer; 20 pages a call took the
+# whole benchmark past 20 minutes on a slow day). A call still holds three of the server's
+# runs of 4096 tokens (about 4 pages each).
+VISION_PAGES = 12
 VISION_ROUNDS = 1
 # Rounds of every row but MiniLM (a), whose targets hold per round: what keeps the whole
 # benchmark within 20 minutes here.
