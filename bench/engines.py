@@ -300,7 +300,7 @@ def engines(
                     level,
                     partial(client.rank, QUERY, documents, model=served),
                     n,
-                    calls=max(calls, level) if calls else 0,
+                    calls=calls,
                 )
             )
     if model == "minilm" and name == "a":

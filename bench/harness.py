@@ -36,9 +36,9 @@ class Result:
 
 @dataclass
 class Case:
-    """One engine at one concurrency on one model and workload: a run is ``calls`` calls
-    (default: one per worker) made by ``concurrency`` workers; throughput per run, latency
-    per call."""
+    """One engine at one concurrency on one model and workload: a run is one call per
+    worker, or ``calls`` calls if more, made by ``concurrency`` workers; throughput per run,
+    latency per call."""
 
     engine: str
     model: str
@@ -53,9 +53,9 @@ class Case:
     latencies: list[float] = field(default_factory=list)
     # A smaller call that warms the same paths up, for a case whose call takes minutes.
     warm_call: Callable[[], object] | None = None
-    # Calls a run makes (0: one per worker). Rows compared across concurrencies give every
-    # run the same calls, so a run at c=1 is not one call of a second, which this machine's
-    # second-to-second jitter moves by 20% (docs/benchmark.md).
+    # Calls a run makes at least (it makes one per worker anyway). Rows compared across
+    # concurrencies give every run the same calls, so a run at c=1 is not one call of a
+    # second, which this machine's second-to-second jitter moves by 20% (docs/benchmark.md).
     calls: int = 0
 
     def warm_up(self) -> None:
@@ -69,7 +69,7 @@ class Case:
             self.call()
             self.latencies.append(time.perf_counter() - start)
 
-        calls = self.calls or self.concurrency
+        calls = max(self.calls, self.concurrency)
         with ThreadPoolExecutor(self.concurrency) as pool:
             start = time.perf_counter()
             list(pool.map(timed, range(calls)))

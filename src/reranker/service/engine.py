@@ -101,16 +101,14 @@ def image_requests(images: RowImages, max_rows: int) -> list[list[int]]:
     sizes = [len(images.query) + len(document) for document in images.documents]
     order = sorted(range(len(sizes)), key=lambda row: sizes[row])
     requests: list[list[int]] = []
+    carried = 0  # image bytes of the last request
     for row in order:
-        current = requests[-1] if requests else None
-        if (
-            current is None
-            or len(current) >= max_rows
-            or sum(sizes[i] for i in current) + sizes[row] > _IMAGE_BYTES_PER_REQUEST
-        ):
-            requests.append([row])
-        else:
-            current.append(row)
+        full = not requests or len(requests[-1]) >= max_rows
+        if full or carried + sizes[row] > _IMAGE_BYTES_PER_REQUEST:
+            requests.append([])
+            carried = 0
+        requests[-1].append(row)
+        carried += sizes[row]
     return requests
 
 
