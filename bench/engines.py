@@ -3,8 +3,10 @@ HTTP) and Infinity."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +159,38 @@ def in_process_label(precision: str) -> str:
 
 def suffix_for(precision: str) -> str:
     return "" if precision == "fp32" else f" {precision}"
+
+
+# What decides a served model's files: the builder and the contract it writes to.
+_BUILD_SOURCES = ("src/reranker/build", "src/reranker/contract")
+
+
+def build_fingerprint(options: object) -> str:
+    """The build code's and ``options``' digest: a model built under another is stale."""
+    digest = hashlib.sha256(repr(options).encode())
+    for directory in _BUILD_SOURCES:
+        for source in sorted((ROOT / directory).glob("*.py")):
+            digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
+
+
+def build_current(checkpoint: Path, options: Any, repository: Path) -> None:
+    """Builds ``checkpoint`` into ``repository`` as ``options.name`` unless the model there was
+    built by this build code with these options, so a changed default (a config parameter, a
+    graph change) reaches the benchmark's models instead of it measuring a stale build."""
+    from reranker.build.builder import build
+
+    stamps_file = repository.with_name(repository.name + ".stamps.json")
+    stamps = json.loads(stamps_file.read_text()) if stamps_file.exists() else {}
+    fingerprint = build_fingerprint(options)
+    name = options.name
+    if (repository / name).is_dir() and stamps.get(name) == fingerprint:
+        return
+    for part in (name, f"{name}__tokenizer", f"{name}__encoder"):
+        shutil.rmtree(repository / part, ignore_errors=True)
+    build(str(checkpoint), options, repository)
+    stamps[name] = fingerprint
+    stamps_file.write_text(json.dumps(stamps, indent=1, sort_keys=True))
 
 
 def start_bench_server(

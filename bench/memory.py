@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from engines import start_bench_server
+from engines import build_current, start_bench_server
 from workloads import QUERY, workload
 
 from tests.launcher import stop_server
@@ -42,13 +42,12 @@ def served_memory(
     over the models) and the whole server's PSS (Triton, the rank service, every stub)."""
     from reranker_client import RerankClient
 
-    from reranker.build.builder import BuildOptions, build
+    from reranker.build.builder import BuildOptions
 
     built = workdir / "memory-models"
     names = [f"copy{i}" for i in range(max(counts))]
     for name in names:
-        if not (built / name).is_dir():
-            build(str(checkpoint), BuildOptions(name=name), built)
+        build_current(checkpoint, BuildOptions(name=name), built)
     documents = workload("a")
     report = []
     for count in counts:

@@ -27,6 +27,7 @@ from engines import (
     ROOT,
     CohereHttp,
     Infinity,
+    build_current,
     causal_cases,
     engines,
     long_context_cases,
@@ -68,7 +69,7 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     int8 and (where the CPU has native BF16) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1
     shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16; a
     causal-LM reranker of Qwen3-Reranker-0.6B's shape with ``CAUSAL_LAYERS`` layers."""
-    from reranker.build.builder import BuildOptions, build
+    from reranker.build.builder import BuildOptions
     from reranker.build.triton_configs import TritonTuning
     from reranker.contract.model import Precision
     from tests.checkpoints import (
@@ -86,9 +87,8 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     def variants(name: str, precisions: Sequence[Precision]) -> None:
         for precision in precisions:
             served = name + suffix_for(precision.value).replace(" ", "-")
-            if not (repository / served).is_dir():
-                options = BuildOptions(name=served, precision=precision)
-                build(str(checkpoints / name), options, repository)
+            options = BuildOptions(name=served, precision=precision)
+            build_current(checkpoints / name, options, repository)
 
     reduced = [Precision.BF16] if bf16 else []
     if not (checkpoints / "minilm").is_dir():
@@ -111,9 +111,8 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
         whole = TritonTuning(shared_prefix=False)
         for checkpoint in ("qwen3", "qwen3-plain"):
             for served, tuning in ((checkpoint, TritonTuning()), (f"{checkpoint}-whole", whole)):
-                if not (repository / served).is_dir():
-                    options = BuildOptions(name=served, tuning=tuning)
-                    build(str(checkpoints / checkpoint), options, repository)
+                options = BuildOptions(name=served, tuning=tuning)
+                build_current(checkpoints / checkpoint, options, repository)
     return repository
 
 

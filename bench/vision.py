@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from engines import build_current
 from harness import Case
 from workloads import QUERY, workload
 
@@ -41,7 +42,7 @@ def page_images(count: int, size: tuple[int, int] = PAGE_SIZE) -> list[bytes]:
 
 
 def build_vision_model(checkpoints: Path, repository: Path) -> Path:
-    from reranker.build.builder import BuildOptions, build
+    from reranker.build.builder import BuildOptions
     from tests.checkpoints import QWEN3_VL_2B, QWEN3_VL_PIXELS, qwen3_vl_reranker
 
     checkpoint = checkpoints / VISION_MODEL
@@ -49,8 +50,7 @@ def build_vision_model(checkpoints: Path, repository: Path) -> Path:
         qwen3_vl_reranker(
             checkpoint, shape=QWEN3_VL_2B, layers=VISION_LAYERS, pixels=QWEN3_VL_PIXELS
         )
-    if not (repository / VISION_MODEL).is_dir():
-        build(str(checkpoint), BuildOptions(name=VISION_MODEL), repository)
+    build_current(checkpoint, BuildOptions(name=VISION_MODEL), repository)
     return checkpoint
 
 

@@ -8,6 +8,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,3 +61,35 @@ def test_a_run_makes_one_call_per_worker_unless_told() -> None:
     case.run()
     assert calls.made == 4 and calls.most_in_flight == 4
     assert len(case.throughputs) == 1
+
+
+def test_bench_rebuilds_a_model_built_under_other_options_and_reuses_a_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from reranker.build.common import BuildOptions
+    from reranker.build.triton_configs import TritonTuning
+    from tests.checkpoints import bert_cross_encoder
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    engines = importlib.import_module("engines")
+    checkpoint = bert_cross_encoder(
+        tmp_path / "ckpt", hidden=32, layers=1, heads=2, intermediate=64
+    )
+    repository = tmp_path / "repo"
+    config_file = repository / "m__encoder" / "config.pbtxt"
+
+    def spinning() -> str:
+        config = text_format.Parse(config_file.read_text(), mc.ModelConfig())
+        return str(config.parameters["intra_op_spinning"].string_value)
+
+    engines.build_current(checkpoint, BuildOptions(name="m"), repository)
+    assert spinning() == "true"
+    built_at = config_file.stat().st_mtime_ns
+    engines.build_current(checkpoint, BuildOptions(name="m"), repository)
+    assert config_file.stat().st_mtime_ns == built_at  # current: reused
+    off = BuildOptions(name="m", tuning=TritonTuning(intra_op_spinning=False))
+    engines.build_current(checkpoint, off, repository)
+    assert spinning() == "false"  # built under other options: rebuilt

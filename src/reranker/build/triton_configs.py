@@ -71,9 +71,10 @@ class TritonTuning:
         "available when the server starts, cgroup quota included)",
     )
     intra_op_spinning: bool = _lever(
-        False,
-        "ONNX Runtime's idle worker threads busy-wait for work (measured: no faster served, "
-        "and it slows whatever else shares the cores)",
+        True,
+        "ONNX Runtime's worker threads busy-wait briefly for the next piece of work instead "
+        "of sleeping (measured: 10-17% more served pairs/s; off, a process sharing the cores "
+        "runs faster)",
     )
     max_attention_cells: int = _lever(
         1 << 22,
