@@ -73,7 +73,7 @@ class TritonTuning:
     intra_op_spinning: bool = _lever(
         True,
         "ONNX Runtime's worker threads busy-wait briefly for the next piece of work instead "
-        "of sleeping (measured: 10-17% more served pairs/s; off, a process sharing the cores "
+        "of sleeping (measured: 10-18% more served pairs/s; off, a process sharing the cores "
         "runs faster)",
     )
     max_attention_cells: int = _lever(
