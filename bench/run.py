@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from engines import (
     ROOT,
+    SHORT_ROUNDS,
     CohereHttp,
     Infinity,
     build_current,
@@ -59,16 +60,14 @@ CAUSAL_ROUNDS = 3
 # runs of 4096 tokens (about 4 pages each).
 VISION_PAGES = 12
 VISION_ROUNDS = 1
-# Rounds of every row but MiniLM (a), whose targets hold per round: what keeps the whole
-# benchmark within 20 minutes here.
-SHORT_ROUNDS = 3
 
 
 def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) -> Path:
-    """The benchmark's repository, built once and reused: the MiniLM cross-encoder in fp32,
-    int8 and (where the CPU has native BF16) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1
-    shape, 12 layers, in fp32 and bf16; the JinaBERT-like 8k model in fp32 and bf16; a
-    causal-LM reranker of Qwen3-Reranker-0.6B's shape with ``CAUSAL_LAYERS`` layers."""
+    """The benchmark's repository, each model rebuilt only when the build code or its options
+    changed: the MiniLM cross-encoder in fp32, int8 and (where the CPU has native BF16) bf16;
+    DeBERTa-v2 of the mxbai-rerank-xsmall-v1 shape, 12 layers, in fp32 and bf16; the
+    JinaBERT-like 8k model in fp32 and bf16; a causal-LM reranker of Qwen3-Reranker-0.6B's
+    shape with ``CAUSAL_LAYERS`` layers."""
     from reranker.build.builder import BuildOptions
     from reranker.build.triton_configs import TritonTuning
     from reranker.contract.model import Precision

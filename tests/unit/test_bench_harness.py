@@ -63,6 +63,18 @@ def test_a_run_makes_one_call_per_worker_unless_told() -> None:
     assert len(case.throughputs) == 1
 
 
+def test_a_case_of_fewer_rounds_runs_in_the_first_ones_and_the_others_in_every_round() -> None:
+    harness = _harness()
+    every, first_two = _Calls(1), _Calls(1)
+    cases = [
+        harness.Case("every", "model", "a", 1, every, pairs=100),
+        harness.Case("first two", "model", "a", 1, first_two, pairs=100, rounds=2),
+    ]
+    harness.interleave(cases, 4)
+    assert every.made == 1 + 4 and first_two.made == 1 + 2  # a warm-up call, then the runs
+    assert [len(case.throughputs) for case in cases] == [4, 2]
+
+
 def test_bench_rebuilds_a_model_built_under_other_options_and_reuses_a_current_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
