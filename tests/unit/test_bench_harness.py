@@ -1,4 +1,5 @@
-"""The benchmark's run: how many calls a run makes, and how many are in flight at once."""
+"""The benchmark's run: how many calls a run makes, how many are in flight at once, which rounds
+a case runs in, and when a built model is built again."""
 
 from __future__ import annotations
 
