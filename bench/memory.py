@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from engines import build_current, start_bench_server
+from engines import build_current, served_parts, start_bench_server
 from workloads import QUERY, workload
 
 from tests.launcher import stop_server
@@ -54,7 +54,7 @@ def served_memory(
         repository = workdir / f"memory-repository-{count}"
         repository.mkdir(parents=True, exist_ok=True)
         for name in names[:count]:
-            for part in (name, f"{name}__tokenizer", f"{name}__encoder"):
+            for part in served_parts(name):
                 link = repository / part
                 if link.is_symlink() and not link.exists():
                     link.unlink()  # left by an earlier run whose models moved
