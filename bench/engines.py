@@ -226,8 +226,8 @@ def start_bench_server(
         "inference_timeout_s": "600",
         "max_rows_in_flight": "100000",
         "max_documents_per_call": "100000",
-        # An idle model's canary wakes ONNX Runtime's spinning worker threads: not while the
-        # in-process engines are measured.
+        # An idle model's canary runs its encoder: not while the in-process engines are
+        # measured.
         "health_interval_s": "60",
     }
     return start_server(repository, workdir, default_model, **{**defaults, **settings})

@@ -94,15 +94,15 @@ def test_bench_rebuilds_a_model_built_under_other_options_and_reuses_a_current_o
     repository = tmp_path / "repo"
     config_file = repository / "m__encoder" / "config.pbtxt"
 
-    def spinning() -> str:
+    def spin_us() -> str:
         config = text_format.Parse(config_file.read_text(), mc.ModelConfig())
-        return str(config.parameters["intra_op_spinning"].string_value)
+        return str(config.parameters["intra_op_spin_us"].string_value)
 
     engines.build_current(checkpoint, BuildOptions(name="m"), repository)
-    assert spinning() == "true"
+    assert spin_us() == "500"
     built_at = config_file.stat().st_mtime_ns
     engines.build_current(checkpoint, BuildOptions(name="m"), repository)
     assert config_file.stat().st_mtime_ns == built_at  # current: reused
-    off = BuildOptions(name="m", tuning=TritonTuning(intra_op_spinning=False))
+    off = BuildOptions(name="m", tuning=TritonTuning(intra_op_spin_us=0))
     engines.build_current(checkpoint, off, repository)
-    assert spinning() == "false"  # built under other options: rebuilt
+    assert spin_us() == "0"  # built under other options: rebuilt

@@ -255,7 +255,7 @@ def test_triton_tuning_reaches_the_configurations_from_flags_environment_and_fil
     repository = tmp_path / "repo"
     arguments = ["build", str(source), "--name", "m", "--repository", str(repository)]
     flags = ["--tuning", str(tuning), "--encoder-queue-delay-us", "100"]
-    assert cli.main([*arguments, *flags, "--intra-op-spinning", "no"]) == 0
+    assert cli.main([*arguments, *flags, "--intra-op-spin-us", "0"]) == 0
 
     def config(model: str) -> mc.ModelConfig:
         text = (repository / model / "config.pbtxt").read_text()
@@ -266,9 +266,9 @@ def test_triton_tuning_reaches_the_configurations_from_flags_environment_and_fil
     assert encoder.dynamic_batching.max_queue_delay_microseconds == 100
     assert encoder.parameters["intra_op_threads"].string_value == "4"
     assert tokenizer.parameters["length_buckets"].string_value == "32,64"
-    assert encoder.parameters["intra_op_spinning"].string_value == "false"  # default: true
-    with pytest.raises(ValueError, match="intra_op_spinning: cannot read 'sometimes'"):
-        cli.main([*arguments, "--intra-op-spinning", "sometimes"])
+    assert encoder.parameters["intra_op_spin_us"].string_value == "0"  # default: 500
+    with pytest.raises(ValueError, match="shared_prefix: cannot read 'sometimes'"):
+        cli.main([*arguments, "--shared-prefix", "sometimes"])
     monkeypatch.setenv("RERANKER_ENCODER_INSTANCES", "many")
     with pytest.raises(ValueError, match="encoder_instances"):
         cli.main(arguments)

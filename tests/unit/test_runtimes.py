@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.backend.cpu import bf16_hint, cpu_flags, has_amx, has_native_bf16
-from reranker.backend.runtimes import cpu_runtime
+from reranker.backend.runtimes import cpu_runtime, create_session
 from reranker.build import install
 from reranker.build.common import BuildError, BuildOptions
 from reranker.build.install import check_precision
@@ -84,3 +84,25 @@ def test_serve_hints_bf16_only_for_fp32_models_on_amx() -> None:
     assert "--precision bf16" in hint and "\n" not in hint
     assert bf16_hint({"avx512_bf16"}, ["minilm"]) is None  # no AMX: the gain is smaller
     assert bf16_hint(amx, []) is None
+
+
+def _identity_graph(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    tensor = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [tensor], [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+def test_idle_worker_threads_spin_a_bounded_time_or_not_at_all(tmp_path: Path) -> None:
+    # Left unbounded, ONNX Runtime's workers spin tens of milliseconds after every run.
+    graph = _identity_graph(tmp_path / "g.onnx")
+    spinning = create_session(graph, 2, 500).get_session_options()
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.get_session_config_entry("session.intra_op.spin_duration_us") == "500"
+    sleeping = create_session(graph, 2, 0).get_session_options()
+    assert sleeping.get_session_config_entry("session.intra_op.allow_spinning") == "0"

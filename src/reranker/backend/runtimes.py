@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from reranker.contract.model import Precision
-from reranker.contract.parameters import PrecisionHint, Runtime
+from reranker.contract.parameters import INTRA_OP_SPIN_US, PrecisionHint, Runtime
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -34,8 +34,8 @@ class GraphRunner(Protocol):
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: Path, threads: int, spinning: bool = True) -> None:
-        self._session = create_session(path, threads, spinning)
+    def __init__(self, path: Path, threads: int, spin_us: int = INTRA_OP_SPIN_US) -> None:
+        self._session = create_session(path, threads, spin_us)
         self._output = self._session.get_outputs()[0].name
         self._inputs = [i.name for i in self._session.get_inputs()]
 
@@ -89,18 +89,18 @@ def load_runner(
     runtime: Runtime,
     threads: int,
     precision_hint: PrecisionHint,
-    spinning: bool = True,
+    spin_us: int = INTRA_OP_SPIN_US,
 ) -> GraphRunner:
     if runtime is Runtime.OPENVINO:
         return OpenVinoRunner(path, threads, precision_hint)
-    return OnnxRuntimeRunner(path, threads, spinning)
+    return OnnxRuntimeRunner(path, threads, spin_us)
 
 
 def create_session(
-    path: Path, intra_op_threads: int, spinning: bool = True
+    path: Path, intra_op_threads: int, spin_us: int = INTRA_OP_SPIN_US
 ) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session: all graph optimizations, a fixed thread count; with
-    ``spinning`` off its idle worker threads sleep instead of busy-waiting for work."""
+    """An ONNX Runtime CPU session: all graph optimizations, a fixed thread count; its idle
+    worker threads busy-wait ``spin_us`` microseconds for more work, then sleep (0: at once)."""
     # Imported here: the PyTorch runtime's encoder runs on machines without ONNX Runtime.
     import onnxruntime as ort
 
@@ -109,7 +109,11 @@ def create_session(
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_us else "0")
+    if spin_us:
+        # Unbounded, ONNX Runtime's workers spin on for about 45 ms of a core after every
+        # run (measured), taking it from the tokenizer and the service.
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     # Without the arena, memory a long-context batch needed goes back to the system when the
     # batch is done instead of staying reserved by the session for its lifetime.
     options.enable_cpu_mem_arena = False

@@ -100,6 +100,10 @@ class ProcessorParameters:
         _at_least(self, 0, "intra_op_threads")
 
 
+# Microseconds: covers the gap between a call's back-to-back runs.
+INTRA_OP_SPIN_US = 500
+
+
 @dataclass(frozen=True)
 class EncoderParameters:
     """The Python-backend encoder: what runs it, and how merged rows are cut into runs."""
@@ -129,11 +133,12 @@ class GraphEncoderParameters(EncoderParameters):
     inference_precision: PrecisionHint = PrecisionHint.F32
     # The graph takes the rows' shared prompt prefix apart (tensors.PREFIX_IDS).
     shared_prefix: bool = False
-    # ONNX Runtime's idle worker threads busy-wait for work (else they sleep).
-    intra_op_spinning: bool = True
+    # How long ONNX Runtime's idle worker threads busy-wait for work before they sleep.
+    intra_op_spin_us: int = INTRA_OP_SPIN_US
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _at_least(self, 0, "intra_op_spin_us")
         if self.runtime is Runtime.TORCH:
             raise ParameterError("a graph encoder runs onnxruntime or openvino, not torch")
 

@@ -53,7 +53,7 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
             graph.runtime,
             _threads(model, graph.intra_op_threads),
             graph.inference_precision,
-            graph.intra_op_spinning,
+            graph.intra_op_spin_us,
         )
         if graph.shared_prefix:
             from reranker.backend.prefix import SharedPrefixGraph
