@@ -173,8 +173,10 @@ def suffix_for(precision: str) -> str:
     return "" if precision == "fp32" else f" {precision}"
 
 
-# What decides a served model's files: the builder and the contract it writes to.
-_BUILD_SOURCES = ("src/reranker/build", "src/reranker/contract")
+# What decides a served model's files: the builder, the contract it writes to, and the backend
+# modules it calls (the runtime a precision gets, the tokenizer, the export's checks); not
+# backend/models, which Triton imports from the installed package when it serves.
+_BUILD_SOURCES = ("src/reranker/build", "src/reranker/contract", "src/reranker/backend")
 
 
 @cache

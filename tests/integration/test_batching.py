@@ -27,8 +27,8 @@ async def test_concurrent_calls_merge_into_shared_executions(server: Server) -> 
     bursts: list[str] = []
     async with AsyncRerankClient(server.address, timeout=60) as client:
         await client.rank("warm up", ["document"], model=CROSS_ENCODER)
-        # A burst that meets the encoder idle while the host is busy elsewhere (the other
-        # models' start-up canaries) can trickle in a row at a time: up to three bursts.
+        # A burst that meets the encoder idle while the host's cores are busy elsewhere can
+        # trickle in a row at a time: up to three bursts.
         while len(bursts) < 3:
             rows, runs = await _burst(client, server, documents)
             bursts.append(f"{rows} rows in {runs} executions")

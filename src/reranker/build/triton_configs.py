@@ -75,7 +75,7 @@ class TritonTuning:
         INTRA_OP_SPIN_US,
         "microseconds ONNX Runtime's idle worker threads busy-wait for the next piece of work "
         "before they sleep (0: they sleep at once). A call's back-to-back runs find them awake "
-        "(measured: 5-18% more served pairs/s than sleeping); left to ONNX Runtime (no "
+        "(measured: 5-8% more served pairs/s than sleeping); left to ONNX Runtime (no "
         "bound) they spin about 45 ms after every run, a core the tokenizer and the service "
         "then lack",
     )
