@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from engines import WHOLE_ROWS, in_process_label
 from harness import Result
+
+from reranker.backend.cpu import MATRIX_FEATURES, cpu_flags, has_amx, has_native_bf16
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -93,6 +96,20 @@ class Check(NamedTuple):
         }
 
 
+def cpu_facts() -> dict[str, Any]:
+    """The CPU a run measures on, as its report names it: the model, and the matrix features
+    that decide which targets apply (:func:`targets`)."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    return {"model": model, "features": sorted(cpu_flags() & MATRIX_FEATURES)}
+
+
 def targets(
     results: Sequence[Result], machine: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -174,13 +191,11 @@ def targets(
     fraction = deberta.flop_fraction if deberta else None
     checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70))
     bf16 = find("this server bf16", 4)
-    no_amx = "" if "amx_bf16" in features else "needs AMX (amx_bf16), which this CPU lacks"
-    no_bf16 = (
-        "" if features & {"amx_bf16", "avx512_bf16"} else "needs native BF16 (AMX or AVX-512 BF16)"
-    )
+    no_amx = "" if has_amx(features) else "needs AMX (amx_bf16), which this CPU lacks"
+    no_bf16 = "" if has_native_bf16(features) else "needs native BF16 (AMX or AVX-512 BF16)"
     avx512_only = (
         ""
-        if "avx512_bf16" in features and "amx_bf16" not in features
+        if has_native_bf16(features) and not has_amx(features)
         else "the AVX-512 BF16 target; a CPU with AMX is held to the AMX one"
     )
     checks += [

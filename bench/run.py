@@ -39,11 +39,12 @@ from engines import (
 from flops import bert_flops, bf16_gemm_gflops, deberta_flops, gemm_peak_gflops, int8_gemm_gops
 from harness import Result, interleave
 from memory import served_memory
-from report import plot, show, table, target_lines, targets
+from report import cpu_facts, plot, show, table, target_lines, targets
 from triton_perf import perf_analyzer
 from vision import VISION_LAYERS, build_vision_model, page_images, time_split, vision_cases
 from workloads import QUERY, WORKLOADS, workload
 
+from reranker.contract.model import Precision
 from tests.launcher import stop_server
 
 # Layers of the causal-LM row's Qwen3-Reranker-0.6B shape: its 28 would take a quarter of an
@@ -62,15 +63,16 @@ VISION_PAGES = 12
 VISION_ROUNDS = 1
 
 
-def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) -> Path:
+def build_models(
+    workdir: Path, deberta: bool, precisions: Sequence[Precision], causal: bool = True
+) -> Path:
     """The benchmark's repository, each model rebuilt only when the build code or its options
-    changed: the MiniLM cross-encoder in fp32, int8 and (where the CPU has native BF16) bf16;
-    DeBERTa-v2 of the mxbai-rerank-xsmall-v1 shape, 12 layers, in fp32 and bf16; the
-    JinaBERT-like 8k model in fp32 and bf16; a causal-LM reranker of Qwen3-Reranker-0.6B's
+    changed: the MiniLM cross-encoder in fp32, int8 and (of ``precisions``, what the CPU
+    serves) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1 shape, 12 layers, in fp32 and
+    bf16; the JinaBERT-like 8k model in fp32 and bf16; a causal-LM reranker of Qwen3-Reranker-0.6B's
     shape with ``CAUSAL_LAYERS`` layers."""
     from reranker.build.builder import BuildOptions
     from reranker.build.triton_configs import TritonTuning
-    from reranker.contract.model import Precision
     from tests.checkpoints import (
         QWEN3_0_6B,
         deberta_v2_cross_encoder,
@@ -83,16 +85,16 @@ def build_models(workdir: Path, deberta: bool, bf16: bool, causal: bool = True) 
     repository = workdir / "model_repository"
     checkpoints = workdir / "checkpoints"
 
-    def variants(name: str, precisions: Sequence[Precision]) -> None:
-        for precision in precisions:
+    def variants(name: str, chosen: Sequence[Precision]) -> None:
+        for precision in chosen:
             served = name + suffix_for(precision.value).replace(" ", "-")
             options = BuildOptions(name=served, precision=precision)
             build_current(checkpoints / name, options, repository)
 
-    reduced = [Precision.BF16] if bf16 else []
+    reduced = [p for p in precisions if p is Precision.BF16]
     if not (checkpoints / "minilm").is_dir():
         minilm_cross_encoder(checkpoints / "minilm")
-    variants("minilm", [Precision.FP32, Precision.INT8, *reduced])
+    variants("minilm", precisions)
     if deberta:
         if not (checkpoints / "deberta").is_dir():
             deberta_v2_cross_encoder(checkpoints / "deberta", layers=12)
@@ -147,16 +149,15 @@ def main() -> int:
     from sentence_transformers import CrossEncoder
     from transformers import AutoTokenizer
 
-    from reranker.backend.cpu import cpu_flags, has_native_bf16
+    from reranker.backend.cpu import cpu_flags, cpu_precisions
     from reranker.build.precision import runner_for
-    from reranker.contract.model import Precision
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
-    flags = cpu_flags()
-    bf16 = has_native_bf16(flags)
+    precisions = cpu_precisions(cpu_flags())
+    bf16 = Precision.BF16 in precisions
     repository = build_models(
-        args.workdir, deberta=not args.no_deberta, bf16=bf16, causal=not args.no_causal
+        args.workdir, deberta=not args.no_deberta, precisions=precisions, causal=not args.no_causal
     )
     vision_checkpoint = (
         None if args.no_vision else build_vision_model(args.workdir / "checkpoints", repository)
@@ -165,7 +166,7 @@ def main() -> int:
     models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
     results: list[Result] = []
     lengths: dict[str, dict[str, float]] = {}
-    cpu = {"model": _cpu_model(), "features": sorted(flags & MATRIX_FEATURES)}
+    cpu = cpu_facts()
     print(f"CPU: {cpu['model']}; matrix features: {', '.join(cpu['features']) or 'none'}")
     gemm = [gemm_peak_gflops()]
     gemm_int8 = [int8_gemm_gops()]
@@ -385,28 +386,6 @@ def main() -> int:
     print(f"wrote {args.output / 'results.json'} and {args.output / 'throughput.png'}")
     print(f"{elapsed()} done")
     return 0
-
-
-# The CPU features that decide which precisions run natively (/proc/cpuinfo's names).
-MATRIX_FEATURES = frozenset(
-    {
-        "amx_bf16",
-        "amx_int8",
-        "amx_tile",
-        "avx512_bf16",
-        "avx512_vnni",
-        "avx_vnni",
-        "avx512f",
-        "avx2",
-    }
-)
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _versions() -> dict[str, str]:

@@ -88,6 +88,11 @@ def wait_serving(server: Server, timeout_s: float = 300.0) -> None:
     raise TimeoutError(f"server not SERVING after {timeout_s}s:\n{server.tail()}")
 
 
+# Triton's start-up (a stub per model, each importing its runtime) takes a time that follows
+# the CPU's speed and the model count: a hang guard, not the serving default of 120 s.
+STARTUP_TIMEOUT_S = 600
+
+
 def start_server(repository: Path, workdir: Path, default_model: str, **settings: str) -> Server:
     """``reranker serve`` on free loopback ports; ``settings`` are more ``RERANKER_*``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +110,7 @@ def start_server(repository: Path, workdir: Path, default_model: str, **settings
         RERANKER_TRITON_HTTP_PORT=str(triton_http_port),
         RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
         RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
+        RERANKER_TRITON_STARTUP_TIMEOUT_S=str(STARTUP_TIMEOUT_S),
     )
     # After the defaults, so a setting may replace one of them (http_port="-1": no HTTP).
     env.update({"RERANKER_" + name.upper(): value for name, value in settings.items()})
@@ -130,8 +136,8 @@ def start_server(repository: Path, workdir: Path, default_model: str, **settings
     )
     try:
         # Triton gets its own start-up timeout; the rank service a minute more after it.
-        startup_s = float(settings.get("triton_startup_timeout_s", 0))
-        wait_serving(server, max(300.0, startup_s + 60))
+        startup_s = float(settings.get("triton_startup_timeout_s", STARTUP_TIMEOUT_S))
+        wait_serving(server, startup_s + 60)
     except BaseException:
         stop_server(server)
         raise

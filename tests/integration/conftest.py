@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 
@@ -206,6 +207,18 @@ def gone(pid: int) -> bool:
 def triton_pid(server: Server) -> int:
     (pid,) = [p for p in children(server.process.pid) if "tritonserver" in cmdline(p)]
     return pid
+
+
+# An fp32 row is the same computation alone and merged, but a batch of another size runs
+# GEMM kernels that block its sums differently, so they add in another order; the kernels
+# differ by ISA too (an AVX2-only EPYC moved a raw logit between 8 and 16 by 2 ulps, 1.9e-6).
+# Each such sum is exact to a few ulps of its terms' magnitude, which is at least about 1
+# (the scores are read from layer-normed states): 8 ulps of max(|score|, 1) bounds them.
+FP32_MERGED_ULPS = 8
+
+
+def fp32_reordering_bound(score: float) -> float:
+    return FP32_MERGED_ULPS * float(np.spacing(np.float32(max(abs(score), 1.0))))
 
 
 async def alone_and_merged(server: Server, model: str) -> tuple[float, list[float]]:

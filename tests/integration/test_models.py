@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient, RerankClient
 from transformers import AutoTokenizer
 
+from reranker.build.builder import BuildOptions, build_default
+from reranker.build.common import BuildError
 from reranker.build.evaluation import eval_pairs
+from reranker.contract.model import Precision
 from tests.integration.conftest import (
     ALL_MODELS,
     CROSS_ENCODER_TORCH,
@@ -22,8 +26,10 @@ from tests.integration.conftest import (
     DEFAULT_INT8,
     DEFAULT_TORCH,
     JINA,
+    NATIVE_BF16,
     Server,
     alone_and_merged,
+    fp32_reordering_bound,
     needs_bf16,
 )
 from tests.integration.test_parity import jina_reference
@@ -127,19 +133,35 @@ def test_bf16_accuracy_report_meets_its_bounds_and_ranks_sensibly(
         assert abs(ours["score"] - reference["score"]) <= 0.05
 
 
+def test_bf16_is_served_where_this_cpu_has_native_bf16_and_refused_elsewhere(
+    server: Server, tmp_path: Path
+) -> None:
+    """The real CPU's branch (the faked kinds' are unit tests): served on AMX or AVX-512
+    BF16; refused by the builder on an AVX2-only CPU, with nothing written."""
+    with RerankClient(server.address) as client:
+        listed = {m.name: m.precision for m in client.models()}
+    if NATIVE_BF16:
+        assert listed[DEFAULT_BF16] == "bf16"
+        return
+    assert DEFAULT_BF16 not in listed
+    with pytest.raises(BuildError, match="emulated and slower than fp32"):
+        build_default(BuildOptions(name=DEFAULT_BF16, precision=Precision.BF16), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
-    ("model", "tolerance"),
+    ("model", "bound"),
     [
-        pytest.param(DEFAULT_BF16, BF16_ROW_TOLERANCE, marks=needs_bf16),
-        (CROSS_ENCODER_TORCH, 1e-6),
-        (DEFAULT_TORCH, 1e-6),
+        pytest.param(DEFAULT_BF16, lambda _: BF16_ROW_TOLERANCE, marks=needs_bf16),
+        (CROSS_ENCODER_TORCH, fp32_reordering_bound),
+        (DEFAULT_TORCH, fp32_reordering_bound),
     ],
 )
 async def test_a_row_scores_alike_alone_and_in_a_merged_batch(
-    server: Server, model: str, tolerance: float
+    server: Server, model: str, bound: Callable[[float], float]
 ) -> None:
     alone, merged = await alone_and_merged(server, model)
-    assert max(abs(score - alone) for score in merged) <= tolerance
+    assert max(abs(score - alone) for score in merged) <= bound(alone), (alone, merged)
 
 
 async def test_interleaved_concurrent_calls_to_every_model(server: Server) -> None:

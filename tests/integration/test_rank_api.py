@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     DEFAULT_INT8,
     DEFAULT_TORCH,
     JINA,
+    NATIVE_BF16,
     Server,
 )
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY
@@ -114,7 +115,6 @@ def test_list_models(client: RerankClient) -> None:
     expected = {
         DEFAULT_MODEL_NAME: ("bi-encoder", "BertModel", 256, "fp32", True),
         DEFAULT_INT8: ("bi-encoder", "BertModel", 256, "int8", False),
-        DEFAULT_BF16: ("bi-encoder", "BertModel", 256, "bf16", False),
         CROSS_ENCODER: ("cross-encoder", "BertForSequenceClassification", 512, "fp32", False),
         CROSS_ENCODER_FROM_ONNX: (
             "cross-encoder",
@@ -126,6 +126,8 @@ def test_list_models(client: RerankClient) -> None:
         DEBERTA: ("cross-encoder", "DebertaV2ForSequenceClassification", 512, "fp32", False),
         JINA: ("cross-encoder", "JinaBertForSequenceClassification", 8192, "fp32", False),
     }
+    if NATIVE_BF16:
+        expected[DEFAULT_BF16] = ("bi-encoder", "BertModel", 256, "bf16", False)
     for name, (kind, architecture, max_length, precision, is_default) in expected.items():
         m = models[name]
         assert (m.kind, m.architecture, m.max_length, m.precision, m.is_default) == (

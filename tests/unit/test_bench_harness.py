@@ -1,5 +1,5 @@
 """The benchmark's run: how many calls a run makes, how many are in flight at once, which rounds
-a case runs in, and when a built model is built again."""
+a case runs in, when a built model is built again, and which targets apply to each CPU kind."""
 
 from __future__ import annotations
 
@@ -106,3 +106,40 @@ def test_bench_rebuilds_a_model_built_under_other_options_and_reuses_a_current_o
     off = BuildOptions(name="m", tuning=TritonTuning(intra_op_spin_us=0))
     engines.build_current(checkpoint, off, repository)
     assert spin_us() == "0"  # built under other options: rebuilt
+
+
+# The bf16 targets each CPU kind is not held to, written out by hand: AMX's speedups need
+# AMX; every bf16 target needs native BF16; the AVX-512 BF16 bound is for a CPU without AMX.
+AMX_TARGETS = {
+    "bf16 c=4 / this server fp32 c=4",
+    "bf16 c=4 / ORT int8 sorted",
+    "DeBERTa bf16 / fp32 (this server)",
+}
+BF16_TARGETS = AMX_TARGETS | {
+    "bf16 c=4, fraction of bf16 GEMM bound",
+    "bf16 c=4 / OpenVINO bf16 sorted",
+    "bf16 c=4 / Infinity bf16 c=4",
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "not_applicable"),
+    [
+        ("amx", {"bf16 c=4, fraction of bf16 GEMM bound"}),
+        ("avx512-bf16", AMX_TARGETS),
+        ("avx2", BF16_TARGETS),
+    ],
+)
+def test_a_report_holds_each_cpu_kind_to_its_own_targets(
+    kind: str, not_applicable: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reranker.backend.cpu import CPU_KINDS, faked_cpu
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    report = importlib.import_module("report")
+    with faked_cpu(CPU_KINDS[kind]):
+        machine = {"cpu": report.cpu_facts()}
+    checks = report.targets([], machine)
+    assert {c["target"] for c in checks if c["not_applicable"]} == not_applicable
+    # What does not apply is never judged, met or not.
+    assert all(c["met"] is None for c in checks if c["not_applicable"])

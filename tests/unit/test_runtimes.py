@@ -9,9 +9,17 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from reranker.backend.cpu import bf16_hint, cpu_flags, has_amx, has_native_bf16
+from reranker.backend.cpu import (
+    CPU_KINDS,
+    bf16_hint,
+    cpu_flags,
+    cpu_kind,
+    cpu_precisions,
+    faked_cpu,
+    has_amx,
+    has_native_bf16,
+)
 from reranker.backend.runtimes import cpu_runtime, create_session
-from reranker.build import install
 from reranker.build.common import BuildError, BuildOptions
 from reranker.build.install import check_precision
 from reranker.build.triton_configs import encoder_config
@@ -65,16 +73,44 @@ def test_the_encoder_config_names_its_runtime() -> None:
         assert config.parameters["inference_precision"].string_value == hint
 
 
-def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+# What each CPU kind decides, written out by hand: bf16 built or refused, the bf16 hint.
+KIND_DECISIONS = [
+    ("amx", True, True),
+    ("avx512-bf16", True, False),
+    ("avx2", False, False),
+]
+
+
+@pytest.mark.parametrize(("kind", "bf16_served", "hints_bf16"), KIND_DECISIONS)
+def test_each_cpu_kind_decides_alike_on_any_machine(
+    kind: str, bf16_served: bool, hints_bf16: bool
+) -> None:
     bf16 = BuildOptions(name="m", precision=Precision.BF16)
-    monkeypatch.setattr(install, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
-    with pytest.raises(BuildError, match="emulated"):
-        check_precision(bf16)
-    check_precision(BuildOptions(name="m"))  # fp32 needs nothing
-    monkeypatch.setattr(install, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    check_precision(bf16)
+    with faked_cpu(CPU_KINDS[kind]):
+        assert cpu_kind(cpu_flags()) == kind
+        assert (Precision.BF16 in cpu_precisions(cpu_flags())) is bf16_served
+        assert {Precision.FP32, Precision.INT8} <= set(cpu_precisions(cpu_flags()))
+        check_precision(BuildOptions(name="m"))  # fp32 needs nothing
+        if bf16_served:
+            check_precision(bf16)
+        else:
+            with pytest.raises(BuildError, match="emulated"):
+                check_precision(bf16)
+        assert (bf16_hint(cpu_flags(), ["minilm"]) is not None) is hints_bf16
     with pytest.raises(BuildError, match="on GPU use fp16"):
         check_precision(replace(bf16, device=Device.GPU))
+
+
+def test_a_faked_cpu_ends_with_its_block(tmp_path: Path) -> None:
+    host = cpu_flags()
+    with faked_cpu(CPU_KINDS["avx2"]):
+        with faked_cpu(CPU_KINDS["amx"]):
+            assert cpu_flags() == CPU_KINDS["amx"]
+        assert cpu_flags() == CPU_KINDS["avx2"]
+        # A file read is never faked.
+        (tmp_path / "cpuinfo").write_text(CPUINFO)
+        assert "fpu" in cpu_flags(tmp_path / "cpuinfo")
+    assert cpu_flags() == host
 
 
 def test_serve_hints_bf16_only_for_fp32_models_on_amx() -> None:

@@ -3,17 +3,50 @@ worth serving on this machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from reranker.contract.model import Precision
 
 # CPU features with native BF16 matrix arithmetic; without one, OpenVINO emulates bf16 (slow).
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 AMX_FLAGS = frozenset({"amx_bf16", "amx_int8", "amx_tile"})
+# The features that decide which precisions run natively: what a benchmark report names.
+MATRIX_FEATURES = frozenset(
+    {
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512f",
+        "avx2",
+    }
+)
+# The CPU kinds the project is built and tested on, by their matrix features (/proc/cpuinfo's
+# names): a Xeon with AMX, an EPYC with AVX-512 BF16, an EPYC with AVX2 only.
+CPU_KINDS: dict[str, frozenset[str]] = {
+    "amx": MATRIX_FEATURES,
+    "avx512-bf16": frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"}),
+    "avx2": frozenset({"avx2"}),
+}
+PROC_CPUINFO = Path("/proc/cpuinfo")
+
+_faked_flags: frozenset[str] | None = None
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The feature flags of this machine's CPU (empty where /proc/cpuinfo is unreadable)."""
+def cpu_flags(cpuinfo: Path | None = None) -> frozenset[str]:
+    """The feature flags of this machine's CPU (empty where /proc/cpuinfo is unreadable), or
+    the ones :func:`faked_cpu` stands in. Every decision that depends on the CPU's features
+    (the builder's precision check, the benchmark's rows and targets, the serve hint) reads
+    them here."""
+    if cpuinfo is None:
+        if _faked_flags is not None:
+            return _faked_flags
+        cpuinfo = PROC_CPUINFO
     try:
         text = cpuinfo.read_text()
     except OSError:
@@ -24,12 +57,40 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+@contextlib.contextmanager
+def faked_cpu(flags: Iterable[str]) -> Iterator[frozenset[str]]:
+    """Within the block, :func:`cpu_flags` answers ``flags`` (a kind of :data:`CPU_KINDS`
+    or any set): what a CPU of another kind decides, shown on this one. The kernels that
+    run are still this machine's."""
+    global _faked_flags
+    before, _faked_flags = _faked_flags, frozenset(flags)
+    try:
+        yield _faked_flags
+    finally:
+        _faked_flags = before
+
+
+def cpu_kind(flags: Iterable[str]) -> str:
+    """The kind of :data:`CPU_KINDS` a CPU with ``flags`` serves as."""
+    features = set(flags)
+    if has_amx(features):
+        return "amx"
+    return "avx512-bf16" if has_native_bf16(features) else "avx2"
+
+
 def has_native_bf16(flags: Iterable[str]) -> bool:
     return bool(BF16_CPU_FLAGS & set(flags))
 
 
 def has_amx(flags: Iterable[str]) -> bool:
     return bool(AMX_FLAGS & set(flags))
+
+
+def cpu_precisions(flags: Iterable[str]) -> tuple[Precision, ...]:
+    """The precisions a CPU with ``flags`` serves: fp32 and int8 on every kind, bf16 only
+    with native BF16 arithmetic (the builder refuses it elsewhere)."""
+    native = (Precision.BF16,) if has_native_bf16(flags) else ()
+    return (Precision.FP32, Precision.INT8, *native)
 
 
 def bf16_hint(flags: Iterable[str], fp32_models: Iterable[str]) -> str | None:

@@ -27,7 +27,13 @@ from reranker.build.common import (
     read_json,
     step,
 )
-from reranker.build.install import check_export, install, install_checkpoint, pair_tokenizer
+from reranker.build.install import (
+    check_export,
+    check_precision,
+    install,
+    install_checkpoint,
+    pair_tokenizer,
+)
 from reranker.build.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, EncoderRuntime, ModelKind, Precision, ServedModel
 from reranker.contract.tensors import TOKEN_TENSORS
@@ -158,6 +164,7 @@ def build_default(options: BuildOptions, repository: Path) -> ServedModel:
     from reranker.backend.scorers import PairCosineScorer
     from reranker.build.onnx_export import export_pair_scorer, max_export_error, sample_batch
 
+    check_precision(options)  # before an export it would refuse anyway
     source = _default_source()
     model = default_model(options)
     with step(f"loading all-MiniLM-L6-v2 from {source}"):
