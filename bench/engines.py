@@ -176,7 +176,7 @@ def suffix_for(precision: str) -> str:
 # What decides a served model's files: the builder, the contract it writes to, and the backend
 # modules it calls (the runtime a precision gets, the tokenizer, the export's checks); not
 # backend/models, which Triton imports from the installed package when it serves.
-_BUILD_SOURCES = ("src/reranker/build", "src/reranker/contract", "src/reranker/backend")
+_BUILD_SOURCES = ("src/reranker/builder", "src/reranker/contract", "src/reranker/backend")
 
 
 @cache
@@ -203,7 +203,7 @@ def build_current(checkpoint: Path, options: Any, repository: Path) -> None:
     """Builds ``checkpoint`` into ``repository`` as ``options.name`` unless the model there was
     built by this build code with these options, so a changed default (a config parameter, a
     graph change) reaches the benchmark's models instead of it measuring a stale build."""
-    from reranker.build.builder import build
+    from reranker.builder.builder import build
 
     stamps_file = repository.with_name(repository.name + ".stamps.json")
     stamps = json.loads(stamps_file.read_text()) if stamps_file.exists() else {}

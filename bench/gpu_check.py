@@ -375,8 +375,8 @@ def gemm_tflops(scale: Scale) -> float:
 def build_models(scale: Scale, work: Path) -> dict[str, Path]:
     """Seeded checkpoints, each built into one repository for the torch runtime; the causal
     one twice, as built (each call's shared prompt runs once) and with rows run whole."""
-    from reranker.build.builder import BuildOptions, build
-    from reranker.build.triton_configs import TritonTuning
+    from reranker.builder.builder import BuildOptions, build
+    from reranker.builder.triton_configs import TritonTuning
     from reranker.contract.model import Device, EncoderRuntime, Precision
     from tests.checkpoints import (
         QWEN3_0_6B,

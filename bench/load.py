@@ -172,7 +172,7 @@ def _print(summaries: list[dict[str, object]]) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    from reranker.build.builder import DEFAULT_MODEL_NAME
+    from reranker.builder.builder import DEFAULT_MODEL_NAME
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     settings = {

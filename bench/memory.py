@@ -42,7 +42,7 @@ def served_memory(
     over the models) and the whole server's PSS (Triton, the rank service, every stub)."""
     from reranker_client import RerankClient
 
-    from reranker.build.builder import BuildOptions
+    from reranker.builder.builder import BuildOptions
 
     built = workdir / "memory-models"
     names = [f"copy{i}" for i in range(max(counts))]

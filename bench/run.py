@@ -71,8 +71,8 @@ def build_models(
     serves) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1 shape, 12 layers, in fp32 and
     bf16; the JinaBERT-like 8k model in fp32 and bf16; a causal-LM reranker of Qwen3-Reranker-0.6B's
     shape with ``CAUSAL_LAYERS`` layers."""
-    from reranker.build.builder import BuildOptions
-    from reranker.build.triton_configs import TritonTuning
+    from reranker.builder.builder import BuildOptions
+    from reranker.builder.triton_configs import TritonTuning
     from tests.checkpoints import (
         QWEN3_0_6B,
         deberta_v2_cross_encoder,
@@ -150,7 +150,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from reranker.backend.cpu import cpu_flags, cpu_precisions
-    from reranker.build.precision import runner_for
+    from reranker.builder.precision import runner_for
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)

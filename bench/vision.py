@@ -42,7 +42,7 @@ def page_images(count: int, size: tuple[int, int] = PAGE_SIZE) -> list[bytes]:
 
 
 def build_vision_model(checkpoints: Path, repository: Path) -> Path:
-    from reranker.build.builder import BuildOptions
+    from reranker.builder.builder import BuildOptions
     from tests.checkpoints import QWEN3_VL_2B, QWEN3_VL_PIXELS, qwen3_vl_reranker
 
     checkpoint = checkpoints / VISION_MODEL

@@ -15,7 +15,7 @@ def workload(name: str, seed: int = 0) -> list[str]:
     grammar rules and code samples)."""
     from pydoc_data.topics import topics
 
-    from reranker.build.evaluation import prose_paragraphs
+    from reranker.builder.evaluation import prose_paragraphs
 
     words = " ".join(
         p for _, text in sorted(topics.items()) for p in prose_paragraphs(text)
@@ -33,7 +33,7 @@ def workload(name: str, seed: int = 0) -> list[str]:
 def long_documents(count: int = 4, words: int = 7000) -> list[str]:
     from pydoc_data.topics import topics
 
-    from reranker.build.evaluation import prose_paragraphs
+    from reranker.builder.evaluation import prose_paragraphs
 
     text = " ".join(p for _, t in sorted(topics.items()) for p in prose_paragraphs(t)).split()
     return [" ".join(text[i * words : (i + 1) * words]) for i in range(count)]

@@ -279,7 +279,7 @@ def _calibrate_head(model: Any, tokenizer: Any, target_std: float = 2.0) -> None
     of saturating (a random encoder gives every input a similar, large logit)."""
     import torch
 
-    from reranker.build.evaluation import eval_pairs
+    from reranker.builder.evaluation import eval_pairs
 
     pairs = eval_pairs(passages_per_query=4)
     batch = tokenizer(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from reranker.settings import SETTINGS, OptionSource, Settings
 
 if TYPE_CHECKING:
-    from reranker.build.triton_configs import TritonTuning
+    from reranker.builder.triton_configs import TritonTuning
 
 log = logging.getLogger("reranker")
 
@@ -112,7 +112,7 @@ def _warn_if_exposed(settings: Settings) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reranker.build.builder import (
+    from reranker.builder.builder import (
         DEFAULT_MODEL_NAME,
         BuildError,
         BuildOptions,
@@ -156,7 +156,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _tuning() -> OptionSource[TritonTuning]:
-    from reranker.build.triton_configs import TritonTuning
+    from reranker.builder.triton_configs import TritonTuning
 
     return OptionSource(
         TritonTuning,

@@ -3,7 +3,7 @@
 Every setting is a command-line flag and an environment variable with the ``RERANKER_``
 prefix (flag ``--grpc-port`` is ``RERANKER_GRPC_PORT``). A flag beats the environment,
 the environment beats a profile file (``--profile``, TOML), and that beats the default.
-The build's Triton tuning (:class:`reranker.build.triton_configs.TritonTuning`) is read the
+The build's Triton tuning (:class:`reranker.builder.triton_configs.TritonTuning`) is read the
 same way, with its file option ``--tuning``.
 """
 

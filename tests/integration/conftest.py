@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from reranker.backend.cpu import cpu_flags, has_native_bf16
-from reranker.build.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
+from reranker.builder.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
 from reranker.contract.model import EncoderRuntime, Precision
 from reranker.service.server import RankServer
 from tests.checkpoints import (

@@ -17,7 +17,7 @@ import torch
 from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
-from reranker.build.builder import BuildOptions, build
+from reranker.builder.builder import BuildOptions, build
 from reranker.contract.model import EncoderRuntime
 from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker, without_chat_template
 from tests.integration.conftest import (

@@ -14,8 +14,8 @@ import pytest
 from reranker_client import RerankClient
 from sentence_transformers import CrossEncoder
 
-from reranker.build.builder import BuildOptions, build
-from reranker.build.precision import REPORT_FILE, Precision
+from reranker.builder.builder import BuildOptions, build
+from reranker.builder.precision import REPORT_FILE, Precision
 from tests.checkpoints import (
     electra_cross_encoder,
     modernbert_cross_encoder,

@@ -18,7 +18,7 @@ import pytest
 from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import (
     Server,
     children,

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import CROSS_ENCODER, DEFAULT_INT8, Server
+
+pytestmark = pytest.mark.generated
 
 # What a caller may be told besides a result; anything else (INTERNAL, UNKNOWN) is a bug.
 DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}

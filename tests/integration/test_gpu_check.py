@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.generated
+
 ROOT = Path(__file__).parents[2]
 
 

@@ -19,7 +19,7 @@ from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from reranker_api.tei.v1 import tei_pb2, tei_pb2_grpc
 from reranker_client import RerankClient
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.http_errors import error_message
 from tests.integration.conftest import ALL_MODELS, CROSS_ENCODER, Server, rank_server
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from reranker_client import AsyncRerankClient, UnavailableError
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from reranker.service.engine import TritonEngine
 from reranker.service.server import create_server
 from reranker.settings import Settings

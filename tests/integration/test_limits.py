@@ -20,7 +20,7 @@ from reranker_client import (
     ResourceExhaustedError,
 )
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from reranker.service.server import RankServer
 from tests.integration.conftest import Server, rank_server, rank_service
 

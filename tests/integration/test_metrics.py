@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reranker_client import InvalidArgumentError, RerankClient
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import Server
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "reranker-dashboard.json"

@@ -15,9 +15,9 @@ import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient, RerankClient
 from transformers import AutoTokenizer
 
-from reranker.build.builder import BuildOptions, build_default
-from reranker.build.common import BuildError
-from reranker.build.evaluation import eval_pairs
+from reranker.builder.builder import BuildOptions, build_default
+from reranker.builder.common import BuildError
+from reranker.builder.evaluation import eval_pairs
 from reranker.contract.model import Precision
 from tests.integration.conftest import (
     ALL_MODELS,

@@ -14,6 +14,8 @@ import pytest
 
 from tests.integration.conftest import Server
 
+pytestmark = pytest.mark.generated
+
 ROOT = Path(__file__).parents[2]
 
 

@@ -15,7 +15,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.util import cos_sim
 from transformers import AutoTokenizer
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import (
     CROSS_ENCODER,
     CROSS_ENCODER_FROM_ONNX,

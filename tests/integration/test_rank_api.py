@@ -18,7 +18,7 @@ from reranker_client import (
     RerankClient,
 )
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import (
     ALL_MODELS,
     CROSS_ENCODER,

@@ -11,7 +11,7 @@ from pathlib import Path
 import tritonclient.grpc.aio as triton_aio
 from reranker_client import AsyncRerankClient, RerankError
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings

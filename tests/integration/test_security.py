@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from reranker_client import AsyncRerankClient, UnauthenticatedError, UnavailableError
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
 from tests.certificates import make_certificates

@@ -15,7 +15,7 @@ from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
-from reranker.build.builder import DEFAULT_MODEL_NAME
+from reranker.builder.builder import DEFAULT_MODEL_NAME
 from tests.integration.conftest import CROSS_ENCODER, Server
 from tests.integration.test_models import long_document
 from tests.texts import MOCKINGBIRD_DOCUMENTS, MOCKINGBIRD_QUERY

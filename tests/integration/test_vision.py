@@ -24,7 +24,7 @@ from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from sentence_transformers import CrossEncoder
 
-from reranker.build.builder import BuildOptions, build, build_default
+from reranker.builder.builder import BuildOptions, build, build_default
 from tests.checkpoints import qwen2_vl_reranker, qwen3_vl_reranker
 from tests.integration.conftest import Server, fp32_reordering_bound, start_server, stop_server
 
@@ -420,7 +420,7 @@ def test_bad_images_are_refused_by_name_over_http(vision_server: Server) -> None
 def test_the_builder_refuses_what_a_vision_language_model_cannot_be_served_in(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
-    from reranker.build.common import BuildError
+    from reranker.builder.common import BuildError
     from reranker.contract.model import Precision
 
     with pytest.raises(BuildError, match="serves fp32 on CPU, fp16 or bf16 on a GPU; not int8"):

@@ -82,8 +82,8 @@ def test_bench_rebuilds_a_model_built_under_other_options_and_reuses_a_current_o
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from reranker.build.common import BuildOptions
-    from reranker.build.triton_configs import TritonTuning
+    from reranker.builder.common import BuildOptions
+    from reranker.builder.triton_configs import TritonTuning
     from tests.checkpoints import bert_cross_encoder
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
-from reranker.build.builder import BuildError, BuildOptions, build
+from reranker.builder.builder import BuildError, BuildOptions, build
 
 
 def test_unreachable_hub_fails_at_once_and_names_the_offline_sources(
@@ -72,7 +72,7 @@ def test_gpu_build_serves_the_fp32_graph_to_tensorrt_and_refuses_int8(tmp_path: 
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from reranker.build.builder import DEFAULT_MODEL_NAME, build_default
+    from reranker.builder.builder import DEFAULT_MODEL_NAME, build_default
     from reranker.contract.model import Device, Precision, onnx_path
 
     options = BuildOptions(name=DEFAULT_MODEL_NAME, precision=Precision.FP16, device=Device.GPU)
@@ -186,7 +186,7 @@ def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> 
 def test_onnx_file_picks_one_of_the_exports_a_source_publishes(tmp_path: Path) -> None:
     import shutil
 
-    from reranker.build.precision import Precision, reduce_precision
+    from reranker.builder.precision import Precision, reduce_precision
     from reranker.contract.model import onnx_path
 
     checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
@@ -220,7 +220,7 @@ def test_a_chat_template_that_cannot_carry_a_pair_is_refused() -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from reranker.build.causal import prompt_template
+    from reranker.builder.causal import prompt_template
 
     words = Tokenizer(models.WordLevel({"?": 0, "q": 1}, unk_token="?"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -277,7 +277,7 @@ def test_triton_tuning_reaches_the_configurations_from_flags_environment_and_fil
 def _fetched(files: set[str], onnx: bool = False, onnx_file: str = "model.onnx") -> set[str]:
     from fnmatch import fnmatch
 
-    from reranker.build.builder import hub_patterns
+    from reranker.builder.builder import hub_patterns
 
     patterns = hub_patterns("org/m", files, onnx, onnx_file)
     return {f for f in files if any(fnmatch(f, pattern) for pattern in patterns)}

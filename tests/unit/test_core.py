@@ -366,3 +366,14 @@ async def test_images_are_refused_by_name_before_the_scorer_sees_them() -> None:
             await core.rank(call, 1.0)
         assert message in str(error.value)
     assert scorer.calls == []
+
+
+def test_the_server_version_is_the_packages_own() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from reranker.service.core import SERVER_VERSION
+
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    version = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert f"reranker-{version}" == SERVER_VERSION

@@ -10,8 +10,8 @@ import torch
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
 from reranker.backend.runtimes import create_session
-from reranker.build.deberta import used_span_attention
-from reranker.build.onnx_export import export_cross_encoder
+from reranker.builder.deberta import used_span_attention
+from reranker.builder.onnx_export import export_cross_encoder
 
 # Small buckets so short sequences reach every regime: exact positions (|r| < 8), log buckets
 # (8 <= |r|), and sequences longer than the table (span capped at 16 rows each side).

@@ -188,7 +188,7 @@ def test_kserve_puts_the_rank_service_http_door_in_front_as_the_transformer() ->
 
 
 def test_kserve_routes_to_triton_grpc_and_outlasts_an_engine_build() -> None:
-    from reranker.build.triton_configs import TENSORRT_CACHE
+    from reranker.builder.triton_configs import TENSORRT_CACHE
 
     text = (ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text()
     runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "serving-runtime.yaml").read_text())

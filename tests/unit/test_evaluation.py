@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from reranker.build.evaluation import EvalPair, accuracy_report, spearman
+from reranker.builder.evaluation import EvalPair, accuracy_report, spearman
 
 
 def test_spearman_matches_scipy_on_scores_without_ties() -> None:

@@ -13,7 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from reranker.backend.batching import PooledRows, micro_batches, pad_batch
 from reranker.backend.runtimes import OnnxRuntimeRunner
-from reranker.build.onnx_export import export_cross_encoder
+from reranker.builder.onnx_export import export_cross_encoder
 
 # 60 short rows and 4 long ones: sorted batches of 16 pad 12 short rows to the long length.
 LENGTHS = [24] * 60 + [384] * 4

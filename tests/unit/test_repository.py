@@ -6,9 +6,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from reranker.build.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
-from reranker.build.repository import write_configs
-from reranker.build.triton_configs import encoder_config, ensemble_config, tokenizer_config
+from reranker.builder.builder import DEFAULT_MODEL_NAME, BuildOptions, default_model
+from reranker.builder.repository import write_configs
+from reranker.builder.triton_configs import encoder_config, ensemble_config, tokenizer_config
 from reranker.contract.model import (
     Activation,
     Device,

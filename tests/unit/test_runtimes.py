@@ -20,9 +20,9 @@ from reranker.backend.cpu import (
     has_native_bf16,
 )
 from reranker.backend.runtimes import cpu_runtime, create_session
-from reranker.build.common import BuildError, BuildOptions
-from reranker.build.install import check_precision
-from reranker.build.triton_configs import encoder_config
+from reranker.builder.common import BuildError, BuildOptions
+from reranker.builder.install import check_precision
+from reranker.builder.triton_configs import encoder_config
 from reranker.contract.model import Activation, Device, ModelKind, Precision, ServedModel
 from reranker.contract.parameters import Runtime
 

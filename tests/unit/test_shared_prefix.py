@@ -14,7 +14,7 @@ from reranker.backend.prefix import MIN_SHARED_PREFIX, SharedPrefixGraph
 from reranker.backend.runtimes import OnnxRuntimeRunner
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.backend.torch_runtime import TorchRunner
-from reranker.build.builder import BuildOptions, build
+from reranker.builder.builder import BuildOptions, build
 from reranker.contract.model import EncoderRuntime, PairMode
 from reranker.contract.tensors import TruncationOptions
 from tests.checkpoints import qwen3_reranker

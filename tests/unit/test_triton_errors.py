@@ -3,10 +3,12 @@ and gRPC word them, maps to the error a caller sees."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from reranker.service import errors
-from reranker.service.engine import classify
+from reranker.service.engine import _translate, classify
 
 URL = "127.0.0.1:8001"
 
@@ -14,39 +16,62 @@ URL = "127.0.0.1:8001"
 @pytest.mark.parametrize(
     ("status", "message", "kind"),
     [
-        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", errors.DeadlineExceeded),
-        ("", "Deadline Exceeded", errors.DeadlineExceeded),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", errors.DeadlineExceeded),
+        (None, "Deadline Exceeded", errors.DeadlineExceeded),
         (
-            "StatusCode.UNAVAILABLE",
+            grpc.StatusCode.UNAVAILABLE,
             "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:8001: "
             "Failed to connect to remote host: Connection refused",
             errors.Unavailable,
         ),
-        ("", "Socket closed", errors.Unavailable),
-        ("StatusCode.CANCELLED", "Locally cancelled by application!", errors.Unavailable),
-        ("", "CANCELLED", errors.Unavailable),
-        ("StatusCode.NOT_FOUND", "Request for unknown model: 'm' is not found", errors.Unavailable),
+        (None, "Socket closed", errors.Unavailable),
+        (grpc.StatusCode.CANCELLED, "Locally cancelled by application!", errors.Unavailable),
+        (None, "CANCELLED", errors.Unavailable),
         (
-            "StatusCode.UNAVAILABLE",
+            grpc.StatusCode.NOT_FOUND,
+            "Request for unknown model: 'm' is not found",
+            errors.Unavailable,
+        ),
+        (
+            grpc.StatusCode.UNAVAILABLE,
             "Request for unknown model: 'm' has no available versions",
             errors.Unavailable,
         ),
         (
-            "StatusCode.INTERNAL",
+            grpc.StatusCode.INTERNAL,
             "Failed to process the request(s) for model 'm__encoder_0_0', message: Stub process "
             "'m__encoder_0_0' is not healthy.",
             errors.ModelRestarting,
         ),
         (
-            "StatusCode.INTERNAL",
+            grpc.StatusCode.INTERNAL,
             "in ensemble 'm', inference failed: RuntimeError: out of memory",
             errors.InferenceFailed,
         ),
     ],
 )
 def test_each_triton_message_maps_to_its_error(
-    status: str, message: str, kind: type[errors.RerankError]
+    status: grpc.StatusCode | None, message: str, kind: type[errors.RerankError]
 ) -> None:
     error = classify(status, message, URL)
     assert type(error) is kind
     assert message in str(error) or URL in str(error) or "deadline" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        ("StatusCode.DEADLINE_EXCEEDED", errors.DeadlineExceeded),
+        ("StatusCode.UNAVAILABLE", errors.Unavailable),
+        ("StatusCode.CANCELLED", errors.Unavailable),
+        ("StatusCode.INTERNAL", errors.InferenceFailed),
+        (None, errors.InferenceFailed),
+    ],
+)
+def test_tritonclients_status_text_is_read_as_the_grpc_code(
+    status: str | None, kind: type[errors.RerankError]
+) -> None:
+    """tritonclient words a failed call's code as ``str(grpc.StatusCode)``; the code decides,
+    whatever the message says."""
+    error = _translate(InferenceServerException("something went wrong", status), URL)
+    assert type(error) is kind

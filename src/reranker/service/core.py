@@ -9,6 +9,7 @@ only converts shapes and maps the error taxonomy to its transport.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -90,7 +91,8 @@ class ChunkingRequest:
     max_chunks: int = 0
 
 
-SERVER_VERSION = "reranker-0.1.0"
+# The installed package's version, as the package metadata states it (pyproject.toml).
+SERVER_VERSION = f"reranker-{importlib.metadata.version('reranker')}"
 LEFT_TRUNCATION_REFUSED = (
     "truncation_direction LEFT is not supported: this server truncates from the right "
     "(longest first), as sentence-transformers does"

@@ -130,18 +130,23 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
     )
 
 
+# tritonclient hands a gRPC failure's code on as text (``str(grpc.StatusCode.X)``).
+_STATUS_CODES = {str(code): code for code in grpc.StatusCode}
+
+
 def _translate(error: InferenceServerException, url: str) -> RerankError:
-    return classify(error.status() or "", error.message() or str(error), url)
+    status = _STATUS_CODES.get(error.status() or "")
+    return classify(status, error.message() or str(error), url)
 
 
-def classify(status: str, message: str, url: str) -> RerankError:
+def classify(status: grpc.StatusCode | None, message: str, url: str) -> RerankError:
     """The error a caller sees for a failed Triton request. Triton says most of what went
     wrong only in its message text, so this is the one place that reads that text."""
-    if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
+    if status is grpc.StatusCode.DEADLINE_EXCEEDED or "Deadline Exceeded" in message:
         return DeadlineExceeded("the deadline passed before inference finished")
-    if status == "StatusCode.UNAVAILABLE" or any(s in message for s in _UNREACHABLE):
+    if status is grpc.StatusCode.UNAVAILABLE or any(s in message for s in _UNREACHABLE):
         return Unavailable(f"inference server at {url} is unreachable")
-    if status == "StatusCode.CANCELLED" or message == "CANCELLED":
+    if status is grpc.StatusCode.CANCELLED or message == "CANCELLED":
         # Not the caller (that cancels this task): Triton dropped the request, shutting down.
         return Unavailable(f"inference server at {url} cancelled the request (stopping?)")
     if any(s in message for s in _NOT_LOADED):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from reranker.build.triton_configs import (
+from reranker.builder.triton_configs import (
     TritonTuning,
     encoder_config,
     ensemble_config,

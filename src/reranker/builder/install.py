@@ -15,9 +15,9 @@ from tokenizers import Tokenizer
 
 from reranker.backend.cpu import cpu_flags, has_native_bf16
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
-from reranker.build.common import BuildError, BuildOptions, step
-from reranker.build.precision import REPORT_FILE, reduce_precision, write_accuracy_report
-from reranker.build.repository import write_configs
+from reranker.builder.common import BuildError, BuildOptions, step
+from reranker.builder.precision import REPORT_FILE, reduce_precision, write_accuracy_report
+from reranker.builder.repository import write_configs
 from reranker.contract.model import (
     PROMPT_FILE,
     Device,
@@ -181,7 +181,7 @@ def install_checkpoint(
     import torch
 
     from reranker.backend.torch_runtime import TorchRunner
-    from reranker.build.onnx_export import sample_batch
+    from reranker.builder.onnx_export import sample_batch
 
     check_precision(options)
     model = replace(

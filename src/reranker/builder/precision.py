@@ -18,7 +18,7 @@ import numpy as np
 
 from reranker.backend.runtimes import GraphRunner, cpu_runtime, load_runner
 from reranker.backend.tokenization import PairTokenizer
-from reranker.build.evaluation import EvalPair, accuracy_report, eval_pairs
+from reranker.builder.evaluation import EvalPair, accuracy_report, eval_pairs
 from reranker.contract.model import Precision
 
 REPORT_FILE = "accuracy.json"

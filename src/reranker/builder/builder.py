@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from tokenizers import Tokenizer
 
-from reranker.build.common import (
+from reranker.builder.common import (
     DEFAULT_ONNX_FILE,
     BuildError,
     BuildOptions,
@@ -27,14 +27,14 @@ from reranker.build.common import (
     read_json,
     step,
 )
-from reranker.build.install import (
+from reranker.builder.install import (
     check_export,
     check_precision,
     install,
     install_checkpoint,
     pair_tokenizer,
 )
-from reranker.build.vision import build_vision_language, is_vision_language
+from reranker.builder.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, EncoderRuntime, ModelKind, Precision, ServedModel
 from reranker.contract.tensors import TOKEN_TENSORS
 
@@ -89,14 +89,14 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
     is with the PyTorch runtime."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from reranker.build.onnx_export import export_cross_encoder, max_export_error, sample_batch
+    from reranker.builder.onnx_export import export_cross_encoder, max_export_error, sample_batch
 
     config = read_json(source / "config.json")
     if is_vision_language(config):
         return build_vision_language(source, config, options, repository)
     _checkarchitecture(source, config)
     if architecture(config, "").endswith("ForCausalLM"):
-        from reranker.build.causal import build_causal_lm
+        from reranker.builder.causal import build_causal_lm
 
         return build_causal_lm(source, config, options, repository)
     with step(f"loading checkpoint {source}"):
@@ -120,7 +120,7 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
     )
     tokenizer = hf_tokenizer.backend_tokenizer
     if options.runtime is EncoderRuntime.TORCH:
-        from reranker.build.onnx_export import graph_inputs
+        from reranker.builder.onnx_export import graph_inputs
 
         logits = _Logits(network)
         inputs = graph_inputs(network, hf_tokenizer.model_input_names)
@@ -162,7 +162,7 @@ def build_default(options: BuildOptions, repository: Path) -> ServedModel:
     from transformers import AutoModel, AutoTokenizer
 
     from reranker.backend.scorers import PairCosineScorer
-    from reranker.build.onnx_export import export_pair_scorer, max_export_error, sample_batch
+    from reranker.builder.onnx_export import export_pair_scorer, max_export_error, sample_batch
 
     check_precision(options)  # before an export it would refuse anyway
     source = _default_source()

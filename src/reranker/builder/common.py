@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reranker.build.triton_configs import TritonTuning
+from reranker.builder.triton_configs import TritonTuning
 from reranker.contract.model import Device, EncoderRuntime, Precision
 
 # The ONNX export a build serves from a directory or hub repository publishing several.

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from reranker.backend.tokenization import PromptLayout, PromptTemplate
-from reranker.build.common import (
+from reranker.builder.common import (
     BuildError,
     BuildOptions,
     architecture,
@@ -157,8 +157,8 @@ def build_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reranker.backend.scorers import relevance_scorer
-    from reranker.build.install import check_export, install, install_checkpoint, pair_tokenizer
-    from reranker.build.onnx_export import export_module, max_export_error, sample_batch
+    from reranker.builder.install import check_export, install, install_checkpoint, pair_tokenizer
+    from reranker.builder.onnx_export import export_module, max_export_error, sample_batch
 
     name = architecture(config, "")
     on_gpu = options.device is Device.GPU and options.runtime is EncoderRuntime.TORCH
@@ -257,7 +257,7 @@ def export_after_prefix(scorer: Any, batch: dict[str, Any], path: Path) -> None:
     import torch
 
     from reranker.backend.scorers import AfterPrefix
-    from reranker.build.onnx_export import export_module
+    from reranker.builder.onnx_export import export_module
 
     feeds = _first_query_behind_its_prefix(batch)
     inputs = {name: torch.from_numpy(values) for name, values in feeds.items()}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reranker.build.common import (
+from reranker.builder.common import (
     BuildError,
     BuildOptions,
     architecture,
@@ -74,9 +74,9 @@ def build_vision_language(
 
     from reranker.backend.torch_runtime import TORCH_DTYPES
     from reranker.backend.vision import PairProcessor, VisionLanguageRunner, pair_messages
-    from reranker.build.causal import relevance_tokens
-    from reranker.build.install import check_precision
-    from reranker.build.repository import write_configs
+    from reranker.builder.causal import relevance_tokens
+    from reranker.builder.install import check_precision
+    from reranker.builder.repository import write_configs
 
     # The PyTorch runtime serves it on CPU and GPU alike (no ONNX export of the vision tower).
     if options.device is Device.GPU and not options.precision_chosen:

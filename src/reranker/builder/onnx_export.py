@@ -14,7 +14,7 @@ from torch import nn
 from reranker.backend.runtimes import create_session
 from reranker.backend.scorers import PairCosineScorer
 from reranker.backend.tokenization import PairTokenizer
-from reranker.build.deberta import used_span_attention
+from reranker.builder.deberta import used_span_attention
 from reranker.contract.tensors import TOKEN_TENSORS
 
 OPSET = 17
