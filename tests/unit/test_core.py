@@ -26,7 +26,9 @@ from reranker.service.core import (
     Scores,
     Truncation,
 )
-from reranker.service.doors.http_shapes import CohereV1Request, NimRequest, TeiRequest
+from reranker.service.doors.http.cohere import CohereV1Request
+from reranker.service.doors.http.nim import NimRequest
+from reranker.service.doors.http.tei import TeiRequest
 from reranker.service.errors import InvalidArgument
 from reranker.service.health import BackendHealth
 from reranker.service.metrics import ServiceMetrics

@@ -27,7 +27,7 @@ from reranker.service.tracing import tracer_from
 from reranker.settings import Settings
 
 if TYPE_CHECKING:
-    from reranker.service.doors.http_api import HttpServer
+    from reranker.service.doors.http.server import HttpServer
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -121,7 +121,7 @@ async def create_server(
     http = None
     if settings.http_port >= 0:
         # Loaded only where HTTP is served: gRPC alone needs no web stack.
-        from reranker.service.doors.http_api import HttpServer
+        from reranker.service.doors.http.server import HttpServer
 
         http = HttpServer(settings, core, metrics, monitor, api_key, tracer)
         http.bind()

@@ -1,0 +1,53 @@
+"""llama.cpp's rerank API (Jina's response shape): ``POST /reranking``; its other paths are
+shared with TEI (``/rerank``, :mod:`.tei`) and Mixedbread (``/v1/reranking``,
+:mod:`.mixedbread`), told apart there by the body."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import Field
+
+from reranker.service.core import RankCall
+from reranker.service.doors.http.errors import OpenAIError, documented
+from reranker.service.doors.http.fields import (
+    Document,
+    Positive,
+    Query,
+    Tolerant,
+    model_field,
+    texts_field,
+)
+from reranker.service.doors.http.jina import JinaResponse, jina_response
+from reranker.service.doors.http.routing import Dialect, rank
+
+router = APIRouter()
+DIALECT = Dialect(router, OpenAIError)
+
+
+class LlamaCppRequest(Tolerant):
+    model: str = model_field()
+    query: Query = Field(description="the query (not blank)")
+    documents: list[Document] = texts_field("the documents to rank")
+    top_n: Positive | None = Field(None, description="return only the best top_n")
+    return_documents: bool = False
+
+    def call(self) -> RankCall:
+        return RankCall(
+            query=self.query,
+            documents=self.documents,
+            model=self.model,
+            top_k=self.top_n,
+            return_documents=self.return_documents,
+        )
+
+
+@router.post(
+    "/reranking",
+    tags=["llama.cpp"],
+    response_model_exclude_none=True,
+    responses=documented(OpenAIError),
+)
+async def llama_reranking(
+    body: LlamaCppRequest, request: Request, response: Response
+) -> JinaResponse:
+    return jina_response(await rank(request, body, response))

@@ -1,0 +1,107 @@
+"""Mixedbread's rerank API: ``POST /v1/reranking`` (also llama.cpp's shape, told apart by
+the body)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from reranker.service.core import RankCall, RankOutcome
+from reranker.service.doors.http.errors import OpenAIError, documented
+from reranker.service.doors.http.fields import (
+    RANK_FIELDS,
+    Document,
+    DocumentObject,
+    Positive,
+    Query,
+    Tolerant,
+    Usage,
+    check_rank_fields,
+    images_of,
+    model_field,
+    no_op_field,
+    texts_field,
+    texts_of,
+)
+from reranker.service.doors.http.jina import JinaResponse, jina_response
+from reranker.service.doors.http.llama_cpp import LlamaCppRequest
+from reranker.service.doors.http.routing import Dialect, rank
+
+router = APIRouter()
+DIALECT = Dialect(router, OpenAIError)
+
+
+class MixedbreadRequest(Tolerant):
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"rewrite_query"})
+
+    model: str = model_field()
+    query: Query = Field(description="the query (not blank)")
+    input: list[Document | DocumentObject] = texts_field(
+        "the documents: strings, or objects with a text field"
+    )
+    rank_fields: list[str] | None = RANK_FIELDS
+    top_k: Positive | None = Field(None, description="return only the best top_k")
+    return_input: bool = False
+    rewrite_query: bool | None = no_op_field("Mixedbread's query rewriting")
+
+    def call(self) -> RankCall:
+        check_rank_fields(self.rank_fields)
+        return RankCall(
+            query=self.query,
+            documents=texts_of(self.input),
+            model=self.model,
+            top_k=self.top_k,
+            document_images=images_of(self.input, "input"),
+        )
+
+
+class MixedbreadResult(BaseModel):
+    index: int
+    score: float
+    input: Any = None
+    object: Literal["rank_result"] = "rank_result"
+
+
+class MixedbreadResponse(BaseModel):
+    usage: Usage = Field(default_factory=Usage)
+    model: str
+    data: list[MixedbreadResult]
+    object: Literal["list"] = "list"
+    top_k: int
+    return_input: bool
+
+
+def mixedbread_response(outcome: RankOutcome, request: MixedbreadRequest) -> MixedbreadResponse:
+    def sent(index: int) -> Any:
+        item = request.input[index]
+        return item if isinstance(item, str) else item.model_dump(exclude_unset=True)
+
+    return MixedbreadResponse(
+        model=outcome.model.name,
+        data=[
+            MixedbreadResult(
+                index=r.index, score=r.score, input=sent(r.index) if request.return_input else None
+            )
+            for r in outcome.results
+        ],
+        top_k=len(outcome.results),
+        return_input=request.return_input,
+    )
+
+
+@router.post(
+    "/v1/reranking",
+    tags=["Mixedbread", "llama.cpp"],
+    response_model_exclude_none=True,
+    responses=documented(OpenAIError),
+    description="Mixedbread's shape (input) or llama.cpp's (documents), told apart by the body.",
+)
+async def v1_reranking(
+    body: MixedbreadRequest | LlamaCppRequest, request: Request, response: Response
+) -> MixedbreadResponse | JinaResponse:
+    outcome = await rank(request, body, response)
+    if isinstance(body, MixedbreadRequest):
+        return mixedbread_response(outcome, body)
+    return jina_response(outcome)

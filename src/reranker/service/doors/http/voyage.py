@@ -1,0 +1,80 @@
+"""Voyage AI's rerank API: ``POST /voyage/v1/rerank``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from reranker.service.core import RankCall, RankOutcome, Truncation
+from reranker.service.doors.http.errors import DetailError, documented
+from reranker.service.doors.http.fields import (
+    Document,
+    Positive,
+    Query,
+    Tolerant,
+    Usage,
+    model_field,
+    texts_field,
+)
+from reranker.service.doors.http.routing import Dialect, rank
+
+router = APIRouter()
+DIALECT = Dialect(router, DetailError)
+
+
+class VoyageRequest(Tolerant):
+    query: Query = Field(description="the query (not blank)")
+    documents: list[Document] = texts_field("the documents to rank")
+    model: str = model_field()
+    top_k: Positive | None = Field(None, description="return only the best top_k")
+    return_documents: bool = False
+    truncation: bool = Field(
+        True, description="false refuses a pair that does not fit instead of truncating it"
+    )
+
+    def call(self) -> RankCall:
+        return RankCall(
+            query=self.query,
+            documents=self.documents,
+            model=self.model,
+            top_k=self.top_k,
+            return_documents=self.return_documents,
+            truncation=Truncation.LONGEST_FIRST if self.truncation else Truncation.REFUSE,
+        )
+
+
+class VoyageResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: str | None = None
+
+
+class VoyageResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VoyageResult]
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+def voyage_response(outcome: RankOutcome) -> VoyageResponse:
+    return VoyageResponse(
+        data=[
+            VoyageResult(index=r.index, relevance_score=r.score, document=r.text)
+            for r in outcome.results
+        ],
+        model=outcome.model.name,
+    )
+
+
+@router.post(
+    "/voyage/v1/rerank",
+    tags=["Voyage AI"],
+    response_model_exclude_none=True,
+    responses=documented(DetailError),
+)
+async def voyage_rerank(
+    body: VoyageRequest, request: Request, response: Response
+) -> VoyageResponse:
+    return voyage_response(await rank(request, body, response))
