@@ -26,11 +26,10 @@ async def serve(settings: Settings) -> None:
     from reranker.backend.cpu import bf16_hint, cpu_flags
     from reranker.contract.model import Device, Precision
     from reranker.service.engine import TritonEngine
-    from reranker.service.health import TritonSupervisor
     from reranker.service.metrics import ServiceMetrics
     from reranker.service.server import create_server
     from reranker.service.tracing import provider_for, tracer_from
-    from reranker.service.triton_server import TritonServer
+    from reranker.service.triton_server import TritonServer, TritonSupervisor
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

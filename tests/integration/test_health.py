@@ -7,10 +7,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from reranker.service.core import Scores
 from reranker.service.engine import TritonEngine
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
+from reranker.service.scoring import Scores
 from tests.integration.conftest import Server
 
 INTERVAL_S = 1.0  # well above one round of calls over every test model (nine, two on PyTorch)

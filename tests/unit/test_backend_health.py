@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from reranker.service.health import BackendHealth
+from reranker.service.scoring import BackendHealth
 
 
 async def test_answers_and_failures_as_the_monitor_reads_them() -> None:

@@ -22,16 +22,14 @@ from reranker.service.core import (
     ChunkingRequest,
     RankCall,
     RankCore,
-    RowImages,
-    Scores,
     Truncation,
 )
 from reranker.service.doors.http.cohere import CohereV1Request
 from reranker.service.doors.http.nim import NimRequest
 from reranker.service.doors.http.tei import TeiRequest
 from reranker.service.errors import InvalidArgument
-from reranker.service.health import BackendHealth
 from reranker.service.metrics import ServiceMetrics
+from reranker.service.scoring import BackendHealth, RowImages, Scores
 from reranker.settings import Settings
 
 CROSS = ServedModel(

@@ -12,12 +12,13 @@ from opentelemetry import trace
 
 from reranker.contract.model import ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
-from reranker.service.core import RankCore, RowImages, Scores
+from reranker.service.core import RankCore
 from reranker.service.doors.http.app import create_app
 from reranker.service.doors.http.gate import Gate
 from reranker.service.doors.security import ApiKey
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
+from reranker.service.scoring import RowImages, Scores
 from reranker.settings import Settings
 from tests.http_errors import error_message
 from tests.unit.test_core import FakeScorer

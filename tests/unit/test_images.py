@@ -105,8 +105,8 @@ def test_a_multi_picture_jpeg_is_a_jpeg() -> None:
 
 
 def test_rows_with_images_travel_by_image_size_within_the_byte_budget() -> None:
-    from reranker.service.core import RowImages
     from reranker.service.engine import image_requests
+    from reranker.service.scoring import RowImages
 
     sizes = [5, 0, 40_000_000, 0, 7, 30_000_000, 6]
     images = RowImages(b"q", [bytes(size) for size in sizes])

@@ -2,8 +2,9 @@
 does with a rank call, whatever shape it arrived in.
 
 Validation, limits, the row budget, model choice, truncation and chunking options, scoring
-through a :class:`Scorer` (Triton in production), and assembly all happen here; an adapter
-only converts shapes and maps the error taxonomy to its transport.
+through an :class:`~reranker.service.scoring.Engine` (Triton in production), and assembly
+all happen here; an adapter only converts shapes and maps the error taxonomy to its
+transport.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Protocol
 
 import numpy as np
 from opentelemetry import trace
 
 from reranker.contract.model import ModelKind, ServedModel
-from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+from reranker.contract.tensors import TruncationOptions
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
 from reranker.service.errors import InvalidArgument, Unavailable
 from reranker.service.images import CallImage, check_images
@@ -34,45 +34,8 @@ from reranker.service.ranking import (
     resolve_options,
     validate_rank_request,
 )
+from reranker.service.scoring import Engine, RowImages, Scores
 from reranker.settings import Settings
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Raw model outputs, one per document in the caller's order."""
-
-    values: np.ndarray
-    requests: int
-    inference_time_s: float
-
-
-@dataclass(frozen=True)
-class RowImages:
-    """A call's images as the engine sends them: the query's and each document's encoded
-    bytes (empty: none)."""
-
-    query: bytes
-    documents: Sequence[bytes]
-
-
-class Scorer(Protocol):
-    """What the core needs of an inference backend (the engine, in production)."""
-
-    @property
-    def models(self) -> Mapping[str, ServedModel]: ...
-
-    async def refresh(self) -> Mapping[str, ServedModel]: ...
-
-    async def score(
-        self,
-        model: ServedModel,
-        query: str,
-        documents: Sequence[str],
-        timeout_s: float,
-        options: TruncationOptions = LONGEST_FIRST,
-        labels: Sequence[int] | None = None,
-        images: RowImages | None = None,
-    ) -> Scores: ...
 
 
 class Truncation(StrEnum):
@@ -171,7 +134,7 @@ class RankCore:
     def __init__(
         self,
         settings: Settings,
-        scorer: Scorer,
+        scorer: Engine,
         metrics: ServiceMetrics,
         tracer: trace.Tracer | None = None,
         chunker: DocumentChunker | None = None,

@@ -34,7 +34,6 @@ from reranker.contract.tensors import (
     OverflowReport,
     TruncationOptions,
 )
-from reranker.service.core import RowImages, Scores
 from reranker.service.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -43,8 +42,8 @@ from reranker.service.errors import (
     RerankError,
     Unavailable,
 )
-from reranker.service.health import BackendHealth
 from reranker.service.ranking import plan_requests
+from reranker.service.scoring import BackendHealth, RowImages, Scores
 
 log = logging.getLogger(__name__)
 

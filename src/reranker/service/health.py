@@ -1,6 +1,6 @@
-"""Whether the service can serve, decided in one place: what calls learn about the backend,
-the canary, the dead-model policy, readiness as every door reports it, and the restart of a
-Triton this process launched.
+"""Whether the service can serve, decided in one place: the canary, the dead-model policy,
+and readiness as every door reports it (the restart of a Triton this process launched is
+:class:`reranker.service.triton_server.TritonSupervisor`'s).
 
 Triton's own readiness flag can lie after a Python-backend stub dies (the model stays
 "ready" while every request fails), and Triton does not restart a dead stub; unloading such
@@ -15,77 +15,19 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
 
 from reranker.contract.model import ServedModel
 from reranker.service.errors import ModelRestarting, RerankError
 from reranker.service.metrics import ServiceMetrics
-
-if TYPE_CHECKING:
-    from reranker.service.triton_server import TritonServer
+from reranker.service.scoring import Engine
 
 log = logging.getLogger(__name__)
 
 CANARY_TIMEOUT_S = 10.0
-_RESTART_BACKOFF_S = 1.0
-_MAX_RESTART_BACKOFF_S = 30.0
 
 # Told each change of readiness: True when serving.
 ReadinessListener = Callable[[bool], Awaitable[None]]
-
-
-class BackendHealth:
-    """What calls have learned about the backend's models. The engine records it as calls
-    go; :class:`HealthMonitor` reads it to decide when to probe and when to restart."""
-
-    def __init__(self) -> None:
-        # Set when a call meets a failing backend, so health checks run now, not later.
-        self._trouble = asyncio.Event()
-        # Monotonic time of each model's latest answered request: live traffic proves a model
-        # alive as well as a canary does, without queueing behind that traffic.
-        self._answered: dict[str, float] = {}
-        # Monotonic start time of the latest request that found a model's process dead.
-        self._found_dead: dict[str, float] = {}
-
-    def answered(self, model: str) -> None:
-        self._answered[model] = time.monotonic()
-
-    def failed(self, model: str, process_dead_since: float | None = None) -> None:
-        """A request to ``model`` met an unavailable backend (a dead model process, when
-        ``process_dead_since`` gives the request's start)."""
-        if process_dead_since is not None:
-            self._found_dead[model] = process_dead_since
-        self._answered.pop(model, None)
-        self._trouble.set()
-
-    def answered_within(self, model: str, seconds: float) -> bool:
-        answered = self._answered.get(model)
-        return answered is not None and time.monotonic() - answered < seconds
-
-    def found_dead_after(self, model: str, moment: float) -> bool:
-        """Whether a request that started after ``moment`` found ``model``'s process dead."""
-        found = self._found_dead.get(model)
-        return found is not None and found > moment
-
-    async def wait_for_trouble(self, timeout_s: float) -> None:
-        """Returns when a call meets trouble, or after ``timeout_s``; then forgets it."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._trouble.wait(), timeout_s)
-        self._trouble.clear()
-
-
-class CheckedEngine(Protocol):
-    """What the monitor needs of the engine (:class:`reranker.service.engine.TritonEngine`)."""
-
-    @property
-    def health(self) -> BackendHealth: ...
-
-    async def refresh(self) -> Mapping[str, ServedModel]: ...
-
-    async def score(
-        self, model: ServedModel, query: str, documents: Sequence[str], timeout_s: float
-    ) -> object: ...
 
 
 class HealthMonitor:
@@ -94,13 +36,14 @@ class HealthMonitor:
     ``interval_s``, and at once when a call meets a failing backend. Doors read
     :attr:`serving` or subscribe with :meth:`on_change`.
 
-    A model found dead is reported to ``on_dead_model`` (:meth:`TritonSupervisor.model_died`
-    for a launched Triton), so the service heals by itself.
+    A model found dead is reported to ``on_dead_model`` (``TritonSupervisor.model_died`` in
+    :mod:`reranker.service.triton_server`, for a launched Triton), so the service heals by
+    itself.
     """
 
     def __init__(
         self,
-        engine: CheckedEngine,
+        engine: Engine,
         interval_s: float,
         metrics: ServiceMetrics,
         on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
@@ -174,42 +117,3 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._set(False)
-
-
-class TritonSupervisor:
-    """Keeps a Triton this process launched running: restarts it when it exits by itself, and
-    kills it (so it is restarted) when one of its model processes died. Meanwhile calls fail
-    fast with UNAVAILABLE; the engine's channel reconnects once Triton is back."""
-
-    def __init__(self, triton: TritonServer, metrics: ServiceMetrics, poll_s: float = 0.1) -> None:
-        self._triton = triton
-        self._metrics = metrics
-        self._poll_s = poll_s
-
-    async def model_died(self, model: ServedModel) -> None:
-        log.error("a process of model %s died: restarting tritonserver", model.name)
-        await asyncio.to_thread(self._triton.kill)  # supervise() starts a new one
-
-    async def supervise(self) -> None:
-        triton = self._triton
-        backoff = _RESTART_BACKOFF_S
-        while True:
-            await asyncio.sleep(self._poll_s)
-            if triton.running():
-                continue
-            log.error(
-                "tritonserver is not running (exit code %s); restarting it\n%s",
-                triton.exit_code(),
-                triton.log_tail(10),
-            )
-            started = time.monotonic()
-            try:
-                await asyncio.to_thread(triton.restart)
-            except (OSError, RuntimeError, TimeoutError) as error:
-                log.error("restarting tritonserver failed: %s; next try in %.0fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_RESTART_BACKOFF_S)
-                continue
-            self._metrics.backend_restarts.inc()
-            log.info("tritonserver restarted in %.1fs", time.monotonic() - started)
-            backoff = _RESTART_BACKOFF_S

@@ -18,7 +18,8 @@ from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from reranker.contract.model import ServedModel
 from reranker.service.core import RankCore
 from reranker.service.doors import tei_v1
-from reranker.service.doors.reranker_v1 import SERVICE_NAME, ErrorInterceptor, RankServicer
+from reranker.service.doors.grpc_gate import GrpcGate
+from reranker.service.doors.reranker_v1 import SERVICE_NAME, RankServicer
 from reranker.service.doors.security import ApiKey, grpc_credentials
 from reranker.service.engine import TritonEngine
 from reranker.service.health import HealthMonitor
@@ -98,7 +99,7 @@ async def create_server(
     monitor = HealthMonitor(engine, settings.health_interval_s, metrics, on_dead_model)
     api_key = ApiKey(settings.resolved_api_key())
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(metrics, api_key, tracer)],
+        interceptors=[GrpcGate(metrics, api_key, tracer)],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", send_limit),

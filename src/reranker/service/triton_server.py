@@ -7,6 +7,7 @@ the stub built for the running interpreter.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import logging
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import tritonclient.grpc as triton_grpc
 
+from reranker.contract.model import ServedModel
+from reranker.service.metrics import ServiceMetrics
 from reranker.service.tracing import otlp_traces_url
 from reranker.settings import ENV_PREFIX, Settings
 
@@ -241,3 +244,47 @@ class TritonServer:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+# A failed restart is tried again after a back-off that doubles up to its ceiling.
+_RESTART_BACKOFF_S = 1.0
+_MAX_RESTART_BACKOFF_S = 30.0
+
+
+class TritonSupervisor:
+    """Keeps a Triton this process launched running: restarts it when it exits by itself, and
+    kills it (so it is restarted) when one of its model processes died. Meanwhile calls fail
+    fast with UNAVAILABLE; the engine's channel reconnects once Triton is back."""
+
+    def __init__(self, triton: TritonServer, metrics: ServiceMetrics, poll_s: float = 0.1) -> None:
+        self._triton = triton
+        self._metrics = metrics
+        self._poll_s = poll_s
+
+    async def model_died(self, model: ServedModel) -> None:
+        log.error("a process of model %s died: restarting tritonserver", model.name)
+        await asyncio.to_thread(self._triton.kill)  # supervise() starts a new one
+
+    async def supervise(self) -> None:
+        triton = self._triton
+        backoff = _RESTART_BACKOFF_S
+        while True:
+            await asyncio.sleep(self._poll_s)
+            if triton.running():
+                continue
+            log.error(
+                "tritonserver is not running (exit code %s); restarting it\n%s",
+                triton.exit_code(),
+                triton.log_tail(10),
+            )
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(triton.restart)
+            except (OSError, RuntimeError, TimeoutError) as error:
+                log.error("restarting tritonserver failed: %s; next try in %.0fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_RESTART_BACKOFF_S)
+                continue
+            self._metrics.backend_restarts.inc()
+            log.info("tritonserver restarted in %.1fs", time.monotonic() - started)
+            backoff = _RESTART_BACKOFF_S

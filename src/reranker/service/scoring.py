@@ -1,0 +1,100 @@
+"""The one interface between the rank core and what scores rows (the Triton engine in
+production): what the core asks, what the health monitor reads, and what the engine
+implements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from reranker.contract.model import ServedModel
+from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw model outputs, one per document in the caller's order."""
+
+    values: np.ndarray
+    requests: int
+    inference_time_s: float
+
+
+@dataclass(frozen=True)
+class RowImages:
+    """A call's images as the engine sends them: the query's and each document's encoded
+    bytes (empty: none)."""
+
+    query: bytes
+    documents: Sequence[bytes]
+
+
+class BackendHealth:
+    """What calls have learned about the backend's models. The engine records it as calls
+    go; :class:`HealthMonitor` reads it to decide when to probe and when to restart."""
+
+    def __init__(self) -> None:
+        # Set when a call meets a failing backend, so health checks run now, not later.
+        self._trouble = asyncio.Event()
+        # Monotonic time of each model's latest answered request: live traffic proves a model
+        # alive as well as a canary does, without queueing behind that traffic.
+        self._answered: dict[str, float] = {}
+        # Monotonic start time of the latest request that found a model's process dead.
+        self._found_dead: dict[str, float] = {}
+
+    def answered(self, model: str) -> None:
+        self._answered[model] = time.monotonic()
+
+    def failed(self, model: str, process_dead_since: float | None = None) -> None:
+        """A request to ``model`` met an unavailable backend (a dead model process, when
+        ``process_dead_since`` gives the request's start)."""
+        if process_dead_since is not None:
+            self._found_dead[model] = process_dead_since
+        self._answered.pop(model, None)
+        self._trouble.set()
+
+    def answered_within(self, model: str, seconds: float) -> bool:
+        answered = self._answered.get(model)
+        return answered is not None and time.monotonic() - answered < seconds
+
+    def found_dead_after(self, model: str, moment: float) -> bool:
+        """Whether a request that started after ``moment`` found ``model``'s process dead."""
+        found = self._found_dead.get(model)
+        return found is not None and found > moment
+
+    async def wait_for_trouble(self, timeout_s: float) -> None:
+        """Returns when a call meets trouble, or after ``timeout_s``; then forgets it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._trouble.wait(), timeout_s)
+        self._trouble.clear()
+
+
+class Engine(Protocol):
+    """What scores rows: :class:`reranker.service.engine.TritonEngine` in production. The
+    core scores through it; the health monitor reads what calls learned (``health``),
+    refreshes the models and sends canaries through it."""
+
+    @property
+    def models(self) -> Mapping[str, ServedModel]: ...
+
+    @property
+    def health(self) -> BackendHealth: ...
+
+    async def refresh(self) -> Mapping[str, ServedModel]: ...
+
+    async def score(
+        self,
+        model: ServedModel,
+        query: str,
+        documents: Sequence[str],
+        timeout_s: float,
+        options: TruncationOptions = LONGEST_FIRST,
+        labels: Sequence[int] | None = None,
+        images: RowImages | None = None,
+    ) -> Scores: ...
