@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
@@ -111,28 +112,17 @@ def _warn_if_exposed(settings: Settings) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reranker.builder.builder import (
-        DEFAULT_MODEL_NAME,
-        BuildError,
-        BuildOptions,
-        build,
-        build_default,
-    )
-    from reranker.contract.model import Device, EncoderRuntime, Precision
+    from reranker.builder.builder import DEFAULT_MODEL_NAME, BuildError, build, build_default
+    from reranker.builder.common import BuildOptions
 
     name = args.name or (DEFAULT_MODEL_NAME if args.default else _name_from(args.source))
-    device, runtime = _target(args.device, args.runtime)
-    precision = args.precision or (
-        "fp16" if (device, runtime) == ("gpu", "torch") else Precision.FP32.value
-    )
-    options = BuildOptions(
-        name=name,
+    options = BuildOptions.for_target(
+        name,
+        args.device,
+        args.runtime,
+        args.precision,
         max_length=args.max_length,
         max_batch_size=args.max_batch_size,
-        precision=Precision(precision),
-        precision_chosen=args.precision is not None,
-        device=Device(device),
-        runtime=EncoderRuntime(runtime),
         onnx_file=args.onnx_file,
         tuning=_tuning().resolve(args, os.environ),
     )
@@ -164,52 +154,26 @@ def _tuning() -> OptionSource[TritonTuning]:
     )
 
 
-def _target(device: str, runtime: str | None) -> tuple[str, str]:
-    """The device and encoder runtime a build is for. ``auto`` is a GPU when PyTorch sees
-    one, served by the torch runtime (the Triton this package ships has no onnxruntime
-    backend), else the CPU with ONNX; an explicit ``gpu`` keeps ONNX for the NGC Triton
-    unless ``--runtime torch`` is given."""
-    if device == "auto":
-        import torch
-
-        device = "gpu" if torch.cuda.is_available() else "cpu"
-        return device, runtime or ("torch" if device == "gpu" else "onnx")
-    return device, runtime or "onnx"
-
-
-def _health(address: str, timeout_s: float, tls_ca_file: str | None) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    channel = (
-        grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca_file).read_bytes()))
-        if tls_ca_file
-        else grpc.insecure_channel(address)
-    )
-    with channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout_s
-            )
-        except grpc.RpcError as error:
-            print(f"{address}: {error.code().name}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(f"{address}: {status}")
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
 def _name_from(source: str | None) -> str:
     if not source:
         raise SystemExit("error: give a SOURCE or --default")
     return Path(source.rstrip("/")).name.lower()
 
 
+def _values(kind: type[enum.Enum]) -> list[str]:
+    return [str(member.value) for member in kind]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from reranker.builder.common import AUTO_DEVICE, BUILT_PRECISIONS, BuildOptions
+    from reranker.contract.model import Device, EncoderRuntime
+
     parser = argparse.ArgumentParser(prog="reranker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run Triton and the rank service")
     SETTINGS.add_arguments(serve_parser)
+    # The build's choices and defaults are its options' own (BuildOptions and its enums).
+    defaults = BuildOptions(name="")
     build_parser = commands.add_parser(
         "build",
         help="add a model to the repository",
@@ -221,10 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_parser.add_argument("--name", help="served model name (default: from the source)")
     build_parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     build_parser.add_argument("--max-length", type=int, help="max tokens (default: the model's)")
-    build_parser.add_argument("--max-batch-size", type=int, default=64)
+    build_parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     build_parser.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "int8", "fp16"],
+        choices=[p.value for p in BUILT_PRECISIONS],
         help="fp32 (the default, exact; on a GPU with the torch runtime fp16, and bf16 for "
         "causal LMs, whose activations can overflow fp16); bf16: OpenVINO "
         "on CPUs with AMX or AVX512_BF16, or torch on a GPU; int8: dynamic quantization for "
@@ -233,8 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     build_parser.add_argument(
         "--device",
-        choices=["cpu", "gpu", "auto"],
-        default="cpu",
+        choices=[*_values(Device), AUTO_DEVICE],
+        default=defaults.device.value,
         help="cpu (default): a Python-backend encoder, ragged batching; gpu: Triton's "
         "onnxruntime_onnx platform with TensorRT (NGC Triton; fp16 with --precision fp16, "
         "length buckets), or with --runtime torch the checkpoint under PyTorch on the GPU; "
@@ -242,13 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     build_parser.add_argument(
         "--onnx-file",
-        default="model.onnx",
+        default=defaults.onnx_file,
         help="which ONNX export of the source to serve, where it publishes several "
         "(onnx/model_fp16.onnx, onnx/model_quantized.onnx, ...); served as it is",
     )
     build_parser.add_argument(
         "--runtime",
-        choices=["onnx", "torch"],
+        choices=_values(EncoderRuntime),
         help="onnx (default): serve the ONNX export; torch: serve the checkpoint itself with "
         "PyTorch (fp32 on CPU; fp16 or bf16 on a GPU, no container needed)",
     )
@@ -265,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build":
         return _build(args)
     if args.command == "health":
-        return _health(args.address, args.timeout_s, args.tls_ca_file)
+        from reranker.service.probe import probe_health
+
+        return probe_health(args.address, args.timeout_s, args.tls_ca_file)
     settings = SETTINGS.resolve(args, os.environ)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -193,11 +193,13 @@ class OptionSource(Generic[Options]):
         for spec in dataclasses.fields(self.kind):  # type: ignore[arg-type]
             env = ENV_PREFIX + spec.name.upper()
             default = _shown(_default(spec))
+            # argparse expands %-formats in help: a literal % (say, a measured gain) doubles.
+            text = f"{spec.metadata.get('help', '')} [env {env}, default {default}]"
             group.add_argument(
                 "--" + spec.name.replace("_", "-"),
                 dest=spec.name,
                 default=None,
-                help=f"{spec.metadata.get('help', '')} [env {env}, default {default}]",
+                help=text.replace("%", "%%"),
             )
 
     def resolve(self, args: argparse.Namespace, environ: Mapping[str, str]) -> Options:

@@ -148,15 +148,32 @@ def test_torch_runtime_refuses_reduced_precision_on_cpu_and_onnx_sources(tmp_pat
 def test_device_auto_serves_on_cpu_with_onnx_where_torch_sees_no_gpu() -> None:
     import torch
 
-    from reranker.cli import _target
+    def target(device: str, runtime: str | None = None) -> tuple[str, str, str, bool]:
+        options = BuildOptions.for_target("m", device, runtime)
+        return options.device, options.runtime, options.precision, options.precision_chosen
 
     if torch.cuda.is_available():
-        assert _target("auto", None) == ("gpu", "torch")
+        assert target("auto") == ("gpu", "torch", "fp16", False)
     else:
-        assert _target("auto", None) == ("cpu", "onnx")
-    assert _target("gpu", None) == ("gpu", "onnx")  # the NGC Triton's own backend
-    assert _target("gpu", "torch") == ("gpu", "torch")
-    assert _target("cpu", "torch") == ("cpu", "torch")
+        assert target("auto") == ("cpu", "onnx", "fp32", False)
+    assert target("gpu") == ("gpu", "onnx", "fp32", False)  # the NGC Triton's own backend
+    assert target("gpu", "torch") == ("gpu", "torch", "fp16", False)
+    assert target("cpu", "torch") == ("cpu", "torch", "fp32", False)
+    chosen = BuildOptions.for_target("m", "gpu", "torch", "bf16", max_batch_size=8)
+    assert (chosen.precision, chosen.precision_chosen, chosen.max_batch_size) == ("bf16", True, 8)
+
+
+def test_the_build_commands_choices_and_defaults_are_the_options_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from reranker.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--precision {fp32,fp16,int8,bf16}" in text
+    assert "--device {cpu,gpu,auto}" in text
+    assert "--runtime {onnx,torch}" in text
 
 
 def test_a_head_that_does_not_score_pairs_is_refused_by_name(tmp_path: Path) -> None:

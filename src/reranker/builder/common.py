@@ -17,6 +17,10 @@ from reranker.contract.model import Device, EncoderRuntime, Precision
 
 # The ONNX export a build serves from a directory or hub repository publishing several.
 DEFAULT_ONNX_FILE = "model.onnx"
+# The device a build may name besides Device's: a GPU where PyTorch sees one, else the CPU.
+AUTO_DEVICE = "auto"
+# The precisions a build makes (int4 is only ever a publisher's own export, served as it is).
+BUILT_PRECISIONS = tuple(p for p in Precision if p is not Precision.INT4)
 
 
 class BuildError(Exception):
@@ -40,6 +44,39 @@ class BuildOptions:
     onnx_file: str = DEFAULT_ONNX_FILE
     # How Triton runs it: instances, threads, batching, queue delays.
     tuning: TritonTuning = field(default_factory=TritonTuning)
+
+    @classmethod
+    def for_target(
+        cls,
+        name: str,
+        device: str = Device.CPU.value,
+        runtime: str | None = None,
+        precision: str | None = None,
+        **chosen: Any,
+    ) -> BuildOptions:
+        """The options for a device (or ``auto``), a runtime and a precision as a caller
+        names them, each left unset taking its target's default: ``auto`` is a GPU when
+        PyTorch sees one, served by the torch runtime (the Triton this package ships has no
+        onnxruntime backend), else the CPU with ONNX; an explicit ``gpu`` keeps ONNX for the
+        NGC Triton unless the torch runtime is asked for. The precision is fp16 for the torch
+        runtime on a GPU, else fp32 (a model kind may take another default of its own where
+        the caller chose none: :attr:`precision_chosen`)."""
+        if device == AUTO_DEVICE:
+            import torch
+
+            on_gpu = torch.cuda.is_available()
+            device = (Device.GPU if on_gpu else Device.CPU).value
+            runtime = runtime or (EncoderRuntime.TORCH if on_gpu else EncoderRuntime.ONNX).value
+        target = Device(device), EncoderRuntime(runtime or EncoderRuntime.ONNX)
+        default = Precision.FP16 if target == (Device.GPU, EncoderRuntime.TORCH) else Precision.FP32
+        return cls(
+            name=name,
+            device=target[0],
+            runtime=target[1],
+            precision=Precision(precision) if precision else default,
+            precision_chosen=precision is not None,
+            **chosen,
+        )
 
 
 @contextmanager
