@@ -17,13 +17,9 @@ import pytest
 from reranker.contract.model import Activation, ModelKind, ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
 from reranker.service import errors
+from reranker.service.calls import ChunkingRequest, RankCall, Truncation
 from reranker.service.chunking import Chunk, DocumentChunker
-from reranker.service.core import (
-    ChunkingRequest,
-    RankCall,
-    RankCore,
-    Truncation,
-)
+from reranker.service.core import RankCore
 from reranker.service.doors.http.cohere import CohereV1Request
 from reranker.service.doors.http.nim import NimRequest
 from reranker.service.doors.http.tei import TeiRequest

@@ -3,8 +3,11 @@ from __future__ import annotations
 import pytest
 
 from reranker.backend.images import ImageLimits
+from reranker.contract.model import Activation, ModelKind, ServedModel
+from reranker.service.calls import RankCall
 from reranker.service.errors import InvalidArgument, ResourceExhausted
 from reranker.service.limits import CallLimits, RowBudget
+from reranker.service.validation import validate
 from reranker.settings import Settings
 
 LIMITS = CallLimits(
@@ -13,10 +16,11 @@ LIMITS = CallLimits(
     max_document_bytes=8,
     images=ImageLimits(max_bytes=100, max_pixels=100),
 )
+MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, Activation.SIGMOID, ("input_ids",))
 
 
 def test_calls_within_limits_pass() -> None:
-    LIMITS.check("q" * 10, ["d" * 8, "ü" * 4, "x"])
+    validate(RankCall("q" * 10, ["d" * 8, "ü" * 4, "x"]), MODEL, LIMITS)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +35,7 @@ def test_each_limit_names_itself_and_the_value(
     query: str, documents: list[str], message: str
 ) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        LIMITS.check(query, documents)
+        validate(RankCall(query, documents), MODEL, LIMITS)
     assert str(raised.value) == message
 
 

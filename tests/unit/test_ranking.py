@@ -6,11 +6,17 @@ import random
 import numpy as np
 import pytest
 
-from reranker.contract.model import Activation
+from reranker.contract.model import Activation, ModelKind, ServedModel
+from reranker.service.calls import RankCall
 from reranker.service.chunking import Chunk, best_per_document, plan_windows
+from reranker.service.engine import plan_requests
 from reranker.service.errors import InvalidArgument
-from reranker.service.ranking import activate, assemble, plan_requests, validate_rank_request
+from reranker.service.results import activate, assemble
+from reranker.service.validation import validate
+from tests.unit.test_limits import LIMITS
 from tests.windows import reference_windows
+
+MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, Activation.SIGMOID, ("input_ids",))
 
 
 @pytest.mark.parametrize(
@@ -29,13 +35,14 @@ def test_validation_names_the_field(
     query: str, documents: list[str], top_k: int | None, field: str
 ) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        validate_rank_request(query, documents, top_k)
+        validate(RankCall(query, documents, top_k=top_k), MODEL, LIMITS)
     assert str(raised.value).startswith(field + " ")
 
 
 def test_valid_request_passes() -> None:
-    validate_rank_request("q", ["a", "b"], 1)
-    validate_rank_request("q", ["a"], None)
+    valid = validate(RankCall("q", ["a", "b"], top_k=1), MODEL, LIMITS)
+    assert valid.documents == ["a", "b"] and valid.chunking is None
+    validate(RankCall("q", ["a"]), MODEL, LIMITS)
 
 
 @pytest.mark.parametrize(("count", "max_rows"), [(1, 32), (32, 32), (33, 32), (100, 32), (7, 1)])

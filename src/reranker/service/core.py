@@ -12,87 +12,27 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from opentelemetry import trace
 
-from reranker.contract.model import ModelKind, ServedModel
+from reranker.contract.model import ServedModel
 from reranker.contract.tensors import TruncationOptions
+from reranker.service.calls import RankCall
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
 from reranker.service.errors import InvalidArgument, Unavailable
-from reranker.service.images import CallImage, check_images
+from reranker.service.images import check_images
 from reranker.service.limits import CallLimits, RowBudget
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.ranking import (
-    ChunkingChoice,
-    RankedDocument,
-    activate,
-    assemble,
-    resolve_options,
-    validate_rank_request,
-)
+from reranker.service.results import RankedDocument, activate, assemble
 from reranker.service.scoring import Engine, RowImages, Scores
+from reranker.service.validation import ChunkingChoice, validate
 from reranker.settings import Settings
-
-
-class Truncation(StrEnum):
-    # Drop tokens from the longer of query and document until the pair fits.
-    LONGEST_FIRST = "longest_first"
-    # Refuse a pair that does not fit, naming the document.
-    REFUSE = "refuse"
-
-
-@dataclass(frozen=True)
-class ChunkingRequest:
-    """A caller's chunking options; unset fields take the server's defaults."""
-
-    overlap_tokens: int | None = None
-    # 0 takes the server's limit.
-    max_chunks: int = 0
-
 
 # The installed package's version, as the package metadata states it (pyproject.toml).
 SERVER_VERSION = f"reranker-{importlib.metadata.version('reranker')}"
-LEFT_TRUNCATION_REFUSED = (
-    "truncation_direction LEFT is not supported: this server truncates from the right "
-    "(longest first), as sentence-transformers does"
-)
-
-
-@dataclass(frozen=True)
-class RankCall:
-    """One rank call, in no transport's shape."""
-
-    query: str
-    documents: Sequence[str]
-    model: str = ""
-    top_k: int | None = None
-    return_documents: bool = False
-    raw_scores: bool = False
-    truncation: Truncation = Truncation.LONGEST_FIRST
-    max_document_tokens: int = 0
-    chunking: ChunkingRequest | None = None
-    # None: the model's default instruction (for a model that takes one).
-    instruction: str | None = None
-    # Asked to truncate from the left (TEI's option): refused, naming the option.
-    truncate_left: bool = False
-    # The query's image, for a model that takes images (the query text may then be empty).
-    query_image: CallImage | None = None
-    # Empty, or one entry per document: its image, or None (its text may then be empty).
-    document_images: Sequence[CallImage | None] = ()
-
-    @property
-    def images(self) -> RowImages | None:
-        if self.query_image is None and not any(self.document_images):
-            return None
-        return RowImages(
-            query=self.query_image.data if self.query_image is not None else b"",
-            documents=[image.data if image is not None else b"" for image in self.document_images]
-            or [b""] * len(self.documents),
-        )
 
 
 @dataclass(frozen=True)
@@ -204,72 +144,19 @@ class RankCore:
             max_concurrent_requests=self.budget.limit,
         )
 
-    def _chunking(self, request: ChunkingRequest | None) -> ChunkingChoice | None:
-        if request is None:
-            return None
-        settings = self.settings
-        return ChunkingChoice(
-            overlap=settings.chunk_overlap_tokens
-            if request.overlap_tokens is None
-            else request.overlap_tokens,
-            max_chunks=request.max_chunks or settings.max_chunks_per_document,
-        )
-
     async def rank(self, call: RankCall, timeout_s: float) -> RankOutcome:
         """Scores every document of ``call`` and returns them best first."""
         start = time.perf_counter()
         with self._tracer.start_as_current_span("validate"):
-            documents = list(call.documents)
-            if call.truncate_left:
-                raise InvalidArgument(LEFT_TRUNCATION_REFUSED)
-            document_images = list(call.document_images)
-            validate_rank_request(
-                call.query,
-                documents,
-                call.top_k,
-                call.query_image is not None,
-                [image is not None for image in document_images],
-            )
-            self.limits.check(call.query, documents)
-            if call.max_document_tokens < 0:
-                raise InvalidArgument(
-                    f"max_document_tokens must be >= 0, got {call.max_document_tokens}"
-                )
-            chunking = self._chunking(call.chunking)
-            options = resolve_options(
-                call.truncation == Truncation.REFUSE,
-                call.max_document_tokens,
-                chunking,
-                self.settings.max_chunks_per_document,
-            )
             model = await self.model(call.model)
-            if call.instruction is not None and not model.takes_instruction:
-                raise InvalidArgument(
-                    f"instruction is not taken by model {model.name!r} "
-                    f"({model.architecture}); leave it unset"
-                )
-            if chunking is not None and model.kind is ModelKind.CAUSAL_LM:
-                raise InvalidArgument(
-                    f"chunking is not offered for causal-LM rerankers ({model.name!r}): their "
-                    "prompt is cut at the model's max length, the end of a long document first"
-                )
-            if call.instruction:  # an empty one is none, as CrossEncoder's empty prompt is
-                options = replace(options, instruction=call.instruction)
+            valid = validate(call, model, self.limits)
+            documents, document_images = valid.documents, valid.document_images
+            chunking, options = valid.chunking, valid.options
             images = call.images
             if images is not None:
-                _check_takes_images(model, call)
                 await asyncio.to_thread(
                     check_images, call.query_image, document_images, self.limits.images
                 )
-            if model.takes_images:
-                if call.max_document_tokens:
-                    raise InvalidArgument(
-                        f"max_document_tokens is not offered for vision-language rerankers "
-                        f"({model.name!r}): their rows are never cut (an image's tokens "
-                        "cannot be); leave it unset"
-                    )
-                # A pair that does not fit is refused, naming the document.
-                options = replace(options, refuse=True)
         scores, raw = await self._score(
             model, call, documents, chunking, options, timeout_s, images
         )
@@ -328,22 +215,3 @@ class RankCore:
                 labels=[c.document for c in chunks],
             )
         return scores, best_per_document(scores.values, chunks, len(documents))
-
-
-def _check_takes_images(model: ServedModel, call: RankCall) -> None:
-    """Refuses an image for a model that reads text only, naming the first one."""
-    if model.takes_images:
-        return
-    where = (
-        "the query"
-        if call.query_image is not None
-        else next(
-            f"documents[{index}]"
-            for index, image in enumerate(call.document_images)
-            if image is not None
-        )
-    )
-    raise InvalidArgument(
-        f"{where} is an image, but model {model.name!r} ({model.architecture}) reads text only; "
-        "choose a model whose modalities include image"
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -42,7 +43,6 @@ from reranker.service.errors import (
     RerankError,
     Unavailable,
 )
-from reranker.service.ranking import plan_requests
 from reranker.service.scoring import BackendHealth, RowImages, Scores
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,28 @@ def grpc_target(url: str) -> str:
 # every row carries its query's image, and the request must stay well within the message
 # limit above.
 _IMAGE_BYTES_PER_REQUEST = 64 * 1024 * 1024
+
+
+def plan_requests(documents: Sequence[str], max_rows: int) -> list[list[int]]:
+    """Splits document indices into inference requests of at most ``max_rows`` rows.
+
+    Rows are ordered by length first, so each request holds documents of similar length
+    and little padding is computed; requests are balanced in size so they finish together.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    order = sorted(range(len(documents)), key=lambda i: len(documents[i]))
+    count = math.ceil(len(order) / max_rows)
+    if count == 0:
+        return []
+    size, extra = divmod(len(order), count)
+    requests: list[list[int]] = []
+    start = 0
+    for n in range(count):
+        end = start + size + (1 if n < extra else 0)
+        requests.append(order[start:end])
+        start = end
+    return requests
 
 
 def image_requests(images: RowImages, max_rows: int) -> list[list[int]]:

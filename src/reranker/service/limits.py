@@ -3,7 +3,7 @@ work may be in flight before new calls are turned away."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,6 +18,10 @@ class CallLimits:
     max_query_bytes: int
     max_document_bytes: int
     images: ImageLimits
+    # Chunking: the overlap a call gets unless it sets one, and the most chunks a document
+    # may be scored in (what a call gets unless it asks for fewer).
+    chunk_overlap_tokens: int = 0
+    max_chunks: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CallLimits:
@@ -26,30 +30,9 @@ class CallLimits:
             max_query_bytes=settings.max_query_bytes,
             max_document_bytes=settings.max_document_bytes,
             images=ImageLimits(settings.max_image_bytes, settings.max_image_pixels),
+            chunk_overlap_tokens=settings.chunk_overlap_tokens,
+            max_chunks=settings.max_chunks_per_document,
         )
-
-    def check(self, query: str, documents: Sequence[str]) -> None:
-        """Raises :class:`InvalidArgument` naming the limit a call exceeds and by what."""
-        if len(documents) > self.max_documents:
-            raise InvalidArgument(
-                f"documents holds {len(documents)} documents; the limit is "
-                f"max_documents_per_call={self.max_documents}"
-            )
-        # A UTF-8 string has at least as many bytes as characters: only long ones are encoded.
-        if len(query) * 4 > self.max_query_bytes:
-            size = len(query.encode("utf-8"))
-            if size > self.max_query_bytes:
-                raise InvalidArgument(
-                    f"query is {size} bytes; the limit is max_query_bytes={self.max_query_bytes}"
-                )
-        for index, document in enumerate(documents):
-            if len(document) * 4 > self.max_document_bytes:
-                size = len(document.encode("utf-8"))
-                if size > self.max_document_bytes:
-                    raise InvalidArgument(
-                        f"documents[{index}] is {size} bytes; the limit is "
-                        f"max_document_bytes={self.max_document_bytes}"
-                    )
 
 
 class RowBudget:

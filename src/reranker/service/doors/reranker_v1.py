@@ -11,10 +11,11 @@ from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.contract.model import ModelKind
-from reranker.service.core import ChunkingRequest, RankCall, RankCore, Truncation
+from reranker.service.calls import ChunkingRequest, RankCall, Truncation
+from reranker.service.core import RankCore
 from reranker.service.errors import InvalidArgument
 from reranker.service.images import CallImage
-from reranker.service.ranking import RankedDocument
+from reranker.service.results import RankedDocument
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import grpc.aio
 from reranker_api.tei.v1 import tei_pb2 as tei
 from reranker_api.tei.v1 import tei_pb2_grpc as tei_grpc
 
-from reranker.service.core import RankCall, RankCore, RankOutcome
+from reranker.service.calls import RankCall
+from reranker.service.core import RankCore, RankOutcome
 from reranker.service.errors import InvalidArgument
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from reranker.service.core import ChunkingRequest, RankCall, RankOutcome
+from reranker.service.calls import ChunkingRequest, RankCall
+from reranker.service.core import RankOutcome
 from reranker.service.doors.http.errors import CohereError, documented
 from reranker.service.doors.http.fields import (
     MAX_CHUNKS,

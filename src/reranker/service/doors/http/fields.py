@@ -21,7 +21,7 @@ from annotated_types import Ge
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from reranker.service.core import RankCall
+from reranker.service.calls import RankCall
 from reranker.service.errors import InvalidArgument
 from reranker.service.images import CallImage, image_reference
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
-from reranker.service.core import RankCall
+from reranker.service.calls import RankCall
 from reranker.service.doors.http.errors import OpenAIError, documented
 from reranker.service.doors.http.fields import (
     Document,

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from reranker.service.core import RankCall, RankOutcome
+from reranker.service.calls import RankCall
+from reranker.service.core import RankOutcome
 from reranker.service.doors.http.errors import OpenAIError, documented
 from reranker.service.doors.http.fields import (
     RANK_FIELDS,

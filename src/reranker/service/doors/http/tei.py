@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from reranker.service.core import RankCall, RankOutcome, ServerInfo, Truncation
+from reranker.service.calls import RankCall, Truncation
+from reranker.service.core import RankOutcome, ServerInfo
 from reranker.service.doors.http.errors import READ_ERRORS, TeiError, documented
 from reranker.service.doors.http.fields import Document, Instructed, Query, texts_field
 from reranker.service.doors.http.jina import JinaResponse, jina_response

@@ -10,7 +10,8 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from reranker.service.core import RankCall, RankOutcome
+from reranker.service.calls import RankCall
+from reranker.service.core import RankOutcome
 from reranker.service.doors.http.errors import OpenAIError, documented
 from reranker.service.doors.http.fields import Documents, Query, Usage, VllmOptions, model_field
 from reranker.service.doors.http.routing import Dialect, rank

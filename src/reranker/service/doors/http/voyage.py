@@ -7,7 +7,8 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from reranker.service.core import RankCall, RankOutcome, Truncation
+from reranker.service.calls import RankCall, Truncation
+from reranker.service.core import RankOutcome
 from reranker.service.doors.http.errors import DetailError, documented
 from reranker.service.doors.http.fields import (
     Document,
