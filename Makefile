@@ -20,7 +20,7 @@ lint: $(INSTALLED)  ## ruff, mypy and the import contracts (docs/architecture.md
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests bench/*.py
+	$(VENV)/bin/mypy tests bench/*.py bench/gpucheck
 	$(VENV)/bin/lint-imports
 
 format: $(INSTALLED)
@@ -64,7 +64,7 @@ gpu-kit: $(INSTALLED)
 # The GPU check's call sizes, concurrency (up to 64 callers) and 1000-document call, on CPU
 # with a tiny model: the row budget, the sweep and the report, exercised without a GPU.
 gpu-dry-run: $(INSTALLED)
-	$(PY) bench/gpu_check.py build/gpu-dry-run --cpu --scale gpu
+	$(PY) bench/gpucheck build/gpu-dry-run --cpu --scale gpu
 
 models: $(DEFAULT_MODEL)
 

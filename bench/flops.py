@@ -93,3 +93,68 @@ def _onnxruntime_rates(op: str, size: int, repeats: int) -> tuple[float, float]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return _rates(lambda: session.run(None, {"left": left}), size, repeats)
+
+
+class GemmRates:
+    """This machine's GEMM rates, sampled at the start and after each measured workload (the
+    machine's speed drifts over a run): the medians are the bounds results are held to."""
+
+    def __init__(self, bf16: bool) -> None:
+        self._bf16 = bf16
+        self.fp32: list[tuple[float, float]] = []
+        self.int8: list[tuple[float, float]] = []
+        self.bf16: list[tuple[float, float]] = []
+        self.sample()
+
+    def sample(self) -> None:
+        self.fp32.append(gemm_peak_gflops())
+        self.int8.append(int8_gemm_gops())
+        if self._bf16:
+            self.bf16.append(bf16_gemm_gflops())
+
+    def print_first(self) -> None:
+        rate, best = self.int8[0]
+        print(f"int8 GEMM: median {rate:.0f} GOP/s, best {best:.0f}", flush=True)
+        rate, best = self.fp32[0]
+        print(f"fp32 GEMM: median {rate:.0f} GFLOP/s, best {best:.0f}", flush=True)
+        if self.bf16:
+            rate, best = self.bf16[0]
+            print(f"bf16 GEMM: median {rate:.0f} GFLOP/s, best {best:.0f}", flush=True)
+
+    @staticmethod
+    def _median(samples: list[tuple[float, float]]) -> float:
+        return statistics.median(rate for rate, _ in samples) if samples else 0.0
+
+    @property
+    def median_fp32(self) -> float:
+        return self._median(self.fp32)
+
+    @property
+    def best_fp32(self) -> float:
+        return max(best for _, best in self.fp32)
+
+    @property
+    def median_int8(self) -> float:
+        return self._median(self.int8)
+
+    @property
+    def median_bf16(self) -> float:
+        return self._median(self.bf16)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "gemm_gflops": {"median": self.median_fp32, "best": self.best_fp32},
+            "int8_gemm_gops": {"median": self.median_int8, "best": max(b for _, b in self.int8)},
+            "bf16_gemm_gflops": {
+                "median": self.median_bf16,
+                "best": max((best for _, best in self.bf16), default=0.0),
+            },
+        }
+
+
+def flops_per_pair(key: str, mean_length: float) -> float:
+    """FLOPs of one pair of the benchmark's ``model/workload`` at its mean length (the MiniLM
+    shape, 6 layers; DeBERTa of mxbai-rerank-xsmall-v1's, 12)."""
+    deberta = key.startswith("deberta")
+    count = deberta_flops if deberta else bert_flops
+    return count(mean_length, 384, 12 if deberta else 6, 1536)

@@ -110,6 +110,41 @@ def cpu_facts() -> dict[str, Any]:
     return {"model": model, "features": sorted(cpu_flags() & MATRIX_FEATURES)}
 
 
+class _Run:
+    """One run's results, looked up and compared."""
+
+    def __init__(self, results: Sequence[Result]) -> None:
+        self._results = results
+
+    def find(
+        self, engine: str, concurrency: int = 1, model: str = "minilm", workload: str = "a"
+    ) -> Result | None:
+        key = (engine, concurrency, model, workload)
+        return next(
+            (r for r in self._results if (r.engine, r.concurrency, r.model, r.workload) == key),
+            None,
+        )
+
+    @staticmethod
+    def throughput(ours: Result | None, theirs: Result | None) -> float | None:
+        return ours.pairs_per_s / theirs.pairs_per_s if ours and theirs else None
+
+    def paired(self, ours: Result | None, theirs: Result | None) -> float | None:
+        """The ratio of rounds run back to back where the run measured them so."""
+        return ours.paired_ratio if ours and ours.paired_ratio else self.throughput(ours, theirs)
+
+    @staticmethod
+    def per_round(ours: Result | None, theirs: Result | None) -> list[float]:
+        if not ours or not theirs:
+            return []
+        pairs = zip(ours.run_pairs_per_s, theirs.run_pairs_per_s, strict=False)
+        return [a / b for a, b in pairs]
+
+
+# A target's fields, the last one only where it does not apply to this CPU.
+_Target = tuple[Any, ...]
+
+
 def targets(
     results: Sequence[Result], machine: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -117,65 +152,74 @@ def targets(
     named), or a fraction of a bound measured in it. ``machine`` is the run's report (CPU
     features, memory): a target that needs a CPU feature this CPU lacks is not applicable."""
     machine = machine or {}
+    run = _Run(results)
     features = set(machine.get("cpu", {}).get("features", []))
+    checks = [
+        *_fp32_targets(run),
+        *_int8_targets(run),
+        *_latency_and_flops_targets(run),
+        *_bf16_targets(run, features),
+        *_causal_targets(run),
+        *_multimodal_and_long_context_targets(run),
+        *_memory_targets(machine),
+    ]
+    return [Check(*check).verdict() for check in checks]
 
-    def find(
-        engine: str, concurrency: int = 1, model: str = "minilm", workload: str = "a"
-    ) -> Result | None:
-        return next(
-            (
-                r
-                for r in results
-                if (r.engine, r.concurrency, r.model, r.workload)
-                == (engine, concurrency, model, workload)
-            ),
-            None,
-        )
 
-    server, int8 = find("this server", 4), find("this server int8", 4)
-    server_c1, deberta = find("this server", 1), find("this server", 1, "deberta")
-    # Check's fields, the last one only where it does not apply to this CPU.
-    checks: list[tuple[Any, ...]] = []
-
-    def throughput(ours: Result | None, theirs: Result | None) -> float | None:
-        return ours.pairs_per_s / theirs.pairs_per_s if ours and theirs else None
-
-    def paired(ours: Result | None, theirs: Result | None) -> float | None:
-        """The ratio of rounds run back to back where the run measured them so."""
-        return ours.paired_ratio if ours and ours.paired_ratio else throughput(ours, theirs)
-
-    def per_round(ours: Result | None, theirs: Result | None) -> list[float]:
-        if not ours or not theirs:
-            return []
-        pairs = zip(ours.run_pairs_per_s, theirs.run_pairs_per_s, strict=False)
-        return [a / b for a, b in pairs]
-
-    http = find("this server HTTP /v2/rerank", 4)
+def _fp32_targets(run: _Run) -> list[_Target]:
+    find, throughput = run.find, run.throughput
+    server, server_c1 = find("this server", 4), find("this server", 1)
     ort_sorted = find("onnxruntime sorted")
-    rounds = per_round(server, ort_sorted)
+    rounds = run.per_round(server, ort_sorted)
     steady = (
         min(server.pairs_per_s, server_c1.pairs_per_s)
         / max(server.pairs_per_s, server_c1.pairs_per_s)
         if server and server_c1
         else None
     )
-    checks += [
+    return [
         ("fp32 c=4 / ORT sorted, every round", min(rounds) if rounds else None, ">=", 1.0),
         ("fp32 c=4 / ORT sorted", throughput(server, ort_sorted), ">=", 1.1),
         ("fp32 c=1 vs c=4, slower / faster", steady, ">=", 0.9),
         ("fp32 c=4 / ORT naive", throughput(server, find("onnxruntime naive")), ">=", 1.0),
         ("fp32 c=4 / CrossEncoder", throughput(server, find("CrossEncoder.rank")), ">=", 1.15),
         ("fp32 c=4 / Infinity c=4", throughput(server, find("infinity", 4)), ">=", 1.15),
-        ("HTTP /v2/rerank c=4 / gRPC c=4, paired", paired(http, server), ">=", 0.95),
+        (
+            "HTTP /v2/rerank c=4 / gRPC c=4, paired",
+            run.paired(find("this server HTTP /v2/rerank", 4), server),
+            ">=",
+            0.95,
+        ),
+    ]
+
+
+def _latency_and_flops_targets(run: _Run) -> list[_Target]:
+    server_c1, ort_sorted = run.find("this server", 1), run.find("onnxruntime sorted")
+    latency = server_c1.p50_ms / ort_sorted.p50_ms if server_c1 and ort_sorted else None
+    deberta = run.find("this server", 1, "deberta")
+    return [
+        ("p50 c=1 / ORT sorted p50", latency, "<=", 1.15),
+        (
+            "DeBERTa fp32, fraction of FLOP bound",
+            deberta.flop_fraction if deberta else None,
+            ">=",
+            0.70,
+        ),
+    ]
+
+
+def _int8_targets(run: _Run) -> list[_Target]:
+    int8 = run.find("this server int8", 4)
+    return [
         (
             "int8 c=4 / CrossEncoder fp32",
-            throughput(int8, find("CrossEncoder.rank")),
+            run.throughput(int8, run.find("CrossEncoder.rank")),
             ">=",
             2.2,
         ),
         (
             "int8 c=4 / ORT int8 sorted",
-            throughput(int8, find("onnxruntime sorted int8")),
+            run.throughput(int8, run.find("onnxruntime sorted int8")),
             ">=",
             0.95,
         ),
@@ -186,11 +230,10 @@ def targets(
             0.6,
         ),
     ]
-    latency = server_c1.p50_ms / ort_sorted.p50_ms if server_c1 and ort_sorted else None
-    checks.append(("p50 c=1 / ORT sorted p50", latency, "<=", 1.15))
-    fraction = deberta.flop_fraction if deberta else None
-    checks.append(("DeBERTa fp32, fraction of FLOP bound", fraction, ">=", 0.70))
-    bf16 = find("this server bf16", 4)
+
+
+def _bf16_targets(run: _Run, features: set[str]) -> list[_Target]:
+    find, throughput = run.find, run.throughput
     no_amx = "" if has_amx(features) else "needs AMX (amx_bf16), which this CPU lacks"
     no_bf16 = "" if has_native_bf16(features) else "needs native BF16 (AMX or AVX-512 BF16)"
     avx512_only = (
@@ -198,8 +241,15 @@ def targets(
         if has_native_bf16(features) and not has_amx(features)
         else "the AVX-512 BF16 target; a CPU with AMX is held to the AMX one"
     )
-    checks += [
-        ("bf16 c=4 / this server fp32 c=4", throughput(bf16, server), ">=", 2.5, no_amx),
+    bf16 = find("this server bf16", 4)
+    return [
+        (
+            "bf16 c=4 / this server fp32 c=4",
+            throughput(bf16, find("this server", 4)),
+            ">=",
+            2.5,
+            no_amx,
+        ),
         (
             "bf16 c=4, fraction of bf16 GEMM bound",
             bf16.flop_fraction if bf16 else None,
@@ -230,22 +280,30 @@ def targets(
         ),
         (
             "DeBERTa bf16 / fp32 (this server)",
-            throughput(find("this server bf16", 1, "deberta"), deberta),
+            throughput(find("this server bf16", 1, "deberta"), find("this server", 1, "deberta")),
             ">=",
             1.4,
             no_amx,
         ),
     ]
+
+
+def _causal_targets(run: _Run) -> list[_Target]:
+    find, throughput = run.find, run.throughput
     causal = find("this server", 4, "qwen3", "a")
     whole = find(WHOLE_ROWS, 4, "qwen3", "a")
-    sorted_in_process = find("onnxruntime sorted", 1, "qwen3", "a")
     short = find("this server", 4, "qwen3-plain", "a")
-    shared_gain = paired(causal, whole)
+    shared_gain = run.paired(causal, whole)
     of_ideal = (
         shared_gain / causal.ideal_ratio if causal and causal.ideal_ratio and shared_gain else None
     )
-    checks += [
-        ("causal LM c=4 / ORT sorted", throughput(causal, sorted_in_process), ">=", 1.25),
+    return [
+        (
+            "causal LM c=4 / ORT sorted",
+            throughput(causal, find("onnxruntime sorted", 1, "qwen3", "a")),
+            ">=",
+            1.25,
+        ),
         ("causal LM c=4 / rows whole, paired", shared_gain, ">=", 1.3),
         ("causal LM c=4: fraction of the ideal", of_ideal, ">=", 0.8),
         (
@@ -256,46 +314,52 @@ def targets(
         ),
         (
             "causal LM short prompt / rows whole, paired",
-            paired(short, find(WHOLE_ROWS, 4, "qwen3-plain", "a")),
+            run.paired(short, find(WHOLE_ROWS, 4, "qwen3-plain", "a")),
             ">=",
             0.95,
         ),
     ]
-    checks.append(
+
+
+def _multimodal_and_long_context_targets(run: _Run) -> list[_Target]:
+    checks: list[_Target] = [
         (
             "multimodal c=4 / CrossEncoder",
-            throughput(
-                find("this server", 4, "qwen3-vl", "pages"),
-                find("CrossEncoder.rank", 1, "qwen3-vl", "pages"),
+            run.throughput(
+                run.find("this server", 4, "qwen3-vl", "pages"),
+                run.find("CrossEncoder.rank", 1, "qwen3-vl", "pages"),
             ),
             ">=",
             1.2,
         )
-    )
+    ]
     for precision, suffix in (("fp32", ""), ("bf16", " bf16")):
         engine = in_process_label(precision)
         checks.append(
             (
                 f"long context {precision}: served / in-process",
-                throughput(
-                    find("this server" + suffix, 1, "jina", "lc"),
-                    find(f"{engine} one row per run{suffix}", 1, "jina", "lc"),
+                run.throughput(
+                    run.find("this server" + suffix, 1, "jina", "lc"),
+                    run.find(f"{engine} one row per run{suffix}", 1, "jina", "lc"),
                 ),
                 ">=",
                 0.9,
             )
         )
+    return checks
+
+
+def _memory_targets(machine: dict[str, Any]) -> list[_Target]:
     memory = [row for row in machine.get("memory", []) if row.get("models") == 4]
-    for kind in ("rss", "pss"):
-        checks.append(
-            (
-                f"MiniLM, {kind.upper()} per served model (4 served), MB",
-                memory[0][kind] if memory else None,
-                "<=",
-                180,
-            )
+    return [
+        (
+            f"MiniLM, {kind.upper()} per served model (4 served), MB",
+            memory[0][kind] if memory else None,
+            "<=",
+            180,
         )
-    return [Check(*check).verdict() for check in checks]
+        for kind in ("rss", "pss")
+    ]
 
 
 def target_lines(checks: Sequence[dict[str, Any]]) -> str:

@@ -14,11 +14,9 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +26,16 @@ from engines import (
     SHORT_ROUNDS,
     CohereHttp,
     Infinity,
-    build_current,
     causal_cases,
     engines,
     long_context_cases,
     precision_of,
     start_bench_server,
-    suffix_for,
 )
-from flops import bert_flops, bf16_gemm_gflops, deberta_flops, gemm_peak_gflops, int8_gemm_gops
+from flops import GemmRates, flops_per_pair
 from harness import Result, interleave
 from memory import served_memory
+from models import CAUSAL_LAYERS, build_models
 from report import cpu_facts, plot, show, table, target_lines, targets
 from triton_perf import perf_analyzer
 from vision import VISION_LAYERS, build_vision_model, page_images, time_split, vision_cases
@@ -47,9 +44,6 @@ from workloads import QUERY, WORKLOADS, workload
 from reranker.contract.model import Precision
 from tests.launcher import stop_server
 
-# Layers of the causal-LM row's Qwen3-Reranker-0.6B shape: its 28 would take a quarter of an
-# hour a round on this 2-core machine, so the row runs 4 (per-layer cost is what it measures).
-CAUSAL_LAYERS = 4
 # A call of the causal row carries this many documents, and the row takes this many rounds:
 # a round of the row runs every case on 4 x 32 pairs, about half a minute here.
 CAUSAL_DOCUMENTS = 32
@@ -63,61 +57,7 @@ VISION_PAGES = 12
 VISION_ROUNDS = 1
 
 
-def build_models(
-    workdir: Path, deberta: bool, precisions: Sequence[Precision], causal: bool = True
-) -> Path:
-    """The benchmark's repository, each model rebuilt only when the build code or its options
-    changed: the MiniLM cross-encoder in fp32, int8 and (of ``precisions``, what the CPU
-    serves) bf16; DeBERTa-v2 of the mxbai-rerank-xsmall-v1 shape, 12 layers, in fp32 and
-    bf16; the JinaBERT-like 8k model in fp32 and bf16; a causal-LM reranker of Qwen3-Reranker-0.6B's
-    shape with ``CAUSAL_LAYERS`` layers."""
-    from reranker.builder.builder import BuildOptions
-    from reranker.builder.triton_configs import TritonTuning
-    from tests.checkpoints import (
-        QWEN3_0_6B,
-        deberta_v2_cross_encoder,
-        jina_bert_like_onnx,
-        minilm_cross_encoder,
-        qwen3_reranker,
-        without_chat_template,
-    )
-
-    repository = workdir / "model_repository"
-    checkpoints = workdir / "checkpoints"
-
-    def variants(name: str, chosen: Sequence[Precision]) -> None:
-        for precision in chosen:
-            served = name + suffix_for(precision.value).replace(" ", "-")
-            options = BuildOptions(name=served, precision=precision)
-            build_current(checkpoints / name, options, repository)
-
-    reduced = [p for p in precisions if p is Precision.BF16]
-    if not (checkpoints / "minilm").is_dir():
-        minilm_cross_encoder(checkpoints / "minilm")
-    variants("minilm", precisions)
-    if deberta:
-        if not (checkpoints / "deberta").is_dir():
-            deberta_v2_cross_encoder(checkpoints / "deberta", layers=12)
-        variants("deberta", [Precision.FP32, *reduced])
-    if not (checkpoints / "jina").is_dir():
-        jina_bert_like_onnx(checkpoints / "jina")
-    variants("jina", [Precision.FP32, *reduced])
-    if causal:
-        if not (checkpoints / "qwen3").is_dir():
-            qwen3_reranker(checkpoints / "qwen3", layers=CAUSAL_LAYERS, shape=QWEN3_0_6B)
-        if not (checkpoints / "qwen3-plain").is_dir():
-            without_chat_template(checkpoints / "qwen3", checkpoints / "qwen3-plain")
-        # Each served as built (the graph runs a group's shared prompt once) and with every
-        # row run whole; the template-less one is the row whose prompt is a short query.
-        whole = TritonTuning(shared_prefix=False)
-        for checkpoint in ("qwen3", "qwen3-plain"):
-            for served, tuning in ((checkpoint, TritonTuning()), (f"{checkpoint}-whole", whole)):
-                options = BuildOptions(name=served, tuning=tuning)
-                build_current(checkpoints / checkpoint, options, repository)
-    return repository
-
-
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results")
@@ -137,20 +77,45 @@ def main() -> int:
     parser.add_argument("--no-causal", action="store_true", help="skip the causal-LM row")
     parser.add_argument("--no-vision", action="store_true", help="skip the multimodal row")
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclass
+class _Run:
+    """What one benchmark run measures, as it goes."""
+
+    args: argparse.Namespace
+    repository: Path
+    gemm: GemmRates
+    began: float = field(default_factory=time.monotonic)
+    results: list[Result] = field(default_factory=list)
+    # Each model/workload's pair lengths in tokens (mean, max).
+    lengths: dict[str, dict[str, float]] = field(default_factory=dict)
+    perf: dict[str, Any] = field(default_factory=dict)
+    vision_split: dict[str, float] = field(default_factory=dict)
+
+    def elapsed(self) -> str:
+        return f"[{(time.monotonic() - self.began) / 60:4.1f} min]"
+
+    def runners(self, model: str) -> dict[str, Any]:
+        """In-process runners of the served files of ``model`` and its reduced precisions."""
+        from reranker.builder.precision import runner_for
+
+        names = (model, f"{model}-int8", f"{model}-bf16")
+        served = [m for m in names if (self.repository / m).is_dir()]
+        return {
+            m: runner_for(
+                self.repository / f"{m}__encoder" / "1" / "model.onnx", Precision(precision_of(m))
+            )
+            for m in served
+        }
+
+
+def main() -> int:
+    args = _arguments()
     if args.show:
         return show(args.show)
-    began = time.monotonic()
-
-    def elapsed() -> str:
-        return f"[{(time.monotonic() - began) / 60:4.1f} min]"
-
-    from reranker_client import RerankClient
-    from sentence_transformers import CrossEncoder
-    from transformers import AutoTokenizer
-
     from reranker.backend.cpu import cpu_flags, cpu_precisions
-    from reranker.builder.precision import runner_for
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -162,35 +127,55 @@ def main() -> int:
     vision_checkpoint = (
         None if args.no_vision else build_vision_model(args.workdir / "checkpoints", repository)
     )
-    vision_split: dict[str, float] = {}
-    models = ["minilm"] + ([] if args.no_deberta else ["deberta"])
-    results: list[Result] = []
-    lengths: dict[str, dict[str, float]] = {}
     cpu = cpu_facts()
     print(f"CPU: {cpu['model']}; matrix features: {', '.join(cpu['features']) or 'none'}")
-    gemm = [gemm_peak_gflops()]
-    gemm_int8 = [int8_gemm_gops()]
-    print(f"int8 GEMM: median {gemm_int8[0][0]:.0f} GOP/s, best {gemm_int8[0][1]:.0f}", flush=True)
-    print(f"fp32 GEMM: median {gemm[0][0]:.0f} GFLOP/s, best {gemm[0][1]:.0f}", flush=True)
-    gemm_bf16 = [bf16_gemm_gflops()] if bf16 else []
-    if gemm_bf16:
-        rate, best = gemm_bf16[0]
-        print(f"bf16 GEMM: median {rate:.0f} GFLOP/s, best {best:.0f}", flush=True)
+    run = _Run(args, repository, GemmRates(bf16))
+    run.gemm.print_first()
+    _measure_engines(run, bf16, vision_checkpoint)
+    print(f"{run.elapsed()} memory per served model", flush=True)
+    memory: list[dict[str, Any]] = []
+    try:
+        memory = served_memory(args.workdir / "checkpoints" / "minilm", args.workdir)
+    except Exception as error:  # noqa: BLE001 - recorded; the measured rows still count
+        print(f"  memory measurement failed: {error!r}", flush=True)
+    _attach_flop_fractions(run.results, run.lengths, run.gemm)
+    print()
+    print(table(run.results))
+    bounds = _bounds(run.lengths, run.gemm)
+    if "pairs_per_s" in run.perf:
+        rate = run.perf["pairs_per_s"]
+        print(f"perf_analyzer, Triton ensemble alone (minilm, a, c=4): {rate:.1f} pairs/s")
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "versions": _versions(),
+        "cpu": cpu,
+        "memory": memory,
+        **run.gemm.report(),
+        "token_lengths": run.lengths,
+        "bounds": bounds,
+        "perf_analyzer": run.perf,
+        "vision_time_split": run.vision_split,
+        "results": [asdict(r) for r in run.results],
+    }
+    checks = targets(run.results, report)
+    report["targets"] = checks
+    print(target_lines(checks))
+    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(run.results, args.output / "throughput.png")
+    print(f"wrote {args.output / 'results.json'} and {args.output / 'throughput.png'}")
+    print(f"{run.elapsed()} done")
+    return 0
 
-    def runners(model: str) -> dict[str, Any]:
-        served = [m for m in (model, f"{model}-int8", f"{model}-bf16") if (repository / m).is_dir()]
-        return {
-            m: runner_for(
-                repository / f"{m}__encoder" / "1" / "model.onnx", Precision(precision_of(m))
-            )
-            for m in served
-        }
 
-    # Every engine is up for the whole run, so each model and workload measures all engines
-    # round by round (see ``interleave``).
-    server = start_bench_server(repository, args.workdir / "server")
+def _measure_engines(run: _Run, bf16: bool, vision_checkpoint: Path | None) -> None:
+    """Every row, with every engine up for the whole run, so each model and workload
+    measures all engines round by round (see ``interleave``)."""
+    from reranker_client import RerankClient
+
+    args = run.args
+    server = start_bench_server(run.repository, args.workdir / "server")
     infinity: dict[str, Infinity] = {}
-    perf: dict[str, float] = {}
     stack = contextlib.ExitStack()
     try:
         if (args.infinity_venv / "bin" / "infinity_emb").exists():
@@ -204,110 +189,119 @@ def main() -> int:
         client = stack.enter_context(RerankClient(server.address, timeout=600))
         http = CohereHttp(server.http_url)
         stack.callback(http.close)
-        for model in models:
-            checkpoint = args.workdir / "checkpoints" / model
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-            cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
-            in_process = runners(model)
-            for name in args.workloads if model == "minilm" else ["a"]:
-                documents = workload(name)
-                pair_lengths = [
-                    len(i)
-                    for i in tokenizer([QUERY] * len(documents), documents, truncation=True)[
-                        "input_ids"
-                    ]
-                ]
-                lengths[f"{model}/{name}"] = {
-                    "mean": float(np.mean(pair_lengths)),
-                    "max": float(max(pair_lengths)),
-                }
-                print(f"{elapsed()} {model} ({name})", flush=True)
-                results += interleave(
-                    engines(
-                        model,
-                        name,
-                        documents,
-                        cross_encoder,
-                        tokenizer,
-                        in_process,
-                        client,
-                        http,
-                        infinity,
-                        args.concurrency,
-                    ),
-                    args.runs if (model, name) == ("minilm", "a") else min(args.runs, SHORT_ROUNDS),
-                )
-                gemm.append(gemm_peak_gflops())
-                gemm_int8.append(int8_gemm_gops())
-                gemm_bf16 += [bf16_gemm_gflops()] if bf16 else []
-            del in_process
+        _cross_encoder_rows(run, client, http, infinity)
         if not args.no_long_context:
-            print(f"{elapsed()} jina (long context)", flush=True)
-            jina_tokenizer = AutoTokenizer.from_pretrained(args.workdir / "checkpoints" / "jina")
-            lc_runners = runners("jina")
-            results += interleave(
-                long_context_cases(repository, client, lc_runners, jina_tokenizer),
-                min(args.runs, SHORT_ROUNDS),
-            )
-            del lc_runners
+            _long_context_rows(run, client)
         if not args.no_causal:
-            print(f"{elapsed()} qwen3 (a, causal LM, {CAUSAL_LAYERS} layers)", flush=True)
-            causal_runner = runners("qwen3-whole")["qwen3-whole"]
-            results += interleave(
-                causal_cases(
-                    repository,
-                    args.workdir / "checkpoints" / "qwen3",
-                    client,
-                    causal_runner,
-                    workload("a")[:CAUSAL_DOCUMENTS],
-                ),
-                min(args.runs, CAUSAL_ROUNDS),
-            )
-            del causal_runner
+            _causal_rows(run, client)
         if vision_checkpoint is not None:
-            layers = f"text, vision: {VISION_LAYERS[0]}, {VISION_LAYERS[1]} layers"
-            print(f"{elapsed()} qwen3-vl (pages, multimodal, {layers})", flush=True)
-            pages = page_images(VISION_PAGES)
-            results += interleave(
-                vision_cases(client, vision_checkpoint, pages), min(args.runs, VISION_ROUNDS)
-            )
-            vision_split = time_split(server.triton_grpc)
-            print(
-                "  per page served: processor (tokenizer model) "
-                f"{vision_split['tokenizer_compute_s_per_page']:.3f} s, "
-                f"model (encoder) {vision_split['encoder_compute_s_per_page']:.2f} s",
-                flush=True,
-            )
-        print(f"{elapsed()} perf_analyzer", flush=True)
-        binary = args.perf_analyzer / "perf_analyzer"
-        if binary.exists():
-            try:
-                perf = perf_analyzer(binary, server.triton_grpc, workload("a"), args.workdir)
-            except RuntimeError as error:  # recorded, not fatal: the other engines still count
-                print(f"  perf_analyzer failed: {error}", flush=True)
-                perf = {"error": str(error)[-500:]}  # type: ignore[dict-item]
-            else:
-                print(
-                    f"  perf_analyzer (Triton ensemble alone, c=4): "
-                    f"{perf['pairs_per_s']:.1f} pairs/s",
-                    flush=True,
-                )
+            _vision_rows(run, client, vision_checkpoint, server.triton_grpc)
+        run.perf = _perf_analyzer(run, server.triton_grpc)
     finally:
         stack.close()
         stop_server(server, 60)
         for peer in infinity.values():
             peer.stop()
-    print(f"{elapsed()} memory per served model", flush=True)
-    memory: list[dict[str, Any]] = []
-    try:
-        memory = served_memory(args.workdir / "checkpoints" / "minilm", args.workdir)
-    except Exception as error:  # noqa: BLE001 - recorded; the measured rows still count
-        print(f"  memory measurement failed: {error!r}", flush=True)
-    median_gflops = statistics.median(rate for rate, _ in gemm)
-    best_gflops = max(best for _, best in gemm)
-    median_bf16 = statistics.median(rate for rate, _ in gemm_bf16) if gemm_bf16 else 0.0
-    median_int8 = statistics.median(rate for rate, _ in gemm_int8)
 
+
+def _cross_encoder_rows(
+    run: _Run, client: Any, http: CohereHttp, infinity: dict[str, Infinity]
+) -> None:
+    """MiniLM on every workload, DeBERTa on (a): every engine, every precision served."""
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+
+    args = run.args
+    for model in ["minilm"] + ([] if args.no_deberta else ["deberta"]):
+        checkpoint = args.workdir / "checkpoints" / model
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        cross_encoder = CrossEncoder(str(checkpoint), device="cpu")
+        in_process = run.runners(model)
+        for name in args.workloads if model == "minilm" else ["a"]:
+            documents = workload(name)
+            encoded = tokenizer([QUERY] * len(documents), documents, truncation=True)
+            pair_lengths = [len(i) for i in encoded["input_ids"]]
+            run.lengths[f"{model}/{name}"] = {
+                "mean": float(np.mean(pair_lengths)),
+                "max": float(max(pair_lengths)),
+            }
+            print(f"{run.elapsed()} {model} ({name})", flush=True)
+            cases = engines(
+                model,
+                name,
+                documents,
+                cross_encoder,
+                tokenizer,
+                in_process,
+                client,
+                http,
+                infinity,
+                args.concurrency,
+            )
+            rounds = args.runs if (model, name) == ("minilm", "a") else min(args.runs, SHORT_ROUNDS)
+            run.results += interleave(cases, rounds)
+            run.gemm.sample()
+        del in_process
+
+
+def _long_context_rows(run: _Run, client: Any) -> None:
+    from transformers import AutoTokenizer
+
+    print(f"{run.elapsed()} jina (long context)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(run.args.workdir / "checkpoints" / "jina")
+    cases = long_context_cases(run.repository, client, run.runners("jina"), tokenizer)
+    run.results += interleave(cases, min(run.args.runs, SHORT_ROUNDS))
+
+
+def _causal_rows(run: _Run, client: Any) -> None:
+    print(f"{run.elapsed()} qwen3 (a, causal LM, {CAUSAL_LAYERS} layers)", flush=True)
+    cases = causal_cases(
+        run.repository,
+        run.args.workdir / "checkpoints" / "qwen3",
+        client,
+        run.runners("qwen3-whole")["qwen3-whole"],
+        workload("a")[:CAUSAL_DOCUMENTS],
+    )
+    run.results += interleave(cases, min(run.args.runs, CAUSAL_ROUNDS))
+
+
+def _vision_rows(run: _Run, client: Any, checkpoint: Path, triton_grpc: str) -> None:
+    layers = f"text, vision: {VISION_LAYERS[0]}, {VISION_LAYERS[1]} layers"
+    print(f"{run.elapsed()} qwen3-vl (pages, multimodal, {layers})", flush=True)
+    cases = vision_cases(client, checkpoint, page_images(VISION_PAGES))
+    run.results += interleave(cases, min(run.args.runs, VISION_ROUNDS))
+    run.vision_split = time_split(triton_grpc)
+    print(
+        "  per page served: processor (tokenizer model) "
+        f"{run.vision_split['tokenizer_compute_s_per_page']:.3f} s, "
+        f"model (encoder) {run.vision_split['encoder_compute_s_per_page']:.2f} s",
+        flush=True,
+    )
+
+
+def _perf_analyzer(run: _Run, triton_grpc: str) -> dict[str, Any]:
+    """The Triton ensemble alone at c=4 (recorded, not fatal, when perf_analyzer fails)."""
+    print(f"{run.elapsed()} perf_analyzer", flush=True)
+    binary = run.args.perf_analyzer / "perf_analyzer"
+    if not binary.exists():
+        return {}
+    try:
+        perf: dict[str, Any] = perf_analyzer(binary, triton_grpc, workload("a"), run.args.workdir)
+    except RuntimeError as error:
+        print(f"  perf_analyzer failed: {error}", flush=True)
+        return {"error": str(error)[-500:]}
+    print(
+        f"  perf_analyzer (Triton ensemble alone, c=4): {perf['pairs_per_s']:.1f} pairs/s",
+        flush=True,
+    )
+    return perf
+
+
+def _attach_flop_fractions(
+    results: list[Result], lengths: dict[str, dict[str, float]], gemm: GemmRates
+) -> None:
+    """Each result's ratio to ONNX Runtime's naive loop on its workload, and its fraction of
+    the bound of its precision's median GEMM rate."""
     for result in results:
         naive = next(
             (
@@ -323,69 +317,32 @@ def main() -> int:
         if naive is None or key not in lengths:
             continue  # the long-context row compares served with in-process only
         result.ratio_to_ort_naive = result.pairs_per_s / naive
-        flops = (deberta_flops if result.model == "deberta" else bert_flops)(
-            lengths[key]["mean"], 384, 12 if result.model == "deberta" else 6, 1536
-        )
-        if result.engine.endswith("bf16") and median_bf16:
+        flops = flops_per_pair(key, lengths[key]["mean"])
+        if result.engine.endswith("bf16") and gemm.median_bf16:
             result.bound = "bf16"
-            result.flop_fraction = result.pairs_per_s * flops / (median_bf16 * 1e9)
+            result.flop_fraction = result.pairs_per_s * flops / (gemm.median_bf16 * 1e9)
         elif result.engine.endswith("int8"):
             result.bound = "int8"
-            result.flop_fraction = result.pairs_per_s * flops / (median_int8 * 1e9)
+            result.flop_fraction = result.pairs_per_s * flops / (gemm.median_int8 * 1e9)
         else:
-            result.flop_fraction = result.pairs_per_s * flops / (median_gflops * 1e9)
+            result.flop_fraction = result.pairs_per_s * flops / (gemm.median_fp32 * 1e9)
 
-    print()
-    print(table(results))
-    bounds = {
-        key: {
-            "flops_per_pair": (deberta_flops if key.startswith("deberta") else bert_flops)(
-                value["mean"], 384, 12 if key.startswith("deberta") else 6, 1536
-            ),
+
+def _bounds(lengths: dict[str, dict[str, float]], gemm: GemmRates) -> dict[str, dict[str, float]]:
+    """Each workload's bound in pairs/s at the median and best GEMM rates; printed."""
+    bounds: dict[str, dict[str, float]] = {}
+    for key, value in lengths.items():
+        flops = flops_per_pair(key, value["mean"])
+        bound = bounds[key] = {
+            "flops_per_pair": flops,
+            "bound_pairs_per_s_median_gemm": gemm.median_fp32 * 1e9 / flops,
+            "bound_pairs_per_s_best_gemm": gemm.best_fp32 * 1e9 / flops,
         }
-        for key, value in lengths.items()
-    }
-    for key, value in bounds.items():
-        value["bound_pairs_per_s_median_gemm"] = median_gflops * 1e9 / value["flops_per_pair"]
-        value["bound_pairs_per_s_best_gemm"] = best_gflops * 1e9 / value["flops_per_pair"]
-        if median_bf16:
-            value["bound_pairs_per_s_median_bf16_gemm"] = (
-                median_bf16 * 1e9 / value["flops_per_pair"]
-            )
-        median, best = value["bound_pairs_per_s_median_gemm"], value["bound_pairs_per_s_best_gemm"]
+        if gemm.median_bf16:
+            bound["bound_pairs_per_s_median_bf16_gemm"] = gemm.median_bf16 * 1e9 / flops
+        median, best = bound["bound_pairs_per_s_median_gemm"], bound["bound_pairs_per_s_best_gemm"]
         print(f"bound {key}: {median:.1f} pairs/s at the median GEMM rate ({best:.1f} at the best)")
-    if "pairs_per_s" in perf:
-        rate = perf["pairs_per_s"]
-        print(f"perf_analyzer, Triton ensemble alone (minilm, a, c=4): {rate:.1f} pairs/s")
-    report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "versions": _versions(),
-        "gemm_gflops": {"median": median_gflops, "best": best_gflops},
-        "cpu": cpu,
-        "int8_gemm_gops": {
-            "median": median_int8,
-            "best": max(best for _, best in gemm_int8),
-        },
-        "memory": memory,
-        "bf16_gemm_gflops": {
-            "median": median_bf16,
-            "best": max((best for _, best in gemm_bf16), default=0.0),
-        },
-        "token_lengths": lengths,
-        "bounds": bounds,
-        "perf_analyzer": perf,
-        "vision_time_split": vision_split,
-        "results": [asdict(r) for r in results],
-    }
-    checks = targets(results, report)
-    report["targets"] = checks
-    print(target_lines(checks))
-    (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.output / "throughput.png")
-    print(f"wrote {args.output / 'results.json'} and {args.output / 'throughput.png'}")
-    print(f"{elapsed()} done")
-    return 0
+    return bounds
 
 
 def _versions() -> dict[str, str]:

@@ -23,13 +23,13 @@ ROOT = Path(__file__).parents[2]
 FAILING_COMPILE = """
 import sys
 sys.path.insert(0, {bench!r})
-import gpu_check
+from gpucheck import cli, measure
 
 def compile_check(*args, **kwargs):
     raise RuntimeError("inductor needs a C compiler")
 
-gpu_check.compile_check = compile_check
-sys.exit(gpu_check.main({argv!r}))
+measure.compile_check = compile_check
+sys.exit(cli.main({argv!r}))
 """
 
 

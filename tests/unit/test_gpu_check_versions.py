@@ -27,13 +27,9 @@ GRPC_GENERATED_VERSION = '1.81.1'
 
 @pytest.fixture(scope="module")
 def gpu_check() -> ModuleType:
+    """The check's module that reads the machine (``bench/gpucheck/machine.py``)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("gpucheck.machine")
 
 
 def test_the_newest_generator_sets_the_least_runtime(gpu_check: ModuleType) -> None:

@@ -1,0 +1,97 @@
+"""``bench/gpu_check OUT`` (``python bench/gpucheck OUT``): the command line, the kit's
+environment, the run."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gpucheck import __doc__ as DESCRIPTION
+from gpucheck.machine import (
+    Stopped,
+    _stop,
+    check_numpy,
+    check_versions,
+    device_facts,
+    kit_environment,
+    versions,
+)
+from gpucheck.measure import measure
+from gpucheck.report import Results, markdown
+from gpucheck.scale import CPU, DRY_RUN, GPU, SOURCES
+
+# The package's folder: what the kit's interpreter runs again.
+PACKAGE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(DESCRIPTION or "").split("\n\n")[0])
+    parser.add_argument("output", type=Path, help="folder for results.json and results.md")
+    parser.add_argument("--wheels", type=Path, help="folder of wheels (make gpu-kit)")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU (fp32)")
+    parser.add_argument(
+        "--scale",
+        choices=["small", "gpu"],
+        help="small: a few calls of 1-layer models (the default on CPU); gpu: the GPU run's "
+        "call sizes, concurrency and row counts (the default on a GPU; with --cpu, a dry run "
+        "with a tiny model)",
+    )
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--in-kit-environment", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    scale = {(False, "gpu"): GPU, (True, "gpu"): DRY_RUN}.get((args.cpu, args.scale), GPU)
+    if args.cpu and args.scale != "gpu":
+        scale = CPU
+    args.output.mkdir(parents=True, exist_ok=True)
+    # Before anything is installed: what the project's and the kit's generated code needs.
+    check_numpy()
+    check_versions(args.wheels)
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
+        if args.wheels and not args.in_kit_environment:
+            python = kit_environment(args.wheels, work)
+            again = [str(python), str(PACKAGE), *(sys.argv[1:] if argv is None else argv)]
+            again += ["--in-kit-environment", "--workdir", str(work)]
+            child = subprocess.Popen(again)
+            try:
+                return child.wait()
+            except Stopped:  # passed on, so the child's own cleanup runs
+                child.terminate()
+                child.wait(120)
+                return 143
+        sys.path[:0] = [str(p) for p in SOURCES]
+        report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "scale": asdict(scale),
+            "versions": versions(),
+            "kit": sorted(w.name for w in args.wheels.glob("*.whl")) if args.wheels else [],
+            "device": device_facts(scale),
+        }
+        print(f"GPU check on {report['device']['device']}: {json.dumps(report['versions'])}")
+        results = Results(args.output, report, started)
+        try:
+            measure(scale, work, results)
+        except Stopped as stopped:
+            print(f"stopped ({stopped}); every process it started is stopped", file=sys.stderr)
+            return 143
+        finally:
+            results.write()
+    print(markdown(report))
+    print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")
+    if results.failed:
+        print(f"failed steps: {', '.join(results.failed)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,190 @@
+"""The check's steps, in order: build, GEMM, the server, then per model parity, workload (a),
+the large call and the small callers; the causal-LM and multimodal rows; compile last."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gpucheck.machine import MemorySampler, gemm_tflops
+from gpucheck.models import build_models
+from gpucheck.report import Results, targets
+from gpucheck.rows import (
+    _ranks,
+    _row,
+    causal_rows,
+    compile_check,
+    flops_per_pair,
+    parity,
+    stage_times,
+    triton_statistics,
+    vision_rows,
+)
+from gpucheck.scale import CALL_TIMEOUT_S, CAUSAL, PARITY_BOUND, QUERY, ROOT, VISION, Scale
+
+
+def server_settings(scale: Scale) -> dict[str, str]:
+    """The rank service sized for the load the check sends: every row of the largest sweep in
+    flight at once (twice over, for the canaries and a margin), the 1000-document call."""
+    in_flight = max(
+        max(scale.concurrency) * scale.documents,
+        scale.small_callers * scale.small_documents,
+        scale.large_call,
+    )
+    settings = {
+        "http_port": "-1",
+        "max_documents_per_call": str(max(scale.large_call, scale.documents)),
+        "max_rows_in_flight": str(2 * in_flight),
+    }
+    if scale.device == "cpu":
+        # On CPU the sweep's last callers wait for every row ahead of them (6,400 at the
+        # GPU's sizes), a time that follows the CPU's speed: the dry run judges that each call
+        # completes, so a call is bounded by the client's deadline alone, not the 60 s default.
+        settings["inference_timeout_s"] = str(CALL_TIMEOUT_S)
+    if scale.device == "gpu":
+        # The GPU launch profile's, for a first CUDA load of the checkpoints.
+        with open(ROOT / "server_config" / "gpu-pip.toml", "rb") as profile:
+            timeout_s = tomllib.load(profile)["triton_startup_timeout_s"]
+        settings["triton_startup_timeout_s"] = str(timeout_s)
+    return settings
+
+
+def measure(scale: Scale, work: Path, results: Results) -> None:
+    import torch
+    from harness import Case, interleave
+    from reranker_client import RerankClient
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+    from workloads import workload
+
+    from tests.launcher import start_server, stop_server
+
+    report, elapsed = results.report, results.elapsed
+    checkpoints: dict[str, Path] = {}
+    with results.step("build"):
+        checkpoints = build_models(scale, work)
+        print(f"{elapsed()} built {', '.join(checkpoints)}", flush=True)
+    tflops = 0.0
+    with results.step("gemm"):
+        tflops = report["gemm_tflops"] = gemm_tflops(scale)
+        print(f"{elapsed()} GEMM {tflops:.1f} TFLOP/s ({scale.precision})", flush=True)
+    all_documents = workload("a") * (scale.large_call // 100 + 1)
+    documents = all_documents[: scale.documents]
+    large = all_documents[: scale.large_call]
+    small = documents[: scale.small_documents]
+    report.setdefault("models", {})
+    torch_device = "cuda" if scale.device == "gpu" else "cpu"
+    sampler = MemorySampler() if scale.device == "gpu" else None
+    bound = PARITY_BOUND[scale.precision]
+    with contextlib.ExitStack() as stack:
+        if sampler is not None:
+            stack.enter_context(sampler)
+        client = server = None
+        if checkpoints:
+            with results.step("server"):
+                server = start_server(
+                    work / "model_repository",
+                    work / "server",
+                    scale.shapes[0].name,
+                    **server_settings(scale),
+                )
+                stack.callback(stop_server, server, 60)
+                print(f"{elapsed()} server up at {server.address}", flush=True)
+                client = stack.enter_context(RerankClient(server.address, timeout=CALL_TIMEOUT_S))
+        for shape in scale.shapes:
+            model = shape.name
+            if client is None or server is None or model not in checkpoints:
+                results.skip(model, "no server or no checkpoint")
+                continue
+            checkpoint = checkpoints[model]
+            facts: dict[str, Any] = report["models"].setdefault(model, {"shape": asdict(shape)})
+            cross_encoder: Any = None
+            with results.step(f"{model}: parity"):
+                tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+                encoded = tokenizer([QUERY] * len(documents), documents, truncation=True)
+                mean_length = statistics.fmean(len(ids) for ids in encoded["input_ids"])
+                facts["mean_tokens"] = mean_length
+                facts["flops_per_pair"] = per_pair = flops_per_pair(shape, mean_length)
+                if tflops:
+                    facts["bound_pairs_per_s"] = tflops * 1e12 / per_pair
+                cross_encoder = CrossEncoder(str(checkpoint), device=torch_device)
+                checks = facts["parity"] = {
+                    "fp32 reference": parity(client, cross_encoder, model, documents, bound)
+                }
+                if scale.precision != "fp32":
+                    # A torch module itself from sentence-transformers 4 on; a wrapper before.
+                    is_module = isinstance(cross_encoder, torch.nn.Module)
+                    half = cross_encoder if is_module else cross_encoder.model
+                    half.to(torch.float16 if scale.precision == "fp16" else torch.bfloat16)
+                    checks[f"{scale.precision} reference"] = parity(
+                        client, cross_encoder, model, documents, bound
+                    )
+                print(f"{elapsed()} {model} parity {json.dumps(checks)}", flush=True)
+
+            def served(docs: list[str], name: str = model) -> Callable[[], object]:
+                return lambda: client.rank(QUERY, docs, model=name)
+
+            n = len(documents)
+            with results.step(f"{model}: workload a"):
+                cases = [
+                    Case(
+                        f"CrossEncoder.rank bs={b}",
+                        model,
+                        "a",
+                        1,
+                        _ranks(cross_encoder, documents, b),
+                        n,
+                    )
+                    for b in scale.batch_sizes
+                    if cross_encoder is not None
+                ]
+                cases += [
+                    Case("this server", model, "a", c, served(documents), n)
+                    for c in scale.concurrency
+                ]
+                before = triton_statistics(server.triton_grpc)
+                found = [_row(r, "a") for r in interleave(cases, scale.rounds)]
+                after = triton_statistics(server.triton_grpc)
+                per_pair = facts.get("flops_per_pair", 0.0)
+                for row in found:
+                    if tflops:
+                        row.flop_fraction = row.pairs_per_s * per_pair / (tflops * 1e12)
+                results.rows += found
+                facts["stages_workload_a"] = stage_times(before, after, model)
+            with results.step(f"{model}: large call"):
+                case = Case("this server", model, "large", 1, served(large), len(large))
+                results.rows += [_row(r, "large") for r in interleave([case], scale.rounds)]
+            with results.step(f"{model}: small callers"):
+                case = Case(
+                    "this server", model, "small", scale.small_callers, served(small), len(small)
+                )
+                results.rows += [_row(r, "small") for r in interleave([case], scale.rounds * 2)]
+            del cross_encoder
+            if scale.device == "gpu":
+                torch.cuda.empty_cache()
+        if client is not None and CAUSAL in checkpoints:
+            with results.step(f"{CAUSAL}: shared prompt"):
+                results.rows += causal_rows(
+                    client, checkpoints[CAUSAL], all_documents[: scale.causal_documents], scale
+                )
+        if client is not None and VISION in checkpoints:
+            with results.step(f"{VISION}: pages"):
+                rows, checks = vision_rows(client, checkpoints[VISION], scale)
+                results.rows += rows
+                report["models"][VISION] = {"parity": checks}
+    if sampler is not None:
+        report["gpu_memory_peak_mib"] = sampler.peak_mib
+        report["gpu_memory_baseline_mib"] = sampler.baseline_mib
+    first = scale.shapes[0].name
+    if first in checkpoints:
+        with results.step("compile"):
+            print(f"{elapsed()} torch.compile check", flush=True)
+            report["compile"] = compile_check(checkpoints[first], scale, budget_s=150)
+    with results.step("targets"):
+        report["targets"] = targets(results.rows, scale, report)

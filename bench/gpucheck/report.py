@@ -1,0 +1,204 @@
+"""The report: written after every step (a failed step is recorded and the run goes on), the
+targets judged within the run, and its table."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from gpucheck.machine import Stopped
+from gpucheck.rows import Row
+from gpucheck.scale import CAUSAL, VISION, Scale
+
+
+class Results:
+    """The report, written to the output folder after every step, each step guarded: a step
+    that fails records its error and the run goes on with what does not depend on it, so a
+    late failure (a compile error, say) loses none of the earlier measurements."""
+
+    def __init__(self, output: Path, report: dict[str, Any], started: float) -> None:
+        self.output = output
+        self.report = report
+        self.report.setdefault("steps", {})
+        self.rows: list[Row] = []
+        self._started = started
+
+    def elapsed(self) -> str:
+        return f"[{time.monotonic() - self._started:5.0f} s]"
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        entry: dict[str, Any] = {"ok": True}
+        try:
+            yield
+        except Stopped:
+            raise
+        except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
+            entry = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+            print(f"{self.elapsed()} step {name!r} failed:", file=sys.stderr)
+            traceback.print_exc()
+        finally:
+            entry["seconds"] = round(time.monotonic() - started, 1)
+            self.report["steps"][name] = entry
+            self.write()
+
+    def skip(self, name: str, reason: str) -> None:
+        self.report["steps"][name] = {"ok": False, "error": f"skipped: {reason}", "seconds": 0.0}
+        self.write()
+
+    @property
+    def failed(self) -> list[str]:
+        return [name for name, entry in self.report["steps"].items() if not entry["ok"]]
+
+    def write(self) -> None:
+        self.report["rows"] = [asdict(r) for r in self.rows]
+        self.report["wall_s"] = time.monotonic() - self._started
+        (self.output / "results.json").write_text(json.dumps(self.report, indent=2) + "\n")
+        (self.output / "results.md").write_text(markdown(self.report))
+
+
+def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The GPU targets, as ratios within this run, per model, and each parity check."""
+
+    def find(engine: str, model: str, case: str, concurrency: int) -> Row | None:
+        key = (engine, model, case, concurrency)
+        return next((r for r in rows if (r.engine, r.model, r.case, r.concurrency) == key), None)
+
+    checks = []
+    for model, facts in sorted(report.get("models", {}).items()):
+        for reference, check in facts.get("parity", {}).items():
+            checks.append(
+                {
+                    "target": f"{model}: parity with CrossEncoder ({reference}), max |diff|",
+                    "measured": check["max_abs_diff"],
+                    "goal": f"<= {check['bound']:g}, finite, same top 10",
+                    "met": check["passed"],
+                }
+            )
+    shared = find("this server", CAUSAL, "causal", 4)
+    if shared:
+        checks.append(
+            {
+                "target": f"{CAUSAL}: shared prompt c=4 / rows whole c=4, paired",
+                "measured": shared.paired_ratio,
+                "goal": ">= 1.3",
+                "met": shared.paired_ratio >= 1.3,
+            }
+        )
+    pages, reference = (
+        find("this server", VISION, "pages", 4),
+        find("CrossEncoder.rank", VISION, "pages", 1),
+    )
+    if pages and reference:
+        checks.append(
+            {
+                "target": f"{VISION}: pages c=4 / CrossEncoder.rank",
+                "measured": pages.pairs_per_s / reference.pairs_per_s,
+                "goal": ">= 1.2",
+                "met": pages.pairs_per_s >= 1.2 * reference.pairs_per_s,
+            }
+        )
+    level = 16 if 16 in scale.concurrency else max(scale.concurrency)
+    for model in sorted({r.model for r in rows if r.case not in ("causal", "pages")}):
+        ours = find("this server", model, "a", level)
+        shipped = find(f"CrossEncoder.rank bs={scale.shipped_batch_size}", model, "a", 1)
+        best = max(
+            (r for r in rows if r.model == model and r.engine.startswith("CrossEncoder")),
+            key=lambda r: r.pairs_per_s,
+            default=None,
+        )
+        small = find("this server", model, "small", scale.small_callers)
+        for name, value, goal in (
+            (
+                f"{model}: server c={level} / CrossEncoder bs={scale.shipped_batch_size}",
+                ours.pairs_per_s / shipped.pairs_per_s if ours and shipped else None,
+                2.0,
+            ),
+            (
+                f"{model}: server c={level} / CrossEncoder best batch",
+                ours.pairs_per_s / best.pairs_per_s if ours and best else None,
+                1.2,
+            ),
+        ):
+            checks.append(
+                {
+                    "target": name,
+                    "measured": value,
+                    "goal": f">= {goal}",
+                    "met": bool(value and value >= goal),
+                }
+            )
+        ratio = small.p99_ms / small.p50_ms if small and small.p50_ms else None
+        checks.append(
+            {
+                "target": f"{model}: {scale.small_callers} callers x "
+                f"{scale.small_documents} docs, p99 / p50",
+                "measured": ratio,
+                "goal": "<= 3.0",
+                "met": bool(ratio is not None and ratio <= 3.0),
+            }
+        )
+        if ours:
+            checks.append(
+                {
+                    "target": f"{model}: server c={level}, fraction of the FLOP bound",
+                    "measured": ours.flop_fraction,
+                    "goal": "reported",
+                    "met": True,
+                }
+            )
+    return checks
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a table; a run cut short shows what it has, and each failed step."""
+    facts = report.get("device", {})
+    lines = [
+        f"GPU check, {report.get('date', '')}, {facts.get('device', '')}"
+        + (
+            f", CUDA {facts['cuda']}, driver {facts.get('driver', '')}" if facts.get("cuda") else ""
+        ),
+        "",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()),
+        "",
+        "| engine | model | case | c | pairs/s | p50 ms | p99 ms | FLOP bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.get("rows", []):
+        fraction = f"{r['flop_fraction']:.2f}" if r["flop_fraction"] else ""
+        lines.append(
+            f"| {r['engine']} | {r['model']} | {r['case']} | {r['concurrency']} | "
+            f"{r['pairs_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {fraction} |"
+        )
+    lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for check in report.get("targets", []):
+        value = "n/a" if check["measured"] is None else f"{check['measured']:.3g}"
+        lines.append(f"| {check['target']} | {value} | {check['goal']} | {check['met']} |")
+    lines.append("")
+    for model, facts_of in report.get("models", {}).items():
+        lines.append(f"- {model}: parity {json.dumps(facts_of.get('parity', {}))}")
+        for stage, times in facts_of.get("stages_workload_a", {}).items():
+            cells = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+            lines.append(f"  - {stage}: {cells}")
+    if "gpu_memory_peak_mib" in report:
+        lines.append(
+            f"- GPU memory: peak {report['gpu_memory_peak_mib']:.0f} MiB "
+            f"(baseline {report['gpu_memory_baseline_mib']:.0f} MiB)"
+        )
+    if "gemm_tflops" in report:
+        lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s")
+    if "compile" in report:
+        lines.append(f"- torch.compile: {json.dumps(report['compile'])}")
+    for name, step in report.get("steps", {}).items():
+        if not step["ok"]:
+            lines.append(f"- step {name!r} failed: {step['error']}")
+    lines.append(f"- wall time: {report.get('wall_s', 0.0):.0f} s")
+    return "\n".join(lines) + "\n"

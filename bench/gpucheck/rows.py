@@ -1,0 +1,249 @@
+"""The measured rows: what each engine did, Triton's per-stage times, parity with CrossEncoder,
+and the causal-LM, multimodal and compile rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpucheck.scale import CAUSAL, CAUSAL_INSTRUCTION, PARITY_BOUND, QUERY, VISION, Scale, Shape
+
+
+@dataclass
+class Row:
+    engine: str
+    model: str
+    case: str
+    concurrency: int
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    flop_fraction: float = 0.0
+    run_pairs_per_s: list[float] = field(default_factory=list)
+    paired_ratio: float = 0.0
+
+
+def _row(result: Any, case: str) -> Row:
+    return Row(
+        result.engine,
+        result.model,
+        case,
+        result.concurrency,
+        result.pairs_per_s,
+        result.p50_ms,
+        result.p99_ms,
+        run_pairs_per_s=result.run_pairs_per_s,
+    )
+
+
+def triton_statistics(triton_address: str) -> dict[str, dict[str, float]]:
+    """Cumulative per-model counts and times (ns) from Triton's statistics API."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(triton_address)
+    try:
+        stats = client.get_inference_statistics(as_json=True)
+    finally:
+        client.close()
+    out = {}
+    for model in stats.get("model_stats", []):
+        inference = model.get("inference_stats", {})
+        out[model["name"]] = {
+            "inferences": float(model.get("inference_count", 0)),
+            "executions": float(model.get("execution_count", 0)),
+            "requests": float(inference.get("success", {}).get("count", 0)),
+            "queue_ns": float(inference.get("queue", {}).get("ns", 0)),
+            "compute_ns": float(inference.get("compute_infer", {}).get("ns", 0)),
+        }
+    return out
+
+
+def stage_times(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], model: str
+) -> dict[str, dict[str, float]]:
+    """What the tokenizer and encoder of ``model`` did between two snapshots: rows per
+    execution (how well requests merged), queue time per request, compute per execution
+    and per row."""
+    times = {}
+    for stage in ("tokenizer", "encoder"):
+        name = f"{model}__{stage}"
+        delta = {k: after[name][k] - before.get(name, {}).get(k, 0.0) for k in after[name]}
+        requests, executions = max(delta["requests"], 1), max(delta["executions"], 1)
+        rows = max(delta["inferences"], 1)
+        times[stage] = {
+            "rows_per_execution": delta["inferences"] / executions,
+            "queue_ms_per_request": delta["queue_ns"] / requests / 1e6,
+            "compute_ms_per_execution": delta["compute_ns"] / executions / 1e6,
+            "compute_us_per_row": delta["compute_ns"] / rows / 1e3,
+        }
+    return times
+
+
+def parity(
+    client: Any, cross_encoder: Any, model: str, documents: list[Any], bound: float
+) -> dict[str, Any]:
+    """Served scores against CrossEncoder's on the same documents: passed when every score
+    is finite, within ``bound`` and the top ten are the same documents in the same order."""
+    served = client.rank(QUERY, documents, model=model)
+    served_scores = [math.nan] * len(documents)
+    for result in served:
+        served_scores[result["corpus_id"]] = result["score"]
+    reference = [float(s) for s in cross_encoder.predict([(QUERY, d) for d in documents])]
+
+    def top(scores: list[float]) -> list[int]:
+        return sorted(range(len(scores)), key=lambda i: -scores[i])[:10]
+
+    finite = all(math.isfinite(v) for v in (*served_scores, *reference))
+    # A NaN makes every comparison false: it must fail the check, not hide inside max().
+    worst = (
+        max(abs(a - b) for a, b in zip(served_scores, reference, strict=True)) if finite else None
+    )
+    top10 = top(served_scores) == top(reference)
+    return {
+        "pairs": len(documents),
+        "finite": finite,
+        "max_abs_diff": worst,
+        "bound": bound,
+        "top10_identical": top10,
+        "passed": finite and worst is not None and worst <= bound and top10,
+    }
+
+
+def flops_per_pair(shape: Shape, mean_length: float) -> float:
+    from flops import bert_flops
+
+    return bert_flops(mean_length, shape.hidden, shape.layers, shape.intermediate)
+
+
+def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, Any]:
+    """In-process, one GPU: the PyTorch runner eager and under ``torch.compile`` (default
+    mode, and reduce-overhead: CUDA graphs), on padded batches of two lengths."""
+    import numpy as np
+
+    from reranker.backend.torch_runtime import TorchRunner
+    from reranker.contract.model import Precision
+    from reranker.contract.parameters import TorchCompile as Compile
+
+    if scale.device != "gpu":
+        return {"skipped": "on CPU"}
+    shapes = [(64, 128), (32, 256)]
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    for mode in (Compile.EAGER, Compile.DEFAULT, Compile.REDUCE_OVERHEAD):
+        if time.monotonic() - started > budget_s:
+            results[mode.value] = "skipped: over the time budget"
+            continue
+        runner = TorchRunner(
+            checkpoint,
+            bi_encoder=False,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            device="cuda:0",
+            dtype=Precision(scale.precision),
+            compile_mode=mode,
+        )
+        rates = []
+        for rows, length in shapes:
+            feeds = {
+                "input_ids": np.full((rows, length), 1000, dtype=np.int64),
+                "attention_mask": np.ones((rows, length), dtype=np.int64),
+                "token_type_ids": np.zeros((rows, length), dtype=np.int64),
+            }
+            for _ in range(3):  # compiles, captures graphs
+                runner.run(feeds)
+            start = time.perf_counter()
+            for _ in range(20):
+                runner.run(feeds)
+            rates.append(20 * rows / (time.perf_counter() - start))
+        results[mode.value] = {f"{r}x{n}": rate for (r, n), rate in zip(shapes, rates, strict=True)}
+        del runner
+    return results
+
+
+def causal_rows(client: Any, checkpoint: Path, documents: list[str], scale: Scale) -> list[Row]:
+    """A causal-LM reranker (Qwen3-Reranker-0.6B shape) behind its default prompt at
+    concurrency 4: the server with each group's shared prompt run once, paired round by
+    round with the same model built to run rows whole, and ``CrossEncoder.rank`` on the
+    same device and precision."""
+    from functools import partial
+
+    import torch
+    from harness import Case, interleave
+    from sentence_transformers import CrossEncoder
+
+    device = "cuda" if scale.device == "gpu" else "cpu"
+    cross_encoder = CrossEncoder(str(checkpoint), device=device)
+    if scale.device == "gpu":
+        is_module = isinstance(cross_encoder, torch.nn.Module)
+        (cross_encoder if is_module else cross_encoder.model).to(torch.bfloat16)
+    n = len(documents)
+
+    def served(model: str) -> Callable[[], object]:
+        return partial(client.rank, QUERY, documents, model=model, instruction=CAUSAL_INSTRUCTION)
+
+    whole = Case("this server, rows whole", CAUSAL, "causal", 4, served(f"{CAUSAL}-whole"), n)
+    cases = [
+        Case(
+            "CrossEncoder.rank",
+            CAUSAL,
+            "causal",
+            1,
+            lambda: cross_encoder.rank(QUERY, documents, prompt=CAUSAL_INSTRUCTION),
+            n,
+        ),
+        whole,
+        Case("this server", CAUSAL, "causal", 4, served(CAUSAL), n, partner=whole),
+    ]
+    rows = []
+    for result in interleave(cases, scale.rounds):
+        row = _row(result, "causal")
+        row.paired_ratio = result.paired_ratio
+        rows.append(row)
+    return rows
+
+
+def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> tuple[list[Row], dict[str, Any]]:
+    """A vision-language reranker (Qwen3-VL-2B shape) ranking page-like images against a text
+    query: ``CrossEncoder.rank`` on the same device and precision, and this server at
+    concurrency 1 and 4; and its scores against CrossEncoder's."""
+    import io
+    from functools import partial
+
+    import torch
+    from harness import Case, interleave
+    from PIL import Image
+    from sentence_transformers import CrossEncoder
+    from vision import page_images
+
+    gpu = scale.device == "gpu"
+    # Loaded in the served precision (bf16 on a GPU) as the server loads it: its rotary
+    # frequencies stay fp32.
+    cross_encoder = CrossEncoder(
+        str(checkpoint),
+        device="cuda" if gpu else "cpu",
+        model_kwargs={"dtype": torch.bfloat16 if gpu else torch.float32},
+    )
+    pages = page_images(scale.vision_pages, scale.vision_page_size)
+    images = [Image.open(io.BytesIO(page)).convert("RGB") for page in pages]
+    bound = PARITY_BOUND["bf16" if gpu else "fp32"]
+    checks = {"reference": parity(client, cross_encoder, VISION, images, bound)}
+    print(f"{VISION} parity {json.dumps(checks)}", flush=True)
+    n = len(pages)
+    served = partial(client.rank, QUERY, pages, model=VISION)
+    cases = [
+        Case(
+            "CrossEncoder.rank", VISION, "pages", 1, partial(cross_encoder.rank, QUERY, images), n
+        ),
+        Case("this server", VISION, "pages", 1, served, n),
+        Case("this server", VISION, "pages", 4, served, n),
+    ]
+    rows = [_row(result, "pages") for result in interleave(cases, scale.rounds)]
+    return rows, checks
+
+
+def _ranks(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:
+    return lambda: cross_encoder.rank(QUERY, documents, batch_size=batch_size)
