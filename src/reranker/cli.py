@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,14 +18,13 @@ from reranker.settings import SETTINGS, OptionSource, Settings
 
 if TYPE_CHECKING:
     from reranker.builder.triton_configs import TritonTuning
+    from reranker.contract.model import ServedModel
 
 log = logging.getLogger("reranker")
 
 
 async def serve(settings: Settings) -> None:
     """Runs Triton (unless one is given) and the rank service until SIGINT or SIGTERM."""
-    from reranker.backend.cpu import bf16_hint, cpu_flags
-    from reranker.contract.model import Device, Precision
     from reranker.service.engine import TritonEngine
     from reranker.service.metrics import ServiceMetrics
     from reranker.service.server import create_server
@@ -66,26 +65,8 @@ async def serve(settings: Settings) -> None:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
-            models = ", ".join(sorted(engine.models))
-            http_note = ""
-            if server.http_port is not None:
-                scheme = "https" if settings.tls_cert_file else "http"
-                http_note = f"; HTTP on {scheme}://{settings.host}:{server.http_port}"
-            print(
-                f"reranker: SERVING on {settings.host}:{server.grpc_port} (gRPC reranker.v1.Rank, "
-                f"tei.v1){http_note}; Triton gRPC on {url}; models: {models}{metrics_note}",
-                flush=True,
-            )
-            hint = bf16_hint(
-                cpu_flags(),
-                (
-                    m.name
-                    for m in engine.models.values()
-                    if m.precision is Precision.FP32 and m.device is Device.CPU
-                ),
-            )
-            if hint is not None:
-                print(hint, flush=True)
+            endpoints = f"{settings.host}:{server.grpc_port}", server.http_port, url
+            _announce(settings, endpoints, engine.models.values(), metrics_note)
         await stopping
         starting.cancel()
     finally:
@@ -100,6 +81,37 @@ async def serve(settings: Settings) -> None:
             await asyncio.to_thread(triton.stop)
         if tracer_provider is not None:
             tracer_provider.shutdown()
+
+
+def _announce(
+    settings: Settings,
+    endpoints: tuple[str, int | None, str],
+    models: Iterable[ServedModel],
+    metrics_note: str,
+) -> None:
+    """The SERVING line (where each API listens, the models), and the bf16 hint where this
+    CPU would serve its fp32 models faster in bf16."""
+    from reranker.backend.cpu import bf16_hint, cpu_flags
+    from reranker.contract.model import Device, Precision
+
+    grpc_address, http_port, triton_url = endpoints
+    served = list(models)
+    http_note = ""
+    if http_port is not None:
+        scheme = "https" if settings.tls_cert_file else "http"
+        http_note = f"; HTTP on {scheme}://{settings.host}:{http_port}"
+    names = ", ".join(sorted(m.name for m in served))
+    print(
+        f"reranker: SERVING on {grpc_address} (gRPC reranker.v1.Rank, tei.v1){http_note}; "
+        f"Triton gRPC on {triton_url}; models: {names}{metrics_note}",
+        flush=True,
+    )
+    fp32_on_cpu = (
+        m.name for m in served if m.precision is Precision.FP32 and m.device is Device.CPU
+    )
+    hint = bf16_hint(cpu_flags(), fp32_on_cpu)
+    if hint is not None:
+        print(hint, flush=True)
 
 
 def _warn_if_exposed(settings: Settings) -> None:
@@ -164,22 +176,35 @@ def _values(kind: type[enum.Enum]) -> list[str]:
     return [str(member.value) for member in kind]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from reranker.builder.common import AUTO_DEVICE, BUILT_PRECISIONS, BuildOptions
-    from reranker.contract.model import Device, EncoderRuntime
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reranker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run Triton and the rank service")
     SETTINGS.add_arguments(serve_parser)
-    # The build's choices and defaults are its options' own (BuildOptions and its enums).
-    defaults = BuildOptions(name="")
     build_parser = commands.add_parser(
         "build",
         help="add a model to the repository",
         description="SOURCE is a checkpoint directory, a directory with model.onnx (or "
         "onnx/model.onnx) and tokenizer.json, or a Hugging Face hub id.",
     )
+    _add_build_arguments(build_parser)
+    health_parser = commands.add_parser(
+        "health",
+        help="exit 0 if a rank service reports SERVING (for container health checks)",
+    )
+    health_parser.add_argument("--address", default="127.0.0.1:50051")
+    health_parser.add_argument("--timeout-s", type=float, default=3.0)
+    health_parser.add_argument("--tls-ca-file", help="PEM CA to verify a TLS rank service")
+    return parser
+
+
+def _add_build_arguments(build_parser: argparse.ArgumentParser) -> None:
+    """``reranker build``'s flags: their choices and defaults are its options' own
+    (:class:`BuildOptions` and its enums)."""
+    from reranker.builder.common import AUTO_DEVICE, BUILT_PRECISIONS, BuildOptions
+    from reranker.contract.model import Device, EncoderRuntime
+
+    defaults = BuildOptions(name="")
     build_parser.add_argument("source", nargs="?", help="checkpoint dir, ONNX dir or hub id")
     build_parser.add_argument("--default", action="store_true", help="build the offline default")
     build_parser.add_argument("--name", help="served model name (default: from the source)")
@@ -217,13 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PyTorch (fp32 on CPU; fp16 or bf16 on a GPU, no container needed)",
     )
     _tuning().add_arguments(build_parser)
-    health_parser = commands.add_parser(
-        "health",
-        help="exit 0 if a rank service reports SERVING (for container health checks)",
-    )
-    health_parser.add_argument("--address", default="127.0.0.1:50051")
-    health_parser.add_argument("--timeout-s", type=float, default=3.0)
-    health_parser.add_argument("--tls-ca-file", help="PEM CA to verify a TLS rank service")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     if args.command == "build":

@@ -151,6 +151,43 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
     )
 
 
+def _inputs(
+    query: bytes, documents: list[str], images: tuple[bytes, list[bytes]] | None
+) -> list[InferInput]:
+    """The ensemble's input tensors for one request: a row per document, the query (and its
+    image) repeated on each."""
+    rows = len(documents)
+    columns = {
+        QUERY: np.full((rows, 1), query, dtype=np.object_),
+        DOCUMENT: np.array([d.encode("utf-8") for d in documents], dtype=np.object_),
+    }
+    if images is not None:
+        columns[QUERY_IMAGE] = np.full((rows, 1), images[0], dtype=np.object_)
+        columns[DOCUMENT_IMAGE] = np.array(images[1], dtype=np.object_)
+    inputs = []
+    for name, values in columns.items():
+        tensor = InferInput(name, [rows, 1], "BYTES")
+        tensor.set_data_from_numpy(values.reshape(rows, 1))
+        inputs.append(tensor)
+    return inputs
+
+
+def _refused_row(
+    error: InferenceServerException, labels: list[int], with_images: bool
+) -> InvalidArgument | None:
+    """The caller's error for a row the tokenizer refused as too long (None for any other
+    failure), naming the document by the caller's index."""
+    overflow = OverflowReport.decode(error.message() or "")
+    if overflow is None:
+        return None
+    more = "more than " if overflow.clipped else ""
+    why = "its images' tokens cannot be cut" if with_images else "truncation is REFUSE"
+    return InvalidArgument(
+        f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens "
+        f"with the query; the model reads at most {overflow.limit} ({why})"
+    )
+
+
 # tritonclient hands a gRPC failure's code on as text (``str(grpc.StatusCode.X)``).
 _STATUS_CODES = {str(code): code for code in grpc.StatusCode}
 
@@ -268,18 +305,7 @@ class TritonEngine:
         images: tuple[bytes, list[bytes]] | None = None,
     ) -> np.ndarray:
         rows = len(documents)
-        columns = {
-            QUERY: np.full((rows, 1), query, dtype=np.object_),
-            DOCUMENT: np.array([d.encode("utf-8") for d in documents], dtype=np.object_),
-        }
-        if images is not None:
-            columns[QUERY_IMAGE] = np.full((rows, 1), images[0], dtype=np.object_)
-            columns[DOCUMENT_IMAGE] = np.array(images[1], dtype=np.object_)
-        inputs = []
-        for name, values in columns.items():
-            tensor = InferInput(name, [rows, 1], "BYTES")
-            tensor.set_data_from_numpy(values.reshape(rows, 1))
-            inputs.append(tensor)
+        inputs = _inputs(query, documents, images)
         for attempt in range(1, _ATTEMPTS + 1):
             started = time.monotonic()
             try:
@@ -302,14 +328,9 @@ class TritonEngine:
                 self.health.answered(model)
                 break
             except InferenceServerException as error:
-                overflow = OverflowReport.decode(error.message() or "")
-                if overflow is not None:
-                    more = "more than " if overflow.clipped else ""
-                    why = "its images' tokens cannot be cut" if images else "truncation is REFUSE"
-                    raise InvalidArgument(
-                        f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens "
-                        f"with the query; the model reads at most {overflow.limit} ({why})"
-                    ) from None
+                refused = _refused_row(error, labels, images is not None)
+                if refused is not None:
+                    raise refused from None
                 translated = _translate(error, self.url)
                 if isinstance(translated, Unavailable):
                     dead = started if isinstance(translated, ModelRestarting) else None
