@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Serving and building (make serve), then the test and lint tools on top (make test).
 INSTALLED := $(VENV)/.installed
+DEV_INSTALLED := $(VENV)/.installed-dev
 DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__tokenizer/1/tokenizer.json
 
 .PHONY: serve test test-unit lint format proto install models bench bench-env load gpu-kit gpu-dry-run clean
@@ -13,17 +15,17 @@ serve: models  ## build the default model if needed, then run Triton + the rank 
 test: lint  ## lint, type-check, check the dependency rule and run the whole test suite
 	$(PY) -m pytest
 
-test-unit: $(INSTALLED)  ## the unit tests alone: seconds, no Triton
+test-unit: $(DEV_INSTALLED)  ## the unit tests alone: seconds, no Triton
 	$(PY) -m pytest tests/unit -q
 
-lint: $(INSTALLED)  ## ruff, mypy and the import contracts (docs/architecture.md)
+lint: $(DEV_INSTALLED)  ## ruff, mypy and the import contracts (docs/architecture.md)
 	$(VENV)/bin/ruff check src client tests bench
 	$(VENV)/bin/ruff format --check src client tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests bench/*.py bench/gpucheck
 	$(VENV)/bin/lint-imports
 
-format: $(INSTALLED)
+format: $(DEV_INSTALLED)
 	$(VENV)/bin/ruff format src client tests bench
 	$(VENV)/bin/ruff check --fix src client tests bench
 
@@ -32,7 +34,7 @@ proto: $(INSTALLED)  ## regenerate the gRPC stubs from proto/ (the only way they
 
 install: $(INSTALLED)
 
-load: models  ## overload (4x capacity, 60 s) and 10-minute soak; not part of `make test`
+load: models $(DEV_INSTALLED)  ## overload (4x capacity, 60 s) and 10-minute soak; not part of `make test`
 	$(PY) bench/load.py
 
 BENCH := build/bench-env.installed
@@ -44,7 +46,7 @@ bench: $(BENCH)  ## side-by-side benchmark (not part of `make test`): table, JSO
 # Infinity pins sentence-transformers < 4: it gets its own environment, torch first again.
 # perf_analyzer comes from the tritonclient 2.41.1 wheel, the last whose binary runs on
 # glibc 2.36; its libb64 and libcudart are taken from the nvidia-pytriton wheel at run time.
-$(BENCH): $(INSTALLED) bench/requirements.txt
+$(BENCH): $(DEV_INSTALLED) bench/requirements.txt
 	$(PY) -m pip install -q -r bench/requirements.txt
 	test -x $(INFINITY)/bin/python || $(PYTHON) -m venv $(INFINITY)
 	$(INFINITY)/bin/python -m pip install -q --upgrade pip
@@ -63,7 +65,7 @@ gpu-kit: $(INSTALLED)
 
 # The GPU check's call sizes, concurrency (up to 64 callers) and 1000-document call, on CPU
 # with a tiny model: the row budget, the sweep and the report, exercised without a GPU.
-gpu-dry-run: $(INSTALLED)
+gpu-dry-run: $(DEV_INSTALLED)
 	$(PY) bench/gpucheck build/gpu-dry-run --cpu --scale gpu
 
 models: $(DEFAULT_MODEL)
@@ -76,12 +78,17 @@ $(DEFAULT_MODEL): $(INSTALLED)
 # runs on the CPU; no CPU build of torchvision matches torch 2.13): anything that depends on
 # torch must find it installed rather than pull another build. torchvision is what
 # transformers' vision-language processors (Qwen-VL) need to load at all.
-$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml api/pyproject.toml
+$(INSTALLED): requirements.txt pyproject.toml client/pyproject.toml api/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e api -e . -e client
+	touch $@
+
+# The test suite's tools and the client libraries of other projects it calls the server with.
+$(DEV_INSTALLED): $(INSTALLED) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 clean:
