@@ -70,62 +70,60 @@ def relevance_scorer(network: Any, true_id: int, false_id: int) -> nn.Module:
     """A module of ``input_ids, attention_mask`` (right-padded) returning, per row, the
     logit of ``true_id`` less that of ``false_id`` at the row's last real token, ``[rows,
     1]``: the body runs once, and of the vocabulary head only the difference of two rows."""
+    return RelevanceScorer(network, true_id, false_id).eval()
 
-    class RelevanceScorer(nn.Module):
-        direction: torch.Tensor
-        offset: torch.Tensor
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.body = network.get_decoder()
-            head = network.get_output_embeddings()
-            self.register_buffer(
-                "direction", (head.weight[true_id] - head.weight[false_id]).detach()
-            )
-            bias = head.bias
-            offset = (
-                (bias[true_id] - bias[false_id]).detach() if bias is not None else torch.zeros(())
-            )
-            self.register_buffer("offset", offset)
+class RelevanceScorer(nn.Module):
+    """See :func:`relevance_scorer`."""
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.body(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).last_hidden_state
-            return self._score(hidden, attention_mask.sum(dim=1) - 1)
+    direction: torch.Tensor
+    offset: torch.Tensor
 
-        def after_prefix(
-            self, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
-        ) -> torch.Tensor:
-            """The scores of rows that begin with ``prefix_ids`` (``[1, prefix]``: the prefix
-            they share, run once; or ``[rows, prefix]``: each row's own) and go on with
-            ``input_ids``; ``attention_mask`` covers the whole rows. Each row's rest attends
-            to the prefix's keys and values at the positions it has in the whole row. A row
-            may end inside the prefix: under causal attention its last token's state is the
-            prefix's state there, and what follows it (padding) is never read."""
-            rows, prefix = input_ids.shape[0], prefix_ids.shape[1]
-            head = self.body(
-                input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True
-            )
-            cache = head.past_key_values
-            # A view, not copies (nothing to expand for rows' own prefixes): the rest's pass
-            # appends its own keys and values to it.
-            for layer in cache.layers:
-                layer.keys = layer.keys.expand(rows, -1, -1, -1)
-                layer.values = layer.values.expand(rows, -1, -1, -1)
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device) + prefix
-            rest = self.body(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions.unsqueeze(0).expand(rows, -1),
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
-            hidden = torch.cat([head.last_hidden_state.expand(rows, -1, -1), rest], dim=1)
-            return self._score(hidden, attention_mask.sum(dim=1) - 1)
+    def __init__(self, network: Any, true_id: int, false_id: int) -> None:
+        super().__init__()
+        self.body = network.get_decoder()
+        head = network.get_output_embeddings()
+        self.register_buffer("direction", (head.weight[true_id] - head.weight[false_id]).detach())
+        bias = head.bias
+        offset = (bias[true_id] - bias[false_id]).detach() if bias is not None else torch.zeros(())
+        self.register_buffer("offset", offset)
 
-        def _score(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-            final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-            return (final @ self.direction + self.offset).unsqueeze(-1)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        return self._score(hidden, attention_mask.sum(dim=1) - 1)
 
-    return RelevanceScorer().eval()
+    def after_prefix(
+        self, prefix_ids: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The scores of rows that begin with ``prefix_ids`` (``[1, prefix]``: the prefix
+        they share, run once; or ``[rows, prefix]``: each row's own) and go on with
+        ``input_ids``; ``attention_mask`` covers the whole rows. Each row's rest attends
+        to the prefix's keys and values at the positions it has in the whole row. A row
+        may end inside the prefix: under causal attention its last token's state is the
+        prefix's state there, and what follows it (padding) is never read."""
+        rows, prefix = input_ids.shape[0], prefix_ids.shape[1]
+        head = self.body(
+            input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True
+        )
+        cache = head.past_key_values
+        # A view, not copies (nothing to expand for rows' own prefixes): the rest's pass
+        # appends its own keys and values to it.
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(rows, -1, -1, -1)
+            layer.values = layer.values.expand(rows, -1, -1, -1)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + prefix
+        rest = self.body(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions.unsqueeze(0).expand(rows, -1),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        hidden = torch.cat([head.last_hidden_state.expand(rows, -1, -1), rest], dim=1)
+        return self._score(hidden, attention_mask.sum(dim=1) - 1)
+
+    def _score(self, hidden: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        final = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return (final @ self.direction + self.offset).unsqueeze(-1)

@@ -153,22 +153,13 @@ def build_causal_lm(
 ) -> ServedModel:
     """Builds a causal-LM reranker: its prompt, its relevance tokens and the exported graph
     of their logit difference, checked against the checkpoint's own logits."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reranker.backend.scorers import relevance_scorer
-    from reranker.builder.install import check_export, install, install_checkpoint, pair_tokenizer
-    from reranker.builder.onnx_export import export_module, max_export_error, sample_batch
+    from reranker.builder.install import install, install_checkpoint, pair_tokenizer
 
     name = architecture(config, "")
-    on_gpu = options.device is Device.GPU and options.runtime is EncoderRuntime.TORCH
-    if on_gpu and not options.precision_chosen:
-        options = replace(options, precision=Precision.BF16)
-    if config.get("final_logit_softcapping"):
-        raise BuildError(
-            f"{name} caps its logits (final_logit_softcapping): the difference of two "
-            "capped logits is not a difference of rows of the head, so it cannot be served"
-        )
+    options = _causal_options(name, config, options)
     with step(f"loading causal LM {source}"):
         hf_tokenizer = AutoTokenizer.from_pretrained(source)
         network = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager").eval()
@@ -187,16 +178,7 @@ def build_causal_lm(
         relevance_tokens=(true_id, false_id),
         templated=prompt is not None,
     )
-    print(
-        f"  relevance tokens: {hf_tokenizer.convert_ids_to_tokens(true_id)!r} ({true_id}) less "
-        f"{hf_tokenizer.convert_ids_to_tokens(false_id)!r} ({false_id}); "
-        + (
-            f"instruction slot: {'yes' if model.takes_instruction else 'no'}"
-            if prompt is not None
-            else "no chat template: the pair is tokenized as a text pair"
-        ),
-        file=sys.stderr,
-    )
+    _print_relevance(hf_tokenizer, model, prompt is not None)
     tokenizer = hf_tokenizer.backend_tokenizer
 
     def reference(feeds: dict[str, Any]) -> Any:
@@ -217,24 +199,70 @@ def build_causal_lm(
     scorer = relevance_scorer(network, true_id, false_id)
     with tempfile.TemporaryDirectory() as scratch:
         graph = Path(scratch) / "model.onnx"
-        # The graph that takes the shared prefix apart serves fp32 on CPU; int8 and bf16
-        # (their accuracy reports feed whole rows) and GPU engines serve whole rows.
-        if (
-            options.tuning.shared_prefix
-            and options.precision is Precision.FP32
-            and (options.device is Device.CPU)
-        ):
-            batch = prefix_sample(pairs)
-            with step(f"exporting {name} (last-token relevance, shared prefix) to ONNX"):
-                export_after_prefix(scorer, batch, graph)
-            check_export(max_after_prefix_error(graph, reference, batch, sample_batch(pairs)))
-        else:
-            batch = sample_batch(pairs)
-            feeds = {name: torch.from_numpy(batch[name]) for name in model.token_inputs}
-            with step(f"exporting {name} (last-token relevance) to ONNX"):
-                export_module(scorer, feeds, "relevance", graph)
-            check_export(max_export_error(graph, reference, batch))
+        _export_checked(scorer, reference, pairs, model, options, graph)
         return install(model, tokenizer, graph, options, repository, prompt)
+
+
+def _causal_options(name: str, config: dict[str, Any], options: BuildOptions) -> BuildOptions:
+    """A causal LM's own precision default (bf16 under PyTorch on a GPU: its activations can
+    overflow fp16), and the refusal of a head it cannot be served with."""
+    on_gpu = options.device is Device.GPU and options.runtime is EncoderRuntime.TORCH
+    if on_gpu and not options.precision_chosen:
+        options = replace(options, precision=Precision.BF16)
+    if config.get("final_logit_softcapping"):
+        raise BuildError(
+            f"{name} caps its logits (final_logit_softcapping): the difference of two "
+            "capped logits is not a difference of rows of the head, so it cannot be served"
+        )
+    return options
+
+
+def _print_relevance(hf_tokenizer: Any, model: ServedModel, templated: bool) -> None:
+    true_id, false_id = model.relevance_tokens or (0, 0)
+    print(
+        f"  relevance tokens: {hf_tokenizer.convert_ids_to_tokens(true_id)!r} ({true_id}) less "
+        f"{hf_tokenizer.convert_ids_to_tokens(false_id)!r} ({false_id}); "
+        + (
+            f"instruction slot: {'yes' if model.takes_instruction else 'no'}"
+            if templated
+            else "no chat template: the pair is tokenized as a text pair"
+        ),
+        file=sys.stderr,
+    )
+
+
+def _export_checked(
+    scorer: Any,
+    reference: Any,
+    pairs: Any,
+    model: ServedModel,
+    options: BuildOptions,
+    graph: Path,
+) -> None:
+    """Exports the relevance graph to ``graph`` and checks it against the checkpoint. The
+    graph that takes the shared prefix apart serves fp32 on CPU; int8 and bf16 (their
+    accuracy reports feed whole rows) and GPU engines serve whole rows."""
+    import torch
+
+    from reranker.builder.install import check_export
+    from reranker.builder.onnx_export import export_module, max_export_error, sample_batch
+
+    name = model.architecture
+    if (
+        options.tuning.shared_prefix
+        and options.precision is Precision.FP32
+        and (options.device is Device.CPU)
+    ):
+        batch = prefix_sample(pairs)
+        with step(f"exporting {name} (last-token relevance, shared prefix) to ONNX"):
+            export_after_prefix(scorer, batch, graph)
+        check_export(max_after_prefix_error(graph, reference, batch, sample_batch(pairs)))
+        return
+    batch = sample_batch(pairs)
+    feeds = {key: torch.from_numpy(batch[key]) for key in model.token_inputs}
+    with step(f"exporting {name} (last-token relevance) to ONNX"):
+        export_module(scorer, feeds, "relevance", graph)
+    check_export(max_export_error(graph, reference, batch))
 
 
 def prefix_sample(pairs: Any) -> dict[str, Any]:

@@ -18,14 +18,11 @@ from typing import Any
 import torch
 
 
-def _used_span_bias(
-    self: Any,
-    query_layer: torch.Tensor,
-    key_layer: torch.Tensor,
-    relative_pos: torch.Tensor | None,
-    rel_embeddings: torch.Tensor,
-    scale_factor: int,
-) -> torch.Tensor:
+def _relative_positions(
+    self: Any, query_layer: torch.Tensor, key_layer: torch.Tensor, relative_pos: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query-to-key relative positions (4-d, as DeBERTa-v2 builds them when not given)
+    and the key-to-query ones."""
     from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
 
     if relative_pos is None:
@@ -45,6 +42,20 @@ def _used_span_bias(
         self.max_relative_positions,
         self.position_buckets,
     )
+    return relative_pos, reverse_pos
+
+
+def _used_span_bias(
+    self: Any,
+    query_layer: torch.Tensor,
+    key_layer: torch.Tensor,
+    relative_pos: torch.Tensor | None,
+    rel_embeddings: torch.Tensor,
+    scale_factor: int,
+) -> torch.Tensor:
+    from transformers.models.deberta_v2 import modeling_deberta_v2 as deberta
+
+    relative_pos, reverse_pos = _relative_positions(self, query_layer, key_layer, relative_pos)
     span = self.pos_ebd_size
     # Table row ``span + r`` holds relative position r; this sequence reads |r| < used.
     used = torch.clamp(

@@ -72,22 +72,11 @@ def build_vision_language(
 ) -> ServedModel:
     from transformers import AutoProcessor
 
-    from reranker.backend.torch_runtime import TORCH_DTYPES
-    from reranker.backend.vision import PairProcessor, VisionLanguageRunner, pair_messages
+    from reranker.backend.vision import pair_messages
     from reranker.builder.causal import relevance_tokens
-    from reranker.builder.install import check_precision
     from reranker.builder.repository import write_configs
 
-    # The PyTorch runtime serves it on CPU and GPU alike (no ONNX export of the vision tower).
-    if options.device is Device.GPU and not options.precision_chosen:
-        options = replace(options, precision=Precision.BF16)
-    options = replace(options, runtime=EncoderRuntime.TORCH)
-    if options.precision not in TORCH_DTYPES:
-        raise BuildError(
-            f"a vision-language reranker serves fp32 on CPU, fp16 or bf16 on a GPU; "
-            f"not {options.precision.value}"
-        )
-    check_precision(options)
+    options = _vision_options(options)
     with step(f"loading processor {source}"):
         processor = AutoProcessor.from_pretrained(str(source))
     tokenizer = getattr(processor, "tokenizer", None)
@@ -127,19 +116,57 @@ def build_vision_language(
     )
     processor_dir = repository / model.tokenizer_model / "1" / PROCESSOR_DIR
     target = checkpoint_path(model, repository)
+    _install_files(processor, source, processor_dir, target, repository)
+    onnx_path(model, repository).unlink(missing_ok=True)
+    _check_served(source, processor_dir, target, model.max_length, (true_id, false_id))
+    write_configs(model, repository, options.tuning)
+    return model
+
+
+def _vision_options(options: BuildOptions) -> BuildOptions:
+    """The PyTorch runtime serves it on CPU and GPU alike (no ONNX export of the vision
+    tower): fp32 on CPU, bf16 by default on a GPU (fp16 when chosen)."""
+    from reranker.backend.torch_runtime import TORCH_DTYPES
+    from reranker.builder.install import check_precision
+
+    if options.device is Device.GPU and not options.precision_chosen:
+        options = replace(options, precision=Precision.BF16)
+    options = replace(options, runtime=EncoderRuntime.TORCH)
+    if options.precision not in TORCH_DTYPES:
+        raise BuildError(
+            f"a vision-language reranker serves fp32 on CPU, fp16 or bf16 on a GPU; "
+            f"not {options.precision.value}"
+        )
+    check_precision(options)
+    return options
+
+
+def _install_files(
+    processor: Any, source: Path, processor_dir: Path, target: Path, repository: Path
+) -> None:
+    """The processor beside the tokenizer model, the checkpoint's weights beside the encoder
+    (whatever an earlier build left there removed first)."""
     for directory in (processor_dir, target):
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-    onnx_path(model, repository).unlink(missing_ok=True)
     with step(f"copying the processor and the checkpoint to {repository}"):
         processor.save_pretrained(str(processor_dir))
         for pattern in ("config.json", "*.safetensors", "model.safetensors.index.json"):
             for file in source.glob(pattern):
                 shutil.copyfile(file, target / file.name)
+
+
+def _check_served(
+    source: Path, processor_dir: Path, target: Path, max_length: int, tokens: tuple[int, int]
+) -> None:
+    """Refuses served files that score the sample pairs otherwise than ``CrossEncoder`` on
+    the checkpoint itself."""
+    from reranker.backend.vision import PairProcessor, VisionLanguageRunner, pair_messages
+
     pairs = _sample_pairs()
-    pair_processor = PairProcessor(processor_dir, model.max_length)
+    pair_processor = PairProcessor(processor_dir, max_length)
     rows = [pair_processor.row(pair_messages(query, document)) for query, document in pairs]
-    served = VisionLanguageRunner(target, (true_id, false_id)).run(rows)
+    served = VisionLanguageRunner(target, tokens).run(rows)
     reference = _cross_encoder_scores(source, pairs)
     error = float(np.abs(served - reference).max())
     print(f"  load check: max |served - CrossEncoder| = {error:.2e}", file=sys.stderr)
@@ -149,8 +176,6 @@ def build_vision_language(
             f"({error:.2e}): its sentence-transformers settings (processing_kwargs, prompts) "
             "may ask for what the server does not do"
         )
-    write_configs(model, repository, options.tuning)
-    return model
 
 
 def _cross_encoder_scores(

@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -170,6 +171,14 @@ def _inputs(
         tensor.set_data_from_numpy(values.reshape(rows, 1))
         inputs.append(tensor)
     return inputs
+
+
+def _scores(result: Any, model: str, rows: int) -> np.ndarray:
+    """One score per row of a request, or the failure of a model that answered fewer."""
+    scores = result.as_numpy(SCORE)
+    if scores is None or scores.size != rows:
+        raise InferenceFailed(f"model {model} returned no score for some rows")
+    return scores.reshape(rows)
 
 
 def _refused_row(
@@ -351,10 +360,7 @@ class TritonEngine:
                 raise Unavailable(
                     f"inference server at {self.url} is unreachable: {error}"
                 ) from None
-        scores = result.as_numpy(SCORE)
-        if scores is None or scores.size != rows:
-            raise InferenceFailed(f"model {model} returned no score for some rows")
-        return scores.reshape(rows)
+        return _scores(result, model, rows)
 
     async def close(self) -> None:
         await self._client.close()
