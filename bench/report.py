@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from engines import WHOLE_ROWS, in_process_label
 from harness import Result
 
-from reranker.backend.cpu import MATRIX_FEATURES, cpu_flags, has_amx, has_native_bf16
+from reranker.backend.cpu import MATRIX_FEATURES, cpu_flags, has_native_bf16
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -234,11 +234,12 @@ def _int8_targets(run: _Run) -> list[_Target]:
 
 def _bf16_targets(run: _Run, features: set[str]) -> list[_Target]:
     find, throughput = run.find, run.throughput
-    no_amx = "" if has_amx(features) else "needs AMX (amx_bf16), which this CPU lacks"
+    amx_bf16 = "amx_bf16" in features
+    no_amx = "" if amx_bf16 else "needs AMX (amx_bf16), which this CPU lacks"
     no_bf16 = "" if has_native_bf16(features) else "needs native BF16 (AMX or AVX-512 BF16)"
     avx512_only = (
         ""
-        if has_native_bf16(features) and not has_amx(features)
+        if has_native_bf16(features) and not amx_bf16
         else "the AVX-512 BF16 target; a CPU with AMX is held to the AMX one"
     )
     bf16 = find("this server bf16", 4)

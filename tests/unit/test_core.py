@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -373,3 +373,40 @@ def test_the_server_version_is_the_packages_own() -> None:
     pyproject = Path(__file__).parents[2] / "pyproject.toml"
     version = tomllib.loads(pyproject.read_text())["project"]["version"]
     assert f"reranker-{version}" == SERVER_VERSION
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        RankCall("", ["a"]),
+        RankCall("q", ["a"], truncate_left=True),
+        RankCall("q", ["a"], max_document_tokens=-1),
+    ],
+)
+async def test_a_bad_call_is_refused_as_such_before_a_model_is_chosen(call: RankCall) -> None:
+    """While no model is loaded, or when the call names none the server has, the caller
+    still learns what is wrong with the call itself."""
+    empty, _ = core_with(FakeScorer(served={}))
+    with pytest.raises(errors.InvalidArgument):
+        await empty.rank(call, 1.0)
+    several, _ = core_with(default_model="")
+    with pytest.raises(errors.InvalidArgument) as raised:
+        await several.rank(replace(call, model="nope"), 1.0)
+    assert "is not served" not in str(raised.value)
+
+
+def test_the_version_is_read_from_pyproject_where_the_tree_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from reranker.service import core
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    pyproject = Path(__file__).parents[2] / "pyproject.toml"
+    assert core._package_version() == tomllib.loads(pyproject.read_text())["project"]["version"]

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import time
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from opentelemetry import trace
@@ -28,11 +30,24 @@ from reranker.service.limits import CallLimits, RowBudget
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.results import RankedDocument, activate, assemble
 from reranker.service.scoring import Engine, RowImages, Scores
-from reranker.service.validation import ChunkingChoice, validate
+from reranker.service.validation import ChunkingChoice, check_call, for_model
 from reranker.settings import Settings
 
-# The installed package's version, as the package metadata states it (pyproject.toml).
-SERVER_VERSION = f"reranker-{importlib.metadata.version('reranker')}"
+
+def _package_version() -> str:
+    """The package's version as its metadata states it (from pyproject.toml when installed);
+    read from pyproject.toml itself where the tree is used uninstalled (the GPU check's kit
+    puts the source tree on the path)."""
+    try:
+        return importlib.metadata.version("reranker")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
+        if not pyproject.is_file():
+            return "unknown"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+
+
+SERVER_VERSION = f"reranker-{_package_version()}"
 
 
 @dataclass(frozen=True)
@@ -148,8 +163,9 @@ class RankCore:
         """Scores every document of ``call`` and returns them best first."""
         start = time.perf_counter()
         with self._tracer.start_as_current_span("validate"):
+            valid = check_call(call, self.limits)
             model = await self.model(call.model)
-            valid = validate(call, model, self.limits)
+            valid = for_model(valid, call, model)
             documents, document_images = valid.documents, valid.document_images
             chunking, options = valid.chunking, valid.options
             images = call.images

@@ -41,13 +41,24 @@ class ValidCall:
 
 def validate(call: RankCall, model: ServedModel, limits: CallLimits) -> ValidCall:
     """``call`` checked against the server's ``limits`` and what ``model`` takes."""
+    return for_model(check_call(call, limits), call, model)
+
+
+def check_call(call: RankCall, limits: CallLimits) -> ValidCall:
+    """The checks that need no model: the core runs them before it looks the model up, so a
+    bad call is refused as such even while no model is loaded, or when it names none."""
     if call.truncate_left:
         raise InvalidArgument(LEFT_TRUNCATION_REFUSED)
     documents, document_images = list(call.documents), list(call.document_images)
     _check_fields(call, documents, document_images)
     _check_sizes(limits, call.query, documents)
     chunking = _chunking(call.chunking, limits)
-    options = _options(call, chunking, limits)
+    return ValidCall(documents, document_images, chunking, _options(call, chunking, limits))
+
+
+def for_model(valid: ValidCall, call: RankCall, model: ServedModel) -> ValidCall:
+    """A call that passed :func:`check_call`, checked against what ``model`` takes."""
+    options, chunking = valid.options, valid.chunking
     if call.instruction is not None and not model.takes_instruction:
         raise InvalidArgument(
             f"instruction is not taken by model {model.name!r} ({model.architecture}); "
@@ -71,7 +82,7 @@ def validate(call: RankCall, model: ServedModel, limits: CallLimits) -> ValidCal
             )
         # A pair that does not fit is refused, naming the document.
         options = replace(options, refuse=True)
-    return ValidCall(documents, document_images, chunking, options)
+    return replace(valid, options=options)
 
 
 def _check_fields(

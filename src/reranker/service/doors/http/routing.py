@@ -50,16 +50,19 @@ def _header_safe(name: str) -> str:
     return ascii(name)[1:-1].replace(",", "\\x2c")
 
 
-async def rank(request: Request, body: RankShape, response: Response) -> RankOutcome:
+async def rank(
+    request: Request, body: RankShape, response: Response, label: str = ""
+) -> RankOutcome:
     """Scores a request of any shape within the call's deadline; names the fields it did not
-    act on (the header) and counts those no vendor documents (per route)."""
+    act on (the header) and counts those no vendor documents, per route (``label`` names
+    routes that count as one)."""
     core = core_of(request)
     ignored, unknown = body.ignored(), body.unknown()
     if ignored:
         response.headers[IGNORED_HEADER] = ",".join(map(_header_safe, ignored))
     if unknown:
         metrics = cast(ServiceMetrics, request.app.state.metrics)
-        metrics.ignored_fields.labels(request.scope["route"].path).inc(len(unknown))
+        metrics.ignored_fields.labels(label or request.scope["route"].path).inc(len(unknown))
     deadline = _deadline.get()
     remaining = core.timeout(None if deadline is None else deadline - time.monotonic())
     outcome: RankOutcome = await core.rank(body.call(), remaining)

@@ -81,5 +81,5 @@ def score_response(outcome: RankOutcome, call_id: str) -> ScoreResponse:
 async def score(
     body: ScoreRequest | ScoreQueriesRequest, request: Request, response: Response
 ) -> ScoreResponse:
-    outcome = await rank(request, body, response)
+    outcome = await rank(request, body, response, label="/score")
     return score_response(outcome, f"score-{uuid.uuid4().hex}")
