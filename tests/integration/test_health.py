@@ -13,7 +13,11 @@ from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import Scores
 from tests.integration.conftest import Server
 
-INTERVAL_S = 1.0  # well above one round of calls over every test model (nine, two on PyTorch)
+# The health interval: at least this, and at least ROUNDS_PER_INTERVAL of the slowest round
+# of calls over every test model measured before the check (a round's time follows the CPU's
+# speed and load; in a lockstep round a model can go two rounds without an answer).
+INTERVAL_S = 1.0
+ROUNDS_PER_INTERVAL = 5
 
 
 class CanaryCountingEngine(TritonEngine):
@@ -29,39 +33,47 @@ class CanaryCountingEngine(TritonEngine):
         return await super().score(model, query, documents, *args, **kwargs)
 
 
-async def canaries_reach(engine: CanaryCountingEngine, count: int, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
+async def canaries_reach(
+    engine: CanaryCountingEngine, count: int, interval_s: float = INTERVAL_S
+) -> bool:
+    deadline = time.monotonic() + max(30.0, 6 * interval_s)
     while engine.canaries < count and time.monotonic() < deadline:
-        await asyncio.sleep(INTERVAL_S / 4)
+        await asyncio.sleep(interval_s / 4)
     return engine.canaries >= count
+
+
+async def a_round(engine: CanaryCountingEngine, models: Sequence[Any]) -> float:
+    """One call to every model at once; its time."""
+    started = time.monotonic()
+    await asyncio.gather(*(engine.score(m, "where do rivers go", ["the sea"], 30) for m in models))
+    return time.monotonic() - started
 
 
 async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
     engine = CanaryCountingEngine(server.triton_grpc, 64)
-    monitor = HealthMonitor(engine, INTERVAL_S, ServiceMetrics())
+    models = list((await engine.refresh()).values())
+    slowest = max([await a_round(engine, models) for _ in range(3)])
+    interval_s = max(INTERVAL_S, ROUNDS_PER_INTERVAL * slowest)
+    print(f"slowest round {slowest:.2f} s: interval {interval_s:.2f} s")
+    monitor = HealthMonitor(engine, interval_s, ServiceMetrics())
     monitor.start()
     try:
         await asyncio.wait_for(monitor.serving.wait(), 60)
-        models = list(engine.models.values())
         # A round of canaries over every model can take longer than the interval on a busy
         # machine, so wait for rounds by count, with a generous deadline.
-        assert await canaries_reach(engine, 3 * len(models)), "idle models are checked"
+        assert await canaries_reach(engine, 3 * len(models), interval_s), "idle models checked"
 
         # Live traffic for ten intervals: every model answers, so no canary joins its queue.
-        await asyncio.gather(
-            *(engine.score(m, "where do rivers go", ["the sea"], 30) for m in models)
-        )
+        await a_round(engine, models)
         engine.canaries = 0
-        stop = time.monotonic() + 10 * INTERVAL_S
+        stop = time.monotonic() + 10 * interval_s
         while time.monotonic() < stop:
-            await asyncio.gather(
-                *(engine.score(m, "where do rivers go", ["the sea"], 30) for m in models)
-            )
+            await a_round(engine, models)
         assert engine.canaries == 0
         assert monitor.serving.is_set()
 
         # Traffic stops (the count was reset before it): canaries resume.
-        assert await canaries_reach(engine, len(models))
+        assert await canaries_reach(engine, len(models), interval_s)
     finally:
         await monitor.stop()
         await engine.close()
