@@ -77,7 +77,8 @@ $(DEFAULT_MODEL): $(INSTALLED)
 # uv installs the same pins as pip, about 5x faster (measured here: 19 s against 99 s for
 # torch and the serving requirements). It reads no pip configuration, so the package indexes,
 # wheel folders and constraints pip is configured with are handed to it, every index searched
-# alike as pip searches them; certificates are the system's, as pip's are.
+# alike as pip searches them; certificates are the system's, as pip's are. Read only when an
+# install runs (recursive variables): pip's configuration costs a second to read.
 UV := $(VENV)/bin/uv
 $(UV):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,10 +86,10 @@ $(UV):
 
 pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global.$(1)='\(.*\)'$$/\1/p")
 comma := ,
-PIP_INDEXES := $(call pip_setting,extra-index-url)
-PIP_WHEELS := $(subst $(eval) ,$(comma),$(strip $(call pip_setting,find-links)))
-PIP_CONSTRAINT := $(call pip_setting,constraint)
-UV_INSTALL := $(if $(PIP_INDEXES),UV_EXTRA_INDEX_URL="$(PIP_INDEXES)") \
+PIP_INDEXES = $(call pip_setting,extra-index-url)
+PIP_WHEELS = $(subst $(eval) ,$(comma),$(strip $(call pip_setting,find-links)))
+PIP_CONSTRAINT = $(call pip_setting,constraint)
+UV_INSTALL = $(if $(PIP_INDEXES),UV_EXTRA_INDEX_URL="$(PIP_INDEXES)") \
 	$(if $(PIP_WHEELS),UV_FIND_LINKS="$(PIP_WHEELS)") \
 	$(if $(PIP_CONSTRAINT),UV_CONSTRAINT="$(PIP_CONSTRAINT)") \
 	UV_INDEX_STRATEGY=unsafe-best-match UV_NATIVE_TLS=1 \

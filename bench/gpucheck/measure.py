@@ -16,12 +16,12 @@ from gpucheck.machine import MemorySampler, gemm_tflops
 from gpucheck.models import build_models
 from gpucheck.report import Results, targets
 from gpucheck.rows import (
-    _ranks,
-    _row,
     causal_rows,
     compile_check,
     flops_per_pair,
     parity,
+    ranks_at,
+    row_of,
     stage_times,
     triton_statistics,
     vision_rows,
@@ -138,7 +138,7 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
                         model,
                         "a",
                         1,
-                        _ranks(cross_encoder, documents, b),
+                        ranks_at(cross_encoder, documents, b),
                         n,
                     )
                     for b in scale.batch_sizes
@@ -149,7 +149,7 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
                     for c in scale.concurrency
                 ]
                 before = triton_statistics(server.triton_grpc)
-                found = [_row(r, "a") for r in interleave(cases, scale.rounds)]
+                found = [row_of(r, "a") for r in interleave(cases, scale.rounds)]
                 after = triton_statistics(server.triton_grpc)
                 per_pair = facts.get("flops_per_pair", 0.0)
                 for row in found:
@@ -159,12 +159,12 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
                 facts["stages_workload_a"] = stage_times(before, after, model)
             with results.step(f"{model}: large call"):
                 case = Case("this server", model, "large", 1, served(large), len(large))
-                results.rows += [_row(r, "large") for r in interleave([case], scale.rounds)]
+                results.rows += [row_of(r, "large") for r in interleave([case], scale.rounds)]
             with results.step(f"{model}: small callers"):
                 case = Case(
                     "this server", model, "small", scale.small_callers, served(small), len(small)
                 )
-                results.rows += [_row(r, "small") for r in interleave([case], scale.rounds * 2)]
+                results.rows += [row_of(r, "small") for r in interleave([case], scale.rounds * 2)]
             del cross_encoder
             if scale.device == "gpu":
                 torch.cuda.empty_cache()

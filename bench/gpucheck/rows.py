@@ -28,7 +28,7 @@ class Row:
     paired_ratio: float = 0.0
 
 
-def _row(result: Any, case: str) -> Row:
+def row_of(result: Any, case: str) -> Row:
     return Row(
         result.engine,
         result.model,
@@ -200,7 +200,7 @@ def causal_rows(client: Any, checkpoint: Path, documents: list[str], scale: Scal
     ]
     rows = []
     for result in interleave(cases, scale.rounds):
-        row = _row(result, "causal")
+        row = row_of(result, "causal")
         row.paired_ratio = result.paired_ratio
         rows.append(row)
     return rows
@@ -241,9 +241,9 @@ def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> tuple[list[Row],
         Case("this server", VISION, "pages", 1, served, n),
         Case("this server", VISION, "pages", 4, served, n),
     ]
-    rows = [_row(result, "pages") for result in interleave(cases, scale.rounds)]
+    rows = [row_of(result, "pages") for result in interleave(cases, scale.rounds)]
     return rows, checks
 
 
-def _ranks(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:
+def ranks_at(cross_encoder: Any, documents: list[str], batch_size: int) -> Callable[[], object]:
     return lambda: cross_encoder.rank(QUERY, documents, batch_size=batch_size)
