@@ -13,7 +13,10 @@ from reranker_api.reranker.v1 import reranker_pb2 as pb
 SERVICE_NAME = "reranker.v1.Rank"
 
 # Retries on UNAVAILABLE are left to gRPC itself (transparent retries + this policy), so a
-# restarting server is ridden over without a hand-written loop. Several server addresses
+# restarting server is ridden over without a hand-written loop. CANCELLED is retried too:
+# gRPC core answers the calls a stopping server has accepted but not yet handed to a handler
+# with CANCELLED, not UNAVAILABLE (grpc/grpc#41785). Every method of the service only reads,
+# so a retry is safe, and a call the caller cancels itself is never retried. Several server addresses
 # (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` or a DNS name with many addresses) are spread
 # over by gRPC's round robin.
 _SERVICE_CONFIG = {
@@ -26,7 +29,7 @@ _SERVICE_CONFIG = {
                 "initialBackoff": "0.1s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             },
         }
     ],

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+from concurrent import futures
+
 import grpc
 import numpy as np
 import pytest
 from reranker_api.reranker.v1 import reranker_pb2 as pb
-from reranker_client import InvalidArgumentError, RerankError, UnavailableError
+from reranker_api.reranker.v1 import reranker_pb2_grpc as rpc
+from reranker_client import (
+    InvalidArgumentError,
+    RerankClient,
+    RerankError,
+    UnavailableError,
+)
 from reranker_client._convert import RankOptions, build_rank_request, rank_results
 from reranker_client.errors import from_rpc_error
 
@@ -116,3 +124,31 @@ def test_a_transparent_picture_is_sent_as_the_processor_reads_the_object() -> No
     expected = convert_to_rgb(picture, return_numpy=True)
     assert sent.mode == "RGB"
     assert (np.asarray(sent) == expected).all()
+
+
+class _CancelsOnce(rpc.RankServicer):
+    """A Rank server that answers its first call as gRPC core answers a call still pending
+    when a server stops (CANCELLED), and every later one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:  # noqa: N802
+        self.calls += 1
+        if self.calls == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return pb.RankResponse(results=[pb.RankResult(index=0, score=0.5)])
+
+
+def test_a_call_a_stopping_server_cancelled_is_retried() -> None:
+    servicer = _CancelsOnce()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    rpc.add_RankServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with RerankClient(f"127.0.0.1:{port}", timeout=10) as client:
+            assert client.rank("q", ["a"]) == [{"corpus_id": 0, "score": 0.5}]
+    finally:
+        server.stop(None)
+    assert servicer.calls == 2
