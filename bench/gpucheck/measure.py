@@ -74,7 +74,10 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
     with results.step("gemm"):
         tflops = report["gemm_tflops"] = gemm_tflops(scale)
         print(f"{elapsed()} GEMM {tflops:.1f} TFLOP/s ({scale.precision})", flush=True)
-    all_documents = workload("a") * (scale.large_call // 100 + 1)
+    whole = workload("a")
+    if scale.document_words is not None:
+        whole = [" ".join(text.split()[: scale.document_words]) for text in whole]
+    all_documents = whole * (scale.large_call // 100 + 1)
     documents = all_documents[: scale.documents]
     large = all_documents[: scale.large_call]
     small = documents[: scale.small_documents]

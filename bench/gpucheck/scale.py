@@ -48,6 +48,9 @@ class Scale:
     vision_layers: tuple[int, int] = (4, 4)
     vision_pages: int = 20
     vision_page_size: tuple[int, int] = (768, 1024)
+    # Workload a's documents cut to their first this many words (None: whole). The dry run
+    # sends the GPU's row counts; its rows' length is not what it checks.
+    document_words: int | None = None
 
 
 GPU = Scale(
@@ -84,6 +87,7 @@ DRY_RUN = Scale(
     vision_layers=(1, 1),
     vision_pages=4,
     vision_page_size=(160, 200),
+    document_words=12,
 )
 CPU = Scale(
     device="cpu",
