@@ -16,9 +16,9 @@ SERVICE_NAME = "reranker.v1.Rank"
 # restarting server is ridden over without a hand-written loop. CANCELLED is retried too:
 # gRPC core answers the calls a stopping server has accepted but not yet handed to a handler
 # with CANCELLED, not UNAVAILABLE (grpc/grpc#41785). Every method of the service only reads,
-# so a retry is safe, and a call the caller cancels itself is never retried. Several server addresses
-# (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` or a DNS name with many addresses) are spread
-# over by gRPC's round robin.
+# so a retry is safe, and a call the caller cancels itself is never retried. Several server
+# addresses (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` or a DNS name with many addresses) are
+# spread over by gRPC's round robin.
 _SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [

@@ -136,6 +136,7 @@ def _build(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         max_batch_size=args.max_batch_size,
         onnx_file=args.onnx_file,
+        accuracy_passages=args.accuracy_passages,
         tuning=_tuning().resolve(args, os.environ),
     )
     print(f"building {name} into {args.repository}", file=sys.stderr)
@@ -219,6 +220,12 @@ def _add_build_arguments(build_parser: argparse.ArgumentParser) -> None:
         "on CPUs with AMX or AVX512_BF16, or torch on a GPU; int8: dynamic quantization for "
         "CPU; fp16: for GPUs. A reduced precision on CPU writes accuracy.json (vs fp32) "
         "beside the graph",
+    )
+    build_parser.add_argument(
+        "--accuracy-passages",
+        type=int,
+        default=defaults.accuracy_passages,
+        help="passages per query (20 queries) of that accuracy report",
     )
     build_parser.add_argument(
         "--device",

@@ -167,7 +167,14 @@ async def test_calls_with_different_queries_merged_into_one_batch_score_exactly(
         for _ in range(10):
             requests = _triton_metric(causal_server, "nv_inference_request_success", encoder)
             runs = _triton_metric(causal_server, "nv_inference_exec_count", encoder)
-            together = await asyncio.gather(*(scored(q, d) for q, d in calls))
+            # A larger call first holds the encoder, so the two calls' rows queue behind it
+            # and Triton's batcher finds them waiting together. Each call is one request (at
+            # most 32 rows), each with its own query: any run shared by two requests merged
+            # different queries.
+            _, *together = await asyncio.gather(
+                scored("a call ahead of them", [d for _, d in PAIRS[11:35]]),
+                *(scored(q, d) for q, d in calls),
+            )
             requests = (
                 _triton_metric(causal_server, "nv_inference_request_success", encoder) - requests
             )

@@ -133,7 +133,7 @@ class _CancelsOnce(rpc.RankServicer):
     def __init__(self) -> None:
         self.calls = 0
 
-    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:  # noqa: N802
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
         self.calls += 1
         if self.calls == 1:
             context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")

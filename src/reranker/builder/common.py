@@ -42,8 +42,15 @@ class BuildOptions:
     runtime: EncoderRuntime = EncoderRuntime.ONNX
     # Which of a source's ONNX exports to serve (``onnx/model_quantized.onnx`` and the like).
     onnx_file: str = DEFAULT_ONNX_FILE
+    # Passages per query of the accuracy report a reduced precision on CPU writes (20 queries):
+    # fewer make a quicker, coarser report.
+    accuracy_passages: int = 40
     # How Triton runs it: instances, threads, batching, queue delays.
     tuning: TritonTuning = field(default_factory=TritonTuning)
+
+    def __post_init__(self) -> None:
+        if self.accuracy_passages < 1:
+            raise BuildError(f"accuracy passages must be at least 1, got {self.accuracy_passages}")
 
     @classmethod
     def for_target(

@@ -148,7 +148,11 @@ def install(
     if not published and options.precision is not Precision.FP32 and options.device is Device.CPU:
         with step(f"measuring {options.precision.value} against fp32 on real-text pairs"):
             report = write_accuracy_report(
-                graph, target, pair_tokenizer(tokenizer, model, prompt), options.precision
+                graph,
+                target,
+                pair_tokenizer(tokenizer, model, prompt),
+                options.precision,
+                options.accuracy_passages,
             )
         print(f"  accuracy: {json.dumps(report)}", file=sys.stderr)
     write_tokenizer(model, tokenizer, prompt, repository)

@@ -68,12 +68,16 @@ def score_graph(
 
 
 def write_accuracy_report(
-    fp32_graph: Path, reduced_graph: Path, tokenizer: PairTokenizer, precision: Precision
+    fp32_graph: Path,
+    reduced_graph: Path,
+    tokenizer: PairTokenizer,
+    precision: Precision,
+    passages_per_query: int,
 ) -> dict[str, float | str]:
     """Compares the reduced graph, served as it will be, with the fp32 graph under ONNX
     Runtime on the fixed real-text pairs; writes the report beside the reduced graph and
     returns it."""
-    pairs = eval_pairs()
+    pairs = eval_pairs(passages_per_query)
     runtime, _ = cpu_runtime(precision)
     report: dict[str, float | str] = {
         "precision": precision.value,
