@@ -12,7 +12,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
     one twice, as built (each call's shared prompt runs once) and with rows run whole."""
     from reranker.builder.builder import BuildOptions, build
     from reranker.builder.triton_configs import TritonTuning
-    from reranker.contract.model import Device, EncoderRuntime, Precision
+    from reranker.contract.model import Device, Precision, Runtime
     from tests.checkpoints import (
         QWEN3_0_6B,
         QWEN3_VL_2B,
@@ -36,7 +36,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
             name=shape.name,
             precision=Precision(scale.precision),
             device=Device(scale.device),
-            runtime=EncoderRuntime.TORCH,
+            runtime=Runtime.TORCH,
         )
         build(str(checkpoint), options, work / "model_repository")
         checkpoints[shape.name] = checkpoint
@@ -47,7 +47,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
         options = BuildOptions(
             name=name,
             device=Device(scale.device),
-            runtime=EncoderRuntime.TORCH,
+            runtime=Runtime.TORCH,
             precision_chosen=False,
             tuning=TritonTuning(shared_prefix=shared),
         )
@@ -62,7 +62,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
     options = BuildOptions(
         name=VISION,
         device=Device(scale.device),
-        runtime=EncoderRuntime.TORCH,
+        runtime=Runtime.TORCH,
         precision_chosen=False,
     )
     build(str(vision), options, work / "model_repository")

@@ -203,7 +203,7 @@ def _add_build_arguments(build_parser: argparse.ArgumentParser) -> None:
     """``reranker build``'s flags: their choices and defaults are its options' own
     (:class:`BuildOptions` and its enums)."""
     from reranker.builder.common import AUTO_DEVICE, BUILT_PRECISIONS, BuildOptions
-    from reranker.contract.model import Device, EncoderRuntime
+    from reranker.contract.model import BUILT_RUNTIMES, Device
 
     defaults = BuildOptions(name="")
     build_parser.add_argument("source", nargs="?", help="checkpoint dir, ONNX dir or hub id")
@@ -244,7 +244,7 @@ def _add_build_arguments(build_parser: argparse.ArgumentParser) -> None:
     )
     build_parser.add_argument(
         "--runtime",
-        choices=_values(EncoderRuntime),
+        choices=[runtime.value for runtime in BUILT_RUNTIMES],
         help="onnx (default): serve the ONNX export; torch: serve the checkpoint itself with "
         "PyTorch (fp32 on CPU; fp16 or bf16 on a GPU, no container needed)",
     )

@@ -17,7 +17,7 @@ import pytest
 
 from reranker.backend.cpu import cpu_flags, has_native_bf16
 from reranker.builder.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
-from reranker.contract.model import EncoderRuntime, Precision
+from reranker.contract.model import Precision, Runtime
 from reranker.service.server import RankServer
 from tests.checkpoints import (
     deberta_v2_cross_encoder,
@@ -96,7 +96,7 @@ def repository(
     build(str(deberta_checkpoint), BuildOptions(name=DEBERTA), root)
     build(str(jina_export[0]), BuildOptions(name=JINA), root)
     model = build(str(checkpoint), BuildOptions(name=CROSS_ENCODER), root)
-    torch_runtime = EncoderRuntime.TORCH
+    torch_runtime = Runtime.TORCH
     build(str(checkpoint), BuildOptions(name=CROSS_ENCODER_TORCH, runtime=torch_runtime), root)
     build_default(BuildOptions(name=DEFAULT_TORCH, runtime=torch_runtime), root)
     # Lay the export out as the seed rerankers publish it on the hub: onnx/model.onnx beside

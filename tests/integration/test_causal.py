@@ -18,7 +18,7 @@ from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
 from reranker.builder.builder import BuildOptions, build
-from reranker.contract.model import EncoderRuntime
+from reranker.contract.model import Runtime
 from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker, without_chat_template
 from tests.integration.conftest import (
     Server,
@@ -51,7 +51,7 @@ def causal_server(
     repository = tmp_path_factory.mktemp("causal_repository")
     for name, checkpoint in checkpoints.items():
         build(str(checkpoint), BuildOptions(name=name), repository)
-    torch_options = BuildOptions(name="qwen3-torch", runtime=EncoderRuntime.TORCH)
+    torch_options = BuildOptions(name="qwen3-torch", runtime=Runtime.TORCH)
     build(str(checkpoints["qwen3"]), torch_options, repository)
     server = start_server(repository, tmp_path_factory.mktemp("causal_server"), "qwen3")
     try:

@@ -15,7 +15,7 @@ from reranker.backend.runtimes import OnnxRuntimeRunner
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.backend.torch_runtime import TorchRunner
 from reranker.builder.builder import BuildOptions, build
-from reranker.contract.model import EncoderRuntime, PairMode
+from reranker.contract.model import PairMode, Runtime
 from reranker.contract.tensors import TruncationOptions
 from tests.checkpoints import qwen3_reranker
 from tests.texts import varied_pairs
@@ -43,7 +43,7 @@ def served(
     checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TorchRunner, PairTokenizer]:
     root = tmp_path_factory.mktemp("served")
-    model = build(str(checkpoint), BuildOptions(name="q", runtime=EncoderRuntime.TORCH), root / "r")
+    model = build(str(checkpoint), BuildOptions(name="q", runtime=Runtime.TORCH), root / "r")
     version = root / "r" / "q__tokenizer" / "1"
     prompt = PromptTemplate.from_json(json.loads((version / "prompt.json").read_text()))
     config = PairTokenizerConfig(model.max_length, PairMode.PROMPT, 1 << 16, prompt=prompt)

@@ -9,6 +9,7 @@ import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
 from reranker.builder.builder import BuildError, BuildOptions, build
+from reranker.contract.model import Runtime
 
 
 def test_unreachable_hub_fails_at_once_and_names_the_offline_sources(
@@ -86,15 +87,15 @@ def test_torch_runtime_serves_the_checkpoint_itself_and_it_scores_as_transformer
     import torch
 
     from reranker.backend.torch_runtime import TorchRunner
-    from reranker.contract.model import EncoderRuntime, checkpoint_path, onnx_path
+    from reranker.contract.model import Runtime, checkpoint_path, onnx_path
 
     source = _tiny_checkpoint(tmp_path / "ckpt")
-    options = BuildOptions(name="m", runtime=EncoderRuntime.TORCH)
+    options = BuildOptions(name="m", runtime=Runtime.TORCH)
     model = build(str(source), options, tmp_path / "repo")
     served = checkpoint_path(model, tmp_path / "repo")
     assert sorted(p.name for p in served.iterdir()) == ["config.json", "model.safetensors"]
     assert not onnx_path(model, tmp_path / "repo").exists()
-    assert model.runtime is EncoderRuntime.TORCH and model.precision == "fp32"
+    assert model.runtime is Runtime.TORCH and model.precision == "fp32"
     rows = {
         "input_ids": np.array([[2, 7, 8, 3, 9, 3], [2, 10, 3, 11, 3, 0]]),
         "attention_mask": np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]]),
@@ -108,10 +109,10 @@ def test_torch_runtime_serves_the_checkpoint_itself_and_it_scores_as_transformer
 
 
 def test_torch_runtime_refuses_reduced_precision_on_cpu_and_onnx_sources(tmp_path: Path) -> None:
-    from reranker.contract.model import Device, EncoderRuntime, Precision
+    from reranker.contract.model import Device, Precision, Runtime
 
     source = _tiny_checkpoint(tmp_path / "ckpt")
-    torch_cpu = BuildOptions(name="m", runtime=EncoderRuntime.TORCH)
+    torch_cpu = BuildOptions(name="m", runtime=Runtime.TORCH)
     for precision in (Precision.INT8, Precision.BF16, Precision.FP16):
         with pytest.raises(BuildError, match="fp32 on CPU"):
             build(str(source), replace(torch_cpu, precision=precision), tmp_path / "repo")
@@ -235,14 +236,14 @@ def test_hub_downloads_sharded_and_pickled_checkpoints_whole() -> None:
 def test_a_causal_lm_on_a_gpu_defaults_to_bf16_and_keeps_a_chosen_precision(
     tmp_path: Path,
 ) -> None:
-    from reranker.contract.model import Device, EncoderRuntime, Precision
+    from reranker.contract.model import Device, Precision, Runtime
     from tests.checkpoints import qwen3_reranker
 
     source = qwen3_reranker(tmp_path / "qwen3", layers=1)
     gpu = BuildOptions(
         name="q",
         device=Device.GPU,
-        runtime=EncoderRuntime.TORCH,
+        runtime=Runtime.TORCH,
         precision=Precision.FP16,  # what the command line fills in when none is given
         precision_chosen=False,
     )
@@ -278,3 +279,10 @@ def test_a_causal_lm_with_logit_softcapping_is_refused_by_name(tmp_path: Path) -
     (source / "config.json").write_text(json.dumps(config))
     with pytest.raises(BuildError, match="final_logit_softcapping"):
         build(str(source), BuildOptions(name="g"), tmp_path / "repo")
+
+
+def test_options_a_build_cannot_take_are_refused_by_name() -> None:
+    with pytest.raises(BuildError, match="a build serves runtime onnx, torch, not openvino"):
+        BuildOptions(name="m", runtime=Runtime.OPENVINO)
+    with pytest.raises(BuildError, match="accuracy passages must be at least 1, got 0"):
+        BuildOptions(name="m", accuracy_passages=0)

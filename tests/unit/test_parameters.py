@@ -10,10 +10,10 @@ import pytest
 from reranker.contract.model import (
     Activation,
     Device,
-    EncoderRuntime,
     ModelKind,
     PairMode,
     Precision,
+    Runtime,
     ServedModel,
 )
 from reranker.contract.parameters import (
@@ -21,7 +21,6 @@ from reranker.contract.parameters import (
     GraphEncoderParameters,
     ParameterError,
     PrecisionHint,
-    Runtime,
     TokenizerParameters,
     TorchCompile,
     TorchEncoderParameters,
@@ -58,7 +57,7 @@ MODEL = ServedModel(
     max_batch_size=32,
     precision=Precision.FP16,
     device=Device.GPU,
-    runtime=EncoderRuntime.TORCH,
+    runtime=Runtime.TORCH,
     family="qwen3",
     takes_instruction=True,
 )

@@ -12,9 +12,9 @@ from reranker.builder.triton_configs import encoder_config, ensemble_config, tok
 from reranker.contract.model import (
     Activation,
     Device,
-    EncoderRuntime,
     ModelKind,
     Precision,
+    Runtime,
     ServedModel,
 )
 from reranker.service.engine import describe
@@ -138,9 +138,7 @@ def test_gpu_repository_has_no_python_entry_point_for_the_encoder(tmp_path: Path
     assert (tmp_path / "m__tokenizer" / "1" / "model.py").exists()
 
 
-TORCH_GPU_MODEL = replace(
-    MODEL, device=Device.GPU, precision=Precision.FP16, runtime=EncoderRuntime.TORCH
-)
+TORCH_GPU_MODEL = replace(MODEL, device=Device.GPU, precision=Precision.FP16, runtime=Runtime.TORCH)
 
 
 def test_torch_gpu_encoder_is_a_python_model_on_a_gpu_instance_merging_ragged_batches() -> None:
@@ -171,7 +169,7 @@ def test_torch_gpu_encoder_is_a_python_model_on_a_gpu_instance_merging_ragged_ba
 
 
 def test_torch_cpu_encoder_keeps_the_cpu_batching_in_fp32(tmp_path: Path) -> None:
-    model = replace(MODEL, runtime=EncoderRuntime.TORCH)
+    model = replace(MODEL, runtime=Runtime.TORCH)
     config = _parsed(encoder_config(model))
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     assert config.max_batch_size == MODEL.max_batch_size
@@ -184,10 +182,10 @@ def test_torch_cpu_encoder_keeps_the_cpu_batching_in_fp32(tmp_path: Path) -> Non
 
 
 def test_describe_round_trips_the_runtime_and_family() -> None:
-    models = (TORCH_GPU_MODEL, replace(MODEL, runtime=EncoderRuntime.TORCH, family="deberta-v2"))
+    models = (TORCH_GPU_MODEL, replace(MODEL, runtime=Runtime.TORCH, family="deberta-v2"))
     for model in models:
         described = describe(_parsed(ensemble_config(model)))
-        assert described == model and described.runtime is EncoderRuntime.TORCH
+        assert described == model and described.runtime is Runtime.TORCH
 
 
 def test_scoring_names_how_the_default_score_is_made() -> None:

@@ -23,8 +23,7 @@ from reranker.backend.runtimes import cpu_runtime, create_session
 from reranker.builder.common import BuildError, BuildOptions
 from reranker.builder.install import check_precision
 from reranker.builder.triton_configs import encoder_config
-from reranker.contract.model import Activation, Device, ModelKind, Precision, ServedModel
-from reranker.contract.parameters import Runtime
+from reranker.contract.model import Activation, Device, ModelKind, Precision, Runtime, ServedModel
 
 MODEL = ServedModel("m", ModelKind.CROSS_ENCODER, "Bert", 512, Activation.SIGMOID, ("input_ids",))
 
@@ -57,20 +56,26 @@ def test_native_bf16_needs_amx_or_avx512_bf16(flags: set[str], bf16: bool, amx: 
 
 
 def test_each_precision_has_one_cpu_runtime() -> None:
-    assert cpu_runtime(Precision.FP32) == (Runtime.ONNXRUNTIME, "f32")
-    assert cpu_runtime(Precision.INT8) == (Runtime.ONNXRUNTIME, "f32")
+    assert cpu_runtime(Precision.FP32) == (Runtime.ONNX, "f32")
+    assert cpu_runtime(Precision.INT8) == (Runtime.ONNX, "f32")
     assert cpu_runtime(Precision.BF16) == (Runtime.OPENVINO, "bf16")
 
 
 def test_the_encoder_config_names_its_runtime() -> None:
     for precision, runtime, hint in (
-        (Precision.FP32, "onnxruntime", "f32"),
+        (Precision.FP32, "onnx", "f32"),
         (Precision.BF16, "openvino", "bf16"),
     ):
         text = text_format.MessageToString(encoder_config(replace(MODEL, precision=precision)))
         config = text_format.Parse(text, mc.ModelConfig())
         assert config.parameters["runtime"].string_value == runtime
         assert config.parameters["inference_precision"].string_value == hint
+
+
+def test_a_repository_built_before_onnx_runtime_was_named_onnx_still_loads() -> None:
+    assert Runtime("onnxruntime") is Runtime.ONNX
+    with pytest.raises(ValueError):
+        Runtime("tensorrt")
 
 
 # What each CPU kind decides, written out by hand: bf16 built or refused, the bf16 hint.

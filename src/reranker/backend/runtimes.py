@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from reranker.contract.model import Precision
-from reranker.contract.parameters import INTRA_OP_SPIN_US, PrecisionHint, Runtime
+from reranker.contract.model import Precision, Runtime
+from reranker.contract.parameters import INTRA_OP_SPIN_US, PrecisionHint
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -81,7 +81,7 @@ def cpu_runtime(precision: Precision) -> tuple[Runtime, PrecisionHint]:
     inference-precision hint it runs with."""
     if precision is Precision.BF16:
         return Runtime.OPENVINO, PrecisionHint.BF16
-    return Runtime.ONNXRUNTIME, PrecisionHint.F32
+    return Runtime.ONNX, PrecisionHint.F32
 
 
 def load_runner(

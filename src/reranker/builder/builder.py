@@ -35,7 +35,7 @@ from reranker.builder.install import (
     pair_tokenizer,
 )
 from reranker.builder.vision import build_vision_language, is_vision_language
-from reranker.contract.model import Activation, EncoderRuntime, ModelKind, Precision, ServedModel
+from reranker.contract.model import Activation, ModelKind, Precision, Runtime, ServedModel
 from reranker.contract.tensors import TOKEN_TENSORS
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2-biencoder"
@@ -119,7 +119,7 @@ def build_from_checkpoint(source: Path, options: BuildOptions, repository: Path)
         family=str(config.get("model_type", "")),
     )
     tokenizer = hf_tokenizer.backend_tokenizer
-    if options.runtime is EncoderRuntime.TORCH:
+    if options.runtime is Runtime.TORCH:
         from reranker.builder.onnx_export import graph_inputs
 
         logits = _Logits(network)
@@ -172,7 +172,7 @@ def build_default(options: BuildOptions, repository: Path) -> ServedModel:
         bert = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
     tokenizer = hf_tokenizer.backend_tokenizer
     scorer = PairCosineScorer(bert).eval()
-    if options.runtime is EncoderRuntime.TORCH:
+    if options.runtime is Runtime.TORCH:
         return install_checkpoint(
             model, tokenizer, source, scorer, TOKEN_TENSORS, options, repository
         )
@@ -197,7 +197,7 @@ class _Logits:
 
 def build_from_onnx(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
     """(b) Serves an existing ONNX export with its ``tokenizer.json``."""
-    if options.runtime is EncoderRuntime.TORCH:
+    if options.runtime is Runtime.TORCH:
         raise BuildError(
             f"{source} holds an ONNX export; the torch runtime serves a checkpoint "
             "(config.json and weights): build from one, or use --runtime onnx"
@@ -331,7 +331,7 @@ def build(
         path = download(
             source,
             cache_dir,
-            onnx=options.runtime is EncoderRuntime.ONNX,
+            onnx=options.runtime is Runtime.ONNX,
             onnx_file=options.onnx_file,
         )
     if not path.is_dir():
@@ -339,7 +339,7 @@ def build(
     if options.onnx_file != DEFAULT_ONNX_FILE and _onnx_file(path, options.onnx_file) is None:
         exports = sorted(p.name for p in (*path.glob("*.onnx"), *path.glob("onnx/*.onnx")))
         raise BuildError(f"{source} holds no {options.onnx_file}; it has {exports}")
-    torch_checkpoint = options.runtime is EncoderRuntime.TORCH and (path / "config.json").is_file()
+    torch_checkpoint = options.runtime is Runtime.TORCH and (path / "config.json").is_file()
     if _onnx_file(path, options.onnx_file) is not None and not torch_checkpoint:
         return build_from_onnx(path, options, repository)
     if (path / "config.json").is_file():

@@ -35,9 +35,9 @@ from reranker.builder.common import (
 from reranker.contract.model import (
     Activation,
     Device,
-    EncoderRuntime,
     ModelKind,
     Precision,
+    Runtime,
     ServedModel,
 )
 from reranker.contract.tensors import PREFIX_IDS
@@ -184,7 +184,7 @@ def build_causal_lm(
     def reference(feeds: dict[str, Any]) -> Any:
         return reference_scores(network, feeds, true_id, false_id)
 
-    if options.runtime is EncoderRuntime.TORCH:
+    if options.runtime is Runtime.TORCH:
         return install_checkpoint(
             model,
             tokenizer,
@@ -206,7 +206,7 @@ def build_causal_lm(
 def _causal_options(name: str, config: dict[str, Any], options: BuildOptions) -> BuildOptions:
     """A causal LM's own precision default (bf16 under PyTorch on a GPU: its activations can
     overflow fp16), and the refusal of a head it cannot be served with."""
-    on_gpu = options.device is Device.GPU and options.runtime is EncoderRuntime.TORCH
+    on_gpu = options.device is Device.GPU and options.runtime is Runtime.TORCH
     if on_gpu and not options.precision_chosen:
         options = replace(options, precision=Precision.BF16)
     if config.get("final_logit_softcapping"):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reranker.builder.triton_configs import TritonTuning
-from reranker.contract.model import Device, EncoderRuntime, Precision
+from reranker.contract.model import BUILT_RUNTIMES, Device, Precision, Runtime
 
 # The ONNX export a build serves from a directory or hub repository publishing several.
 DEFAULT_ONNX_FILE = "model.onnx"
@@ -39,7 +39,7 @@ class BuildOptions:
     # on a GPU takes bf16: its activations can overflow fp16).
     precision_chosen: bool = True
     device: Device = Device.CPU
-    runtime: EncoderRuntime = EncoderRuntime.ONNX
+    runtime: Runtime = Runtime.ONNX
     # Which of a source's ONNX exports to serve (``onnx/model_quantized.onnx`` and the like).
     onnx_file: str = DEFAULT_ONNX_FILE
     # Passages per query of the accuracy report a reduced precision on CPU writes (20 queries):
@@ -49,6 +49,9 @@ class BuildOptions:
     tuning: TritonTuning = field(default_factory=TritonTuning)
 
     def __post_init__(self) -> None:
+        if self.runtime not in BUILT_RUNTIMES:
+            choices = ", ".join(BUILT_RUNTIMES)
+            raise BuildError(f"a build serves runtime {choices}, not {self.runtime}")
         if self.accuracy_passages < 1:
             raise BuildError(f"accuracy passages must be at least 1, got {self.accuracy_passages}")
 
@@ -73,9 +76,9 @@ class BuildOptions:
 
             on_gpu = torch.cuda.is_available()
             device = (Device.GPU if on_gpu else Device.CPU).value
-            runtime = runtime or (EncoderRuntime.TORCH if on_gpu else EncoderRuntime.ONNX).value
-        target = Device(device), EncoderRuntime(runtime or EncoderRuntime.ONNX)
-        default = Precision.FP16 if target == (Device.GPU, EncoderRuntime.TORCH) else Precision.FP32
+            runtime = runtime or (Runtime.TORCH if on_gpu else Runtime.ONNX).value
+        target = Device(device), Runtime(runtime or Runtime.ONNX)
+        default = Precision.FP16 if target == (Device.GPU, Runtime.TORCH) else Precision.FP32
         return cls(
             name=name,
             device=target[0],

@@ -21,9 +21,9 @@ from reranker.builder.repository import write_configs
 from reranker.contract.model import (
     PROMPT_FILE,
     Device,
-    EncoderRuntime,
     ModelKind,
     Precision,
+    Runtime,
     ServedModel,
     checkpoint_path,
     onnx_path,
@@ -81,7 +81,7 @@ def graph_signature(path: Path) -> GraphSignature:
 
 def check_precision(options: BuildOptions) -> None:
     """Refuses a precision the target cannot serve well, saying why."""
-    if options.runtime is EncoderRuntime.TORCH:
+    if options.runtime is Runtime.TORCH:
         if options.device is Device.GPU and options.precision is Precision.INT8:
             raise BuildError("the torch runtime serves fp16, bf16 or fp32 on a GPU, not int8")
         if options.device is Device.CPU and options.precision is not Precision.FP32:
@@ -194,7 +194,7 @@ def install_checkpoint(
         token_inputs=inputs,
         precision=options.precision,
         device=options.device,
-        runtime=EncoderRuntime.TORCH,
+        runtime=Runtime.TORCH,
     )
     target = checkpoint_path(model, repository)
     shutil.rmtree(target, ignore_errors=True)

@@ -14,10 +14,10 @@ from reranker.contract.model import (
     ONNX_FILE,
     PROMPT_FILE,
     Device,
-    EncoderRuntime,
     ModelKind,
     PairMode,
     Precision,
+    Runtime,
     ServedModel,
 )
 from reranker.contract.parameters import (
@@ -25,7 +25,6 @@ from reranker.contract.parameters import (
     EnsembleParameters,
     GraphEncoderParameters,
     ProcessorParameters,
-    Runtime,
     TokenizerParameters,
     TorchCompile,
     TorchEncoderParameters,
@@ -196,7 +195,7 @@ def tokenizer_buckets(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING)
 def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
     if model.native_encoder:
         return gpu_encoder_config(model, tuning)
-    if model.runtime is EncoderRuntime.TORCH:
+    if model.runtime is Runtime.TORCH:
         return torch_encoder_config(model, tuning)
     config = _python_encoder(model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning)
     _dynamic_batching(config, tuning.encoder_queue_delay_us)

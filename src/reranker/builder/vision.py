@@ -27,9 +27,9 @@ from reranker.contract.model import (
     PROCESSOR_DIR,
     Activation,
     Device,
-    EncoderRuntime,
     ModelKind,
     Precision,
+    Runtime,
     ServedModel,
     checkpoint_path,
     onnx_path,
@@ -101,7 +101,7 @@ def build_vision_language(
         max_batch_size=options.max_batch_size,
         precision=options.precision,
         device=options.device,
-        runtime=EncoderRuntime.TORCH,
+        runtime=Runtime.TORCH,
         family=str(config.get("model_type", "")),
         # The template renders an instruction (CrossEncoder's prompt, a system message).
         takes_instruction=rendered[0] != rendered[1],
@@ -131,7 +131,7 @@ def _vision_options(options: BuildOptions) -> BuildOptions:
 
     if options.device is Device.GPU and not options.precision_chosen:
         options = replace(options, precision=Precision.BF16)
-    options = replace(options, runtime=EncoderRuntime.TORCH)
+    options = replace(options, runtime=Runtime.TORCH)
     if options.precision not in TORCH_DTYPES:
         raise BuildError(
             f"a vision-language reranker serves fp32 on CPU, fp16 or bf16 on a GPU; "

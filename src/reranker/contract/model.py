@@ -49,12 +49,23 @@ class Device(enum.StrEnum):
     GPU = "gpu"
 
 
-class EncoderRuntime(enum.StrEnum):
-    """What the encoder serves: the ONNX export, or the checkpoint itself through PyTorch
-    (the GPU path of a machine with PyTorch and no NGC container)."""
+class Runtime(enum.StrEnum):
+    """What runs the encoder. A build serves the ONNX export (run by ONNX Runtime, by
+    OpenVINO where the CPU's bf16 asks for it, or by TensorRT on a GPU) or the checkpoint
+    itself through PyTorch (the GPU path of a machine with PyTorch and no NGC container)."""
 
     ONNX = "onnx"
+    OPENVINO = "openvino"
     TORCH = "torch"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Runtime | None:
+        # Repositories built before ONNX Runtime was named "onnx" in the encoder's parameters.
+        return cls.ONNX if value == "onnxruntime" else None
+
+
+# What a build can be asked to serve (OpenVINO is chosen by the precision, not named).
+BUILT_RUNTIMES = (Runtime.ONNX, Runtime.TORCH)
 
 
 class Precision(enum.StrEnum):
@@ -101,7 +112,7 @@ _ENUM_FIELDS = {
     "activation": Activation,
     "precision": Precision,
     "device": Device,
-    "runtime": EncoderRuntime,
+    "runtime": Runtime,
 }
 
 
@@ -123,7 +134,7 @@ class ServedModel:
     device: Device = Device.CPU
     # The ONNX graph's output, [batch, 1]: a native backend names it as the graph does.
     graph_output: str = SCORE
-    runtime: EncoderRuntime = EncoderRuntime.ONNX
+    runtime: Runtime = Runtime.ONNX
     # The checkpoint's model_type (bert, xlm-roberta, modernbert, ...); "" where unknown.
     family: str = ""
     # Whether the model reads a per-request instruction: a causal-LM reranker whose prompt
@@ -170,7 +181,7 @@ class ServedModel:
     def native_encoder(self) -> bool:
         """Whether Triton's own onnxruntime backend runs the encoder (the NGC GPU path),
         rather than one of our Python-backend encoders."""
-        return self.device is Device.GPU and self.runtime is EncoderRuntime.ONNX
+        return self.device is Device.GPU and self.runtime is Runtime.ONNX
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -23,10 +23,10 @@ from reranker.contract.model import (
     TOKENIZER_FILE,
     Activation,
     Device,
-    EncoderRuntime,
     ModelKind,
     PairMode,
     Precision,
+    Runtime,
     ServedModel,
 )
 from reranker.contract.tensors import SCORE, TOKEN_TENSORS
@@ -34,14 +34,6 @@ from reranker.contract.tensors import SCORE, TOKEN_TENSORS
 
 class ParameterError(ValueError):
     """A model parameter is missing or has a value its reader cannot take."""
-
-
-class Runtime(enum.StrEnum):
-    """What runs the Python-backend encoder's micro-batches."""
-
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
-    TORCH = "torch"
 
 
 class PrecisionHint(enum.StrEnum):
@@ -183,7 +175,7 @@ class EnsembleParameters:
     activation: Activation
     precision: Precision = Precision.FP32
     device: Device = Device.CPU
-    runtime: EncoderRuntime = EncoderRuntime.ONNX
+    runtime: Runtime = Runtime.ONNX
     family: str = ""
     takes_instruction: bool = False
     takes_images: bool = False

@@ -20,11 +20,10 @@ from reranker.backend.heap import HeapTrimmer
 from reranker.backend.models._config import ModelArgs
 from reranker.backend.models._responses import score_responses
 from reranker.backend.runtimes import GraphRunner, load_runner
-from reranker.contract.model import ModelKind
+from reranker.contract.model import ModelKind, Runtime
 from reranker.contract.parameters import (
     EncoderParameters,
     GraphEncoderParameters,
-    Runtime,
     TorchEncoderParameters,
 )
 
