@@ -20,11 +20,10 @@ from reranker.service.doors.http.fields import (
     DocumentObject,
     Instructed,
     Positive,
-    Query,
+    QueryRequest,
     VllmOptions,
     check_rank_fields,
     images_of,
-    model_field,
     texts_field,
     texts_of,
 )
@@ -34,9 +33,7 @@ router = APIRouter()
 DIALECT = Dialect(router, CohereError)
 
 
-class CohereV2Request(Instructed, VllmOptions):
-    model: str = model_field()
-    query: Query = Field(description="the query (not blank)")
+class CohereV2Request(QueryRequest, Instructed, VllmOptions):
     documents: list[Document] = texts_field("the documents, in the order results refer to")
     top_n: Positive | None = Field(None, description="return only the best top_n")
     max_tokens_per_doc: Positive | None = Field(
@@ -45,11 +42,9 @@ class CohereV2Request(Instructed, VllmOptions):
     return_documents: bool = Field(False, description="vLLM: return each document's text")
 
     def call(self) -> RankCall:
-        return RankCall(
-            query=self.query,
-            documents=self.documents,
-            model=self.model,
-            top_k=self.top_n,
+        return self.rank_call(
+            self.documents,
+            self.top_n,
             return_documents=self.return_documents,
             raw_scores=self.raw_scores,
             max_document_tokens=self.max_tokens_per_doc or 0,
@@ -73,9 +68,7 @@ class CohereResponse(BaseModel):
     model: str
 
 
-class CohereV1Request(Instructed, VllmOptions):
-    model: str = model_field()
-    query: Query = Field(description="the query (not blank)")
+class CohereV1Request(QueryRequest, Instructed, VllmOptions):
     documents: list[Document | DocumentObject] = texts_field(
         "the documents: strings, or objects with a text field"
     )
@@ -93,11 +86,9 @@ class CohereV1Request(Instructed, VllmOptions):
         chunking = None
         if self.max_chunks_per_doc is not None:
             chunking = ChunkingRequest(max_chunks=self.max_chunks_per_doc)
-        return RankCall(
-            query=self.query,
-            documents=texts_of(self.documents),
-            model=self.model,
-            top_k=self.top_n,
+        return self.rank_call(
+            texts_of(self.documents),
+            self.top_n,
             raw_scores=self.raw_scores,
             chunking=chunking,
             instruction=self.given_instruction(),

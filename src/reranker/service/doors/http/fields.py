@@ -94,6 +94,19 @@ class Tolerant(BaseModel):
         return sorted(self.model_extra or {})
 
 
+class QueryRequest(Tolerant):
+    """The fields most shapes name alike: the served model and the query."""
+
+    model: str = model_field()
+    query: Query = Field(description="the query (not blank)")
+
+    def rank_call(self, documents: list[str], top_k: int | None, **options: Any) -> RankCall:
+        """The core call of this query against ``documents``, with the shape's options."""
+        return RankCall(
+            query=self.query, documents=documents, model=self.model, top_k=top_k, **options
+        )
+
+
 class Instructed(Tolerant):
     """A shape that carries a causal-LM reranker's instruction, as ``RankRequest.instruction``
     does: unset or empty is the model's default; a model without a slot for one refuses it."""

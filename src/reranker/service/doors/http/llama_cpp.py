@@ -12,9 +12,7 @@ from reranker.service.doors.http.errors import OpenAIError, documented
 from reranker.service.doors.http.fields import (
     Document,
     Positive,
-    Query,
-    Tolerant,
-    model_field,
+    QueryRequest,
     texts_field,
 )
 from reranker.service.doors.http.jina import JinaResponse, jina_response
@@ -24,21 +22,13 @@ router = APIRouter()
 DIALECT = Dialect(router, OpenAIError)
 
 
-class LlamaCppRequest(Tolerant):
-    model: str = model_field()
-    query: Query = Field(description="the query (not blank)")
+class LlamaCppRequest(QueryRequest):
     documents: list[Document] = texts_field("the documents to rank")
     top_n: Positive | None = Field(None, description="return only the best top_n")
     return_documents: bool = False
 
     def call(self) -> RankCall:
-        return RankCall(
-            query=self.query,
-            documents=self.documents,
-            model=self.model,
-            top_k=self.top_n,
-            return_documents=self.return_documents,
-        )
+        return self.rank_call(self.documents, self.top_n, return_documents=self.return_documents)
 
 
 @router.post(

@@ -16,12 +16,10 @@ from reranker.service.doors.http.fields import (
     Document,
     DocumentObject,
     Positive,
-    Query,
-    Tolerant,
+    QueryRequest,
     Usage,
     check_rank_fields,
     images_of,
-    model_field,
     no_op_field,
     texts_field,
     texts_of,
@@ -34,11 +32,9 @@ router = APIRouter()
 DIALECT = Dialect(router, OpenAIError)
 
 
-class MixedbreadRequest(Tolerant):
+class MixedbreadRequest(QueryRequest):
     NO_OP: ClassVar[frozenset[str]] = frozenset({"rewrite_query"})
 
-    model: str = model_field()
-    query: Query = Field(description="the query (not blank)")
     input: list[Document | DocumentObject] = texts_field(
         "the documents: strings, or objects with a text field"
     )
@@ -49,11 +45,9 @@ class MixedbreadRequest(Tolerant):
 
     def call(self) -> RankCall:
         check_rank_fields(self.rank_fields)
-        return RankCall(
-            query=self.query,
-            documents=texts_of(self.input),
-            model=self.model,
-            top_k=self.top_k,
+        return self.rank_call(
+            texts_of(self.input),
+            self.top_k,
             document_images=images_of(self.input, "input"),
         )
 

@@ -13,10 +13,8 @@ from reranker.service.doors.http.errors import DetailError, documented
 from reranker.service.doors.http.fields import (
     Document,
     Positive,
-    Query,
-    Tolerant,
+    QueryRequest,
     Usage,
-    model_field,
     texts_field,
 )
 from reranker.service.doors.http.routing import Dialect, rank
@@ -25,10 +23,8 @@ router = APIRouter()
 DIALECT = Dialect(router, DetailError)
 
 
-class VoyageRequest(Tolerant):
-    query: Query = Field(description="the query (not blank)")
+class VoyageRequest(QueryRequest):
     documents: list[Document] = texts_field("the documents to rank")
-    model: str = model_field()
     top_k: Positive | None = Field(None, description="return only the best top_k")
     return_documents: bool = False
     truncation: bool = Field(
@@ -36,11 +32,9 @@ class VoyageRequest(Tolerant):
     )
 
     def call(self) -> RankCall:
-        return RankCall(
-            query=self.query,
-            documents=self.documents,
-            model=self.model,
-            top_k=self.top_k,
+        return self.rank_call(
+            self.documents,
+            self.top_k,
             return_documents=self.return_documents,
             truncation=Truncation.LONGEST_FIRST if self.truncation else Truncation.REFUSE,
         )
