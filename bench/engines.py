@@ -3,7 +3,6 @@ HTTP) and Infinity."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from workloads import QUERY, long_documents
 ROOT = Path(__file__).resolve().parents[1]
 # The server launcher and the seeded checkpoints are the test suite's (tests/).
 sys.path.insert(0, str(ROOT))
+from reranker.builder.fingerprint import build_fingerprint  # noqa: E402
 from reranker.contract.model import ENCODER_SUFFIX, TOKENIZER_SUFFIX  # noqa: E402
 from reranker.contract.tensors import TruncationOptions  # noqa: E402
 from reranker.service.triton_server import dies_with_parent  # noqa: E402
@@ -171,27 +171,6 @@ def in_process_label(precision: str) -> str:
 
 def suffix_for(precision: str) -> str:
     return "" if precision == "fp32" else f" {precision}"
-
-
-# What decides a served model's files: the builder, the contract it writes to, and the backend
-# modules it calls (the runtime a precision gets, the tokenizer, the export's checks); not
-# backend/models, which Triton imports from the installed package when it serves.
-_BUILD_SOURCES = ("src/reranker/builder", "src/reranker/contract", "src/reranker/backend")
-
-
-@cache
-def _build_code_digest() -> str:
-    """The build code's digest, read once per benchmark run."""
-    digest = hashlib.sha256()
-    for directory in _BUILD_SOURCES:
-        for source in sorted((ROOT / directory).glob("*.py")):
-            digest.update(source.name.encode() + source.read_bytes())
-    return digest.hexdigest()
-
-
-def build_fingerprint(options: object) -> str:
-    """The build code's and ``options``' digest: a model built under another is stale."""
-    return hashlib.sha256((_build_code_digest() + repr(options)).encode()).hexdigest()
 
 
 def served_parts(name: str) -> tuple[str, str, str]:

@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 from reranker.backend.cpu import cpu_flags, has_native_bf16
-from reranker.builder.builder import DEFAULT_MODEL_NAME, BuildOptions, build, build_default
-from reranker.contract.model import Precision, Runtime
+from reranker.builder.builder import DEFAULT_MODEL_NAME, BuildOptions
+from reranker.contract.model import ENCODER_SUFFIX, ONNX_FILE, Precision, Runtime
 from reranker.service.server import RankServer
 from tests.checkpoints import (
     deberta_v2_cross_encoder,
@@ -28,6 +28,7 @@ from tests.launcher import Server as Server
 from tests.launcher import free_port as free_port
 from tests.launcher import start_server as start_server
 from tests.launcher import stop_server as stop_server
+from tests.model_cache import cached_build
 
 CROSS_ENCODER = "minilm-cross-encoder"
 CROSS_ENCODER_FROM_ONNX = "minilm-cross-encoder-onnx"
@@ -88,27 +89,27 @@ def repository(
     ONNX and through PyTorch) and from an ONNX export directory (source b); a DeBERTa-v2
     cross-encoder (source a); a JinaBERT-like one with 8192 tokens (source b)."""
     root = tmp_path_factory.mktemp("model_repository")
-    build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
+    cached_build(None, BuildOptions(name=DEFAULT_MODEL_NAME), root)
     for name, precision in ((DEFAULT_INT8, Precision.INT8), (DEFAULT_BF16, Precision.BF16)):
         if precision is Precision.INT8 or NATIVE_BF16:
             options = BuildOptions(name, precision=precision, accuracy_passages=ACCURACY_PASSAGES)
-            build_default(options, root)
-    build(str(deberta_checkpoint), BuildOptions(name=DEBERTA), root)
-    build(str(jina_export[0]), BuildOptions(name=JINA), root)
-    model = build(str(checkpoint), BuildOptions(name=CROSS_ENCODER), root)
+            cached_build(None, options, root)
+    cached_build(deberta_checkpoint, BuildOptions(name=DEBERTA), root)
+    cached_build(jina_export[0], BuildOptions(name=JINA), root)
+    cached_build(checkpoint, BuildOptions(name=CROSS_ENCODER), root)
     torch_runtime = Runtime.TORCH
-    build(str(checkpoint), BuildOptions(name=CROSS_ENCODER_TORCH, runtime=torch_runtime), root)
-    build_default(BuildOptions(name=DEFAULT_TORCH, runtime=torch_runtime), root)
+    cached_build(checkpoint, BuildOptions(name=CROSS_ENCODER_TORCH, runtime=torch_runtime), root)
+    cached_build(None, BuildOptions(name=DEFAULT_TORCH, runtime=torch_runtime), root)
     # Lay the export out as the seed rerankers publish it on the hub: onnx/model.onnx beside
     # config and tokenizer files.
     exported = tmp_path_factory.mktemp("onnx-export")
     (exported / "onnx").mkdir()
     shutil.copyfile(
-        root / model.encoder_model / "1" / "model.onnx", exported / "onnx" / "model.onnx"
+        root / (CROSS_ENCODER + ENCODER_SUFFIX) / "1" / ONNX_FILE, exported / "onnx" / ONNX_FILE
     )
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(checkpoint / name, exported / name)
-    build(str(exported), BuildOptions(name=CROSS_ENCODER_FROM_ONNX), root)
+    cached_build(exported, BuildOptions(name=CROSS_ENCODER_FROM_ONNX), root)
     return root
 
 
@@ -116,7 +117,7 @@ def repository(
 def default_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository of the default model alone, for servers that tests stop or break."""
     root = tmp_path_factory.mktemp("default_repository")
-    build_default(BuildOptions(name=DEFAULT_MODEL_NAME), root)
+    cached_build(None, BuildOptions(name=DEFAULT_MODEL_NAME), root)
     return root
 
 

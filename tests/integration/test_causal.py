@@ -17,7 +17,7 @@ import torch
 from reranker_client import InvalidArgumentError, RerankClient
 from sentence_transformers import CrossEncoder
 
-from reranker.builder.builder import BuildOptions, build
+from reranker.builder.builder import BuildOptions
 from reranker.contract.model import Runtime
 from tests.checkpoints import mxbai_v2_reranker, qwen3_reranker, without_chat_template
 from tests.integration.conftest import (
@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     stop_server,
 )
 from tests.integration.test_parity import PAIRS, TOLERANCE, assert_parity
+from tests.model_cache import cached_build
 
 INSTRUCTION = "Given a question about literature or science, find the passage that answers it"
 
@@ -50,9 +51,9 @@ def causal_server(
 ) -> Iterator[Server]:
     repository = tmp_path_factory.mktemp("causal_repository")
     for name, checkpoint in checkpoints.items():
-        build(str(checkpoint), BuildOptions(name=name), repository)
+        cached_build(checkpoint, BuildOptions(name=name), repository)
     torch_options = BuildOptions(name="qwen3-torch", runtime=Runtime.TORCH)
-    build(str(checkpoints["qwen3"]), torch_options, repository)
+    cached_build(checkpoints["qwen3"], torch_options, repository)
     server = start_server(repository, tmp_path_factory.mktemp("causal_server"), "qwen3")
     try:
         yield server

@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     stop_server,
 )
 from tests.integration.test_parity import PAIRS, assert_parity, served_scores
+from tests.model_cache import cached_build
 
 FAMILIES: dict[str, Callable[[Path], Path]] = {
     "xlm-roberta": xlm_roberta_cross_encoder,
@@ -49,7 +50,7 @@ def family_server(
 ) -> Iterator[Server]:
     repository = tmp_path_factory.mktemp("families_repository")
     for name, checkpoint in checkpoints.items():
-        build(str(checkpoint), BuildOptions(name=name), repository)
+        cached_build(checkpoint, BuildOptions(name=name), repository)
     server = start_server(repository, tmp_path_factory.mktemp("families_server"), "electra")
     try:
         yield server

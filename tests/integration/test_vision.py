@@ -24,9 +24,10 @@ from reranker_api.reranker.v1 import reranker_pb2 as pb
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 from sentence_transformers import CrossEncoder
 
-from reranker.builder.builder import BuildOptions, build, build_default
+from reranker.builder.builder import BuildOptions, build
 from tests.checkpoints import qwen2_vl_reranker, qwen3_vl_reranker
 from tests.integration.conftest import Server, fp32_reordering_bound, start_server, stop_server
+from tests.model_cache import cached_build
 
 TOLERANCE = 1e-5
 MODELS = ("qwen3-vl", "qwen2-vl")
@@ -77,8 +78,8 @@ def vision_server(
 ) -> Iterator[Server]:
     repository = tmp_path_factory.mktemp("vision_repository")
     for name, checkpoint in checkpoints.items():
-        build(str(checkpoint), BuildOptions(name=name), repository)
-    build_default(BuildOptions(name=TEXT_MODEL), repository)
+        cached_build(checkpoint, BuildOptions(name=name), repository)
+    cached_build(None, BuildOptions(name=TEXT_MODEL), repository)
     server = start_server(
         repository,
         tmp_path_factory.mktemp("vision_server"),

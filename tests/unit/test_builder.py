@@ -9,6 +9,7 @@ import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
 from reranker.builder.builder import BuildError, BuildOptions, build
+from reranker.builder.fingerprint import build_fingerprint
 from reranker.contract.model import Runtime
 
 
@@ -286,3 +287,23 @@ def test_options_a_build_cannot_take_are_refused_by_name() -> None:
         BuildOptions(name="m", runtime=Runtime.OPENVINO)
     with pytest.raises(BuildError, match="accuracy passages must be at least 1, got 0"):
         BuildOptions(name="m", accuracy_passages=0)
+
+
+def test_a_build_fingerprint_follows_the_options_and_every_byte_and_name_of_the_source(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "checkpoint"
+    (source / "onnx").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    graph = source / "onnx" / "model.onnx"
+    graph.write_bytes(bytes(10))
+    options = BuildOptions(name="m")
+    first = build_fingerprint(options, source)
+    assert build_fingerprint(options, source) == first
+    assert build_fingerprint(replace(options, max_batch_size=8), source) != first
+    assert build_fingerprint(options) != first
+    graph.write_bytes(bytes(9) + b"\1")
+    changed = build_fingerprint(options, source)
+    assert changed != first
+    (source / "config.json").rename(source / "configs.json")  # the same bytes, in order
+    assert build_fingerprint(options, source) not in (first, changed)
