@@ -102,8 +102,8 @@ class Dispatcher:
 
     def _forget_if_idle(self, model: str, lane: _Lane, call: Hashable) -> None:
         state = lane.calls.get(call)
-        if state is not None and state.in_flight == 0:
-            if not any(not turn.done() for turn in state.waiting):
-                del lane.calls[call]
+        waiting = state is not None and any(not turn.done() for turn in state.waiting)
+        if state is not None and state.in_flight == 0 and not waiting:
+            del lane.calls[call]
         if not lane.calls:
             del self._lanes[model]
