@@ -117,6 +117,7 @@ class RankOptions:
     chunk_overlap_tokens: int | None = None
     max_chunks: int | None = None
     instruction: str | None = None
+    priority: int | None = None
 
 
 # A query or document: text; an image (its encoded bytes, or an object with a ``save``
@@ -185,6 +186,7 @@ def build_rank_request(
         if options.chunking
         else None,
         instruction=options.instruction,
+        priority=options.priority,
     )
 
 

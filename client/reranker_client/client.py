@@ -73,6 +73,7 @@ class RerankClient:
         chunk_overlap_tokens: int | None = None,
         max_chunks: int | None = None,
         instruction: str | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Ranks ``documents`` by relevance to ``query``.
@@ -95,6 +96,8 @@ class RerankClient:
             max_chunks: Windows per document at most (default: the server's limit).
             instruction: A task instruction, for models that take one (``ModelInfo.
                 takes_instruction``); unset uses the model's default.
+            priority: 0 (the most urgent) to 9; under load, lower is handled earlier and
+                refused last (default: the API key's default priority, else 0).
             timeout: Seconds for this call (default: the client's timeout).
 
         Returns:
@@ -118,6 +121,7 @@ class RerankClient:
                 chunk_overlap_tokens=chunk_overlap_tokens,
                 max_chunks=max_chunks,
                 instruction=instruction,
+                priority=priority,
             ),
         )
         try:
@@ -195,6 +199,7 @@ class AsyncRerankClient:
         chunk_overlap_tokens: int | None = None,
         max_chunks: int | None = None,
         instruction: str | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """Ranks ``documents`` by relevance to ``query``; see :meth:`RerankClient.rank`."""
@@ -212,6 +217,7 @@ class AsyncRerankClient:
                 chunk_overlap_tokens=chunk_overlap_tokens,
                 max_chunks=max_chunks,
                 instruction=instruction,
+                priority=priority,
             ),
         )
         try:

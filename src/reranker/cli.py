@@ -45,7 +45,12 @@ async def serve(settings: Settings) -> None:
         await asyncio.to_thread(triton.start)
     url = settings.triton_url or (triton.grpc_url if triton else "")
     tracer_provider = provider_for(settings.otlp_endpoint)
-    engine = TritonEngine(url, settings.max_rows_per_request, tracer_from(tracer_provider))
+    engine = TritonEngine(
+        url,
+        settings.max_rows_per_request,
+        tracer_from(tracer_provider),
+        settings.requests_in_flight_per_model,
+    )
     server = await create_server(
         settings,
         engine,
@@ -53,6 +58,7 @@ async def serve(settings: Settings) -> None:
         metrics,
         tracer_provider,
     )
+    loop.add_signal_handler(signal.SIGHUP, server.keys.reload)
     supervising = asyncio.create_task(supervisor.supervise()) if supervisor else None
     _warn_if_exposed(settings)
     try:
@@ -119,7 +125,7 @@ def _warn_if_exposed(settings: Settings) -> None:
         return
     if not settings.tls_cert_file:
         log.warning("serving on %s without TLS: traffic is plaintext", settings.host)
-    if not settings.resolved_api_key():
+    if not settings.resolved_api_key() and not settings.api_keys_file:
         log.warning("serving on %s without an API key: any caller is admitted", settings.host)
 
 

@@ -62,6 +62,14 @@ class Settings:
         default=32,
         metadata={"help": "largest inference request a call is split into (capped by the model)"},
     )
+    requests_in_flight_per_model: int = field(
+        default=4,
+        metadata={
+            "help": "inference requests of one model at Triton at once; a call's further "
+            "requests wait their turn: the most urgent priority first, then calls in turn, so "
+            "a small call waits only for requests already sent, not a large call's queue"
+        },
+    )
     max_chunks_per_document: int = field(
         default=16, metadata={"help": "most windows a chunked document is scored in"}
     )
@@ -123,6 +131,14 @@ class Settings:
     api_key_file: str = field(
         default="", metadata={"help": "file holding the API key (beats api_key)"}
     )
+    api_keys_file: str = field(
+        default="",
+        metadata={
+            "help": "TOML file of named keys: [teams.NAME] keys = [...], optional "
+            "max_rows_in_flight (the team's quota) and priority (its default); read again on "
+            "SIGHUP and when it changes. Beside api_key, whose callers are team 'default'"
+        },
+    )
     tls_cert_file: str = field(
         default="", metadata={"help": "PEM certificate chain: serve TLS (with tls_key_file)"}
     )
@@ -143,6 +159,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name in (
             "max_rows_per_request",
+            "requests_in_flight_per_model",
             "max_documents_per_call",
             "max_query_bytes",
             "max_document_bytes",

@@ -167,7 +167,12 @@ async def rank_server(
     from reranker.settings import Settings
 
     config = Settings(**{"grpc_port": 0, "http_port": 0, "health_interval_s": 0.5, **settings})
-    engine = TritonEngine(triton_url, config.max_rows_per_request, tracer_from(tracer_provider))
+    engine = TritonEngine(
+        triton_url,
+        config.max_rows_per_request,
+        tracer_from(tracer_provider),
+        config.requests_in_flight_per_model,
+    )
     server = await create_server(config, engine, metrics=metrics, tracer_provider=tracer_provider)
     await server.start()
     try:

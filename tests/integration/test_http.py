@@ -262,7 +262,8 @@ def test_gateway_fields_are_accepted_named_and_counted(
         body = {"model": CROSS_ENCODER, "query": QUERY, "documents": DOCUMENTS, **unknown}
         answer = http.post("/v2/rerank", json={**body, "priority": 1})
         assert answer.status_code == 200, answer.text
-        assert answer.headers["x-ignored-fields"].split(",") == sorted([*unknown, "priority"])
+        # Priority is honoured (tests/integration/test_shared_service.py), not ignored.
+        assert answer.headers["x-ignored-fields"].split(",") == sorted(unknown)
         results = answer.json()["results"]
         assert_same_ranking(
             [(r["index"], r["relevance_score"]) for r in results], reference(grpc_client)
@@ -270,6 +271,9 @@ def test_gateway_fields_are_accepted_named_and_counted(
         # A known field with a bad value is still refused, naming it.
         refused = http.post("/v2/rerank", json={**body, "top_n": "many"})
         assert refused.status_code == 400 and "top_n" in refused.json()["message"]
+        refused = http.post("/v2/rerank", json={**body, "priority": 10})
+        assert refused.status_code == 400, refused.text
+        assert "priority must be 0 (the most urgent) to 9, got 10" in refused.json()["message"]
         metrics = httpx.get(server.metrics_url).text
     counted = [
         line for line in metrics.splitlines() if line.startswith("reranker_ignored_fields_total")

@@ -17,6 +17,7 @@ import pytest
 from reranker.contract.model import Activation, ModelKind, ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
 from reranker.service import errors
+from reranker.service.callers import Caller, calling_as
 from reranker.service.calls import ChunkingRequest, RankCall, Truncation
 from reranker.service.chunking import Chunk, DocumentChunker
 from reranker.service.core import RankCore
@@ -36,7 +37,8 @@ BI = ServedModel("bi", ModelKind.BI_ENCODER, "Bert", 256, Activation.NONE, ("inp
 
 @dataclass
 class FakeScorer:
-    """Scores a document by its length less 5 (a logit), and records each call."""
+    """Scores a document by its length less 5 (a logit), counts a row's characters as its
+    tokens, and records each call."""
 
     served: dict[str, ServedModel] = field(default_factory=lambda: {"cross": CROSS, "bi": BI})
     calls: list[tuple[list[str], TruncationOptions, Sequence[int] | None]] = field(
@@ -45,6 +47,7 @@ class FakeScorer:
     gate: asyncio.Event | None = None
     health: BackendHealth = field(default_factory=BackendHealth)
     images: list[RowImages | None] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -62,13 +65,15 @@ class FakeScorer:
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
         images: RowImages | None = None,
+        priority: int = 0,
     ) -> Scores:
         self.calls.append((list(documents), options, labels))
+        self.priorities.append(priority)
         self.images.append(images)
         if self.gate is not None:
             await self.gate.wait()
         values = np.array([len(d) - 5.0 for d in documents], dtype=np.float32)
-        return Scores(values, 1, 0.0)
+        return Scores(values, 1, 0.0, tokens=sum(len(query) + len(d) for d in documents))
 
 
 class FakeChunker:
@@ -167,10 +172,8 @@ async def test_chunked_documents_keep_their_best_window() -> None:
             RankCall("q", ["a"], model="cross", instruction="x"),
             "instruction is not taken by model 'cross'",
         ),
-        (
-            RankCall("q", ["a"], model="cross", instruction=""),
-            "instruction is not taken by model 'cross'",
-        ),
+        (RankCall("q", ["a"], priority=10), "priority must be 0 (the most urgent) to 9, got 10"),
+        (RankCall("q", ["a"], priority=-1), "priority must be 0 (the most urgent) to 9, got -1"),
     ],
 )
 async def test_invalid_calls_are_refused_before_scoring(call: RankCall, message: str) -> None:
@@ -207,6 +210,67 @@ async def test_the_row_budget_refuses_a_call_that_does_not_fit() -> None:
     scorer.gate.set()
     await first
     assert core.budget.in_flight == 0
+
+
+async def test_an_empty_instruction_is_none() -> None:
+    core, scorer = core_with()
+    outcome = await core.rank(RankCall("q", ["a"], model="cross", instruction=""), 1.0)
+    assert [r.index for r in outcome.results] == [0]
+    assert scorer.calls[0][1].instruction is None
+
+
+async def test_as_the_budget_fills_less_urgent_calls_are_refused_first() -> None:
+    core, scorer = core_with(
+        FakeScorer(gate=asyncio.Event()), max_rows_in_flight=20, max_documents_per_call=20
+    )
+    # 13 rows in flight: 65% of the budget, past priority 8's 60% and within 7's 65%.
+    first = asyncio.create_task(core.rank(RankCall("q", ["a"] * 13), 1.0))
+    while not scorer.calls:
+        await asyncio.sleep(0)
+    for priority in (9, 8):
+        with pytest.raises(errors.ResourceExhausted, match=f"busy for priority {priority}"):
+            await core.rank(RankCall("q", ["a"], priority=priority), 1.0)
+    assert scorer.gate is not None
+    admitted = [
+        asyncio.create_task(core.rank(RankCall("q", ["a"], priority=p), 1.0)) for p in (7, 0)
+    ]
+    while len(scorer.calls) < 3:
+        await asyncio.sleep(0)
+    assert scorer.priorities == [0, 7, 0]
+    scorer.gate.set()
+    await asyncio.gather(first, *admitted)
+    assert core.budget.in_flight == 0
+
+
+async def test_a_call_without_a_priority_takes_its_teams() -> None:
+    core, scorer = core_with()
+    with calling_as(Caller("batch", priority=6)):
+        await core.rank(RankCall("q", ["a"]), 1.0)
+        await core.rank(RankCall("q", ["a"], priority=2), 1.0)
+    assert scorer.priorities == [6, 2]
+
+
+async def test_a_team_over_its_quota_is_refused_and_no_other_team_is() -> None:
+    core, scorer = core_with(
+        FakeScorer(gate=asyncio.Event()), max_rows_in_flight=100, max_documents_per_call=100
+    )
+    batch, search = Caller("batch", max_rows_in_flight=5), Caller("search", max_rows_in_flight=5)
+    with calling_as(batch):
+        first = asyncio.create_task(core.rank(RankCall("q", ["a"] * 4), 1.0))
+    while not scorer.calls:
+        await asyncio.sleep(0)
+    with calling_as(batch), pytest.raises(errors.ResourceExhausted, match="team 'batch'"):
+        await core.rank(RankCall("q", ["a"] * 2), 1.0)
+    with calling_as(batch), pytest.raises(errors.InvalidArgument, match="at most 5 in flight"):
+        await core.rank(RankCall("q", ["a"] * 6), 1.0)
+    with calling_as(search):
+        other = asyncio.create_task(core.rank(RankCall("q", ["a"] * 5), 1.0))
+    while len(scorer.calls) < 2:
+        await asyncio.sleep(0)
+    assert scorer.gate is not None
+    scorer.gate.set()
+    await asyncio.gather(first, other)
+    assert core.quotas.in_flight == {"batch": 0, "search": 0}
 
 
 def test_timeout_is_the_deadline_within_the_server_bound() -> None:

@@ -12,10 +12,10 @@ from opentelemetry import trace
 
 from reranker.contract.model import ServedModel
 from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+from reranker.service.callers import KeyRing
 from reranker.service.core import RankCore
 from reranker.service.doors.http.app import create_app
 from reranker.service.doors.http.gate import Gate
-from reranker.service.doors.security import ApiKey
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import RowImages, Scores
@@ -36,6 +36,7 @@ class BrokenScorer(FakeScorer):
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
         images: RowImages | None = None,
+        priority: int = 0,
     ) -> Scores:
         if query == "break":
             raise RuntimeError("a bug")
@@ -53,7 +54,7 @@ def client(metrics: ServiceMetrics | None = None, **settings: Any) -> httpx.Asyn
         create_app(core, monitor, metrics),
         metrics,
         config.max_request_bytes,
-        ApiKey(config.resolved_api_key()),
+        KeyRing(config.resolved_api_key()),
         trace.NoOpTracer(),
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://gate")
@@ -125,7 +126,14 @@ async def test_cohere_v2_results_carry_index_and_score_only() -> None:
             await http.post("/v2/rerank", json={"query": "q", "documents": ["ab", "abc"]})
         ).json()
     assert [set(r) for r in body["results"]] == [{"index", "relevance_score"}] * 2
-    assert body["meta"] == {"api_version": {"version": "2"}} and body["model"] == "cross"
+    assert body["model"] == "cross"
+    # Cohere bills a search unit per 100 documents; the fake scorer counts characters.
+    assert body["meta"] == {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": 7, "output_tokens": 0},
+    }
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
 
 
 async def test_a_storm_of_distinct_unknown_paths_adds_no_metric_series() -> None:

@@ -92,8 +92,11 @@ def test_the_ensemble_describes_the_served_model() -> None:
     parameters = from_parameters(
         EnsembleParameters, to_parameters(EnsembleParameters.of(MODEL)), "m"
     )
-    outputs = ["attention_mask", "input_ids"]  # Triton's map: any order
+    outputs = ["attention_mask", "TOKENS", "input_ids"]  # Triton's map: any order
     assert parameters.served_model("m", 32, outputs) == MODEL
+    # A repository built before token counts still serves, its usage counted as 0.
+    earlier = parameters.served_model("m", 32, ["attention_mask", "input_ids"])
+    assert earlier.counts_tokens is False
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,8 @@ def test_encoder_reads_only_the_graph_inputs_ragged() -> None:
     assert all(i.allow_ragged_batch for i in config.input)
     assert config.HasField("dynamic_batching")
     assert config.backend == "python"
-    assert [o.name for o in tokenizer_config(MODEL).output] == ["input_ids", "attention_mask"]
+    outputs = [o.name for o in tokenizer_config(MODEL).output]
+    assert outputs == ["input_ids", "attention_mask", "TOKENS"]
 
 
 def test_ensemble_wires_tokenizer_into_encoder() -> None:
@@ -52,7 +53,8 @@ def test_ensemble_wires_tokenizer_into_encoder() -> None:
     tokenize, encode = config.ensemble_scheduling.step
     assert tokenize.model_name == "m__tokenizer"
     assert encode.model_name == "m__encoder"
-    assert dict(tokenize.output_map) == dict(encode.input_map)
+    assert dict(tokenize.output_map) == dict(encode.input_map) | {"TOKENS": "TOKENS"}
+    assert [o.name for o in config.output] == ["SCORE", "TOKENS"]
     assert dict(encode.output_map) == {"SCORE": "SCORE"}
 
 

@@ -36,6 +36,7 @@ from reranker.contract.tensors import (
     PIXEL_VALUES,
     QUERY,
     SCORE,
+    TOKENS,
     VISION_TOKEN_TENSORS,
     max_chars,
 )
@@ -162,6 +163,7 @@ def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) 
     _string_inputs(config, model)
     for name, data_type in _encoder_inputs(model):
         config.output.add(name=name, data_type=data_type, dims=[-1])
+    config.output.add(name=TOKENS, data_type=mc.TYPE_INT32, dims=[1])
     instances = (
         tuning.gpu_tokenizer_instances if model.device is Device.GPU else tuning.tokenizer_instances
     )
@@ -331,6 +333,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     config.max_batch_size = model.max_batch_size
     _string_inputs(config, model)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
+    config.output.add(name=TOKENS, data_type=mc.TYPE_INT32, dims=[1])
     tokenize = config.ensemble_scheduling.step.add(
         model_name=model.tokenizer_model, model_version=-1
     )
@@ -340,6 +343,7 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     for name, _ in _encoder_inputs(model):
         tokenize.output_map[name] = name
         encode.input_map[name] = name
+    tokenize.output_map[TOKENS] = TOKENS
     encode.output_map[model.graph_output if model.native_encoder else SCORE] = SCORE
     _parameters(config, EnsembleParameters.of(model))
     return config

@@ -150,6 +150,9 @@ class ServedModel:
     shared_prefix: bool = False
     # Whether queries and documents may be images (a vision-language reranker).
     takes_images: bool = False
+    # Whether the ensemble reports each row's tokens (every build since it could; a model
+    # built before reports none, and its calls' usage counts 0).
+    counts_tokens: bool = True
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -29,7 +29,7 @@ from reranker.contract.model import (
     Runtime,
     ServedModel,
 )
-from reranker.contract.tensors import SCORE, TOKEN_TENSORS
+from reranker.contract.tensors import SCORE, TOKEN_TENSORS, TOKENS
 
 
 class ParameterError(ValueError):
@@ -218,6 +218,7 @@ class EnsembleParameters:
             family=self.family,
             takes_instruction=self.takes_instruction,
             takes_images=self.takes_images,
+            counts_tokens=TOKENS in outputs,
         )
 
 

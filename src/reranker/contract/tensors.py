@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 QUERY = "QUERY"
 DOCUMENT = "DOCUMENT"
 SCORE = "SCORE"
+# The ensemble's count of the tokens the model read of each row (INT32 [1] per row: special
+# tokens and any prompt included), made by its tokenizer model; for usage accounting.
+TOKENS = "TOKENS"
 # A vision-language reranker's ensemble also takes each row's query and document image, as
 # the encoded file's bytes (TYPE_STRING [1] per row; empty: that side has no image). The
 # images go before the text in their message.

@@ -9,6 +9,9 @@ from enum import StrEnum
 from reranker.service.images import CallImage
 from reranker.service.scoring import RowImages
 
+# Priorities a call may take: 0, the default, is the most urgent.
+MAX_PRIORITY = 9
+
 
 class Truncation(StrEnum):
     # Drop tokens from the longer of query and document until the pair fits.
@@ -47,6 +50,8 @@ class RankCall:
     query_image: CallImage | None = None
     # Empty, or one entry per document: its image, or None (its text may then be empty).
     document_images: Sequence[CallImage | None] = ()
+    # 0 (most urgent) to MAX_PRIORITY; None takes the caller's default.
+    priority: int | None = None
 
     @property
     def images(self) -> RowImages | None:

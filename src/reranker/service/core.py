@@ -10,10 +10,11 @@ transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from opentelemetry import trace
 
 from reranker.contract.model import ServedModel
 from reranker.contract.tensors import TruncationOptions
+from reranker.service.callers import Caller, current_caller
 from reranker.service.calls import RankCall
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
 from reranker.service.errors import InvalidArgument, Unavailable
 from reranker.service.images import check_images
-from reranker.service.limits import CallLimits, RowBudget
+from reranker.service.limits import CallLimits, RowBudget, TeamQuotas
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.results import RankedDocument, activate, assemble
 from reranker.service.scoring import Engine, RowImages, Scores
@@ -56,6 +58,8 @@ class RankOutcome:
     model: ServedModel
     # Rows scored (documents, or their chunks when chunked).
     pairs: int
+    # Tokens the model read over those rows (0 from a model built before it counted them).
+    tokens: int
     inference_requests: int
     inference_time_s: float
     total_time_s: float
@@ -103,6 +107,7 @@ class RankCore:
         )
         self.limits = CallLimits.from_settings(settings)
         self.budget = RowBudget(settings.max_rows_in_flight)
+        self.quotas = TeamQuotas()
         metrics.track_rows_in_flight(lambda: self.budget.in_flight)
 
     def timeout(self, remaining_s: float | None) -> float:
@@ -173,11 +178,15 @@ class RankCore:
                 await asyncio.to_thread(
                     check_images, call.query_image, document_images, self.limits.images
                 )
+        caller = current_caller()
+        priority = call.priority if call.priority is not None else caller.priority
+        trace.get_current_span().set_attributes({"team": caller.team, "priority": priority})
         scores, raw = await self._score(
-            model, call, documents, chunking, options, timeout_s, images
+            model, call, documents, chunking, options, timeout_s, caller, priority, images
         )
         with self._tracer.start_as_current_span("assemble"):
-            self._metrics.rows.labels(model.name).inc(len(scores.values))
+            self._metrics.rows.labels(model.name, caller.team).inc(len(scores.values))
+            self._metrics.tokens.labels(model.name, caller.team).inc(scores.tokens)
             self._metrics.rows_per_call.observe(len(scores.values))
             self._metrics.stage_seconds.labels("inference").observe(scores.inference_time_s)
             values = activate(raw, model.activation, call.raw_scores)
@@ -188,10 +197,17 @@ class RankCore:
             results=ranked,
             model=model,
             pairs=len(scores.values),
+            tokens=scores.tokens,
             inference_requests=scores.requests,
             inference_time_s=scores.inference_time_s,
             total_time_s=total_s,
         )
+
+    @contextlib.contextmanager
+    def _hold(self, rows: int, caller: Caller, priority: int) -> Iterator[None]:
+        """Room for ``rows`` in the team's quota and the server's budget, or a refusal."""
+        with self.quotas.hold(caller, rows), self.budget.hold(rows, priority):
+            yield
 
     async def _score(
         self,
@@ -201,15 +217,23 @@ class RankCore:
         chunking: ChunkingChoice | None,
         options: TruncationOptions,
         timeout_s: float,
+        caller: Caller,
+        priority: int,
         images: RowImages | None = None,
     ) -> tuple[Scores, np.ndarray]:
         if chunking is None:
-            with self.budget.hold(len(documents)):
+            with self._hold(len(documents), caller, priority):
                 scores = await self._scorer.score(
-                    model, call.query, documents, timeout_s, options, images=images
+                    model,
+                    call.query,
+                    documents,
+                    timeout_s,
+                    options,
+                    images=images,
+                    priority=priority,
                 )
             return scores, scores.values
-        with self.budget.hold(len(documents)):
+        with self._hold(len(documents), caller, priority):
             start = time.perf_counter()
             chunks: list[Chunk] = await asyncio.to_thread(
                 self._chunker.chunks,
@@ -221,7 +245,7 @@ class RankCore:
                 call.max_document_tokens,
             )
             self._metrics.stage_seconds.labels("chunk").observe(time.perf_counter() - start)
-        with self.budget.hold(len(chunks)):
+        with self._hold(len(chunks), caller, priority):
             scores = await self._scorer.score(
                 model,
                 call.query,
@@ -229,5 +253,6 @@ class RankCore:
                 timeout_s,
                 options,
                 labels=[c.document for c in chunks],
+                priority=priority,
             )
         return scores, best_per_document(scores.values, chunks, len(documents))

@@ -33,9 +33,11 @@ from reranker.contract.tensors import (
     QUERY,
     QUERY_IMAGE,
     SCORE,
+    TOKENS,
     OverflowReport,
     TruncationOptions,
 )
+from reranker.service.dispatch import Dispatcher
 from reranker.service.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -45,6 +47,7 @@ from reranker.service.errors import (
     Unavailable,
 )
 from reranker.service.scoring import BackendHealth, RowImages, Scores
+from reranker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +176,18 @@ def _inputs(
     return inputs
 
 
-def _scores(result: Any, model: str, rows: int) -> np.ndarray:
-    """One score per row of a request, or the failure of a model that answered fewer."""
+def _outputs(model: ServedModel) -> tuple[str, ...]:
+    return (SCORE, TOKENS) if model.counts_tokens else (SCORE,)
+
+
+def _scores(result: Any, model: str, rows: int, counted: bool) -> tuple[np.ndarray, int]:
+    """One score per row of a request, and the tokens of its rows where the model counts
+    them; or the failure of a model that answered fewer rows."""
     scores = result.as_numpy(SCORE)
     if scores is None or scores.size != rows:
         raise InferenceFailed(f"model {model} returned no score for some rows")
-    return scores.reshape(rows)
+    tokens = result.as_numpy(TOKENS) if counted else None
+    return scores.reshape(rows), int(tokens.sum()) if tokens is not None else 0
 
 
 def _refused_row(
@@ -227,11 +236,17 @@ class TritonEngine:
     """Knows the served models and scores rows with them."""
 
     def __init__(
-        self, url: str, max_rows_per_request: int, tracer: trace.Tracer | None = None
+        self,
+        url: str,
+        max_rows_per_request: int,
+        tracer: trace.Tracer | None = None,
+        requests_in_flight_per_model: int | None = None,
     ) -> None:
         self.url = url
         self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
+        window = requests_in_flight_per_model or Settings().requests_in_flight_per_model
+        self._dispatch = Dispatcher(window)
         self._client = triton_aio.InferenceServerClient(
             grpc_target(url), channel_args=_CHANNEL_ARGS
         )
@@ -268,8 +283,10 @@ class TritonEngine:
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
         images: RowImages | None = None,
+        priority: int = 0,
     ) -> Scores:
-        """Scores every document against the query, in as few requests as the model allows.
+        """Scores every document against the query, in as few requests as the model allows,
+        each sent when the dispatcher gives it a place (:mod:`reranker.service.dispatch`).
 
         ``labels[i]`` is the caller's index of ``documents[i]`` (default ``i``), for errors.
         A model that takes images is sent each row's images (empty bytes: none).
@@ -284,10 +301,12 @@ class TritonEngine:
         start = time.perf_counter()
         encoded_query = query.encode("utf-8")
         parameters = options.parameters() if options != LONGEST_FIRST else None
-        parts = await asyncio.gather(
-            *(
-                self._infer(
-                    model.name,
+        call = object()
+
+        async def dispatched(rows: list[int]) -> tuple[np.ndarray, int]:
+            async with self._dispatch.slot(model.name, call, priority):
+                return await self._infer(
+                    model,
                     encoded_query,
                     [documents[i] for i in rows],
                     timeout_s,
@@ -295,26 +314,27 @@ class TritonEngine:
                     [labels[i] if labels is not None else i for i in rows],
                     None if images is None else (images.query, [images.documents[i] for i in rows]),
                 )
-                for rows in plan
-            )
-        )
+
+        parts = await asyncio.gather(*(dispatched(rows) for rows in plan))
         values = np.empty(len(documents), dtype=np.float32)
-        for rows, part in zip(plan, parts, strict=True):
+        for rows, (part, _) in zip(plan, parts, strict=True):
             values[rows] = part
-        return Scores(values, len(plan), time.perf_counter() - start)
+        tokens = sum(counted for _, counted in parts)
+        return Scores(values, len(plan), time.perf_counter() - start, tokens)
 
     async def _infer(
         self,
-        model: str,
+        served: ServedModel,
         query: bytes,
         documents: list[str],
         timeout_s: float,
         parameters: dict[str, int | str] | None,
         labels: list[int],
         images: tuple[bytes, list[bytes]] | None = None,
-    ) -> np.ndarray:
-        rows = len(documents)
+    ) -> tuple[np.ndarray, int]:
+        model, rows = served.name, len(documents)
         inputs = _inputs(query, documents, images)
+        outputs = [InferRequestedOutput(name) for name in _outputs(served)]
         for attempt in range(1, _ATTEMPTS + 1):
             started = time.monotonic()
             try:
@@ -329,7 +349,7 @@ class TritonEngine:
                     result = await self._client.infer(
                         model,
                         inputs,
-                        outputs=[InferRequestedOutput(SCORE)],
+                        outputs=outputs,
                         client_timeout=timeout_s,
                         parameters=parameters,
                         headers=headers or None,
@@ -360,7 +380,7 @@ class TritonEngine:
                 raise Unavailable(
                     f"inference server at {self.url} is unreachable: {error}"
                 ) from None
-        return _scores(result, model, rows)
+        return _scores(result, model, rows, served.counts_tokens)
 
     async def close(self) -> None:
         await self._client.close()

@@ -26,9 +26,15 @@ class FailedPrecondition(RerankError):
 class ResourceExhausted(RerankError):
     """The server is at capacity: retry later."""
 
+    # Seconds a caller should wait before it retries: HTTP's Retry-After, and gRPC's
+    # ``retry-after`` trailing metadata. None: retrying the same call cannot succeed.
+    retry_after_s: int | None = 1
+
 
 class RequestTooLarge(ResourceExhausted):
     """The request is larger than the server accepts."""
+
+    retry_after_s = None
 
 
 class Unavailable(RerankError):
@@ -106,3 +112,9 @@ def http_status(error: RerankError) -> HTTPStatus:
 def tei_error_type(error: RerankError) -> str:
     """The ``error_type`` Text Embeddings Inference would give ``error``."""
     return _row(error)[2]
+
+
+def retry_after(error: RerankError) -> str | None:
+    """The retry hint of ``error`` as both transports carry it (whole seconds), if any."""
+    seconds = getattr(error, "retry_after_s", None)
+    return None if seconds is None else str(seconds)

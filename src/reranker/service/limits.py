@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from reranker.backend.images import ImageLimits
+from reranker.service.callers import Caller
 from reranker.service.errors import InvalidArgument, ResourceExhausted
 from reranker.settings import Settings
 
@@ -35,10 +36,19 @@ class CallLimits:
         )
 
 
+# How much less of the row budget each priority level below 0 may find taken and still be
+# admitted: a call of priority p is refused once the rows in flight pass (100 - p x this)
+# percent of the limit, so as the budget fills the least urgent calls are refused first (priority 9
+# past 55%), and the most urgent find room longest.
+PRIORITY_RESERVE_PERCENT = 5
+
+
 class RowBudget:
     """Counts the rows being scored; a call that would go over the limit is refused at
     once (RESOURCE_EXHAUSTED) rather than queued, so overload cannot build an unbounded
-    backlog and admitted calls keep a bounded latency.
+    backlog and admitted calls keep a bounded latency. A less urgent call is refused once
+    the rows in flight pass its priority's share (:data:`PRIORITY_RESERVE_PERCENT`), however
+    small it is; on a server with room, a call of any priority runs.
 
     Used from one event loop only: no lock is needed.
     """
@@ -50,7 +60,7 @@ class RowBudget:
         self.in_flight = 0
 
     @contextmanager
-    def hold(self, rows: int) -> Iterator[None]:
+    def hold(self, rows: int, priority: int = 0) -> Iterator[None]:
         if rows > self.limit:
             raise InvalidArgument(
                 f"this call needs {rows} rows (documents x chunks); the limit is "
@@ -61,8 +71,50 @@ class RowBudget:
                 f"server at capacity: {self.in_flight} rows in flight, this call needs {rows}, "
                 f"max_rows_in_flight={self.limit}; retry with backoff"
             )
+        share_percent = 100 - PRIORITY_RESERVE_PERCENT * priority
+        # Whole percentages: a float share (1 - 0.05 x 7 = 0.6499...) would move the line.
+        if self.in_flight * 100 > share_percent * self.limit:
+            raise ResourceExhausted(
+                f"server busy for priority {priority}: {self.in_flight} rows in flight, past "
+                f"the {share_percent}% of max_rows_in_flight={self.limit} that priority {priority} "
+                "calls are admitted within; retry with backoff or a more urgent priority"
+            )
         self.in_flight += rows
         try:
             yield
         finally:
             self.in_flight -= rows
+
+
+class TeamQuotas:
+    """Each team's rows being scored, held to its quota (``max_rows_in_flight`` in the key
+    file): a team over it is refused (RESOURCE_EXHAUSTED) and no other team is affected.
+
+    Used from one event loop only: no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self.in_flight: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, caller: Caller, rows: int) -> Iterator[None]:
+        quota = caller.max_rows_in_flight
+        if quota is None:
+            yield
+            return
+        team, used = caller.team, self.in_flight.get(caller.team, 0)
+        if rows > quota:
+            raise InvalidArgument(
+                f"this call needs {rows} rows (documents x chunks); team {team!r} may have "
+                f"at most {quota} in flight (its max_rows_in_flight)"
+            )
+        if used + rows > quota:
+            raise ResourceExhausted(
+                f"team {team!r} is at its quota: {used} rows in flight, this call needs "
+                f"{rows}, its max_rows_in_flight={quota}; retry with backoff"
+            )
+        self.in_flight[team] = used + rows
+        try:
+            yield
+        finally:
+            self.in_flight[team] -= rows

@@ -24,8 +24,15 @@ class ServiceMetrics:
         )
         self.rows = Counter(
             "reranker_rows",
-            "Rows (query-document pairs; chunks of chunked documents) scored, by model",
-            ["model"],
+            "Rows (query-document pairs; chunks of chunked documents) scored, by model and team",
+            ["model", "team"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "reranker_tokens",
+            "Tokens the models read (every scored row, special tokens and prompts included), "
+            "by model and team",
+            ["model", "team"],
             registry=self.registry,
         )
         self.rows_per_call = Histogram(

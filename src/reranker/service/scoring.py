@@ -24,6 +24,8 @@ class Scores:
     values: np.ndarray
     requests: int
     inference_time_s: float
+    # Tokens the model read over every row (0 from a model that does not count them).
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,4 +99,5 @@ class Engine(Protocol):
         options: TruncationOptions = LONGEST_FIRST,
         labels: Sequence[int] | None = None,
         images: RowImages | None = None,
+        priority: int = 0,
     ) -> Scores: ...

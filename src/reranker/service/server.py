@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,11 +17,12 @@ from opentelemetry import trace
 from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.contract.model import ServedModel
+from reranker.service.callers import KeyRing
 from reranker.service.core import RankCore
 from reranker.service.doors import tei_v1
 from reranker.service.doors.grpc_gate import GrpcGate
 from reranker.service.doors.reranker_v1 import SERVICE_NAME, RankServicer
-from reranker.service.doors.security import ApiKey, grpc_credentials
+from reranker.service.doors.security import grpc_credentials
 from reranker.service.engine import TritonEngine
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
@@ -42,6 +44,8 @@ class RankServer:
     http: HttpServer | None
     monitor: HealthMonitor
     core: RankCore
+    # The API keys: ``keys.reload()`` reads the key file again (the launcher's SIGHUP).
+    keys: KeyRing
 
     @property
     def http_port(self) -> int | None:
@@ -97,9 +101,12 @@ async def create_server(
     tracer = tracer_from(tracer_provider)
     core = RankCore(settings, engine, metrics, tracer)
     monitor = HealthMonitor(engine, settings.health_interval_s, metrics, on_dead_model)
-    api_key = ApiKey(settings.resolved_api_key())
+    keys = KeyRing(
+        settings.resolved_api_key(),
+        Path(settings.api_keys_file) if settings.api_keys_file else None,
+    )
     server = grpc.aio.server(
-        interceptors=[GrpcGate(metrics, api_key, tracer)],
+        interceptors=[GrpcGate(metrics, keys, tracer)],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", send_limit),
@@ -124,6 +131,6 @@ async def create_server(
         # Loaded only where HTTP is served: gRPC alone needs no web stack.
         from reranker.service.doors.http.server import HttpServer
 
-        http = HttpServer(settings, core, metrics, monitor, api_key, tracer)
+        http = HttpServer(settings, core, metrics, monitor, keys, tracer)
         http.bind()
-    return RankServer(server, port, http, monitor, core)
+    return RankServer(server, port, http, monitor, core, keys)

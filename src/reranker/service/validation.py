@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from reranker.contract.model import ModelKind, ServedModel
 from reranker.contract.tensors import TruncationOptions
-from reranker.service.calls import ChunkingRequest, RankCall, Truncation
+from reranker.service.calls import MAX_PRIORITY, ChunkingRequest, RankCall, Truncation
 from reranker.service.errors import InvalidArgument
 from reranker.service.images import CallImage
 from reranker.service.limits import CallLimits
@@ -49,6 +49,10 @@ def check_call(call: RankCall, limits: CallLimits) -> ValidCall:
     bad call is refused as such even while no model is loaded, or when it names none."""
     if call.truncate_left:
         raise InvalidArgument(LEFT_TRUNCATION_REFUSED)
+    if call.priority is not None and not 0 <= call.priority <= MAX_PRIORITY:
+        raise InvalidArgument(
+            f"priority must be 0 (the most urgent) to {MAX_PRIORITY}, got {call.priority}"
+        )
     documents, document_images = list(call.documents), list(call.document_images)
     _check_fields(call, documents, document_images)
     _check_sizes(limits, call.query, documents)
@@ -59,7 +63,7 @@ def check_call(call: RankCall, limits: CallLimits) -> ValidCall:
 def for_model(valid: ValidCall, call: RankCall, model: ServedModel) -> ValidCall:
     """A call that passed :func:`check_call`, checked against what ``model`` takes."""
     options, chunking = valid.options, valid.chunking
-    if call.instruction is not None and not model.takes_instruction:
+    if call.instruction and not model.takes_instruction:  # an empty one is none
         raise InvalidArgument(
             f"instruction is not taken by model {model.name!r} ({model.architecture}); "
             "leave it unset"

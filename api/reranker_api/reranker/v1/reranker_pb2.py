@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'reranker_api/reranker/v1/reranker.proto\x12\x0breranker.v1\"\x92\x03\n\x0bRankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10return_documents\x18\x05 \x01(\x08\x12\x12\n\nraw_scores\x18\x06 \x01(\x08\x12+\n\ntruncation\x18\x07 \x01(\x0e\x32\x17.reranker.v1.Truncation\x12\x1b\n\x13max_document_tokens\x18\x08 \x01(\r\x12\'\n\x08\x63hunking\x18\t \x01(\x0b\x32\x15.reranker.v1.Chunking\x12\x18\n\x0binstruction\x18\n \x01(\tH\x01\x88\x01\x01\x12+\n\x0f\x64ocument_images\x18\x0b \x03(\x0b\x32\x12.reranker.v1.Image\x12,\n\x0bquery_image\x18\x0c \x01(\x0b\x32\x12.reranker.v1.ImageH\x02\x88\x01\x01\x42\x08\n\x06_top_kB\x0e\n\x0c_instructionB\x0e\n\x0c_query_image\")\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"_\n\x08\x43hunking\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1b\n\x0eoverlap_tokens\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\nmax_chunks\x18\x03 \x01(\rB\x11\n\x0f_overlap_tokens\"x\n\nRankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x12&\n\x05image\x18\x04 \x01(\x0b\x32\x12.reranker.v1.ImageH\x01\x88\x01\x01\x42\x07\n\x05_textB\x08\n\x06_image\"k\n\x0cRankMetadata\x12\r\n\x05pairs\x18\x01 \x01(\r\x12\x1a\n\x12inference_requests\x18\x02 \x01(\r\x12\x19\n\x11inference_time_us\x18\x03 \x01(\x04\x12\x15\n\rtotal_time_us\x18\x04 \x01(\x04\"t\n\x0cRankResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.reranker.v1.RankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x08metadata\x18\x03 \x01(\x0b\x32\x19.reranker.v1.RankMetadata\"\x13\n\x11ListModelsRequest\"\xf1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.reranker.v1.ModelKind\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x0f\n\x07scoring\x18\x08 \x01(\t\x12\x19\n\x11takes_instruction\x18\t \x01(\x08\x12\x0f\n\x07runtime\x18\n \x01(\t\x12\x12\n\nmodalities\x18\x0b \x03(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.reranker.v1.ModelInfo*]\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRUNCATION_LONGEST_FIRST\x10\x01\x12\x15\n\x11TRUNCATION_REFUSE\x10\x02*z\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18MODEL_KIND_CROSS_ENCODER\x10\x01\x12\x19\n\x15MODEL_KIND_BI_ENCODER\x10\x02\x12\x18\n\x14MODEL_KIND_CAUSAL_LM\x10\x03\x32\x92\x01\n\x04Rank\x12;\n\x04Rank\x12\x18.reranker.v1.RankRequest\x1a\x19.reranker.v1.RankResponse\x12M\n\nListModels\x12\x1e.reranker.v1.ListModelsRequest\x1a\x1f.reranker.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'reranker_api/reranker/v1/reranker.proto\x12\x0breranker.v1\"\xb6\x03\n\x0bRankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10return_documents\x18\x05 \x01(\x08\x12\x12\n\nraw_scores\x18\x06 \x01(\x08\x12+\n\ntruncation\x18\x07 \x01(\x0e\x32\x17.reranker.v1.Truncation\x12\x1b\n\x13max_document_tokens\x18\x08 \x01(\r\x12\'\n\x08\x63hunking\x18\t \x01(\x0b\x32\x15.reranker.v1.Chunking\x12\x18\n\x0binstruction\x18\n \x01(\tH\x01\x88\x01\x01\x12+\n\x0f\x64ocument_images\x18\x0b \x03(\x0b\x32\x12.reranker.v1.Image\x12,\n\x0bquery_image\x18\x0c \x01(\x0b\x32\x12.reranker.v1.ImageH\x02\x88\x01\x01\x12\x15\n\x08priority\x18\r \x01(\rH\x03\x88\x01\x01\x42\x08\n\x06_top_kB\x0e\n\x0c_instructionB\x0e\n\x0c_query_imageB\x0b\n\t_priority\")\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"_\n\x08\x43hunking\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1b\n\x0eoverlap_tokens\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x12\n\nmax_chunks\x18\x03 \x01(\rB\x11\n\x0f_overlap_tokens\"x\n\nRankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x12&\n\x05image\x18\x04 \x01(\x0b\x32\x12.reranker.v1.ImageH\x01\x88\x01\x01\x42\x07\n\x05_textB\x08\n\x06_image\"k\n\x0cRankMetadata\x12\r\n\x05pairs\x18\x01 \x01(\r\x12\x1a\n\x12inference_requests\x18\x02 \x01(\r\x12\x19\n\x11inference_time_us\x18\x03 \x01(\x04\x12\x15\n\rtotal_time_us\x18\x04 \x01(\x04\"\x97\x01\n\x0cRankResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.reranker.v1.RankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12+\n\x08metadata\x18\x03 \x01(\x0b\x32\x19.reranker.v1.RankMetadata\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.reranker.v1.Usage\"\x1d\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x04\"\x13\n\x11ListModelsRequest\"\xf1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.reranker.v1.ModelKind\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x0f\n\x07scoring\x18\x08 \x01(\t\x12\x19\n\x11takes_instruction\x18\t \x01(\x08\x12\x0f\n\x07runtime\x18\n \x01(\t\x12\x12\n\nmodalities\x18\x0b \x03(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.reranker.v1.ModelInfo*]\n\nTruncation\x12\x1a\n\x16TRUNCATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRUNCATION_LONGEST_FIRST\x10\x01\x12\x15\n\x11TRUNCATION_REFUSE\x10\x02*z\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18MODEL_KIND_CROSS_ENCODER\x10\x01\x12\x19\n\x15MODEL_KIND_BI_ENCODER\x10\x02\x12\x18\n\x14MODEL_KIND_CAUSAL_LM\x10\x03\x32\x92\x01\n\x04Rank\x12;\n\x04Rank\x12\x18.reranker.v1.RankRequest\x1a\x19.reranker.v1.RankResponse\x12M\n\nListModels\x12\x1e.reranker.v1.ListModelsRequest\x1a\x1f.reranker.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'reranker_api.reranker.v1.reranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRUNCATION']._serialized_start=1277
-  _globals['_TRUNCATION']._serialized_end=1370
-  _globals['_MODELKIND']._serialized_start=1372
-  _globals['_MODELKIND']._serialized_end=1494
+  _globals['_TRUNCATION']._serialized_start=1380
+  _globals['_TRUNCATION']._serialized_end=1473
+  _globals['_MODELKIND']._serialized_start=1475
+  _globals['_MODELKIND']._serialized_end=1597
   _globals['_RANKREQUEST']._serialized_start=57
-  _globals['_RANKREQUEST']._serialized_end=459
-  _globals['_IMAGE']._serialized_start=461
-  _globals['_IMAGE']._serialized_end=502
-  _globals['_CHUNKING']._serialized_start=504
-  _globals['_CHUNKING']._serialized_end=599
-  _globals['_RANKRESULT']._serialized_start=601
-  _globals['_RANKRESULT']._serialized_end=721
-  _globals['_RANKMETADATA']._serialized_start=723
-  _globals['_RANKMETADATA']._serialized_end=830
-  _globals['_RANKRESPONSE']._serialized_start=832
-  _globals['_RANKRESPONSE']._serialized_end=948
-  _globals['_LISTMODELSREQUEST']._serialized_start=950
-  _globals['_LISTMODELSREQUEST']._serialized_end=969
-  _globals['_MODELINFO']._serialized_start=972
-  _globals['_MODELINFO']._serialized_end=1213
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1215
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1275
-  _globals['_RANK']._serialized_start=1497
-  _globals['_RANK']._serialized_end=1643
+  _globals['_RANKREQUEST']._serialized_end=495
+  _globals['_IMAGE']._serialized_start=497
+  _globals['_IMAGE']._serialized_end=538
+  _globals['_CHUNKING']._serialized_start=540
+  _globals['_CHUNKING']._serialized_end=635
+  _globals['_RANKRESULT']._serialized_start=637
+  _globals['_RANKRESULT']._serialized_end=757
+  _globals['_RANKMETADATA']._serialized_start=759
+  _globals['_RANKMETADATA']._serialized_end=866
+  _globals['_RANKRESPONSE']._serialized_start=869
+  _globals['_RANKRESPONSE']._serialized_end=1020
+  _globals['_USAGE']._serialized_start=1022
+  _globals['_USAGE']._serialized_end=1051
+  _globals['_LISTMODELSREQUEST']._serialized_start=1053
+  _globals['_LISTMODELSREQUEST']._serialized_end=1072
+  _globals['_MODELINFO']._serialized_start=1075
+  _globals['_MODELINFO']._serialized_end=1316
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1318
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1378
+  _globals['_RANK']._serialized_start=1600
+  _globals['_RANK']._serialized_end=1746
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ MODEL_KIND_BI_ENCODER: ModelKind
 MODEL_KIND_CAUSAL_LM: ModelKind
 
 class RankRequest(_message.Message):
-    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking", "instruction", "document_images", "query_image")
+    __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking", "instruction", "document_images", "query_image", "priority")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class RankRequest(_message.Message):
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_IMAGES_FIELD_NUMBER: _ClassVar[int]
     QUERY_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedScalarFieldContainer[str]
     model: str
@@ -53,7 +54,8 @@ class RankRequest(_message.Message):
     instruction: str
     document_images: _containers.RepeatedCompositeFieldContainer[Image]
     query_image: Image
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ..., truncation: _Optional[_Union[Truncation, str]] = ..., max_document_tokens: _Optional[int] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., instruction: _Optional[str] = ..., document_images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., query_image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., return_documents: bool = ..., raw_scores: bool = ..., truncation: _Optional[_Union[Truncation, str]] = ..., max_document_tokens: _Optional[int] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., instruction: _Optional[str] = ..., document_images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., query_image: _Optional[_Union[Image, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("data", "media_type")
@@ -98,14 +100,22 @@ class RankMetadata(_message.Message):
     def __init__(self, pairs: _Optional[int] = ..., inference_requests: _Optional[int] = ..., inference_time_us: _Optional[int] = ..., total_time_us: _Optional[int] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("results", "model", "metadata")
+    __slots__ = ("results", "model", "metadata", "usage")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[RankResult]
     model: str
     metadata: RankMetadata
-    def __init__(self, results: _Optional[_Iterable[_Union[RankResult, _Mapping]]] = ..., model: _Optional[str] = ..., metadata: _Optional[_Union[RankMetadata, _Mapping]] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, results: _Optional[_Iterable[_Union[RankResult, _Mapping]]] = ..., model: _Optional[str] = ..., metadata: _Optional[_Union[RankMetadata, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("input_tokens",)
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

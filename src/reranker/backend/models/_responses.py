@@ -9,6 +9,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.batching import split_rows
+from reranker.contract.tensors import TOKENS
+
+
+def with_token_counts(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tokenizer's tensors and each row's token count (its ``attention_mask`` covers the
+    whole row, a shared prompt prefix included)."""
+    counts = tensors["attention_mask"].sum(axis=1, dtype=np.int32).reshape(-1, 1)
+    return {**tensors, TOKENS: counts}
 
 
 def tensor_response(tensors: Mapping[str, np.ndarray], names: Sequence[str]) -> Any:

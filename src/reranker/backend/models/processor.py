@@ -15,7 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from reranker.backend.images import decode
 from reranker.backend.models._config import ModelArgs
-from reranker.backend.models._responses import respond_each, tensor_response
+from reranker.backend.models._responses import respond_each, tensor_response, with_token_counts
 from reranker.backend.vision import PairProcessor, pack_rows, pair_messages
 from reranker.contract.parameters import ProcessorParameters
 from reranker.contract.tensors import (
@@ -69,7 +69,7 @@ class TritonPythonModel:
                 zip(queries, query_images, documents, document_images, strict=True)
             )
         ]
-        return tensor_response(pack_rows(rows), self._outputs)
+        return tensor_response(with_token_counts(pack_rows(rows)), self._outputs)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return respond_each(requests, self._respond)

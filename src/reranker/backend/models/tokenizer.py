@@ -13,7 +13,7 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.models._config import ModelArgs
-from reranker.backend.models._responses import respond_each, tensor_response
+from reranker.backend.models._responses import respond_each, tensor_response, with_token_counts
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.contract.parameters import TokenizerParameters
 from reranker.contract.tensors import DOCUMENT, QUERY, TruncationOptions
@@ -56,7 +56,7 @@ class TritonPythonModel:
             raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
         options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
         tensors = self._tokenizer.pad(self._tokenizer.tokenize(queries, documents, options))
-        return tensor_response(tensors, self._outputs)
+        return tensor_response(with_token_counts(tensors), self._outputs)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return respond_each(requests, self._respond)

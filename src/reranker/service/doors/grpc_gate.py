@@ -16,8 +16,14 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
-from reranker.service.doors.security import ApiKey
-from reranker.service.errors import InvalidArgument, RerankError, Unauthenticated, grpc_status
+from reranker.service.callers import Caller, KeyRing, calling_as
+from reranker.service.errors import (
+    InvalidArgument,
+    RerankError,
+    Unauthenticated,
+    grpc_status,
+    retry_after,
+)
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.tracing import caller_context
 
@@ -35,15 +41,16 @@ class GrpcGate(grpc.aio.ServerInterceptor):
     malformed message is INVALID_ARGUMENT rather than a bare INTERNAL."""
 
     def __init__(
-        self, metrics: ServiceMetrics, api_key: ApiKey, tracer: trace.Tracer | None = None
+        self, metrics: ServiceMetrics, keys: KeyRing, tracer: trace.Tracer | None = None
     ) -> None:
         self._metrics = metrics
-        self._api_key = api_key
+        self._keys = keys
         self._tracer = tracer or trace.NoOpTracer()
 
-    def _authenticate(self, details: grpc.HandlerCallDetails) -> None:
-        if not details.method.startswith(HEALTH_METHODS):
-            self._api_key.check(details.invocation_metadata or ())
+    def _authenticate(self, details: grpc.HandlerCallDetails) -> Caller:
+        if details.method.startswith(HEALTH_METHODS):
+            return Caller()
+        return self._keys.caller(details.invocation_metadata or ())
 
     async def intercept_service(
         self,
@@ -54,7 +61,7 @@ class GrpcGate(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         try:
-            self._authenticate(details)
+            caller = self._authenticate(details)
         except Unauthenticated as error:
             log.info("refused %s: %s", details.method, error)
             self._metrics.calls.labels(details.method, error.status.name).inc()
@@ -76,13 +83,13 @@ class GrpcGate(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
-                self._guard(method, metadata, decoded),
+                self._guard(method, metadata, caller, decoded),
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None and not method.startswith("/grpc.reflection"):
             return grpc.stream_unary_rpc_method_handler(
-                self._guard(method, metadata, handler.stream_unary),
+                self._guard(method, metadata, caller, handler.stream_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -92,6 +99,7 @@ class GrpcGate(grpc.aio.ServerInterceptor):
         self,
         method: str,
         metadata: Any,
+        caller: Caller,
         behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         calls = self._metrics.calls
@@ -102,14 +110,18 @@ class GrpcGate(grpc.aio.ServerInterceptor):
                 method.lstrip("/"),
                 context=caller_context(metadata),
                 kind=trace.SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.method": method},
+                attributes={"rpc.system": "grpc", "rpc.method": method, "team": caller.team},
             ) as span:
                 try:
-                    response = await behavior(request, context)
+                    with calling_as(caller):
+                        response = await behavior(request, context)
                 except RerankError as error:
                     status = grpc_status(error)
                     span.set_status(trace.StatusCode.ERROR, status.name)
                     calls.labels(method, status.name).inc()
+                    hint = retry_after(error)
+                    if hint:
+                        context.set_trailing_metadata((("retry-after", hint),))
                     await context.abort(status, str(error))
                 except asyncio.CancelledError:
                     calls.labels(method, grpc.StatusCode.CANCELLED.name).inc()

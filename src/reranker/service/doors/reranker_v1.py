@@ -62,6 +62,7 @@ def rank_call(request: pb.RankRequest) -> RankCall:
         document_images=[
             _image(image) if image.data else None for image in request.document_images
         ],
+        priority=request.priority if request.HasField("priority") else None,
     )
 
 
@@ -99,6 +100,7 @@ class RankServicer(pb_grpc.RankServicer):
                 inference_time_us=int(outcome.inference_time_s * 1e6),
                 total_time_us=int(outcome.total_time_s * 1e6),
             ),
+            usage=pb.Usage(input_tokens=outcome.tokens),
         )
 
     async def ListModels(

@@ -1,43 +1,15 @@
-"""Who may call, and over what: the API key check and the TLS files, written once for every
-door (gRPC reads the key from call metadata, HTTP from its headers; both serve the same PEM
-files)."""
+"""Over what callers call: the TLS files, written once for every door (both serve the same
+PEM files). Who may call is :mod:`reranker.service.callers`."""
 
 from __future__ import annotations
 
-import hmac
 import ssl
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from reranker.service.errors import Unauthenticated
 from reranker.settings import Settings
-
-AUTHORIZATION = "authorization"
-
-
-class ApiKey:
-    """The key callers present as ``authorization: Bearer KEY`` (empty: no key required)."""
-
-    def __init__(self, key: str) -> None:
-        self._expected = f"Bearer {key}".encode() if key else b""
-
-    @property
-    def required(self) -> bool:
-        return bool(self._expected)
-
-    def check(self, headers: Iterable[tuple[str, str | bytes]]) -> None:
-        """Raises :class:`Unauthenticated` unless a required key is among ``headers``."""
-        if not self._expected:
-            return
-        for name, value in headers:
-            if name.lower() == AUTHORIZATION:
-                presented = value if isinstance(value, bytes) else value.encode()
-                if hmac.compare_digest(presented, self._expected):
-                    return
-        raise Unauthenticated("missing or invalid API key: send 'authorization: Bearer <key>'")
 
 
 def grpc_credentials(settings: Settings) -> grpc.ServerCredentials | None:

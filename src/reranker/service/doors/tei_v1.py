@@ -40,6 +40,7 @@ def _response(outcome: RankOutcome, texts: Sequence[str]) -> tei.RerankResponse:
         ranks=[tei.Rank(index=r.index, text=r.text, score=r.score) for r in outcome.results],
         metadata=tei.Metadata(
             compute_chars=sum(len(t) for t in texts),
+            compute_tokens=outcome.tokens,
             total_time_ns=int(outcome.total_time_s * 1e9),
             inference_time_ns=int(outcome.inference_time_s * 1e9),
         ),

@@ -21,6 +21,7 @@ from reranker.service.doors.http.fields import (
     Instructed,
     Positive,
     QueryRequest,
+    Usage,
     VllmOptions,
     check_rank_fields,
     images_of,
@@ -28,6 +29,8 @@ from reranker.service.doors.http.fields import (
     texts_of,
 )
 from reranker.service.doors.http.routing import Dialect, rank
+
+SEARCH_UNIT_ROWS = 100
 
 router = APIRouter()
 DIALECT = Dialect(router, CohereError)
@@ -47,6 +50,7 @@ class CohereV2Request(QueryRequest, Instructed, VllmOptions):
             self.top_n,
             return_documents=self.return_documents,
             raw_scores=self.raw_scores,
+            priority=self.priority,
             max_document_tokens=self.max_tokens_per_doc or 0,
             instruction=self.given_instruction(),
         )
@@ -66,6 +70,8 @@ class CohereResponse(BaseModel):
     results: list[CohereResult]
     meta: dict[str, Any]
     model: str
+    # Where Jina's and vLLM's clients, which share these routes, read the tokens.
+    usage: Usage
 
 
 class CohereV1Request(QueryRequest, Instructed, VllmOptions):
@@ -90,6 +96,7 @@ class CohereV1Request(QueryRequest, Instructed, VllmOptions):
             texts_of(self.documents),
             self.top_n,
             raw_scores=self.raw_scores,
+            priority=self.priority,
             chunking=chunking,
             instruction=self.given_instruction(),
             document_images=images_of(self.documents, "documents"),
@@ -117,8 +124,15 @@ def cohere_response(
     return CohereResponse(
         id=call_id,
         results=results,
-        meta={"api_version": {"version": version}},
+        meta={
+            "api_version": {"version": version},
+            # Cohere bills a search unit per query with up to 100 documents, a long document's
+            # every chunk counting as one: here, per 100 rows scored.
+            "billed_units": {"search_units": -(-outcome.pairs // SEARCH_UNIT_ROWS)},
+            "tokens": {"input_tokens": outcome.tokens, "output_tokens": 0},
+        },
         model=outcome.model.name,
+        usage=Usage.of(outcome),
     )
 
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from reranker.service.errors import RerankError, http_status, tei_error_type
+from reranker.service.errors import RerankError, http_status, retry_after, tei_error_type
 
 
 class TeiError(BaseModel):
@@ -75,7 +75,9 @@ def error_body(error: RerankError, shape: ErrorShape) -> dict[str, Any]:
 
 
 def error_response(error: RerankError, shape: ErrorShape) -> JSONResponse:
-    return JSONResponse(error_body(error, shape), status_code=http_status(error))
+    hint = retry_after(error)
+    headers = {"Retry-After": hint} if hint else None
+    return JSONResponse(error_body(error, shape), status_code=http_status(error), headers=headers)
 
 
 def validation_message(error: RequestValidationError) -> str:

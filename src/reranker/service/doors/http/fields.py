@@ -21,7 +21,8 @@ from annotated_types import Ge
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from reranker.service.calls import RankCall
+from reranker.service.calls import MAX_PRIORITY, RankCall
+from reranker.service.core import RankOutcome
 from reranker.service.errors import InvalidArgument
 from reranker.service.images import CallImage, image_reference
 
@@ -126,12 +127,17 @@ class Instructed(Tolerant):
 class VllmOptions(Tolerant):
     """The fields vLLM adds to the rerank and score shapes it serves."""
 
-    NO_OP: ClassVar[frozenset[str]] = frozenset({"priority", "truncate_prompt_tokens"})
+    NO_OP: ClassVar[frozenset[str]] = frozenset({"truncate_prompt_tokens"})
 
     use_activation: bool | None = Field(
         None, description="vLLM: false returns the raw logits instead of sigmoid scores"
     )
-    priority: Integer | None = no_op_field("Cohere's and vLLM's scheduling priority")
+    priority: Integer | None = Field(
+        None,
+        description="Cohere's and vLLM's scheduling priority: 0 (the most urgent) to 9; under "
+        "load lower is handled earlier and refused last (unset: the API key's default, else 0)",
+        json_schema_extra={"minimum": 0, "maximum": MAX_PRIORITY},
+    )
     truncate_prompt_tokens: Integer | None = no_op_field("vLLM's prompt truncation")
 
     @property
@@ -198,8 +204,12 @@ def check_rank_fields(rank_fields: list[str] | None) -> None:
 
 
 class Usage(BaseModel):
-    """Token usage, in the fields each vendor names. This server does not count tokens on
-    the HTTP path: the counts are 0."""
+    """Token usage, in the fields each vendor names: the tokens the model read (every scored
+    row, special tokens and any prompt included); a reranker generates none."""
 
     prompt_tokens: int = 0
     total_tokens: int = 0
+
+    @classmethod
+    def of(cls, outcome: RankOutcome) -> Usage:
+        return cls(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens)

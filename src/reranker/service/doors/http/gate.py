@@ -15,11 +15,11 @@ from typing import Any
 from fastapi import FastAPI
 from opentelemetry import trace
 
+from reranker.service.callers import Caller, KeyRing, calling_as
 from reranker.service.doors.http.app import error_shape
 from reranker.service.doors.http.errors import error_response
 from reranker.service.doors.http.routing import deadline_in
 from reranker.service.doors.http.tei import HEALTH_ROUTES
-from reranker.service.doors.security import ApiKey
 from reranker.service.errors import STATUS, InvalidArgument, RequestTooLarge, RerankError
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.tracing import caller_context
@@ -44,13 +44,13 @@ class Gate:
         app: FastAPI,
         metrics: ServiceMetrics,
         max_body_bytes: int,
-        api_key: ApiKey,
+        keys: KeyRing,
         tracer: trace.Tracer,
     ) -> None:
         self._app = app
         self._metrics = metrics
         self._max_body = max_body_bytes
-        self._api_key = api_key
+        self._keys = keys
         self._tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,9 +74,10 @@ class Gate:
             attributes={"http.request.method": scope["method"], "url.path": path},
         ) as span:
             try:
-                self._authenticate(path, headers)
+                caller = self._authenticate(path, headers)
+                span.set_attribute("team", caller.team)
                 body = await self._read_body(headers, receive)
-                with self._deadline(headers):
+                with self._deadline(headers), calling_as(caller):
                     await self._app(scope, _replay(body), recording_send)
             except RerankError as error:
                 log.info("refused %s: %s", label, error)
@@ -89,9 +90,10 @@ class Gate:
             span.set_attribute("http.response.status_code", status[0])
         self._metrics.calls.labels(_route_label(scope), _code_name(status[0])).inc()
 
-    def _authenticate(self, path: str, headers: list[tuple[str, bytes]]) -> None:
-        if path not in HEALTH_ROUTES:
-            self._api_key.check(headers)
+    def _authenticate(self, path: str, headers: list[tuple[str, bytes]]) -> Caller:
+        if path in HEALTH_ROUTES:
+            return Caller()
+        return self._keys.caller(headers)
 
     async def _read_body(self, headers: list[tuple[str, bytes]], receive: Receive) -> bytes:
         for key, value in headers:

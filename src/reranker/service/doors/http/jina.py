@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from reranker.service.core import RankOutcome
 from reranker.service.doors.http.fields import Usage
@@ -20,13 +20,14 @@ class JinaResult(BaseModel):
 class JinaResponse(BaseModel):
     model: str
     object: Literal["list"] = "list"
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage
     results: list[JinaResult]
 
 
 def jina_response(outcome: RankOutcome) -> JinaResponse:
     return JinaResponse(
         model=outcome.model.name,
+        usage=Usage.of(outcome),
         results=[
             JinaResult(
                 index=r.index,

@@ -60,7 +60,7 @@ class MixedbreadResult(BaseModel):
 
 
 class MixedbreadResponse(BaseModel):
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage
     model: str
     data: list[MixedbreadResult]
     object: Literal["list"] = "list"
@@ -74,6 +74,7 @@ def mixedbread_response(outcome: RankOutcome, request: MixedbreadRequest) -> Mix
         return item if isinstance(item, str) else item.model_dump(exclude_unset=True)
 
     return MixedbreadResponse(
+        usage=Usage.of(outcome),
         model=outcome.model.name,
         data=[
             MixedbreadResult(

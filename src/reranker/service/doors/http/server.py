@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import uvicorn
 from opentelemetry import trace
 
+from reranker.service.callers import KeyRing
 from reranker.service.core import RankCore
 from reranker.service.doors.http.app import create_app
 from reranker.service.doors.http.gate import Gate
-from reranker.service.doors.security import ApiKey, uvicorn_tls
+from reranker.service.doors.security import uvicorn_tls
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
 from reranker.settings import Settings
@@ -37,12 +38,12 @@ class HttpServer:
         core: RankCore,
         metrics: ServiceMetrics,
         monitor: HealthMonitor,
-        api_key: ApiKey,
+        keys: KeyRing,
         tracer: trace.Tracer,
     ) -> None:
         self._settings = settings
         routes = create_app(core, monitor, metrics)
-        app = Gate(routes, metrics, settings.max_request_bytes, api_key, tracer)
+        app = Gate(routes, metrics, settings.max_request_bytes, keys, tracer)
         self._config = uvicorn.Config(
             app,
             lifespan="off",

@@ -25,7 +25,13 @@ class _ScoreOptions(VllmOptions):
 
     def _call(self, query: str, documents: str | list[str]) -> RankCall:
         texts = [documents] if isinstance(documents, str) else documents
-        return RankCall(query=query, documents=texts, model=self.model, raw_scores=self.raw_scores)
+        return RankCall(
+            query=query,
+            documents=texts,
+            model=self.model,
+            raw_scores=self.raw_scores,
+            priority=self.priority,
+        )
 
 
 class ScoreRequest(_ScoreOptions):
@@ -62,7 +68,7 @@ class ScoreResponse(BaseModel):
     created: int
     model: str
     data: list[ScoreData]
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage
 
 
 def score_response(outcome: RankOutcome, call_id: str) -> ScoreResponse:
@@ -73,6 +79,7 @@ def score_response(outcome: RankOutcome, call_id: str) -> ScoreResponse:
         created=int(time.time()),
         model=outcome.model.name,
         data=[ScoreData(index=r.index, score=r.score) for r in scores],
+        usage=Usage.of(outcome),
     )
 
 

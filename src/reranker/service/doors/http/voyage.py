@@ -50,7 +50,7 @@ class VoyageResponse(BaseModel):
     object: Literal["list"] = "list"
     data: list[VoyageResult]
     model: str
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage
 
 
 def voyage_response(outcome: RankOutcome) -> VoyageResponse:
@@ -60,6 +60,7 @@ def voyage_response(outcome: RankOutcome) -> VoyageResponse:
             for r in outcome.results
         ],
         model=outcome.model.name,
+        usage=Usage.of(outcome),
     )
 
 
