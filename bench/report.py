@@ -162,6 +162,7 @@ def targets(
         *_causal_targets(run),
         *_multimodal_and_long_context_targets(run),
         *_memory_targets(machine),
+        *_shared_service_targets(machine),
     ]
     return [Check(*check).verdict() for check in checks]
 
@@ -363,6 +364,43 @@ def _memory_targets(machine: dict[str, Any]) -> list[_Target]:
     ]
 
 
+def _shared_service_targets(machine: dict[str, Any]) -> list[_Target]:
+    rows = {row["service"]: row for row in machine.get("shared_service", [])}
+    fair, unbounded = rows.get("window 4"), rows.get("unbounded")
+
+    def times_alone(field: str, alone: str) -> float | None:
+        return fair[field] / fair[alone] if fair else None
+
+    return [
+        (
+            "small beside 600-doc call, p50 x alone",
+            times_alone("beside_large_p50_ms", "small_alone_p50_ms"),
+            "<=",
+            3.0,
+        ),
+        (
+            "small beside 600-doc call, p99 x alone",
+            times_alone("beside_large_p99_ms", "small_alone_p99_ms"),
+            "<=",
+            5.0,
+        ),
+        (
+            "priority 0 beside saturation, p50 x alone",
+            times_alone("urgent_beside_saturation_p50_ms", "small_alone_p50_ms"),
+            "<=",
+            2.0,
+        ),
+        (
+            "saturating load, window 4 / unbounded",
+            fair["saturating_pairs_per_s"] / unbounded["saturating_pairs_per_s"]
+            if fair and unbounded
+            else None,
+            ">=",
+            0.95,
+        ),
+    ]
+
+
 def target_lines(checks: Sequence[dict[str, Any]]) -> str:
     lines = ["targets (workload a unless named, ratios within this run):"]
     for check in checks:
@@ -379,5 +417,9 @@ def show(path: Path) -> int:
     report = json.loads(path.read_text())
     results = [Result(**r) for r in report["results"]]
     print(table(results))
+    if report.get("shared_service"):
+        from shared import shared_service_table
+
+        print(shared_service_table(report["shared_service"]))
     print(target_lines(targets(results, report)))
     return 0

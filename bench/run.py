@@ -37,6 +37,7 @@ from harness import Result, interleave
 from memory import served_memory
 from models import CAUSAL_LAYERS, build_models
 from report import cpu_facts, plot, show, table, target_lines, targets
+from shared import shared_service_rows, shared_service_table
 from triton_perf import perf_analyzer
 from vision import VISION_LAYERS, build_vision_model, page_images, time_split, vision_cases
 from workloads import QUERY, WORKLOADS, workload
@@ -76,6 +77,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--no-long-context", action="store_true")
     parser.add_argument("--no-causal", action="store_true", help="skip the causal-LM row")
     parser.add_argument("--no-vision", action="store_true", help="skip the multimodal row")
+    parser.add_argument(
+        "--no-shared", action="store_true", help="skip the shared-service row (bench/shared.py)"
+    )
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     return parser.parse_args()
 
@@ -93,6 +97,7 @@ class _Run:
     lengths: dict[str, dict[str, float]] = field(default_factory=dict)
     perf: dict[str, Any] = field(default_factory=dict)
     vision_split: dict[str, float] = field(default_factory=dict)
+    shared_service: list[dict[str, Any]] = field(default_factory=list)
 
     def elapsed(self) -> str:
         return f"[{(time.monotonic() - self.began) / 60:4.1f} min]"
@@ -141,6 +146,8 @@ def main() -> int:
     _attach_flop_fractions(run.results, run.lengths, run.gemm)
     print()
     print(table(run.results))
+    if run.shared_service:
+        print(shared_service_table(run.shared_service))
     bounds = _bounds(run.lengths, run.gemm)
     if "pairs_per_s" in run.perf:
         rate = run.perf["pairs_per_s"]
@@ -156,6 +163,7 @@ def main() -> int:
         "bounds": bounds,
         "perf_analyzer": run.perf,
         "vision_time_split": run.vision_split,
+        "shared_service": run.shared_service,
         "results": [asdict(r) for r in run.results],
     }
     checks = targets(run.results, report)
@@ -196,6 +204,10 @@ def _measure_engines(run: _Run, bf16: bool, vision_checkpoint: Path | None) -> N
             _causal_rows(run, client)
         if vision_checkpoint is not None:
             _vision_rows(run, client, vision_checkpoint, server.triton_grpc)
+        if not args.no_shared:
+            print(f"{run.elapsed()} shared service (minilm, a)", flush=True)
+            rows = shared_service_rows(run.repository, server.triton_grpc, args.workdir)
+            run.shared_service = [asdict(row) for row in rows]
         run.perf = _perf_analyzer(run, server.triton_grpc)
     finally:
         stack.close()

@@ -58,7 +58,8 @@ def test_calls_rows_and_stages_are_counted(server: Server) -> None:
 
     assert grew("reranker_calls_total", method=RANK, code="OK") == 1
     assert grew("reranker_calls_total", method=RANK, code="INVALID_ARGUMENT") == 1
-    assert grew("reranker_rows_total", model=DEFAULT_MODEL_NAME) == 3
+    assert grew("reranker_rows_total", model=DEFAULT_MODEL_NAME, team="default") == 3
+    assert grew("reranker_tokens_total", model=DEFAULT_MODEL_NAME, team="default") > 3
     assert grew("reranker_stage_seconds_count", stage="total") == 1
     assert grew("reranker_stage_seconds_count", stage="inference") == 1
     assert value(after, "reranker_serving") == 1

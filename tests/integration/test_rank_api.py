@@ -88,7 +88,7 @@ def test_duplicate_documents_are_each_scored(client: RerankClient) -> None:
         ({"top_k": 0}, "top_k"),
         ({"top_k": -5}, "top_k"),
         ({"instruction": "Judge relevance"}, "instruction"),
-        ({"instruction": ""}, "instruction"),
+        ({"priority": 10}, "priority"),
     ],
 )
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(

@@ -143,3 +143,33 @@ def test_a_report_holds_each_cpu_kind_to_its_own_targets(
     assert {c["target"] for c in checks if c["not_applicable"]} == not_applicable
     # What does not apply is never judged, met or not.
     assert all(c["met"] is None for c in checks if c["not_applicable"])
+
+
+def test_the_shared_service_targets_are_ratios_of_the_same_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    report = importlib.import_module("report")
+    figures = {
+        "small_alone_p50_ms": 100.0,
+        "small_alone_p99_ms": 200.0,
+        "beside_large_p50_ms": 250.0,
+        "beside_large_p99_ms": 1100.0,
+        "urgent_beside_saturation_p50_ms": 190.0,
+        "saturating_pairs_per_s": 150.0,
+    }
+    rows = [
+        {"service": "window 4", **figures},
+        {"service": "unbounded", **figures, "saturating_pairs_per_s": 160.0},
+    ]
+    checks = {c["target"]: c for c in report.targets([], {"shared_service": rows})}
+    beside_p50 = checks["small beside 600-doc call, p50 x alone"]
+    assert beside_p50["measured"] == 2.5 and beside_p50["met"]
+    beside_p99 = checks["small beside 600-doc call, p99 x alone"]
+    assert beside_p99["measured"] == 5.5 and not beside_p99["met"]
+    assert checks["priority 0 beside saturation, p50 x alone"]["measured"] == 1.9
+    throughput = checks["saturating load, window 4 / unbounded"]
+    assert throughput["measured"] == 150 / 160 and not throughput["met"]
+    # A run without the row judges nothing.
+    without = {c["target"]: c for c in report.targets([], {})}
+    assert without["saturating load, window 4 / unbounded"]["measured"] is None

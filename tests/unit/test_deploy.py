@@ -39,7 +39,7 @@ def by_kind(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "model": {"prebuilt": True},
             "autoscaling": {"enabled": False},
             "persistence": {"engineCache": {"enabled": False}, "models": {"existingClaim": "m"}},
-            "rankService": {"apiKeySecret": "reranker-key"},
+            "rankService": {"apiKeySecret": "reranker-key", "apiKeysFileSecret": "teams"},
             "podDisruptionBudget": {"enabled": False},
             "service": {"headless": False},
         },
@@ -49,6 +49,8 @@ def test_the_chart_renders_valid_kubernetes_manifests(values: dict[str, Any] | N
     documents = render(values)
     assert {"Deployment", "Service"} <= {d["kind"] for d in documents}
     for document in documents:
+        if document["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's resource: checked by its own test below
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
 
@@ -75,11 +77,70 @@ def test_the_pod_reserves_a_gpu_and_probes_real_endpoints() -> None:
     assert builder["args"][4:6] == ["--device", "gpu"]
 
 
-def test_autoscaling_reads_triton_queue_time_and_disruptions_are_bounded() -> None:
+ADAPTER = ROOT / "deploy" / "prometheus-adapter" / "values.yaml"
+
+
+@pytest.mark.parametrize(
+    ("signal", "recorded", "metric", "target"),
+    [
+        (
+            "rowsInFlight",
+            "reranker:rows_in_flight:avg1m",
+            "reranker_rows_in_flight_per_pod",
+            "2048",
+        ),
+        (
+            "queueComputeRatio",
+            "triton:queue_compute_ratio:rate1m",
+            "triton_queue_compute_ratio",
+            "500m",
+        ),
+    ],
+)
+def test_autoscaling_scales_on_the_chosen_signal_recorded_and_served_per_pod(
+    signal: str, recorded: str, metric: str, target: str
+) -> None:
+    kinds = by_kind(render({"autoscaling": {"signal": signal}}))
+    (scaled_on,) = kinds["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert scaled_on["type"] == "Pods"
+    assert scaled_on["pods"]["metric"]["name"] == metric
+    assert scaled_on["pods"]["target"] == {"type": "AverageValue", "averageValue": target}
+    # The PrometheusRule records the series per pod; the adapter serves it by that name.
+    (group,) = kinds["PrometheusRule"]["spec"]["groups"]
+    rules = {rule["record"]: rule["expr"] for rule in group["rules"]}
+    assert "by (namespace, pod)" in rules[recorded]
+    assert 'namespace="search", pod=~"rr-reranker-.*"' in rules[recorded]
+    served = {
+        rule["name"]["as"]: rule["seriesQuery"]
+        for rule in yaml.safe_load(ADAPTER.read_text())["rules"]["custom"]
+    }
+    assert served[metric].startswith(recorded + "{")
+
+
+def test_the_rows_signal_reads_the_gauge_the_service_exports() -> None:
+    from prometheus_client import generate_latest
+
+    from reranker.service.metrics import ServiceMetrics
+
+    (group,) = by_kind(render())["PrometheusRule"]["spec"]["groups"]
+    (rows,) = [r["expr"] for r in group["rules"] if r["record"].startswith("reranker:")]
+    exported = generate_latest(ServiceMetrics().registry).decode()
+    read = re.search(r"avg_over_time\((\w+)\{", rows)
+    assert read is not None and f"\n{read[1]} " in exported
+
+
+def test_an_unknown_scaling_signal_is_refused_by_name() -> None:
+    with pytest.raises(Exception, match=r"autoscaling\.signal must be rowsInFlight or "):
+        render({"autoscaling": {"signal": "cpu"}})
+
+
+def test_the_rule_can_be_left_to_an_existing_prometheus_setup() -> None:
+    kinds = by_kind(render({"autoscaling": {"prometheusRule": {"enabled": False}}}))
+    assert "PrometheusRule" not in kinds and "HorizontalPodAutoscaler" in kinds
+
+
+def test_disruptions_are_bounded_and_clients_see_every_pod() -> None:
     kinds = by_kind(render())
-    (metric,) = kinds["HorizontalPodAutoscaler"]["spec"]["metrics"]
-    assert metric["type"] == "Pods"
-    assert metric["pods"]["metric"]["name"] == "triton_queue_time_us_per_request"
     assert kinds["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
     assert kinds["Service"]["spec"]["clusterIP"] == "None"  # clients round-robin over pods
 
@@ -256,3 +317,14 @@ def test_the_pod_volumes_belong_to_the_image_user_so_the_builder_can_write_them(
     claimed = render({"persistence": {"models": {"existingClaim": "made-by-root"}}})
     spec = by_kind(claimed)["Deployment"]["spec"]["template"]["spec"]
     assert spec["securityContext"]["fsGroup"] == int(gid.group(1))
+
+
+def test_the_key_file_comes_from_a_secret_mounted_where_the_setting_points() -> None:
+    pod = by_kind(render({"rankService": {"apiKeysFileSecret": "teams"}}))["Deployment"]
+    spec = pod["spec"]["template"]["spec"]
+    (rank,) = [c for c in spec["containers"] if c["name"] == "rank-service"]
+    (setting,) = [e for e in rank["env"] if e["name"] == "RERANKER_API_KEYS_FILE"]
+    (mount,) = [m for m in rank["volumeMounts"] if m["name"] == "api-keys"]
+    assert setting["value"] == mount["mountPath"] + "/keys.toml"
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"] == {"secretName": "teams"}
