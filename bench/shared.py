@@ -1,9 +1,10 @@
 """The shared-service row: one server, callers of different sizes and priorities.
 
-Two rank services over the same Triton and model, run alternately: one with the dispatcher's
-window (``requests_in_flight_per_model``, the default 4), one with a window no call fills,
-which sends every request of a call at once as the service did before it had a window
-("unbounded"). Each measures, on MiniLM fp32:
+Rank services over the same Triton and model: one with the server's defaults ("window": 4
+requests of at most 32 rows in flight per model), one with a small window ("small window": 2
+requests of at most 8 rows), and one with a window no call fills, which sends every request
+of a call at once as the service did before it had a window ("unbounded"). Each measures, on
+MiniLM fp32:
 
 - small calls (10 documents) alone, one at a time: p50 and p99;
 - the same small calls while a 600-document call of the same priority runs (the large call
@@ -43,11 +44,18 @@ SATURATING_PRIORITY = 5
 # Small calls measured per situation, and pauses between them so each meets the load anew.
 SMALL_CALLS = 15
 SMALL_CALL_GAP_S = 0.2
-# Calls each saturating caller makes in a throughput run.
-THROUGHPUT_CALLS = 6
+# Calls each saturating caller makes in a throughput run, and the rounds of runs.
+THROUGHPUT_CALLS = 4
+THROUGHPUT_ROUNDS = 3
 # A window that no call reaches: every request of a call goes to Triton at once.
 UNBOUNDED = 100_000
-WINDOWS = {"window 4": 4, "unbounded": UNBOUNDED}
+# The services compared: name -> (requests_in_flight_per_model, max_rows_per_request); None
+# leaves the server's default.
+SERVICES: dict[str, tuple[int | None, int | None]] = {
+    "window": (None, None),
+    "small window": (2, 8),
+    "unbounded": (UNBOUNDED, 32),
+}
 
 
 @dataclass
@@ -55,14 +63,17 @@ class SharedServiceRow:
     """One rank service's figures; latencies in milliseconds."""
 
     service: str
-    requests_in_flight_per_model: int
+    requests_in_flight_per_model: int | None
+    max_rows_per_request: int | None
     small_alone_p50_ms: float
     small_alone_p99_ms: float
     beside_large_p50_ms: float
     beside_large_p99_ms: float
     urgent_beside_saturation_p50_ms: float
     urgent_beside_saturation_p99_ms: float
+    # The median over the rounds, and each round's.
     saturating_pairs_per_s: float
+    saturating_runs: list[float]
 
 
 def documents(count: int) -> list[str]:
@@ -120,7 +131,8 @@ async def saturating_throughput(client: Any) -> float:
     return SATURATING_CALLERS * THROUGHPUT_CALLS * SATURATING_DOCUMENTS / elapsed
 
 
-async def measure(address: str, service: str, window: int) -> SharedServiceRow:
+async def latencies(address: str) -> dict[str, list[float]]:
+    """Small calls alone, beside a large call, and urgent beside saturating callers."""
     from reranker_client import AsyncRerankClient
 
     async with AsyncRerankClient(address, timeout=600) as client:
@@ -133,44 +145,76 @@ async def measure(address: str, service: str, window: int) -> SharedServiceRow:
         load = lambda: client.rank(QUERY, saturating, priority=SATURATING_PRIORITY)  # noqa: E731
         async with background(SATURATING_CALLERS, load):
             urgent = await small_calls(client, priority=0)
-        throughput = await saturating_throughput(client)
-    return SharedServiceRow(
-        service,
-        window,
-        statistics.median(alone),
-        percentile(alone, 0.99),
-        statistics.median(beside_large),
-        percentile(beside_large, 0.99),
-        statistics.median(urgent),
-        percentile(urgent, 0.99),
-        throughput,
-    )
+    return {"alone": alone, "beside_large": beside_large, "urgent": urgent}
+
+
+async def throughput(address: str) -> float:
+    from reranker_client import AsyncRerankClient
+
+    async with AsyncRerankClient(address, timeout=600) as client:
+        return await saturating_throughput(client)
 
 
 def shared_service_rows(
-    repository: Path, triton_grpc: str, workdir: Path, model: str = "minilm"
+    repository: Path,
+    triton_grpc: str,
+    workdir: Path,
+    model: str = "minilm",
+    services: dict[str, tuple[int | None, int | None]] = SERVICES,
 ) -> list[SharedServiceRow]:
-    """The row for each window, each rank service a process of its own over ``triton_grpc``."""
+    """The row of each service, each a rank-service process of its own over ``triton_grpc``,
+    all of them up for the whole row: latencies service by service, then the saturating
+    load's throughput service after service in each of :data:`THROUGHPUT_ROUNDS` rounds (the
+    machine's speed drifts; a round measures every service in the same stretch of it)."""
     from engines import start_bench_server
 
     from tests.launcher import stop_server
 
-    rows = []
-    for service, window in WINDOWS.items():
-        print(f"  shared service: {service}", flush=True)
-        server = start_bench_server(
-            repository,
-            workdir / f"shared-{window}",
-            model,
-            triton_url=triton_grpc,
-            requests_in_flight_per_model=str(window),
-            http_port="-1",
-            metrics_port="-1",
-        )
-        try:
-            rows.append(asyncio.run(measure(server.address, service, window)))
-        finally:
+    servers = {}
+    try:
+        for service, (window, request_rows) in services.items():
+            settings = {"triton_url": triton_grpc, "http_port": "-1", "metrics_port": "-1"}
+            if window is not None:
+                settings["requests_in_flight_per_model"] = str(window)
+            if request_rows is not None:
+                settings["max_rows_per_request"] = str(request_rows)
+            servers[service] = start_bench_server(
+                repository, workdir / f"shared-{service.replace(' ', '-')}", model, **settings
+            )
+        measured = {}
+        for service, server in servers.items():
+            print(f"  shared service: {service}, latencies", flush=True)
+            measured[service] = asyncio.run(latencies(server.address))
+        rates: dict[str, list[float]] = {service: [] for service in servers}
+        for round_ in range(THROUGHPUT_ROUNDS):
+            for service, server in servers.items():
+                rates[service].append(asyncio.run(throughput(server.address)))
+            print(
+                f"  shared service, round {round_ + 1}: "
+                + ", ".join(f"{s} {r[-1]:.1f} pairs/s" for s, r in rates.items()),
+                flush=True,
+            )
+    finally:
+        for server in servers.values():
             stop_server(server, 60)
+    rows = []
+    for service, (window, request_rows) in services.items():
+        calls = measured[service]
+        rows.append(
+            SharedServiceRow(
+                service,
+                window,
+                request_rows,
+                statistics.median(calls["alone"]),
+                percentile(calls["alone"], 0.99),
+                statistics.median(calls["beside_large"]),
+                percentile(calls["beside_large"], 0.99),
+                statistics.median(calls["urgent"]),
+                percentile(calls["urgent"], 0.99),
+                statistics.median(rates[service]),
+                rates[service],
+            )
+        )
         print(f"    {shared_service_line(rows[-1])}", flush=True)
     return rows
 
@@ -212,7 +256,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--output", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--service",
+        nargs="+",
+        metavar="WINDOWxROWS",
+        help="services to compare, e.g. 2x8 (requests in flight x rows a request); "
+        "default: the server's defaults against an unbounded window",
+    )
     args = parser.parse_args()
+    services = SERVICES
+    if args.service:
+        services = {
+            spec: (int(spec.split("x")[0]), int(spec.split("x")[1])) for spec in args.service
+        }
     from engines import build_current, start_bench_server
 
     from reranker.builder.builder import BuildOptions
@@ -226,7 +282,7 @@ def main() -> int:
     build_current(checkpoint, BuildOptions(name="minilm"), repository)
     server = start_bench_server(repository, args.workdir / "shared-server")
     try:
-        rows = shared_service_rows(repository, server.triton_grpc, args.workdir)
+        rows = shared_service_rows(repository, server.triton_grpc, args.workdir, services=services)
     finally:
         stop_server(server, 60)
     as_dicts = [asdict(row) for row in rows]
