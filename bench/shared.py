@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import p99
 from workloads import QUERY, workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,11 +81,6 @@ def documents(count: int) -> list[str]:
     """``count`` documents of workload (a), repeated as needed."""
     pool = workload("a")
     return [pool[i % len(pool)] for i in range(count)]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def small_calls(client: Any, priority: int = 0) -> list[float]:
@@ -206,11 +202,11 @@ def shared_service_rows(
                 window,
                 request_rows,
                 statistics.median(calls["alone"]),
-                percentile(calls["alone"], 0.99),
+                p99(calls["alone"]),
                 statistics.median(calls["beside_large"]),
-                percentile(calls["beside_large"], 0.99),
+                p99(calls["beside_large"]),
                 statistics.median(calls["urgent"]),
-                percentile(calls["urgent"], 0.99),
+                p99(calls["urgent"]),
                 statistics.median(rates[service]),
                 rates[service],
             )

@@ -48,8 +48,8 @@ async def serve(settings: Settings) -> None:
     engine = TritonEngine(
         url,
         settings.max_rows_per_request,
-        tracer_from(tracer_provider),
         settings.requests_in_flight_per_model,
+        tracer_from(tracer_provider),
     )
     server = await create_server(
         settings,

@@ -170,8 +170,8 @@ async def rank_server(
     engine = TritonEngine(
         triton_url,
         config.max_rows_per_request,
-        tracer_from(tracer_provider),
         config.requests_in_flight_per_model,
+        tracer_from(tracer_provider),
     )
     server = await create_server(config, engine, metrics=metrics, tracer_provider=tracer_provider)
     await server.start()

@@ -11,12 +11,15 @@ from reranker.service.engine import TritonEngine
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import Scores
+from reranker.settings import Settings
 from tests.integration.conftest import Server
 
 # The health interval: at least this, and at least ROUNDS_PER_INTERVAL of the slowest round
 # of calls over every test model measured before the check (a round's time follows the CPU's
 # speed and load; in a lockstep round a model can go two rounds without an answer).
 INTERVAL_S = 1.0
+# The served default: the engine sends each model this many requests at once.
+WINDOW = Settings().requests_in_flight_per_model
 ROUNDS_PER_INTERVAL = 5
 
 
@@ -50,7 +53,7 @@ async def a_round(engine: CanaryCountingEngine, models: Sequence[Any]) -> float:
 
 
 async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
-    engine = CanaryCountingEngine(server.triton_grpc, 64)
+    engine = CanaryCountingEngine(server.triton_grpc, 64, WINDOW)
     models = list((await engine.refresh()).values())
     slowest = max([await a_round(engine, models) for _ in range(3)])
     interval_s = max(INTERVAL_S, ROUNDS_PER_INTERVAL * slowest)
@@ -82,7 +85,7 @@ async def test_canaries_only_while_no_traffic_answers(server: Server) -> None:
 async def test_a_call_that_found_a_model_dead_is_reported_for_restart_once_without_a_canary(
     server: Server,
 ) -> None:
-    engine = CanaryCountingEngine(server.triton_grpc, 64)
+    engine = CanaryCountingEngine(server.triton_grpc, 64, WINDOW)
     restarted: list[str] = []
 
     async def on_dead_model(model: Any) -> None:

@@ -46,7 +46,11 @@ def test_interrupt_stops_cleanly(default_repository: Path, tmp_path: Path) -> No
 
 async def test_unreachable_triton_is_unavailable_and_the_service_stays_up() -> None:
     settings = Settings(grpc_port=0, http_port=-1, health_interval_s=0.2)
-    engine = TritonEngine(f"127.0.0.1:{free_port()}", settings.max_rows_per_request)
+    engine = TritonEngine(
+        f"127.0.0.1:{free_port()}",
+        settings.max_rows_per_request,
+        settings.requests_in_flight_per_model,
+    )
     server = await create_server(settings, engine)
     await server.start()
     port = server.grpc_port

@@ -102,6 +102,22 @@ def core_with(scorer: FakeScorer | None = None, **settings: Any) -> tuple[RankCo
     return RankCore(config, scorer, ServiceMetrics(), chunker=chunker), scorer
 
 
+async def calls_reach(scorer: FakeScorer, count: int) -> None:
+    """Waits until ``count`` calls have reached the scorer; fails rather than hang."""
+    for _ in range(10_000):
+        if len(scorer.calls) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(scorer.calls)} calls reached the scorer, not {count}")
+
+
+def gated_core(rows: int) -> tuple[RankCore, FakeScorer]:
+    """A core over a scorer that holds every call until its gate opens, admitting ``rows``
+    rows and calls of up to as many documents."""
+    scorer = FakeScorer(gate=asyncio.Event())
+    return core_with(scorer, max_rows_in_flight=rows, max_documents_per_call=rows)
+
+
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
@@ -198,12 +214,9 @@ async def test_model_choice() -> None:
 
 
 async def test_the_row_budget_refuses_a_call_that_does_not_fit() -> None:
-    core, scorer = core_with(
-        FakeScorer(gate=asyncio.Event()), max_rows_in_flight=10, max_documents_per_call=10
-    )
+    core, scorer = gated_core(10)
     first = asyncio.create_task(core.rank(RankCall("q", ["a"] * 6), 1.0))
-    while not scorer.calls:
-        await asyncio.sleep(0)
+    await calls_reach(scorer, 1)
     with pytest.raises(errors.ResourceExhausted, match="6 rows in flight"):
         await core.rank(RankCall("q", ["a"] * 5), 1.0)
     assert scorer.gate is not None
@@ -220,13 +233,10 @@ async def test_an_empty_instruction_is_none() -> None:
 
 
 async def test_as_the_budget_fills_less_urgent_calls_are_refused_first() -> None:
-    core, scorer = core_with(
-        FakeScorer(gate=asyncio.Event()), max_rows_in_flight=20, max_documents_per_call=20
-    )
+    core, scorer = gated_core(20)
     # 13 rows in flight: 65% of the budget, past priority 8's 60% and within 7's 65%.
     first = asyncio.create_task(core.rank(RankCall("q", ["a"] * 13), 1.0))
-    while not scorer.calls:
-        await asyncio.sleep(0)
+    await calls_reach(scorer, 1)
     for priority in (9, 8):
         with pytest.raises(errors.ResourceExhausted, match=f"busy for priority {priority}"):
             await core.rank(RankCall("q", ["a"], priority=priority), 1.0)
@@ -234,8 +244,7 @@ async def test_as_the_budget_fills_less_urgent_calls_are_refused_first() -> None
     admitted = [
         asyncio.create_task(core.rank(RankCall("q", ["a"], priority=p), 1.0)) for p in (7, 0)
     ]
-    while len(scorer.calls) < 3:
-        await asyncio.sleep(0)
+    await calls_reach(scorer, 3)
     assert scorer.priorities == [0, 7, 0]
     scorer.gate.set()
     await asyncio.gather(first, *admitted)
@@ -251,22 +260,18 @@ async def test_a_call_without_a_priority_takes_its_teams() -> None:
 
 
 async def test_a_team_over_its_quota_is_refused_and_no_other_team_is() -> None:
-    core, scorer = core_with(
-        FakeScorer(gate=asyncio.Event()), max_rows_in_flight=100, max_documents_per_call=100
-    )
+    core, scorer = gated_core(100)
     batch, search = Caller("batch", max_rows_in_flight=5), Caller("search", max_rows_in_flight=5)
     with calling_as(batch):
         first = asyncio.create_task(core.rank(RankCall("q", ["a"] * 4), 1.0))
-    while not scorer.calls:
-        await asyncio.sleep(0)
+    await calls_reach(scorer, 1)
     with calling_as(batch), pytest.raises(errors.ResourceExhausted, match="team 'batch'"):
         await core.rank(RankCall("q", ["a"] * 2), 1.0)
     with calling_as(batch), pytest.raises(errors.InvalidArgument, match="at most 5 in flight"):
         await core.rank(RankCall("q", ["a"] * 6), 1.0)
     with calling_as(search):
         other = asyncio.create_task(core.rank(RankCall("q", ["a"] * 5), 1.0))
-    while len(scorer.calls) < 2:
-        await asyncio.sleep(0)
+    await calls_reach(scorer, 2)
     assert scorer.gate is not None
     scorer.gate.set()
     await asyncio.gather(first, other)

@@ -47,7 +47,6 @@ from reranker.service.errors import (
     Unavailable,
 )
 from reranker.service.scoring import BackendHealth, RowImages, Scores
-from reranker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +238,13 @@ class TritonEngine:
         self,
         url: str,
         max_rows_per_request: int,
+        requests_in_flight_per_model: int,
         tracer: trace.Tracer | None = None,
-        requests_in_flight_per_model: int | None = None,
     ) -> None:
         self.url = url
         self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
-        window = requests_in_flight_per_model or Settings().requests_in_flight_per_model
-        self._dispatch = Dispatcher(window)
+        self._dispatch = Dispatcher(requests_in_flight_per_model)
         self._client = triton_aio.InferenceServerClient(
             grpc_target(url), channel_args=_CHANNEL_ARGS
         )
