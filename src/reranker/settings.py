@@ -20,141 +20,97 @@ from typing import Any, Generic, TypeVar
 ENV_PREFIX = "RERANKER_"
 
 
+def option(default: Any, help: str, **field_options: Any) -> Any:
+    """A field of an options dataclass with its help text, which becomes its flag's help."""
+    return field(default=default, metadata={"help": help}, **field_options)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Settings of the rank service and the Triton server it launches."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "address the rank service binds"})
-    grpc_port: int = field(default=50051, metadata={"help": "rank service port (0 picks one)"})
-    http_port: int = field(
-        default=8080,
-        metadata={
-            "help": "HTTP/JSON port of the rank service (Cohere, Jina, TEI and NIM shapes) on "
-            "host, with the same TLS files (0 picks one, -1: off)"
-        },
+    host: str = option("127.0.0.1", "address the rank service binds")
+    grpc_port: int = option(50051, "rank service port (0 picks one)")
+    http_port: int = option(
+        8080,
+        "HTTP/JSON port of the rank service (Cohere, Jina, TEI and NIM shapes) on "
+        "host, with the same TLS files (0 picks one, -1: off)",
     )
-    model_repository: Path = field(
-        default=Path("model_repository"), metadata={"help": "Triton model repository"}
+    model_repository: Path = option(Path("model_repository"), "Triton model repository")
+    default_model: str = option(
+        "", "model used when a request names none (empty: the only one served)"
     )
-    default_model: str = field(
-        default="",
-        metadata={"help": "model used when a request names none (empty: the only one served)"},
+    triton_url: str = option(
+        "",
+        "gRPC endpoint of running Triton(s): host:port, ip:port,ip:port (replicas, "
+        "round robin) or a gRPC target such as dns:///triton:8001; empty launches one",
     )
-    triton_url: str = field(
-        default="",
-        metadata={
-            "help": "gRPC endpoint of running Triton(s): host:port, ip:port,ip:port (replicas, "
-            "round robin) or a gRPC target such as dns:///triton:8001; empty launches one"
-        },
+    triton_grpc_port: int = option(8001, "gRPC port of launched Triton")
+    triton_http_port: int = option(8000, "HTTP port of launched Triton")
+    triton_metrics_port: int = option(8002, "metrics port of launched Triton")
+    triton_log: Path = option(Path("logs/tritonserver.log"), "log file of launched Triton")
+    triton_startup_timeout_s: float = option(120.0, "how long to wait for Triton to become ready")
+    max_rows_per_request: int = option(
+        32, "largest inference request a call is split into (capped by the model)"
     )
-    triton_grpc_port: int = field(default=8001, metadata={"help": "gRPC port of launched Triton"})
-    triton_http_port: int = field(default=8000, metadata={"help": "HTTP port of launched Triton"})
-    triton_metrics_port: int = field(
-        default=8002, metadata={"help": "metrics port of launched Triton"}
+    requests_in_flight_per_model: int = option(
+        4,
+        "inference requests of one model at Triton at once; a call's further "
+        "requests wait their turn: the most urgent priority first, then calls in turn, so "
+        "a small call waits only for requests already sent, not a large call's queue",
     )
-    triton_log: Path = field(
-        default=Path("logs/tritonserver.log"), metadata={"help": "log file of launched Triton"}
+    max_chunks_per_document: int = option(16, "most windows a chunked document is scored in")
+    chunk_overlap_tokens: int = option(32, "tokens consecutive windows share unless a call says")
+    inference_timeout_s: float = option(
+        60.0, "upper bound for one call's inference when no deadline"
     )
-    triton_startup_timeout_s: float = field(
-        default=120.0, metadata={"help": "how long to wait for Triton to become ready"}
+    shutdown_grace_s: float = option(5.0, "time in-flight calls get to finish on shutdown")
+    metrics_port: int = option(
+        8003, "Prometheus /metrics port of the rank service, on host (-1: off)"
     )
-    max_rows_per_request: int = field(
-        default=32,
-        metadata={"help": "largest inference request a call is split into (capped by the model)"},
-    )
-    requests_in_flight_per_model: int = field(
-        default=4,
-        metadata={
-            "help": "inference requests of one model at Triton at once; a call's further "
-            "requests wait their turn: the most urgent priority first, then calls in turn, so "
-            "a small call waits only for requests already sent, not a large call's queue"
-        },
-    )
-    max_chunks_per_document: int = field(
-        default=16, metadata={"help": "most windows a chunked document is scored in"}
-    )
-    chunk_overlap_tokens: int = field(
-        default=32, metadata={"help": "tokens consecutive windows share unless a call says"}
-    )
-    inference_timeout_s: float = field(
-        default=60.0, metadata={"help": "upper bound for one call's inference when no deadline"}
-    )
-    shutdown_grace_s: float = field(
-        default=5.0, metadata={"help": "time in-flight calls get to finish on shutdown"}
-    )
-    metrics_port: int = field(
-        default=8003,
-        metadata={"help": "Prometheus /metrics port of the rank service, on host (-1: off)"},
-    )
-    health_interval_s: float = field(
-        default=2.0,
-        metadata={"help": "seconds between canary checks of a model that answered no call since"},
+    health_interval_s: float = option(
+        2.0, "seconds between canary checks of a model that answered no call since"
     )
     # Limits. A call over one is refused with a message naming the limit and the value.
-    max_documents_per_call: int = field(
-        default=1000, metadata={"help": "most documents one rank call may carry"}
+    max_documents_per_call: int = option(1000, "most documents one rank call may carry")
+    max_query_bytes: int = option(64 * 1024, "largest query, in UTF-8 bytes")
+    max_document_bytes: int = option(1024 * 1024, "largest document, in UTF-8 bytes")
+    max_image_bytes: int = option(
+        16 * 1024 * 1024, "largest image (query or document), encoded, in bytes"
     )
-    max_query_bytes: int = field(
-        default=64 * 1024, metadata={"help": "largest query, in UTF-8 bytes"}
+    max_image_pixels: int = option(
+        32 * 1024 * 1024,
+        "most pixels (width x height) of an image, read from its header before it is decoded",
     )
-    max_document_bytes: int = field(
-        default=1024 * 1024, metadata={"help": "largest document, in UTF-8 bytes"}
+    max_request_bytes: int = option(
+        32 * 1024 * 1024, "largest serialized rank request (gRPC max receive message size)"
     )
-    max_image_bytes: int = field(
-        default=16 * 1024 * 1024,
-        metadata={"help": "largest image (query or document), encoded, in bytes"},
-    )
-    max_image_pixels: int = field(
-        default=32 * 1024 * 1024,
-        metadata={
-            "help": "most pixels (width x height) of an image, read from its header before "
-            "it is decoded"
-        },
-    )
-    max_request_bytes: int = field(
-        default=32 * 1024 * 1024,
-        metadata={"help": "largest serialized rank request (gRPC max receive message size)"},
-    )
-    max_rows_in_flight: int = field(
-        default=1024,
-        metadata={
-            "help": "rows (query-document pairs, chunks included) being scored at once; "
-            "a call that does not fit is refused with RESOURCE_EXHAUSTED at once"
-        },
+    max_rows_in_flight: int = option(
+        1024,
+        "rows (query-document pairs, chunks included) being scored at once; "
+        "a call that does not fit is refused with RESOURCE_EXHAUSTED at once",
     )
     # Security.
-    api_key: str = field(
-        default="",
-        repr=False,
-        metadata={"help": "callers must send 'authorization: Bearer KEY' (empty: no key)"},
+    api_key: str = option(
+        "", "callers must send 'authorization: Bearer KEY' (empty: no key)", repr=False
     )
-    api_key_file: str = field(
-        default="", metadata={"help": "file holding the API key (beats api_key)"}
+    api_key_file: str = option("", "file holding the API key (beats api_key)")
+    api_keys_file: str = option(
+        "",
+        "TOML file of named keys: [teams.NAME] keys = [...], optional "
+        "max_rows_in_flight (the team's quota) and priority (its default); read again on "
+        "SIGHUP and when it changes. Beside api_key, whose callers are team 'default'",
     )
-    api_keys_file: str = field(
-        default="",
-        metadata={
-            "help": "TOML file of named keys: [teams.NAME] keys = [...], optional "
-            "max_rows_in_flight (the team's quota) and priority (its default); read again on "
-            "SIGHUP and when it changes. Beside api_key, whose callers are team 'default'"
-        },
-    )
-    tls_cert_file: str = field(
-        default="", metadata={"help": "PEM certificate chain: serve TLS (with tls_key_file)"}
-    )
-    tls_key_file: str = field(default="", metadata={"help": "PEM private key for TLS"})
-    tls_client_ca_file: str = field(
-        default="", metadata={"help": "PEM CA bundle: require client certificates (mTLS)"}
-    )
+    tls_cert_file: str = option("", "PEM certificate chain: serve TLS (with tls_key_file)")
+    tls_key_file: str = option("", "PEM private key for TLS")
+    tls_client_ca_file: str = option("", "PEM CA bundle: require client certificates (mTLS)")
     # Tracing.
-    otlp_endpoint: str = field(
-        default="",
-        metadata={
-            "help": "OTLP/HTTP collector (http://host:4318) that receives the traces of every "
-            "call; a launched Triton exports its own spans there too (empty: no tracing)"
-        },
+    otlp_endpoint: str = option(
+        "",
+        "OTLP/HTTP collector (http://host:4318) that receives the traces of every "
+        "call; a launched Triton exports its own spans there too (empty: no tracing)",
     )
-    log_level: str = field(default="INFO", metadata={"help": "logging level"})
+    log_level: str = option("INFO", "logging level")
 
     def __post_init__(self) -> None:
         for name in (

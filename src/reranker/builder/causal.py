@@ -32,14 +32,7 @@ from reranker.builder.common import (
     read_json,
     step,
 )
-from reranker.contract.model import (
-    Activation,
-    Device,
-    ModelKind,
-    Precision,
-    Runtime,
-    ServedModel,
-)
+from reranker.contract.model import Activation, Device, ModelKind, Precision, Runtime, ServedModel
 from reranker.contract.tensors import PREFIX_IDS
 
 # Stand-ins for the slots while the template is rendered: characters no template writes.

@@ -4,8 +4,7 @@ onnxruntime/TensorRT one) and the ensemble."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -40,16 +39,13 @@ from reranker.contract.tensors import (
     VISION_TOKEN_TENSORS,
     max_chars,
 )
+from reranker.settings import option
 
 # Padded lengths on GPU: every distinct length is another TensorRT engine shape, and only
 # requests of equal shape are batched together.
 GPU_LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 GPU_PREFERRED_BATCH_SIZES = (8, 16, 32, 64, 128)
 TENSORRT_CACHE = "/engine_cache"
-
-
-def _lever(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -59,19 +55,19 @@ class TritonTuning:
     or a ``--tuning`` TOML file). Not part of what describes the model: the rank service
     never reads it back."""
 
-    length_buckets: tuple[int, ...] = _lever(
+    length_buckets: tuple[int, ...] = option(
         (),
         "lengths the tokenizer pads rows to (empty: each request to its longest row; on GPU "
         "with the onnx runtime, powers of two up to the model's max length)",
     )
-    tokenizer_instances: int = _lever(1, "tokenizer model instances on a CPU build")
-    encoder_instances: int = _lever(1, "encoder model instances")
-    intra_op_threads: int = _lever(
+    tokenizer_instances: int = option(1, "tokenizer model instances on a CPU build")
+    encoder_instances: int = option(1, "encoder model instances")
+    intra_op_threads: int = option(
         0,
         "threads each CPU encoder instance's runtime uses (0: an equal share of the cores "
         "available when the server starts, cgroup quota included)",
     )
-    intra_op_spin_us: int = _lever(
+    intra_op_spin_us: int = option(
         INTRA_OP_SPIN_US,
         "microseconds ONNX Runtime's idle worker threads busy-wait for the next piece of work "
         "before they sleep (0: they sleep at once). A call's back-to-back runs find them awake "
@@ -79,45 +75,44 @@ class TritonTuning:
         "bound) they spin about 45 ms after every run, a core the tokenizer and the service "
         "then lack",
     )
-    max_attention_cells: int = _lever(
+    max_attention_cells: int = option(
         1 << 22,
         "attention cells (rows x length^2) one encoder run may hold, so long rows cannot "
         "exhaust memory (2^22: 16 rows of 512 tokens; a longer row runs alone; x64 on GPU)",
     )
-    max_rows_per_run: int = _lever(
+    max_rows_per_run: int = option(
         16, "rows one encoder run holds at most on CPU; the split minimizes padding"
     )
-    tokenizer_queue_delay_us: int = _lever(500, "tokenizer dynamic batcher's queue delay")
-    encoder_queue_delay_us: int = _lever(2000, "CPU encoder dynamic batcher's queue delay")
-    gpu_queue_delay_us: int = _lever(1000, "queue delay of Triton's onnxruntime GPU encoder")
-    tensorrt_workspace_bytes: int = _lever(1 << 31, "TensorRT builder workspace on GPU")
-    gpu_tokenizer_instances: int = _lever(
+    tokenizer_queue_delay_us: int = option(500, "tokenizer dynamic batcher's queue delay")
+    encoder_queue_delay_us: int = option(2000, "CPU encoder dynamic batcher's queue delay")
+    gpu_queue_delay_us: int = option(1000, "queue delay of Triton's onnxruntime GPU encoder")
+    tensorrt_workspace_bytes: int = option(1 << 31, "TensorRT builder workspace on GPU")
+    gpu_tokenizer_instances: int = option(
         4, "tokenizer instances beside a GPU encoder (tokenizing runs on CPU)"
     )
-    torch_gpu_max_batch_size: int = _lever(
+    torch_gpu_max_batch_size: int = option(
         512, "rows of several callers the PyTorch GPU encoder merges into one execution"
     )
-    torch_gpu_max_rows_per_run: int = _lever(256, "rows one PyTorch GPU run holds at most")
-    torch_gpu_max_tokens_per_run: int = _lever(
+    torch_gpu_max_rows_per_run: int = option(256, "rows one PyTorch GPU run holds at most")
+    torch_gpu_max_tokens_per_run: int = option(
         1 << 16, "padded tokens one PyTorch GPU run holds at most"
     )
-    vision_max_tokens_per_run: int = _lever(
+    vision_max_tokens_per_run: int = option(
         4096,
         "tokens (image tokens included) one CPU run of a vision-language reranker holds at "
         "most: a page image is about 800, and its activations scale with them",
     )
-    torch_gpu_run_overhead_tokens: int = _lever(
+    torch_gpu_run_overhead_tokens: int = option(
         1024, "a PyTorch GPU run's fixed cost (kernel launches), in tokens' work"
     )
-    torch_gpu_queue_delay_us: int = _lever(500, "PyTorch GPU encoder's queue delay")
-    shared_prefix: bool = _lever(
+    torch_gpu_queue_delay_us: int = option(500, "PyTorch GPU encoder's queue delay")
+    shared_prefix: bool = option(
         True,
         "causal-LM rerankers: the prompt prefix rows share runs once per group of rows (the "
         "CPU graph takes it apart; the PyTorch runtime uses its cache); false: rows run whole",
     )
-    torch_compile: TorchCompile = field(
-        default=TorchCompile.EAGER,
-        metadata={"help": "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"},
+    torch_compile: TorchCompile = option(
+        TorchCompile.EAGER, "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"
     )
 
 

@@ -16,13 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from reranker.builder.common import (
-    BuildError,
-    BuildOptions,
-    architecture,
-    max_length,
-    step,
-)
+from reranker.builder.common import BuildError, BuildOptions, architecture, max_length, step
 from reranker.contract.model import (
     PROCESSOR_DIR,
     Activation,

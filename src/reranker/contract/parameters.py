@@ -182,18 +182,8 @@ class EnsembleParameters:
 
     @classmethod
     def of(cls, model: ServedModel) -> EnsembleParameters:
-        return cls(
-            reranker_kind=model.kind,
-            architecture=model.architecture,
-            max_length=model.max_length,
-            activation=model.activation,
-            precision=model.precision,
-            device=model.device,
-            runtime=model.runtime,
-            family=model.family,
-            takes_instruction=model.takes_instruction,
-            takes_images=model.takes_images,
-        )
+        described = {field.name: getattr(model, field.name) for field in _DESCRIBED}
+        return cls(reranker_kind=model.kind, **described)
 
     def served_model(
         self,
@@ -206,20 +196,17 @@ class EnsembleParameters:
         return ServedModel(
             name=name,
             kind=self.reranker_kind,
-            architecture=self.architecture,
-            max_length=self.max_length,
-            activation=self.activation,
             token_inputs=tuple(name for name in TOKEN_TENSORS if name in outputs),
             max_batch_size=max_batch_size,
-            precision=self.precision,
-            device=self.device,
             graph_output=graph_output,
-            runtime=self.runtime,
-            family=self.family,
-            takes_instruction=self.takes_instruction,
-            takes_images=self.takes_images,
             counts_tokens=TOKENS in outputs,
+            **{field.name: getattr(self, field.name) for field in _DESCRIBED},
         )
+
+
+# The fields an ensemble's parameters and its served model share by name (the kind is
+# ``reranker_kind`` on the ensemble, so it is not taken for any other model's parameter).
+_DESCRIBED = tuple(field for field in fields(EnsembleParameters) if field.name != "reranker_kind")
 
 
 # The key that marks an ensemble as one of this server's served models.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -16,58 +17,52 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.calls = Counter(
+        counter = partial(Counter, registry=self.registry)
+        gauge = partial(Gauge, registry=self.registry)
+        histogram = partial(Histogram, registry=self.registry)
+        self.calls = counter(
             "reranker_calls",
             "Calls by gRPC method and status code",
             ["method", "code"],
-            registry=self.registry,
         )
-        self.rows = Counter(
+        self.rows = counter(
             "reranker_rows",
             "Rows (query-document pairs; chunks of chunked documents) scored, by model and team",
             ["model", "team"],
-            registry=self.registry,
         )
-        self.tokens = Counter(
+        self.tokens = counter(
             "reranker_tokens",
             "Tokens the models read (every scored row, special tokens and prompts included), "
             "by model and team",
             ["model", "team"],
-            registry=self.registry,
         )
-        self.rows_per_call = Histogram(
+        self.rows_per_call = histogram(
             "reranker_rows_per_call",
             "Rows one rank call scores",
             buckets=_ROW_BUCKETS,
-            registry=self.registry,
         )
-        self.stage_seconds = Histogram(
+        self.stage_seconds = histogram(
             "reranker_stage_seconds",
             "Time per stage of a rank call: chunk, inference, total",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.rows_in_flight = Gauge(
+        self.rows_in_flight = gauge(
             "reranker_rows_in_flight",
             "Rows being scored now (admission limit: max_rows_in_flight)",
-            registry=self.registry,
         )
-        self.serving = Gauge(
+        self.serving = gauge(
             "reranker_serving",
             "1 while every served model answers its canary request",
-            registry=self.registry,
         )
-        self.ignored_fields = Counter(
+        self.ignored_fields = counter(
             "reranker_ignored_fields",
             "Request fields no vendor documents, accepted and ignored, by route",
             ["route"],
-            registry=self.registry,
         )
-        self.backend_restarts = Counter(
+        self.backend_restarts = counter(
             "reranker_backend_restarts",
             "Times Triton was restarted after it or a model process died",
-            registry=self.registry,
         )
 
     def track_rows_in_flight(self, read: Callable[[], int]) -> None:

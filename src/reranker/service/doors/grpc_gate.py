@@ -1,7 +1,7 @@
 """The gate in front of every gRPC method of every service (reranker.v1, tei.v1, health,
 reflection), as :mod:`.http.gate` is in front of every HTTP route: the API key, the server
 span, request decoding, the calls metric, and the one error taxonomy mapped to gRPC status
-codes."""
+codes. Behind it, each servicer holds the one core (:class:`CoreServicer`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
 from reranker.service.callers import Caller, KeyRing, calling_as
+from reranker.service.core import RankCore
 from reranker.service.errors import (
     InvalidArgument,
     RerankError,
@@ -28,6 +29,13 @@ from reranker.service.metrics import ServiceMetrics
 from reranker.service.tracing import caller_context
 
 log = logging.getLogger(__name__)
+
+
+class CoreServicer:
+    """A servicer of the doors: it converts its service's shapes to the core's and back."""
+
+    def __init__(self, core: RankCore) -> None:
+        self._core = core
 
 
 HEALTH_METHODS = "/" + health_pb2.DESCRIPTOR.services_by_name["Health"].full_name + "/"

@@ -12,7 +12,7 @@ from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.contract.model import ModelKind
 from reranker.service.calls import ChunkingRequest, RankCall, Truncation
-from reranker.service.core import RankCore
+from reranker.service.doors.grpc_gate import CoreServicer
 from reranker.service.errors import InvalidArgument
 from reranker.service.images import CallImage
 from reranker.service.results import RankedDocument
@@ -80,11 +80,8 @@ def _result(result: RankedDocument) -> pb.RankResult:
     )
 
 
-class RankServicer(pb_grpc.RankServicer):
+class RankServicer(CoreServicer, pb_grpc.RankServicer):
     """``reranker.v1.Rank``: converts shapes; the core does the work."""
-
-    def __init__(self, core: RankCore) -> None:
-        self._core = core
 
     async def Rank(
         self, request: pb.RankRequest, context: grpc.aio.ServicerContext

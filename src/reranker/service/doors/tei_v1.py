@@ -18,6 +18,7 @@ from reranker_api.tei.v1 import tei_pb2_grpc as tei_grpc
 
 from reranker.service.calls import RankCall
 from reranker.service.core import RankCore, RankOutcome
+from reranker.service.doors.grpc_gate import CoreServicer
 from reranker.service.errors import InvalidArgument
 
 
@@ -47,10 +48,7 @@ def _response(outcome: RankOutcome, texts: Sequence[str]) -> tei.RerankResponse:
     )
 
 
-class RerankServicer(tei_grpc.RerankServicer):
-    def __init__(self, core: RankCore) -> None:
-        self._core = core
-
+class RerankServicer(CoreServicer, tei_grpc.RerankServicer):
     async def Rerank(
         self, request: tei.RerankRequest, context: grpc.aio.ServicerContext
     ) -> tei.RerankResponse:
@@ -101,10 +99,7 @@ class RerankServicer(tei_grpc.RerankServicer):
         return _response(outcome, texts)
 
 
-class InfoServicer(tei_grpc.InfoServicer):
-    def __init__(self, core: RankCore) -> None:
-        self._core = core
-
+class InfoServicer(CoreServicer, tei_grpc.InfoServicer):
     async def Info(
         self, request: tei.InfoRequest, context: grpc.aio.ServicerContext
     ) -> tei.InfoResponse:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, Field
 
 from reranker.service.calls import ChunkingRequest, RankCall
 from reranker.service.core import RankOutcome
-from reranker.service.doors.http.errors import CohereError, documented
+from reranker.service.doors.http.errors import CohereError
 from reranker.service.doors.http.fields import (
     MAX_CHUNKS,
     RANK_FIELDS,
@@ -32,8 +32,7 @@ from reranker.service.doors.http.routing import Dialect, rank
 
 SEARCH_UNIT_ROWS = 100
 
-router = APIRouter()
-DIALECT = Dialect(router, CohereError)
+DIALECT = Dialect(CohereError)
 
 
 class CohereV2Request(QueryRequest, Instructed, VllmOptions):
@@ -136,23 +135,13 @@ def cohere_response(
     )
 
 
-@router.post(
-    "/v2/rerank",
-    tags=["Cohere", "vLLM"],
-    response_model_exclude_none=True,
-    responses=documented(CohereError),
-)
+@DIALECT.rank_route("/v2/rerank", "Cohere", "vLLM")
 async def cohere_v2(body: CohereV2Request, request: Request, response: Response) -> CohereResponse:
     outcome = await rank(request, body, response)
     return cohere_response(outcome, str(uuid.uuid4()), "2", body)
 
 
-@router.post(
-    "/v1/rerank",
-    tags=["Cohere", "Jina", "vLLM", "llama.cpp"],
-    response_model_exclude_none=True,
-    responses=documented(CohereError),
-)
+@DIALECT.rank_route("/v1/rerank", "Cohere", "Jina", "vLLM", "llama.cpp")
 async def cohere_v1(body: CohereV1Request, request: Request, response: Response) -> CohereResponse:
     outcome = await rank(request, body, response)
     return cohere_response(outcome, str(uuid.uuid4()), "1", body)

@@ -4,22 +4,16 @@ shared with TEI (``/rerank``, :mod:`.tei`) and Mixedbread (``/v1/reranking``,
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import Field
 
 from reranker.service.calls import RankCall
-from reranker.service.doors.http.errors import OpenAIError, documented
-from reranker.service.doors.http.fields import (
-    Document,
-    Positive,
-    QueryRequest,
-    texts_field,
-)
+from reranker.service.doors.http.errors import OpenAIError
+from reranker.service.doors.http.fields import Document, Positive, QueryRequest, texts_field
 from reranker.service.doors.http.jina import JinaResponse, jina_response
 from reranker.service.doors.http.routing import Dialect, rank
 
-router = APIRouter()
-DIALECT = Dialect(router, OpenAIError)
+DIALECT = Dialect(OpenAIError)
 
 
 class LlamaCppRequest(QueryRequest):
@@ -31,12 +25,7 @@ class LlamaCppRequest(QueryRequest):
         return self.rank_call(self.documents, self.top_n, return_documents=self.return_documents)
 
 
-@router.post(
-    "/reranking",
-    tags=["llama.cpp"],
-    response_model_exclude_none=True,
-    responses=documented(OpenAIError),
-)
+@DIALECT.rank_route("/reranking", "llama.cpp")
 async def llama_reranking(
     body: LlamaCppRequest, request: Request, response: Response
 ) -> JinaResponse:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, Field
 
 from reranker.service.calls import RankCall
 from reranker.service.core import RankOutcome
-from reranker.service.doors.http.errors import OpenAIError, documented
+from reranker.service.doors.http.errors import OpenAIError
 from reranker.service.doors.http.fields import (
     RANK_FIELDS,
     Document,
@@ -28,8 +28,7 @@ from reranker.service.doors.http.jina import JinaResponse, jina_response
 from reranker.service.doors.http.llama_cpp import LlamaCppRequest
 from reranker.service.doors.http.routing import Dialect, rank
 
-router = APIRouter()
-DIALECT = Dialect(router, OpenAIError)
+DIALECT = Dialect(OpenAIError)
 
 
 class MixedbreadRequest(QueryRequest):
@@ -87,11 +86,10 @@ def mixedbread_response(outcome: RankOutcome, request: MixedbreadRequest) -> Mix
     )
 
 
-@router.post(
+@DIALECT.rank_route(
     "/v1/reranking",
-    tags=["Mixedbread", "llama.cpp"],
-    response_model_exclude_none=True,
-    responses=documented(OpenAIError),
+    "Mixedbread",
+    "llama.cpp",
     description="Mixedbread's shape (input) or llama.cpp's (documents), told apart by the body.",
 )
 async def v1_reranking(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from pydantic import BaseModel
 
 from reranker.service.core import ModelListing
 from reranker.service.doors.http.errors import READ_ERRORS, TeiError, documented
 from reranker.service.doors.http.routing import Dialect, core_of
 
-router = APIRouter()
-DIALECT = Dialect(router, TeiError)
+DIALECT = Dialect(TeiError)
+router = DIALECT.router
 
 
 class ModelCard(BaseModel):

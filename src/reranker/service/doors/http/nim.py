@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reranker.service.calls import RankCall, Truncation
@@ -22,8 +22,8 @@ from reranker.service.doors.http.fields import (
 )
 from reranker.service.doors.http.routing import Dialect, rank
 
-router = APIRouter()
-DIALECT = Dialect(router, TeiError)
+DIALECT = Dialect(TeiError)
+router = DIALECT.router
 
 
 class NimText(Tolerant):

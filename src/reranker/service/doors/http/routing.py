@@ -7,13 +7,13 @@ import contextlib
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from fastapi import APIRouter, Request, Response
 
 from reranker.service.core import RankCore, RankOutcome
-from reranker.service.doors.http.errors import ErrorShape
+from reranker.service.doors.http.errors import ErrorShape, documented
 from reranker.service.doors.http.fields import RankShape
 from reranker.service.metrics import ServiceMetrics
 
@@ -27,8 +27,19 @@ _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 class Dialect:
     """One HTTP dialect: its routes, and the error body its clients read on them."""
 
-    router: APIRouter
     error_shape: ErrorShape
+    router: APIRouter = field(default_factory=APIRouter)
+
+    def rank_route(self, path: str, *tags: str, description: str | None = None) -> Any:
+        """The decorator of a rank route: unset fields left out of its answers, and its error
+        answers documented in the dialect's shape."""
+        return self.router.post(
+            path,
+            tags=list(tags),
+            response_model_exclude_none=True,
+            responses=documented(self.error_shape),
+            description=description,
+        )
 
 
 @contextlib.contextmanager

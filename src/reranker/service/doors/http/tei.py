@@ -20,8 +20,8 @@ from reranker.service.doors.http.routing import Dialect, core_of, rank
 from reranker.service.errors import InvalidArgument
 from reranker.service.health import HealthMonitor
 
-router = APIRouter(tags=["Text Embeddings Inference"])
-DIALECT = Dialect(router, TeiError)
+DIALECT = Dialect(TeiError, APIRouter(tags=["Text Embeddings Inference"]))
+router = DIALECT.router
 # Routes a caller reaches without an API key.
 HEALTH_ROUTES = frozenset({"/health"})
 
@@ -100,11 +100,9 @@ class Health(BaseModel):
     status: Literal["SERVING", "NOT_SERVING"]
 
 
-@router.post(
+@DIALECT.rank_route(
     "/rerank",
-    tags=["llama.cpp"],
-    response_model_exclude_none=True,
-    responses=documented(TeiError),
+    "llama.cpp",
     description="TEI's shape (texts) or llama.cpp's (documents), told apart by the body.",
 )
 async def tei_rerank(

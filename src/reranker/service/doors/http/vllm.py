@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, Field
 
 from reranker.service.calls import RankCall
@@ -16,8 +16,8 @@ from reranker.service.doors.http.errors import OpenAIError, documented
 from reranker.service.doors.http.fields import Documents, Query, Usage, VllmOptions, model_field
 from reranker.service.doors.http.routing import Dialect, rank
 
-router = APIRouter()
-DIALECT = Dialect(router, OpenAIError)
+DIALECT = Dialect(OpenAIError)
+router = DIALECT.router
 
 
 class _ScoreOptions(VllmOptions):

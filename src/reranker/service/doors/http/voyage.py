@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 from pydantic import BaseModel, Field
 
 from reranker.service.calls import RankCall, Truncation
 from reranker.service.core import RankOutcome
-from reranker.service.doors.http.errors import DetailError, documented
-from reranker.service.doors.http.fields import (
-    Document,
-    Positive,
-    QueryRequest,
-    Usage,
-    texts_field,
-)
+from reranker.service.doors.http.errors import DetailError
+from reranker.service.doors.http.fields import Document, Positive, QueryRequest, Usage, texts_field
 from reranker.service.doors.http.routing import Dialect, rank
 
-router = APIRouter()
-DIALECT = Dialect(router, DetailError)
+DIALECT = Dialect(DetailError)
 
 
 class VoyageRequest(QueryRequest):
@@ -64,12 +57,7 @@ def voyage_response(outcome: RankOutcome) -> VoyageResponse:
     )
 
 
-@router.post(
-    "/voyage/v1/rerank",
-    tags=["Voyage AI"],
-    response_model_exclude_none=True,
-    responses=documented(DetailError),
-)
+@DIALECT.rank_route("/voyage/v1/rerank", "Voyage AI")
 async def voyage_rerank(
     body: VoyageRequest, request: Request, response: Response
 ) -> VoyageResponse:
