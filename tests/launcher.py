@@ -111,6 +111,9 @@ def start_server(repository: Path, workdir: Path, default_model: str, **settings
         RERANKER_TRITON_METRICS_PORT=str(triton_metrics_port),
         RERANKER_TRITON_LOG=str(workdir / "tritonserver.log"),
         RERANKER_TRITON_STARTUP_TIMEOUT_S=str(STARTUP_TIMEOUT_S),
+        # Every model resident from the start, so what a test or benchmark measures is never
+        # a first call's load (the catalog's tests pin fewer).
+        RERANKER_PIN="*",
     )
     # After the defaults, so a setting may replace one of them (http_port="-1": no HTTP).
     env.update({"RERANKER_" + name.upper(): value for name, value in settings.items()})

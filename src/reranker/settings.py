@@ -40,6 +40,23 @@ class Settings:
     default_model: str = option(
         "", "model used when a request names none (empty: the only one served)"
     )
+    pin: str = option(
+        "",
+        "models loaded at start and never unloaded, comma-separated ('*': every model); the "
+        "default model is always pinned. Any other model of the repository loads on its first "
+        "call. With no default model and no pin, every model loads at start",
+    )
+    max_loaded_models: int = option(
+        0,
+        "most served models resident at once (0: no bound); to load another, the least "
+        "recently used model that is not pinned and has no call in flight is unloaded",
+    )
+    model_load_timeout_s: float = option(
+        120.0, "how long a call waits for its model to load before UNAVAILABLE (retry hint)"
+    )
+    model_load_retry_s: float = option(
+        30.0, "after a model failed to load, how long its calls get that error before a retry"
+    )
     triton_url: str = option(
         "",
         "gRPC endpoint of running Triton(s): host:port, ip:port,ip:port (replicas, "
@@ -130,6 +147,10 @@ class Settings:
             raise ValueError(
                 f"setting max_documents_per_call ({self.max_documents_per_call}) exceeds "
                 f"max_rows_in_flight ({self.max_rows_in_flight}): such a call could never run"
+            )
+        if self.max_loaded_models < 0:
+            raise ValueError(
+                f"setting max_loaded_models must be >= 0, got {self.max_loaded_models}"
             )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("settings tls_cert_file and tls_key_file go together")

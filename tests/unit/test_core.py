@@ -49,12 +49,34 @@ class FakeScorer:
     images: list[RowImages | None] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)
 
+    # The repository's models that are not loaded, and what was loaded and unloaded.
+    unloaded: dict[str, ServedModel] = field(default_factory=dict)
+    loads: list[str] = field(default_factory=list)
+    unloads: list[str] = field(default_factory=list)
+    load_gate: asyncio.Event | None = None
+
     @property
     def models(self) -> Mapping[str, ServedModel]:
         return self.served
 
     async def refresh(self) -> Mapping[str, ServedModel]:
         return self.served
+
+    async def repository_models(self) -> list[str]:
+        return sorted({*self.served, *self.unloaded})
+
+    async def load(self, name: str) -> None:
+        """Loads a model of ``unloaded``; a model named 'broken*' fails, as a bad folder does."""
+        self.loads.append(name)
+        if self.load_gate is not None:
+            await self.load_gate.wait()
+        if name.startswith("broken"):
+            raise errors.ModelLoadFailed(f"model {name!r} could not be loaded: bad config")
+        self.served[name] = self.unloaded.pop(name)
+
+    async def unload(self, name: str) -> None:
+        self.unloads.append(name)
+        self.unloaded[name] = self.served.pop(name)
 
     async def score(
         self,

@@ -25,14 +25,15 @@ from reranker.contract.model import ServedModel
 from reranker.contract.tensors import TruncationOptions
 from reranker.service.callers import Caller, current_caller
 from reranker.service.calls import RankCall
+from reranker.service.catalog import ModelCatalog, parse_pins
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
-from reranker.service.errors import InvalidArgument, Unavailable
+from reranker.service.errors import InvalidArgument, ModelLoading, Unavailable
 from reranker.service.images import check_images
 from reranker.service.limits import CallLimits, RowBudget, TeamQuotas
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.results import RankedDocument, activate, assemble
 from reranker.service.scoring import Engine, RowImages, Scores
-from reranker.service.validation import ChunkingChoice, check_call, for_model
+from reranker.service.validation import ChunkingChoice, ValidCall, check_call, for_model
 from reranker.settings import Settings
 
 
@@ -108,6 +109,14 @@ class RankCore:
         self.limits = CallLimits.from_settings(settings)
         self.budget = RowBudget(settings.max_rows_in_flight)
         self.quotas = TeamQuotas()
+        self.catalog = ModelCatalog(
+            scorer,
+            metrics,
+            parse_pins(settings.pin, settings.default_model),
+            settings.max_loaded_models,
+            settings.model_load_timeout_s,
+            settings.model_load_retry_s,
+        )
         metrics.track_rows_in_flight(lambda: self.budget.in_flight)
 
     def timeout(self, remaining_s: float | None) -> float:
@@ -132,7 +141,15 @@ class RankCore:
         return self._scorer.models
 
     async def model(self, name: str) -> ServedModel:
-        """The served model called ``name`` ('' picks the default)."""
+        """The loaded model called ``name`` ('' picks the default)."""
+        chosen = await self._model_name(name)
+        model = self._scorer.models.get(chosen)
+        if model is None:
+            raise ModelLoading(f"model {chosen!r} is not loaded: a call to it loads it")
+        return model
+
+    async def _model_name(self, name: str) -> str:
+        """``name`` ('' picks the default), if the repository holds it, loaded or not."""
         served = await self._served()
         if not served:
             raise Unavailable("no model is loaded yet")
@@ -141,12 +158,12 @@ class RankCore:
             raise InvalidArgument(
                 f"model must be set: this server has no default among {sorted(served)}"
             )
-        model = served.get(chosen)
-        if model is None:
-            raise InvalidArgument(
-                f"model {chosen!r} is not served; served models: {sorted(served)}"
-            )
-        return model
+        if chosen in served:
+            return chosen
+        catalog = await self._scorer.repository_models()
+        if chosen not in catalog:
+            raise InvalidArgument(f"model {chosen!r} is not served; served models: {catalog}")
+        return chosen
 
     async def list_models(self) -> ModelListing:
         served = await self._served()
@@ -167,17 +184,24 @@ class RankCore:
     async def rank(self, call: RankCall, timeout_s: float) -> RankOutcome:
         """Scores every document of ``call`` and returns them best first."""
         start = time.perf_counter()
-        with self._tracer.start_as_current_span("validate"):
-            valid = check_call(call, self.limits)
-            model = await self.model(call.model)
-            valid = for_model(valid, call, model)
-            documents, document_images = valid.documents, valid.document_images
-            chunking, options = valid.chunking, valid.options
-            images = call.images
-            if images is not None:
-                await asyncio.to_thread(
-                    check_images, call.query_image, document_images, self.limits.images
-                )
+        # The model stays loaded (the catalog unloads none under a call) until the call ends.
+        async with contextlib.AsyncExitStack() as holding:
+            with self._tracer.start_as_current_span("validate"):
+                valid = check_call(call, self.limits)
+                name = await self._model_name(call.model)
+                model = await holding.enter_async_context(self.catalog.use(name, timeout_s))
+                valid = for_model(valid, call, model)
+                if call.images is not None:
+                    await asyncio.to_thread(
+                        check_images, call.query_image, valid.document_images, self.limits.images
+                    )
+            return await self._rank_with(model, call, valid, timeout_s, start)
+
+    async def _rank_with(
+        self, model: ServedModel, call: RankCall, valid: ValidCall, timeout_s: float, start: float
+    ) -> RankOutcome:
+        documents, document_images = valid.documents, valid.document_images
+        chunking, options, images = valid.chunking, valid.options, call.images
         caller = current_caller()
         priority = call.priority if call.priority is not None else caller.priority
         trace.get_current_span().set_attributes({"team": caller.team, "priority": priority})

@@ -19,7 +19,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from reranker.contract.model import ServedModel
+from reranker.contract.model import ENCODER_SUFFIX, TOKENIZER_SUFFIX, ServedModel
 from reranker.contract.parameters import (
     SERVED_MODEL_KEY,
     EnsembleParameters,
@@ -42,6 +42,7 @@ from reranker.service.errors import (
     DeadlineExceeded,
     InferenceFailed,
     InvalidArgument,
+    ModelLoadFailed,
     ModelRestarting,
     RerankError,
     Unavailable,
@@ -271,6 +272,32 @@ class TritonEngine:
             raise _translate(error, self.url) from None
         self.models = models
         return models
+
+    async def repository_models(self) -> list[str]:
+        try:
+            index = await self._client.get_model_repository_index()
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        composing = (TOKENIZER_SUFFIX, ENCODER_SUFFIX)
+        return sorted(entry.name for entry in index.models if not entry.name.endswith(composing))
+
+    async def load(self, name: str) -> None:
+        try:
+            await self._client.load_model(name)
+        except InferenceServerException as error:
+            raise ModelLoadFailed(
+                f"model {name!r} could not be loaded: {error.message()}"
+            ) from None
+        await self.refresh()
+
+    async def unload(self, name: str) -> None:
+        try:
+            # An ensemble's dependents are its composing models; one another loaded ensemble
+            # still uses (a shared tokenizer) stays.
+            await self._client.unload_model(name, unload_dependents=True)
+        except InferenceServerException as error:
+            raise _translate(error, self.url) from None
+        await self.refresh()
 
     async def score(
         self,

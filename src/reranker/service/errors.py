@@ -45,6 +45,18 @@ class ModelRestarting(Unavailable):
     """A model's backend process died; the server is restarting it."""
 
 
+class ModelLoading(Unavailable):
+    """The called model is still loading (or waits for room to load): retry shortly."""
+
+    retry_after_s: int | None = 1
+
+
+class ModelLoadFailed(Unavailable):
+    """The called model could not be loaded; it is tried again after a back-off."""
+
+    retry_after_s: int | None = None
+
+
 class Unauthenticated(RerankError):
     """The call carried no valid API key."""
 

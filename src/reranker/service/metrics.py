@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 # From a short call on a GPU to a long chunked call on a CPU.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# From a small ONNX model on a fast disk to a large PyTorch one compiling.
+_LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 _ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
@@ -60,6 +62,27 @@ class ServiceMetrics:
             "Request fields no vendor documents, accepted and ignored, by route",
             ["route"],
         )
+        self.model_loads = counter(
+            "reranker_model_loads",
+            "Model loads on a first call, by model and outcome (loaded, failed)",
+            ["model", "outcome"],
+        )
+        self.model_unloads = counter(
+            "reranker_model_unloads",
+            "Model unloads, by model and reason (budget)",
+            ["model", "reason"],
+        )
+        self.model_load_seconds = histogram(
+            "reranker_model_load_seconds",
+            "Time one model load took (room made first)",
+            buckets=_LOAD_BUCKETS,
+        )
+        self.model_load_wait_seconds = histogram(
+            "reranker_model_load_wait_seconds",
+            "Time calls waited for their model to load",
+            buckets=_LOAD_BUCKETS,
+        )
+        self.models_loaded = gauge("reranker_models_loaded", "Served models resident now")
         self.backend_restarts = counter(
             "reranker_backend_restarts",
             "Times Triton was restarted after it or a model process died",

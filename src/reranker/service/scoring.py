@@ -90,6 +90,18 @@ class Engine(Protocol):
 
     async def refresh(self) -> Mapping[str, ServedModel]: ...
 
+    async def repository_models(self) -> list[str]:
+        """Every served model the repository holds, loaded or not."""
+        ...
+
+    async def load(self, name: str) -> None:
+        """Loads ``name`` (its composing models with it), then refreshes the models."""
+        ...
+
+    async def unload(self, name: str) -> None:
+        """Unloads ``name`` and the composing models no other loaded model uses."""
+        ...
+
     async def score(
         self,
         model: ServedModel,

@@ -24,6 +24,7 @@ from pathlib import Path
 import tritonclient.grpc as triton_grpc
 
 from reranker.contract.model import ServedModel
+from reranker.service.catalog import PIN_ALL, parse_pins
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.tracing import otlp_traces_url
 from reranker.settings import ENV_PREFIX, Settings
@@ -94,10 +95,10 @@ class TritonServer:
             str(triton_home() / "bin" / "tritonserver"),
             f"--model-repository={s.model_repository.resolve()}",
             f"--backend-directory={backend_directory}",
-            # Explicit control loads exactly the repository's models at start; the control
-            # API is on loopback only, like every Triton endpoint here.
+            # Explicit control loads the pinned models at start and the others when the
+            # catalog asks; the control API is on loopback only, like every endpoint here.
             "--model-control-mode=explicit",
-            "--load-model=*",
+            *(f"--load-model={name}" for name in self.models_at_start()),
             "--disable-auto-complete-config",
             "--strict-readiness=true",
             "--exit-timeout-secs=5",
@@ -116,6 +117,11 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             *self._trace_flags(),
         ]
+
+    def models_at_start(self) -> list[str]:
+        """The pinned models and the default (``*``: every model when none is named)."""
+        pins = parse_pins(self._settings.pin, self._settings.default_model)
+        return ["*"] if not pins or PIN_ALL in pins else sorted(pins)
 
     def _trace_flags(self) -> list[str]:
         """Triton's own OpenTelemetry spans, joined to the rank service's trace through the

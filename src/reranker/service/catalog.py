@@ -1,0 +1,201 @@
+"""The model catalog: every model of the repository is callable by name, and only the pinned
+ones and those called recently are resident.
+
+A call for a model that is not loaded loads it, and the calls that arrive meanwhile wait on
+that one load (single flight) for at most ``load_timeout_s``, then get UNAVAILABLE with a
+retry hint. Loads run one at a time, so the ``max_loaded`` bound holds: past it, the least
+recently used model that is neither pinned nor under a call is unloaded first; while every
+loaded model is pinned or busy, the load waits for a call to end. A failed load is reported
+to its callers and tried again only after ``retry_after_failure_s``.
+
+What is loaded is the engine's word (``engine.models``, refreshed after each load and
+unload and by the health monitor), so a restarted Triton, which loads the pinned models
+alone, is seen as it is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from reranker.contract.model import ServedModel
+from reranker.service.errors import ModelLoadFailed, ModelLoading, RerankError
+from reranker.service.metrics import ServiceMetrics
+from reranker.service.scoring import Engine
+
+log = logging.getLogger(__name__)
+
+# What ``--pin`` takes for "every model in the repository, all resident".
+PIN_ALL = "*"
+
+
+class ModelState(enum.StrEnum):
+    LOADED = "loaded"
+    LOADING = "loading"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+def parse_pins(pin: str, default_model: str) -> frozenset[str]:
+    """The pinned models of a ``--pin`` value (comma-separated names, or ``*``), the default
+    model always among them."""
+    names = {name.strip() for name in pin.split(",") if name.strip()}
+    if default_model:
+        names.add(default_model)
+    return frozenset(names)
+
+
+@dataclass
+class _Entry:
+    calls: int = 0
+    last_used: float = -math.inf
+    loading: asyncio.Task[ServedModel] | None = None
+    failed_at: float | None = None
+    failure: str = ""
+    unloading: bool = False
+
+
+class ModelCatalog:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServiceMetrics,
+        pinned: Iterable[str] = (),
+        max_loaded: int = 0,
+        load_timeout_s: float = 120.0,
+        retry_after_failure_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        pins = frozenset(pinned)
+        self.pin_all = PIN_ALL in pins
+        self.pinned = pins - {PIN_ALL}
+        self._engine = engine
+        self._metrics = metrics
+        self._max_loaded = max_loaded
+        self._load_timeout_s = load_timeout_s
+        self._retry_s = retry_after_failure_s
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        # One load or unload at a time: the bound is checked and kept in one step.
+        self._loading = asyncio.Lock()
+        self._call_ended = asyncio.Condition()
+        metrics.models_loaded.set_function(lambda: float(len(engine.models)))
+
+    def _entry(self, name: str) -> _Entry:
+        return self._entries.setdefault(name, _Entry())
+
+    def is_pinned(self, name: str) -> bool:
+        return self.pin_all or name in self.pinned
+
+    def state(self, name: str) -> ModelState:
+        entry = self._entries.get(name)
+        if name in self._engine.models:
+            return ModelState.LOADED
+        if entry is not None and entry.loading is not None:
+            return ModelState.LOADING
+        if entry is not None and entry.failed_at is not None:
+            return ModelState.FAILED
+        return ModelState.UNLOADED
+
+    async def states(self) -> dict[str, ModelState]:
+        """Every model of the repository (and any loaded beside it) with its state."""
+        names = set(await self._engine.repository_models()) | set(self._engine.models)
+        return {name: self.state(name) for name in sorted(names)}
+
+    @contextlib.asynccontextmanager
+    async def use(self, name: str, timeout_s: float) -> AsyncIterator[ServedModel]:
+        """The model ``name``, loaded if it was not, held resident until the block ends."""
+        entry = self._entry(name)
+        entry.calls += 1
+        try:
+            model = await self._loaded(name, entry, min(timeout_s, self._load_timeout_s))
+            entry.last_used = self._clock()
+            yield model
+        finally:
+            entry.calls -= 1
+            entry.last_used = self._clock()
+            async with self._call_ended:
+                self._call_ended.notify_all()
+
+    async def _loaded(self, name: str, entry: _Entry, timeout_s: float) -> ServedModel:
+        model = self._engine.models.get(name)
+        if model is not None and not entry.unloading:
+            return model
+        if entry.loading is None:
+            if entry.failed_at is not None:
+                since = self._clock() - entry.failed_at
+                if since < self._retry_s:
+                    error = ModelLoadFailed(
+                        f"{entry.failure} (tried {since:.0f}s ago; tried again "
+                        f"{self._retry_s:.0f}s after a failure)"
+                    )
+                    error.retry_after_s = max(1, math.ceil(self._retry_s - since))
+                    raise error
+            entry.loading = asyncio.create_task(self._load(name, entry))
+        started = self._clock()
+        try:
+            # Shielded: a caller that gives up leaves the load running for the others.
+            return await asyncio.wait_for(asyncio.shield(entry.loading), timeout_s)
+        except TimeoutError:
+            raise ModelLoading(
+                f"model {name!r} is still loading after {timeout_s:.0f}s; retry shortly"
+            ) from None
+        finally:
+            self._metrics.model_load_wait_seconds.observe(self._clock() - started)
+
+    async def _load(self, name: str, entry: _Entry) -> ServedModel:
+        try:
+            async with self._loading:
+                await self._make_room(name)
+                started = self._clock()
+                await self._engine.load(name)
+                model = self._engine.models.get(name)
+                if model is None:
+                    raise ModelLoadFailed(f"model {name!r} loaded but is not a served model")
+                seconds = self._clock() - started
+            self._metrics.model_loads.labels(name, "loaded").inc()
+            self._metrics.model_load_seconds.observe(seconds)
+            log.info("loaded model %s in %.1fs (reason: first call)", name, seconds)
+            entry.failed_at = None
+            return model
+        except RerankError as error:
+            entry.failed_at, entry.failure = self._clock(), str(error)
+            self._metrics.model_loads.labels(name, "failed").inc()
+            log.error("model %s failed to load: %s", name, error)
+            raise
+        finally:
+            entry.loading = None
+
+    async def _make_room(self, name: str) -> None:
+        """Unloads least recently used models until ``name`` fits under the bound, waiting for
+        calls to end while every loaded model is pinned or busy."""
+        if not self._max_loaded:
+            return
+        while len(self._engine.models) >= self._max_loaded:
+            # Chosen and marked with no await between, so no call starts on the victim
+            # unseen; a call that comes for it while it unloads loads it again after.
+            async with self._call_ended:
+                victim = self._least_recently_used(besides=name)
+                if victim is None:
+                    await self._call_ended.wait()
+                    continue
+                self._entry(victim).unloading = True
+            try:
+                await self._engine.unload(victim)
+            finally:
+                self._entry(victim).unloading = False
+            self._metrics.model_unloads.labels(victim, "budget").inc()
+            log.info("unloaded model %s (reason: budget, to load %s)", victim, name)
+
+    def _least_recently_used(self, besides: str) -> str | None:
+        idle = [
+            name
+            for name in self._engine.models
+            if name != besides and not self.is_pinned(name) and self._entry(name).calls == 0
+        ]
+        return min(idle, key=lambda name: self._entry(name).last_used) if idle else None

@@ -1,0 +1,124 @@
+"""The model catalog through a real Triton: only the default model is loaded at start, any
+other loads on its first call (once for many callers), the least recently used one is
+unloaded past ``max_loaded_models`` with its stubs and shared memory gone, a broken folder
+fails its own calls only, and a model built into the live repository is served without a
+restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as triton_grpc
+from reranker_client import AsyncRerankClient, UnavailableError
+
+from reranker.builder.builder import BuildOptions
+from tests.integration.conftest import Server, children, cmdline, start_server, stop_server
+from tests.integration.test_metrics import scrape, value
+from tests.model_cache import cached_build
+
+PINNED, HOT, COLD, LATE = "catalog-a", "catalog-b", "catalog-c", "catalog-late"
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("catalog_repository")
+    for name in (PINNED, HOT, COLD):
+        cached_build(None, BuildOptions(name=name), root)
+    # A folder Triton cannot load: its encoder is missing.
+    shutil.copytree(root / HOT, root / "broken")
+    config = (root / "broken" / "config.pbtxt").read_text()
+    (root / "broken" / "config.pbtxt").write_text(
+        config.replace(f'name: "{HOT}"', 'name: "broken"').replace(HOT + "__", "broken__")
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def catalog_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(
+        repository,
+        tmp_path_factory.mktemp("catalog_server"),
+        PINNED,
+        pin="",
+        max_loaded_models="2",
+        model_load_retry_s="600",
+    )
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def ready(server: Server) -> set[str]:
+    with triton_grpc.InferenceServerClient(server.triton_grpc) as triton:
+        index = triton.get_model_repository_index(as_json=True)["models"]
+    return {entry["name"] for entry in index if entry.get("state") == "READY"}
+
+
+def stubs_of(server: Server, model: str) -> list[int]:
+    triton = next(p for p in children(server.process.pid) if "tritonserver" in cmdline(p))
+    return [p for p in children(triton) if f"/{model}__" in cmdline(p)]
+
+
+def shared_memory(server: Server) -> list[str]:
+    prefix = f"reranker{server.process.pid}_"
+    return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
+
+
+async def rank(server: Server, model: str) -> str:
+    async with AsyncRerankClient(server.address, timeout=120) as client:
+        results = await client.rank("where do rivers go", ["the sea", "a hill"], model=model)
+    assert [r["corpus_id"] for r in results] in ([0, 1], [1, 0])
+    return model
+
+
+async def test_models_load_on_first_call_and_the_least_recent_makes_room(
+    catalog_server: Server,
+) -> None:
+    models = {PINNED, PINNED + "__tokenizer", PINNED + "__encoder"}
+    assert ready(catalog_server) == models, "only the default model at start"
+
+    assert await asyncio.gather(*(rank(catalog_server, HOT) for _ in range(8))) == [HOT] * 8
+    samples = scrape(catalog_server.metrics_url)
+    assert value(samples, "reranker_model_loads_total", model=HOT, outcome="loaded") == 1
+    assert value(samples, "reranker_models_loaded") == 2
+    assert HOT in ready(catalog_server)
+    assert len(stubs_of(catalog_server, HOT)) == 2, "tokenizer and encoder stubs"
+    memory_with_two = len(shared_memory(catalog_server))
+
+    await rank(catalog_server, COLD)  # past the bound of 2: HOT, unpinned and idle, goes
+    assert HOT not in ready(catalog_server) and {PINNED, COLD} <= ready(catalog_server)
+    deadline = time.monotonic() + 30
+    while stubs_of(catalog_server, HOT) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert stubs_of(catalog_server, HOT) == [], "the unloaded model's stubs exited"
+    assert len(shared_memory(catalog_server)) == memory_with_two, "its shared memory freed"
+    samples = scrape(catalog_server.metrics_url)
+    assert value(samples, "reranker_model_unloads_total", model=HOT, reason="budget") == 1
+
+    await rank(catalog_server, HOT)  # COLD is now the least recent; the pinned one stays
+    assert {PINNED, HOT} <= ready(catalog_server) and COLD not in ready(catalog_server)
+
+
+async def test_a_broken_folder_fails_its_calls_and_the_others_serve(
+    catalog_server: Server,
+) -> None:
+    for _ in range(2):
+        with pytest.raises(UnavailableError, match="'broken' could not be loaded"):
+            await rank(catalog_server, "broken")
+    samples = scrape(catalog_server.metrics_url)
+    assert value(samples, "reranker_model_loads_total", model="broken", outcome="failed") == 1
+    assert await rank(catalog_server, PINNED) == PINNED
+
+
+async def test_a_model_built_into_the_live_repository_is_served(
+    catalog_server: Server, repository: Path
+) -> None:
+    await asyncio.to_thread(cached_build, None, BuildOptions(name=LATE), repository)
+    assert await rank(catalog_server, LATE) == LATE

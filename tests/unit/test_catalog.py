@@ -1,0 +1,119 @@
+"""The model catalog's rules, through the core over an in-memory repository: first-call loads
+in single flight, the least-recently-used bound, pinned and busy models kept, failures with
+a back-off, and the start-up pins. Triton's own loading is tested in
+tests/integration/test_catalog.py."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from reranker.service import errors
+from reranker.service.calls import RankCall
+from reranker.service.catalog import ModelState, parse_pins
+from reranker.service.core import RankCore
+from reranker.service.triton_server import TritonServer
+from reranker.settings import Settings
+from tests.unit.test_core import BI, CROSS, FakeScorer, core_with
+
+
+def repository(*names: str) -> dict[str, object]:
+    return {name: replace(BI, name=name) for name in names}
+
+
+def catalog_core(*unloaded: str, **settings: object) -> tuple[RankCore, FakeScorer]:
+    scorer = FakeScorer(unloaded=repository(*unloaded))  # type: ignore[arg-type]
+    return core_with(scorer, **settings)
+
+
+async def call(core: RankCore, model: str, timeout_s: float = 5.0) -> str:
+    outcome = await core.rank(RankCall("q", ["a doc"], model=model), timeout_s)
+    return outcome.model.name
+
+
+async def test_a_model_not_loaded_loads_on_its_first_call_once_for_many_callers() -> None:
+    core, scorer = catalog_core("cold")
+    scorer.load_gate = asyncio.Event()
+    calls = [asyncio.create_task(call(core, "cold")) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    assert core.catalog.state("cold") is ModelState.LOADING
+    scorer.load_gate.set()
+    assert await asyncio.gather(*calls) == ["cold"] * 8
+    assert scorer.loads == ["cold"]
+    assert core.catalog.state("cold") is ModelState.LOADED
+
+
+async def test_the_least_recently_used_idle_model_makes_room() -> None:
+    core, scorer = catalog_core("c", max_loaded_models=2)  # "cross" (default) and "bi" loaded
+    await call(core, "bi")
+    await call(core, "c")
+    assert scorer.unloads == ["bi"], "cross is pinned as the default"
+    await call(core, "bi")
+    assert scorer.unloads == ["bi", "c"]
+    assert sorted(scorer.served) == ["bi", "cross"]
+
+
+async def test_no_model_is_unloaded_under_a_call() -> None:
+    core, scorer = catalog_core("c", max_loaded_models=2)
+    scorer.gate = asyncio.Event()
+    busy = asyncio.create_task(call(core, "bi"))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(call(core, "c"))
+    await asyncio.sleep(0.1)
+    assert scorer.unloads == [] and not waiting.done(), "bi is busy, cross pinned: c waits"
+    scorer.gate.set()
+    assert await busy == "bi" and await waiting == "c"
+    assert scorer.unloads == ["bi"]
+
+
+async def test_a_pinned_model_is_never_unloaded_and_the_call_gets_a_retry_hint() -> None:
+    core, scorer = catalog_core("c", max_loaded_models=2, pin="bi")
+    with pytest.raises(errors.ModelLoading, match="still loading") as refused:
+        await call(core, "c", timeout_s=0.2)
+    assert errors.retry_after(refused.value) == "1"
+    assert scorer.unloads == []
+
+
+async def test_a_failed_load_is_reported_and_retried_only_after_the_back_off() -> None:
+    core, scorer = catalog_core("broken", model_load_retry_s=30)
+    with pytest.raises(errors.ModelLoadFailed, match="bad config"):
+        await call(core, "broken")
+    with pytest.raises(errors.ModelLoadFailed, match="bad config") as again:
+        await call(core, "broken")
+    assert scorer.loads == ["broken"], "no second load within the back-off"
+    assert again.value.retry_after_s is not None and 1 <= again.value.retry_after_s <= 30
+    assert core.catalog.state("broken") is ModelState.FAILED
+    assert await call(core, "cross") == "cross", "other models are not affected"
+
+    core, scorer = catalog_core("broken", model_load_retry_s=0)
+    for _ in range(2):
+        with pytest.raises(errors.ModelLoadFailed):
+            await call(core, "broken")
+    assert scorer.loads == ["broken", "broken"]
+
+
+async def test_a_model_the_repository_lacks_is_refused_naming_the_catalog() -> None:
+    core, _ = catalog_core("cold")
+    with pytest.raises(errors.InvalidArgument, match=r"'nope' is not served.*'cold'"):
+        await call(core, "nope")
+    assert await core.catalog.states() == {
+        "bi": ModelState.LOADED,
+        "cold": ModelState.UNLOADED,
+        "cross": ModelState.LOADED,
+    }
+
+
+def test_pins_and_the_models_triton_loads_at_start() -> None:
+    assert parse_pins(" a, b ,,", "d") == {"a", "b", "d"}
+    assert parse_pins("", "") == frozenset()
+
+    def at_start(**settings: str) -> list[str]:
+        return TritonServer(Settings(**settings)).models_at_start()  # type: ignore[arg-type]
+
+    assert at_start(default_model="d") == ["d"]
+    assert at_start(default_model="d", pin="b,a") == ["a", "b", "d"]
+    assert at_start() == ["*"], "no default and no pin: every model"
+    assert at_start(default_model="d", pin="*") == ["*"]
+    assert CROSS.name == "cross"
