@@ -75,6 +75,9 @@ class ModelInfo:
         runtime: ``"onnx"`` or ``"torch"``.
         modalities: What a query or document may be: ``("text",)``, or
             ``("text", "image")`` for a vision-language reranker.
+        state: ``"loaded"``, ``"loading"``, ``"unloaded"`` (a call loads it) or ``"failed"``
+            (its last load failed). A model the server cannot describe while it is not loaded
+            has only its name and state set.
     """
 
     name: str
@@ -88,6 +91,7 @@ class ModelInfo:
     takes_instruction: bool = False
     runtime: str = ""
     modalities: tuple[str, ...] = ("text",)
+    state: str = "loaded"
 
 
 _KIND_NAMES = {
@@ -220,6 +224,7 @@ def model_infos(response: pb.ListModelsResponse) -> list[ModelInfo]:
             takes_instruction=m.takes_instruction,
             runtime=m.runtime,
             modalities=tuple(m.modalities) or ("text",),
+            state=pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower(),
         )
         for m in response.models
     ]

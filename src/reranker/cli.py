@@ -50,6 +50,7 @@ async def serve(settings: Settings) -> None:
         settings.max_rows_per_request,
         settings.requests_in_flight_per_model,
         tracer_from(tracer_provider),
+        settings.model_repository if settings.model_repository.is_dir() else None,
     )
     server = await create_server(
         settings,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient, UnavailableError
@@ -78,11 +79,30 @@ async def rank(server: Server, model: str) -> str:
     return model
 
 
+async def listing(server: Server) -> dict[str, str]:
+    """The states ListModels gives, checked against /v1/models; an unloaded model is still
+    described (read from the repository)."""
+    async with AsyncRerankClient(server.address, timeout=30) as client:
+        models = await client.models()
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as http:
+        cards = (await http.get("/v1/models")).json()["data"]
+    assert {card["id"]: card["state"] for card in cards} == {m.name: m.state for m in models}
+    for model in models:
+        assert (model.kind, model.architecture) == ("bi-encoder", "BertModel"), model
+    return {m.name: m.state for m in models}
+
+
 async def test_models_load_on_first_call_and_the_least_recent_makes_room(
     catalog_server: Server,
 ) -> None:
     models = {PINNED, PINNED + "__tokenizer", PINNED + "__encoder"}
     assert ready(catalog_server) == models, "only the default model at start"
+    assert await listing(catalog_server) == {
+        PINNED: "loaded",
+        HOT: "unloaded",
+        COLD: "unloaded",
+        "broken": "unloaded",
+    }
 
     assert await asyncio.gather(*(rank(catalog_server, HOT) for _ in range(8))) == [HOT] * 8
     samples = scrape(catalog_server.metrics_url)
@@ -104,6 +124,8 @@ async def test_models_load_on_first_call_and_the_least_recent_makes_room(
 
     await rank(catalog_server, HOT)  # COLD is now the least recent; the pinned one stays
     assert {PINNED, HOT} <= ready(catalog_server) and COLD not in ready(catalog_server)
+    listed = await listing(catalog_server)
+    assert (listed[PINNED], listed[HOT], listed[COLD]) == ("loaded", "loaded", "unloaded")
 
 
 async def test_a_broken_folder_fails_its_calls_and_the_others_serve(
@@ -114,6 +136,7 @@ async def test_a_broken_folder_fails_its_calls_and_the_others_serve(
             await rank(catalog_server, "broken")
     samples = scrape(catalog_server.metrics_url)
     assert value(samples, "reranker_model_loads_total", model="broken", outcome="failed") == 1
+    assert (await listing(catalog_server))["broken"] == "failed"
     assert await rank(catalog_server, PINNED) == PINNED
 
 
@@ -122,3 +145,18 @@ async def test_a_model_built_into_the_live_repository_is_served(
 ) -> None:
     await asyncio.to_thread(cached_build, None, BuildOptions(name=LATE), repository)
     assert await rank(catalog_server, LATE) == LATE
+
+
+async def test_a_model_removed_from_the_repository_is_unloaded_and_leaves_the_catalog(
+    catalog_server: Server, repository: Path, tmp_path: Path
+) -> None:
+    await rank(catalog_server, LATE)
+    shutil.move(repository / LATE, tmp_path / LATE)
+    assert len(stubs_of(catalog_server, LATE)) == 2
+    deadline = time.monotonic() + 30
+    while stubs_of(catalog_server, LATE) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert stubs_of(catalog_server, LATE) == [], "unloaded: its stubs exited"
+    assert LATE not in await listing(catalog_server)
+    samples = scrape(catalog_server.metrics_url)
+    assert value(samples, "reranker_model_unloads_total", model=LATE, reason="removed") == 1

@@ -324,7 +324,9 @@ def test_models_route_says_what_list_models_says_field_for_field(server: Server)
         assert (card.pop("object"), card.pop("owned_by")) == ("model", "reranker")
         kind = pb.ModelKind.Name(model.kind).removeprefix("MODEL_KIND_")
         assert card.pop("kind") == kind.lower().replace("_", "-")
-        fields = {f.name for f in pb.ModelInfo.DESCRIPTOR.fields} - {"name", "kind"}
+        state = pb.ModelState.Name(model.state).removeprefix("MODEL_STATE_")
+        assert card.pop("state") == state.lower() == "loaded"
+        fields = {f.name for f in pb.ModelInfo.DESCRIPTOR.fields} - {"name", "kind", "state"}
         assert card == {name: getattr(model, name) for name in fields}
 
 

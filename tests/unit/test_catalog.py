@@ -105,6 +105,22 @@ async def test_a_model_the_repository_lacks_is_refused_naming_the_catalog() -> N
     }
 
 
+async def test_a_model_removed_from_the_repository_is_unloaded_once_no_call_holds_it() -> None:
+    core, scorer = catalog_core("c")
+    await call(core, "c")
+    scorer.gate = asyncio.Event()
+    holding = asyncio.create_task(call(core, "c"))
+    await asyncio.sleep(0.05)
+    scorer.removed.add("c")
+    await core.catalog.sweep()
+    assert scorer.unloads == [], "a call holds it"
+    scorer.gate.set()
+    await holding
+    await core.catalog.sweep()
+    assert scorer.unloads == ["c"]
+    assert "c" not in await core.catalog.states()
+
+
 def test_pins_and_the_models_triton_loads_at_start() -> None:
     assert parse_pins(" a, b ,,", "d") == {"a", "b", "d"}
     assert parse_pins("", "") == frozenset()

@@ -54,6 +54,8 @@ class FakeScorer:
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
     load_gate: asyncio.Event | None = None
+    # Models whose folder left the repository.
+    removed: set[str] = field(default_factory=set)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -63,7 +65,10 @@ class FakeScorer:
         return self.served
 
     async def repository_models(self) -> list[str]:
-        return sorted({*self.served, *self.unloaded})
+        return sorted({*self.served, *self.unloaded} - self.removed)
+
+    def describe_unloaded(self, name: str) -> ServedModel | None:
+        return self.unloaded.get(name)
 
     async def load(self, name: str) -> None:
         """Loads a model of ``unloaded``; a model named 'broken*' fails, as a bad folder does."""
@@ -76,7 +81,9 @@ class FakeScorer:
 
     async def unload(self, name: str) -> None:
         self.unloads.append(name)
-        self.unloaded[name] = self.served.pop(name)
+        model = self.served.pop(name)
+        if name not in self.removed:
+            self.unloaded[name] = model
 
     async def score(
         self,

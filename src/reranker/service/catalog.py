@@ -81,6 +81,7 @@ class ModelCatalog:
         self._retry_s = retry_after_failure_s
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        self._seen_loaded: set[str] = set()
         # One load or unload at a time: the bound is checked and kept in one step.
         self._loading = asyncio.Lock()
         self._call_ended = asyncio.Condition()
@@ -106,6 +107,35 @@ class ModelCatalog:
         """Every model of the repository (and any loaded beside it) with its state."""
         names = set(await self._engine.repository_models()) | set(self._engine.models)
         return {name: self.state(name) for name in sorted(names)}
+
+    async def sweep(self) -> None:
+        """Unloads the loaded models whose folder left the repository (once no call holds
+        them), so they leave the catalog. Triton's index stops listing such a model although
+        it is still loaded, so the models seen loaded before are remembered here."""
+        self._seen_loaded |= set(self._engine.models)
+        present = set(await self._engine.repository_models())
+        for name in sorted(self._seen_loaded - present):
+            async with self._loading:
+                entry = self._entry(name)
+                if entry.calls:
+                    continue
+                entry.unloading = True
+                try:
+                    await self._engine.unload(name)
+                finally:
+                    entry.unloading = False
+                self._seen_loaded.discard(name)
+            self._metrics.model_unloads.labels(name, "removed").inc()
+            log.info("unloaded model %s (reason: removed from the repository)", name)
+
+    async def watch(self, interval_s: float) -> None:
+        """Sweeps every ``interval_s`` until cancelled; a failed sweep is retried then."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+            except RerankError as error:
+                log.warning("catalog sweep failed: %s", error)
 
     @contextlib.asynccontextmanager
     async def use(self, name: str, timeout_s: float) -> AsyncIterator[ServedModel]:
@@ -158,6 +188,7 @@ class ModelCatalog:
                 if model is None:
                     raise ModelLoadFailed(f"model {name!r} loaded but is not a served model")
                 seconds = self._clock() - started
+            self._seen_loaded.add(name)
             self._metrics.model_loads.labels(name, "loaded").inc()
             self._metrics.model_load_seconds.observe(seconds)
             log.info("loaded model %s in %.1fs (reason: first call)", name, seconds)

@@ -25,7 +25,7 @@ from reranker.contract.model import ServedModel
 from reranker.contract.tensors import TruncationOptions
 from reranker.service.callers import Caller, current_caller
 from reranker.service.calls import RankCall
-from reranker.service.catalog import ModelCatalog, parse_pins
+from reranker.service.catalog import ModelCatalog, ModelState, parse_pins
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
 from reranker.service.errors import InvalidArgument, ModelLoading, Unavailable
 from reranker.service.images import check_images
@@ -67,8 +67,16 @@ class RankOutcome:
 
 
 @dataclass(frozen=True)
+class ListedModel:
+    name: str
+    state: ModelState
+    # None: not loaded, and the repository cannot be read from here.
+    description: ServedModel | None
+
+
+@dataclass(frozen=True)
 class ModelListing:
-    models: list[ServedModel]
+    models: list[ListedModel]
     default: str
 
 
@@ -166,10 +174,14 @@ class RankCore:
         return chosen
 
     async def list_models(self) -> ModelListing:
-        served = await self._served()
-        return ModelListing(
-            models=sorted(served.values(), key=lambda m: m.name), default=self.default_model()
-        )
+        """Every model of the repository with its state, described where that is known."""
+        await self._served()
+        loaded = self._scorer.models
+        listed = [
+            ListedModel(name, state, loaded.get(name) or self._scorer.describe_unloaded(name))
+            for name, state in (await self.catalog.states()).items()
+        ]
+        return ModelListing(models=listed, default=self.default_model())
 
     async def server_info(self) -> ServerInfo:
         model = await self.model("")

@@ -8,11 +8,13 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from google.protobuf import text_format
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -50,6 +52,9 @@ from reranker.service.errors import (
 from reranker.service.scoring import BackendHealth, RowImages, Scores
 
 log = logging.getLogger(__name__)
+
+# How long an unload may take to show in Triton's index (its stubs finishing in-flight work).
+UNLOAD_WAIT_S = 60.0
 
 _UNREACHABLE = (
     "StatusCode.UNAVAILABLE",
@@ -241,8 +246,12 @@ class TritonEngine:
         max_rows_per_request: int,
         requests_in_flight_per_model: int,
         tracer: trace.Tracer | None = None,
+        repository: Path | None = None,
     ) -> None:
+        """``repository``: Triton's model repository where this process can read it, to
+        describe models that are not loaded (None: they are listed by name alone)."""
         self.url = url
+        self._repository = repository
         self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
         self._dispatch = Dispatcher(requests_in_flight_per_model)
@@ -279,7 +288,23 @@ class TritonEngine:
         except InferenceServerException as error:
             raise _translate(error, self.url) from None
         composing = (TOKENIZER_SUFFIX, ENCODER_SUFFIX)
-        return sorted(entry.name for entry in index.models if not entry.name.endswith(composing))
+        names = (entry.name for entry in index.models if not entry.name.endswith(composing))
+        # Triton's index still lists a loaded model whose folder was removed; where the
+        # repository can be read from here, its folders are the word.
+        return sorted(
+            name
+            for name in names
+            if self._repository is None or (self._repository / name / "config.pbtxt").is_file()
+        )
+
+    def describe_unloaded(self, name: str) -> ServedModel | None:
+        if self._repository is None:
+            return None
+        try:
+            text = (self._repository / name / "config.pbtxt").read_text()
+            return describe(text_format.Parse(text, mc.ModelConfig()))
+        except (OSError, text_format.ParseError, ParameterError):
+            return None
 
     async def load(self, name: str) -> None:
         try:
@@ -295,6 +320,14 @@ class TritonEngine:
             # An ensemble's dependents are its composing models; one another loaded ensemble
             # still uses (a shared tokenizer) stays.
             await self._client.unload_model(name, unload_dependents=True)
+            # Triton answers before the unload completes: wait until it no longer lists the
+            # model as ready, so what is loaded is not read stale.
+            deadline = time.monotonic() + UNLOAD_WAIT_S
+            while time.monotonic() < deadline:
+                index = await self._client.get_model_repository_index()
+                if not any(e.name == name and e.state == "READY" for e in index.models):
+                    break
+                await asyncio.sleep(0.05)
         except InferenceServerException as error:
             raise _translate(error, self.url) from None
         await self.refresh()

@@ -94,6 +94,10 @@ class Engine(Protocol):
         """Every served model the repository holds, loaded or not."""
         ...
 
+    def describe_unloaded(self, name: str) -> ServedModel | None:
+        """What ``name`` is, read from the repository, while it is not loaded (None: unknown)."""
+        ...
+
     async def load(self, name: str) -> None:
         """Loads ``name`` (its composing models with it), then refreshes the models."""
         ...

@@ -4,6 +4,7 @@ health and reflection on one port; HTTP beside it), and the health monitor they 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ class RankServer:
     core: RankCore
     # The API keys: ``keys.reload()`` reads the key file again (the launcher's SIGHUP).
     keys: KeyRing
+    _sweeping: asyncio.Task[None] | None = None
 
     @property
     def http_port(self) -> int | None:
@@ -56,9 +58,15 @@ class RankServer:
         if self.http is not None:
             await self.http.start()
         self.monitor.start()
+        interval_s = self.core.settings.health_interval_s
+        self._sweeping = asyncio.create_task(self.core.catalog.watch(interval_s))
 
     async def stop(self, grace_s: float) -> None:
         """Refuses new calls and gives those in flight ``grace_s`` to finish."""
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
         await self.monitor.stop()
         stopping = [self.grpc_server.stop(grace_s)]
         if self.http is not None:

@@ -19,6 +19,14 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_CROSS_ENCODER: _ClassVar[ModelKind]
     MODEL_KIND_BI_ENCODER: _ClassVar[ModelKind]
     MODEL_KIND_CAUSAL_LM: _ClassVar[ModelKind]
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_STATE_LOADED: _ClassVar[ModelState]
+    MODEL_STATE_LOADING: _ClassVar[ModelState]
+    MODEL_STATE_UNLOADED: _ClassVar[ModelState]
+    MODEL_STATE_FAILED: _ClassVar[ModelState]
 TRUNCATION_UNSPECIFIED: Truncation
 TRUNCATION_LONGEST_FIRST: Truncation
 TRUNCATION_REFUSE: Truncation
@@ -26,6 +34,11 @@ MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_CROSS_ENCODER: ModelKind
 MODEL_KIND_BI_ENCODER: ModelKind
 MODEL_KIND_CAUSAL_LM: ModelKind
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_STATE_LOADED: ModelState
+MODEL_STATE_LOADING: ModelState
+MODEL_STATE_UNLOADED: ModelState
+MODEL_STATE_FAILED: ModelState
 
 class RankRequest(_message.Message):
     __slots__ = ("query", "documents", "model", "top_k", "return_documents", "raw_scores", "truncation", "max_document_tokens", "chunking", "instruction", "document_images", "query_image", "priority")
@@ -122,7 +135,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "max_length", "is_default", "architecture", "precision", "family", "scoring", "takes_instruction", "runtime", "modalities")
+    __slots__ = ("name", "kind", "max_length", "is_default", "architecture", "precision", "family", "scoring", "takes_instruction", "runtime", "modalities", "state")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +147,7 @@ class ModelInfo(_message.Message):
     TAKES_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     max_length: int
@@ -145,7 +159,8 @@ class ModelInfo(_message.Message):
     takes_instruction: bool
     runtime: str
     modalities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., family: _Optional[str] = ..., scoring: _Optional[str] = ..., takes_instruction: bool = ..., runtime: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ...) -> None: ...
+    state: ModelState
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., max_length: _Optional[int] = ..., is_default: bool = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., family: _Optional[str] = ..., scoring: _Optional[str] = ..., takes_instruction: bool = ..., runtime: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[ModelState, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

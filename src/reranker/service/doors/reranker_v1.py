@@ -12,6 +12,8 @@ from reranker_api.reranker.v1 import reranker_pb2_grpc as pb_grpc
 
 from reranker.contract.model import ModelKind
 from reranker.service.calls import ChunkingRequest, RankCall, Truncation
+from reranker.service.catalog import ModelState
+from reranker.service.core import ListedModel
 from reranker.service.doors.grpc_gate import CoreServicer
 from reranker.service.errors import InvalidArgument
 from reranker.service.images import CallImage
@@ -80,6 +82,34 @@ def _result(result: RankedDocument) -> pb.RankResult:
     )
 
 
+STATES = {
+    ModelState.LOADED: pb.MODEL_STATE_LOADED,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.UNLOADED: pb.MODEL_STATE_UNLOADED,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
+
+
+def _model_info(listed: ListedModel, is_default: bool) -> pb.ModelInfo:
+    info = pb.ModelInfo(name=listed.name, is_default=is_default, state=STATES[listed.state])
+    m = listed.description
+    if m is not None:
+        info.MergeFrom(
+            pb.ModelInfo(
+                kind=KINDS[m.kind],
+                max_length=m.max_length,
+                architecture=m.architecture,
+                precision=m.precision.value,
+                family=m.family,
+                scoring=m.scoring.value,
+                takes_instruction=m.takes_instruction,
+                runtime=m.runtime.value,
+                modalities=m.modalities,
+            )
+        )
+    return info
+
+
 class RankServicer(CoreServicer, pb_grpc.RankServicer):
     """``reranker.v1.Rank``: converts shapes; the core does the work."""
 
@@ -106,19 +136,6 @@ class RankServicer(CoreServicer, pb_grpc.RankServicer):
         listing = await self._core.list_models()
         return pb.ListModelsResponse(
             models=[
-                pb.ModelInfo(
-                    name=m.name,
-                    kind=KINDS[m.kind],
-                    max_length=m.max_length,
-                    is_default=m.name == listing.default,
-                    architecture=m.architecture,
-                    precision=m.precision.value,
-                    family=m.family,
-                    scoring=m.scoring.value,
-                    takes_instruction=m.takes_instruction,
-                    runtime=m.runtime.value,
-                    modalities=m.modalities,
-                )
-                for m in listing.models
+                _model_info(listed, listed.name == listing.default) for listed in listing.models
             ]
         )

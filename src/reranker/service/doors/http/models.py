@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import Request
 from pydantic import BaseModel
 
-from reranker.service.core import ModelListing
+from reranker.service.core import ListedModel, ModelListing
 from reranker.service.doors.http.errors import READ_ERRORS, TeiError, documented
 from reranker.service.doors.http.routing import Dialect, core_of
 
@@ -16,19 +16,23 @@ router = DIALECT.router
 
 
 class ModelCard(BaseModel):
+    """A model of the repository. One the server cannot describe while it is not loaded (its
+    repository is only Triton's) carries its id and state, the rest left empty."""
+
     id: str
     object: Literal["model"] = "model"
     owned_by: str = "reranker"
-    kind: str
-    architecture: str
-    max_length: int
-    precision: str
+    state: Literal["loaded", "loading", "unloaded", "failed"]
     is_default: bool
-    family: str
-    scoring: str
-    takes_instruction: bool
-    runtime: str
-    modalities: list[str]
+    kind: str = ""
+    architecture: str = ""
+    max_length: int = 0
+    precision: str = ""
+    family: str = ""
+    scoring: str = ""
+    takes_instruction: bool = False
+    runtime: str = ""
+    modalities: list[str] = []
 
 
 class ModelList(BaseModel):
@@ -36,25 +40,28 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def model_list(listing: ModelListing) -> ModelList:
-    return ModelList(
-        data=[
-            ModelCard(
-                id=m.name,
-                kind=m.kind.value,
-                architecture=m.architecture,
-                max_length=m.max_length,
-                precision=m.precision.value,
-                is_default=m.name == listing.default,
-                family=m.family,
-                scoring=m.scoring.value,
-                takes_instruction=m.takes_instruction,
-                runtime=m.runtime.value,
-                modalities=list(m.modalities),
-            )
-            for m in listing.models
-        ]
+def model_card(listed: ListedModel, is_default: bool) -> ModelCard:
+    card = ModelCard(id=listed.name, state=listed.state.value, is_default=is_default)
+    m = listed.description
+    if m is None:
+        return card
+    return card.model_copy(
+        update={
+            "kind": m.kind.value,
+            "architecture": m.architecture,
+            "max_length": m.max_length,
+            "precision": m.precision.value,
+            "family": m.family,
+            "scoring": m.scoring.value,
+            "takes_instruction": m.takes_instruction,
+            "runtime": m.runtime.value,
+            "modalities": list(m.modalities),
+        }
     )
+
+
+def model_list(listing: ModelListing) -> ModelList:
+    return ModelList(data=[model_card(m, m.name == listing.default) for m in listing.models])
 
 
 @router.get("/v1/models", tags=["Models"], responses=documented(TeiError, READ_ERRORS))
