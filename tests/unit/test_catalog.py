@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from reranker.contract.model import ServedModel
 from reranker.service import errors
 from reranker.service.calls import RankCall
 from reranker.service.catalog import ModelState, parse_pins
 from reranker.service.core import RankCore
+from reranker.service.health import HealthMonitor
+from reranker.service.metrics import ServiceMetrics
+from reranker.service.scoring import Scores
 from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
 from tests.unit.test_core import BI, CROSS, FakeScorer, core_with
@@ -133,3 +138,26 @@ def test_pins_and_the_models_triton_loads_at_start() -> None:
     assert at_start() == ["*"], "no default and no pin: every model"
     assert at_start(default_model="d", pin="*") == ["*"]
     assert CROSS.name == "cross"
+
+
+class UnloadedUnderTheCanary(FakeScorer):
+    """A canary that finds its model gone: the catalog unloaded it after the refresh, or
+    (``unloaded_on_purpose`` false) Triton lost a model it still lists."""
+
+    unloaded_on_purpose = True
+
+    async def score(self, model: ServedModel, *args: Any, **kwargs: Any) -> Scores:
+        if model.name != "bi":
+            return await super().score(model, *args, **kwargs)
+        if self.unloaded_on_purpose:
+            self.served.pop(model.name, None)
+        raise errors.ModelNotLoaded(f"the model is not loaded: {model.name}")
+
+
+async def test_a_canary_for_a_model_unloaded_meanwhile_is_no_failure() -> None:
+    scorer = UnloadedUnderTheCanary(served={"cross": CROSS, "bi": BI})
+    monitor = HealthMonitor(scorer, 60.0, ServiceMetrics())
+    assert await monitor.check()
+    scorer.served["bi"] = BI
+    scorer.unloaded_on_purpose = False
+    assert not await monitor.check(), "a model still listed as loaded fails its canary"

@@ -30,7 +30,7 @@ URL = "127.0.0.1:8001"
         (
             grpc.StatusCode.NOT_FOUND,
             "Request for unknown model: 'm' is not found",
-            errors.Unavailable,
+            errors.ModelNotLoaded,  # an Unavailable: the status callers see is the same
         ),
         (
             grpc.StatusCode.UNAVAILABLE,

@@ -45,6 +45,7 @@ from reranker.service.errors import (
     InferenceFailed,
     InvalidArgument,
     ModelLoadFailed,
+    ModelNotLoaded,
     ModelRestarting,
     RerankError,
     Unavailable,
@@ -231,7 +232,7 @@ def classify(status: grpc.StatusCode | None, message: str, url: str) -> RerankEr
         # Not the caller (that cancels this task): Triton dropped the request, shutting down.
         return Unavailable(f"inference server at {url} cancelled the request (stopping?)")
     if any(s in message for s in _NOT_LOADED):
-        return Unavailable(f"the model is not loaded yet: {message}")
+        return ModelNotLoaded(f"the model is not loaded: {message}")
     if _STUB_DEAD in message:
         return ModelRestarting(f"a model process died and is being restarted: {message}")
     return InferenceFailed(f"inference failed: {message}")

@@ -45,6 +45,10 @@ class ModelRestarting(Unavailable):
     """A model's backend process died; the server is restarting it."""
 
 
+class ModelNotLoaded(Unavailable):
+    """Triton does not have the model loaded (yet, or any more)."""
+
+
 class ModelLoading(Unavailable):
     """The called model is still loading (or waits for room to load): retry shortly."""
 

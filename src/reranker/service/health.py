@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from reranker.contract.model import ServedModel
-from reranker.service.errors import ModelRestarting, RerankError
+from reranker.service.errors import ModelNotLoaded, ModelRestarting, RerankError
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import Engine
 
@@ -64,7 +64,7 @@ class HealthMonitor:
     async def check(self) -> bool:
         try:
             models = await self._engine.refresh()
-            for model in models.values():
+            for model in list(models.values()):
                 if not await self._alive(model):
                     if self._on_dead_model is not None:
                         self._restarted_at = time.monotonic()
@@ -92,6 +92,10 @@ class HealthMonitor:
         except ModelRestarting as error:
             log.error("model %s failed its canary: %s", model.name, error)
             return False
+        except ModelNotLoaded:
+            # The catalog may have unloaded it since the refresh: only a model still listed
+            # as loaded is failing.
+            return model.name not in await self._engine.refresh()
         return True
 
     async def _set(self, serving: bool) -> None:
