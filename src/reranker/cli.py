@@ -58,7 +58,10 @@ async def serve(settings: Settings) -> None:
         supervisor.model_died if supervisor else None,
         metrics,
         tracer_provider,
+        triton.resident_bytes if triton else None,
     )
+    if settings.memory_budget_mb and not triton:
+        log.warning("memory_budget_mb bounds a launched Triton's memory: not kept with triton_url")
     loop.add_signal_handler(signal.SIGHUP, server.keys.reload)
     supervising = asyncio.create_task(supervisor.supervise()) if supervisor else None
     _warn_if_exposed(settings)

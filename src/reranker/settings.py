@@ -51,6 +51,12 @@ class Settings:
         "most served models resident at once (0: no bound); to load another, the least "
         "recently used model that is not pinned and has no call in flight is unloaded",
     )
+    memory_budget_mb: int = option(
+        0,
+        "most resident memory of the launched Triton and its model processes, in MB (0: no "
+        "bound); to load another model past it, least recently used models are unloaded as "
+        "with max_loaded_models (a model's size is learned at its first load)",
+    )
     model_load_timeout_s: float = option(
         120.0, "how long a call waits for its model to load before UNAVAILABLE (retry hint)"
     )
@@ -148,10 +154,9 @@ class Settings:
                 f"setting max_documents_per_call ({self.max_documents_per_call}) exceeds "
                 f"max_rows_in_flight ({self.max_rows_in_flight}): such a call could never run"
             )
-        if self.max_loaded_models < 0:
-            raise ValueError(
-                f"setting max_loaded_models must be >= 0, got {self.max_loaded_models}"
-            )
+        for name in ("max_loaded_models", "memory_budget_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("settings tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file and not self.tls_cert_file:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 from reranker_client import AsyncRerankClient, UnavailableError
@@ -160,3 +161,39 @@ async def test_a_model_removed_from_the_repository_is_unloaded_and_leaves_the_ca
     assert LATE not in await listing(catalog_server)
     samples = scrape(catalog_server.metrics_url)
     assert value(samples, "reranker_model_unloads_total", model=LATE, reason="removed") == 1
+
+
+def resident(server: Server) -> int:
+    """Resident memory of the server's Triton and its model processes."""
+    triton = psutil.Process(
+        next(p for p in children(server.process.pid) if "tritonserver" in cmdline(p))
+    )
+    return sum(p.memory_info().rss for p in [triton, *triton.children(recursive=True)])
+
+
+async def test_the_memory_budget_unloads_the_least_recent_model_to_fit_another(
+    repository: Path, tmp_path: Path
+) -> None:
+    # What one model adds, measured on a server of its own, sets a budget of 1.5 models
+    # over the pinned one.
+    server = start_server(repository, tmp_path / "measured", PINNED, pin="")
+    try:
+        alone = resident(server)
+        await rank(server, HOT)
+        one_more = resident(server) - alone
+    finally:
+        stop_server(server)
+    assert one_more > 20 << 20, "a model's two stubs"
+    budget_mb = (alone + one_more * 3 // 2) >> 20
+    server = start_server(
+        repository, tmp_path / "budget", PINNED, pin="", memory_budget_mb=str(budget_mb)
+    )
+    try:
+        await rank(server, HOT)  # fits
+        await rank(server, COLD)  # would not beside HOT: HOT goes
+        assert {PINNED, COLD} <= ready(server) and HOT not in ready(server)
+        samples = scrape(server.metrics_url)
+        assert value(samples, "reranker_model_unloads_total", model=HOT, reason="budget") == 1
+        assert resident(server) <= budget_mb << 20
+    finally:
+        stop_server(server)

@@ -6,6 +6,7 @@ tests/integration/test_catalog.py."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,16 +22,20 @@ from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import Scores
 from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
-from tests.unit.test_core import BI, CROSS, FakeScorer, core_with
+from tests.unit.test_core import BI, CROSS, FakeScorer
 
 
 def repository(*names: str) -> dict[str, object]:
     return {name: replace(BI, name=name) for name in names}
 
 
-def catalog_core(*unloaded: str, **settings: object) -> tuple[RankCore, FakeScorer]:
+def catalog_core(
+    *unloaded: str, resident_bytes: Callable[[], int] | None = None, **settings: Any
+) -> tuple[RankCore, FakeScorer]:
+    """A core over "cross" (the default) and "bi", loaded, and ``unloaded`` models."""
     scorer = FakeScorer(unloaded=repository(*unloaded))  # type: ignore[arg-type]
-    return core_with(scorer, **settings)
+    config = Settings(**{"default_model": "cross", **settings})
+    return RankCore(config, scorer, ServiceMetrics(), resident_bytes=resident_bytes), scorer
 
 
 async def call(core: RankCore, model: str, timeout_s: float = 5.0) -> str:
@@ -73,12 +78,43 @@ async def test_no_model_is_unloaded_under_a_call() -> None:
     assert scorer.unloads == ["bi"]
 
 
-async def test_a_pinned_model_is_never_unloaded_and_the_call_gets_a_retry_hint() -> None:
+async def test_a_pinned_model_is_never_unloaded_and_a_model_that_cannot_fit_is_refused() -> None:
     core, scorer = catalog_core("c", max_loaded_models=2, pin="bi")
-    with pytest.raises(errors.ModelLoading, match="still loading") as refused:
-        await call(core, "c", timeout_s=0.2)
+    with pytest.raises(errors.ModelLoadFailed, match=r"does not fit \(max_loaded_models=2\)"):
+        await call(core, "c")
+    assert scorer.unloads == [] and scorer.loads == []
+
+
+async def test_a_call_that_waits_past_its_load_timeout_gets_a_retry_hint() -> None:
+    core, scorer = catalog_core("c", max_loaded_models=2, model_load_timeout_s=0.2)
+    scorer.gate = asyncio.Event()
+    busy = asyncio.create_task(call(core, "bi"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(errors.ModelLoading, match="still loading after 0s") as refused:
+        await call(core, "c")
     assert errors.retry_after(refused.value) == "1"
-    assert scorer.unloads == []
+    scorer.gate.set()
+    await busy
+    assert await call(core, "c") == "c", "the load went on, and has finished"
+
+
+async def test_the_memory_budget_unloads_the_least_recent_by_what_each_model_added() -> None:
+    mb = 1 << 20
+    sizes = {"cross": 80 * mb, "bi": 80 * mb, "c": 80 * mb, "d": 80 * mb}
+    core, scorer = catalog_core(
+        "c", "d", memory_budget_mb=250, resident_bytes=lambda: sum(sizes[m] for m in loaded())
+    )
+
+    def loaded() -> list[str]:
+        return list(scorer.served)
+
+    await call(core, "c")  # 160 MB resident; c's size is not known yet: it loads
+    assert scorer.unloads == [] and sorted(scorer.served) == ["bi", "c", "cross"]
+    await call(core, "d")  # 240 + c's 80 learned > 250: the least recent (bi) goes
+    assert scorer.unloads == ["bi"]
+    sizes["d"] = 200 * mb  # bigger than learned is not foreseen, but the next load makes room
+    await call(core, "bi")
+    assert scorer.unloads == ["bi", "c", "d"]
 
 
 async def test_a_failed_load_is_reported_and_retried_only_after_the_back_off() -> None:

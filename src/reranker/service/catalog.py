@@ -20,15 +20,19 @@ import enum
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from reranker.contract.model import ServedModel
 from reranker.service.errors import ModelLoadFailed, ModelLoading, RerankError
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import Engine
+from reranker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long an unloaded model's processes may take to exit and give their memory back.
+RELEASE_WAIT_S = 5.0
 
 # What ``--pin`` takes for "every model in the repository, all resident".
 PIN_ALL = "*"
@@ -60,28 +64,53 @@ class _Entry:
     unloading: bool = False
 
 
+@dataclass(frozen=True)
+class Residency:
+    """Which models stay loaded, and how many or how much may be."""
+
+    pinned: frozenset[str] = frozenset()
+    # 0: no bound.
+    max_loaded: int = 0
+    memory_budget_bytes: int = 0
+    # Reads the resident memory the budget bounds (None: unknown, the budget is not kept).
+    resident_bytes: Callable[[], int] | None = None
+    load_timeout_s: float = 120.0
+    retry_after_failure_s: float = 30.0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, resident_bytes: Callable[[], int] | None = None
+    ) -> Residency:
+        return cls(
+            parse_pins(settings.pin, settings.default_model),
+            settings.max_loaded_models,
+            settings.memory_budget_mb << 20,
+            resident_bytes,
+            settings.model_load_timeout_s,
+            settings.model_load_retry_s,
+        )
+
+
 class ModelCatalog:
     def __init__(
         self,
         engine: Engine,
         metrics: ServiceMetrics,
-        pinned: Iterable[str] = (),
-        max_loaded: int = 0,
-        load_timeout_s: float = 120.0,
-        retry_after_failure_s: float = 30.0,
+        residency: Residency = Residency(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        pins = frozenset(pinned)
-        self.pin_all = PIN_ALL in pins
-        self.pinned = pins - {PIN_ALL}
+        self.pin_all = PIN_ALL in residency.pinned
+        self.pinned = residency.pinned - {PIN_ALL}
         self._engine = engine
         self._metrics = metrics
-        self._max_loaded = max_loaded
-        self._load_timeout_s = load_timeout_s
-        self._retry_s = retry_after_failure_s
+        self._residency = residency
+        self._load_timeout_s = residency.load_timeout_s
+        self._retry_s = residency.retry_after_failure_s
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._seen_loaded: set[str] = set()
+        # The memory each model added when it loaded, to know what a load will need.
+        self._sizes: dict[str, int] = {}
         # One load or unload at a time: the bound is checked and kept in one step.
         self._loading = asyncio.Lock()
         self._call_ended = asyncio.Condition()
@@ -182,8 +211,10 @@ class ModelCatalog:
         try:
             async with self._loading:
                 await self._make_room(name)
-                started = self._clock()
+                started, before = self._clock(), self._resident()
                 await self._engine.load(name)
+                if before is not None:
+                    self._sizes[name] = max(0, (self._resident() or 0) - before)
                 model = self._engine.models.get(name)
                 if model is None:
                     raise ModelLoadFailed(f"model {name!r} loaded but is not a served model")
@@ -203,25 +234,65 @@ class ModelCatalog:
             entry.loading = None
 
     async def _make_room(self, name: str) -> None:
-        """Unloads least recently used models until ``name`` fits under the bound, waiting for
-        calls to end while every loaded model is pinned or busy."""
-        if not self._max_loaded:
-            return
-        while len(self._engine.models) >= self._max_loaded:
+        """Unloads least recently used models until ``name`` fits the bounds, waiting for
+        calls to end while every other loaded model is busy or pinned."""
+        while self._short_of_room(name):
             # Chosen and marked with no await between, so no call starts on the victim
             # unseen; a call that comes for it while it unloads loads it again after.
             async with self._call_ended:
                 victim = self._least_recently_used(besides=name)
                 if victim is None:
+                    if all(self.is_pinned(m) for m in self._engine.models if m != name):
+                        raise ModelLoadFailed(
+                            f"model {name!r} does not fit ({self._bounds()}) beside the "
+                            "pinned models, and only unpinned models are unloaded"
+                        )
                     await self._call_ended.wait()
                     continue
                 self._entry(victim).unloading = True
+            before = self._resident()
             try:
                 await self._engine.unload(victim)
             finally:
                 self._entry(victim).unloading = False
+            if before is not None:
+                await self._released(victim, before)
             self._metrics.model_unloads.labels(victim, "budget").inc()
             log.info("unloaded model %s (reason: budget, to load %s)", victim, name)
+
+    def _resident(self) -> int | None:
+        read = self._residency.resident_bytes
+        return None if read is None or not self._residency.memory_budget_bytes else read()
+
+    async def _released(self, victim: str, before: int) -> None:
+        """Waits (5 s at most) for an unloaded model's processes to exit, which Triton does
+        not wait for: until the resident memory has fallen by half of what the model added
+        when it loaded (16 MB where that is not known)."""
+        target = before - max(self._expected_size(victim) // 2, 16 << 20)
+        deadline = self._clock() + RELEASE_WAIT_S
+        while (self._resident() or 0) > target and self._clock() < deadline:
+            await asyncio.sleep(0.1)
+
+    def _expected_size(self, name: str) -> int:
+        """What loading ``name`` adds: as it did before, else the mean of the others."""
+        sizes = self._sizes
+        return sizes.get(name, sum(sizes.values()) // len(sizes) if sizes else 0)
+
+    def _short_of_room(self, name: str) -> bool:
+        bound = self._residency
+        if bound.max_loaded and len(self._engine.models) >= bound.max_loaded:
+            return True
+        resident = self._resident()
+        if resident is None:
+            return False
+        return resident + self._expected_size(name) > bound.memory_budget_bytes
+
+    def _bounds(self) -> str:
+        bound = self._residency
+        parts = [f"max_loaded_models={bound.max_loaded}"] if bound.max_loaded else []
+        if bound.memory_budget_bytes:
+            parts.append(f"memory_budget_mb={bound.memory_budget_bytes >> 20}")
+        return ", ".join(parts)
 
     def _least_recently_used(self, besides: str) -> str | None:
         idle = [

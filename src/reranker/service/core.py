@@ -14,7 +14,7 @@ import contextlib
 import importlib.metadata
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from reranker.contract.model import ServedModel
 from reranker.contract.tensors import TruncationOptions
 from reranker.service.callers import Caller, current_caller
 from reranker.service.calls import RankCall
-from reranker.service.catalog import ModelCatalog, ModelState, parse_pins
+from reranker.service.catalog import ModelCatalog, ModelState, Residency
 from reranker.service.chunking import Chunk, DocumentChunker, best_per_document
 from reranker.service.errors import InvalidArgument, ModelLoading, Unavailable
 from reranker.service.images import check_images
@@ -106,7 +106,10 @@ class RankCore:
         metrics: ServiceMetrics,
         tracer: trace.Tracer | None = None,
         chunker: DocumentChunker | None = None,
+        resident_bytes: Callable[[], int] | None = None,
     ) -> None:
+        """``resident_bytes`` reads the memory the catalog's budget bounds (Triton's and its
+        model processes'), where this process can."""
         self.settings = settings
         self._scorer = scorer
         self._metrics = metrics
@@ -118,12 +121,7 @@ class RankCore:
         self.budget = RowBudget(settings.max_rows_in_flight)
         self.quotas = TeamQuotas()
         self.catalog = ModelCatalog(
-            scorer,
-            metrics,
-            parse_pins(settings.pin, settings.default_model),
-            settings.max_loaded_models,
-            settings.model_load_timeout_s,
-            settings.model_load_retry_s,
+            scorer, metrics, Residency.from_settings(settings, resident_bytes)
         )
         metrics.track_rows_in_flight(lambda: self.budget.in_flight)
 

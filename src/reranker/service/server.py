@@ -99,6 +99,7 @@ async def create_server(
     on_dead_model: Callable[[ServedModel], Awaitable[None]] | None = None,
     metrics: ServiceMetrics | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    resident_bytes: Callable[[], int] | None = None,
 ) -> RankServer:
     """Builds the servers (not started) and binds their ports. ``engine`` should trace with
     the same ``tracer_provider`` for Triton's spans to join the calls' traces."""
@@ -107,7 +108,7 @@ async def create_server(
     send_limit = settings.max_request_bytes + 64 * settings.max_documents_per_call + (1 << 20)
     metrics = metrics or ServiceMetrics()
     tracer = tracer_from(tracer_provider)
-    core = RankCore(settings, engine, metrics, tracer)
+    core = RankCore(settings, engine, metrics, tracer, resident_bytes=resident_bytes)
     monitor = HealthMonitor(engine, settings.health_interval_s, metrics, on_dead_model)
     keys = KeyRing(
         settings.resolved_api_key(),

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import tritonclient.grpc as triton_grpc
 
 from reranker.contract.model import ServedModel
@@ -117,6 +118,21 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             *self._trace_flags(),
         ]
+
+    def resident_bytes(self) -> int:
+        """Resident memory of Triton and its model processes (0 while it is not running)."""
+        if self._process is None:
+            return 0
+        try:
+            triton = psutil.Process(self._process.pid)
+            processes = [triton, *triton.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += process.memory_info().rss
+        return total
 
     def models_at_start(self) -> list[str]:
         """The pinned models and the default (``*``: every model when none is named)."""
