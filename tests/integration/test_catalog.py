@@ -17,9 +17,13 @@ import httpx
 import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
+from google.protobuf import text_format
 from reranker_client import AsyncRerankClient, UnavailableError
+from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.builder.builder import BuildOptions
+from reranker.builder.sharing import SHARED_PREFIX, share_tokenizer
+from reranker.service.engine import describe
 from tests.integration.conftest import Server, children, cmdline, start_server, stop_server
 from tests.integration.test_metrics import scrape, value
 from tests.model_cache import cached_build
@@ -195,5 +199,54 @@ async def test_the_memory_budget_unloads_the_least_recent_model_to_fit_another(
         samples = scrape(server.metrics_url)
         assert value(samples, "reranker_model_unloads_total", model=HOT, reason="budget") == 1
         assert resident(server) <= budget_mb << 20
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def shared_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two models of one tokenization: the second build shares the first's tokenizer."""
+    root = tmp_path_factory.mktemp("shared_repository")
+    for name in ("share-x", "share-y"):
+        cached_build(None, BuildOptions(name=name), root)
+        config = text_format.Parse((root / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        model = describe(config)
+        assert model is not None
+        share_tokenizer(model, root)
+    return root
+
+
+def unload(server: Server, model: str) -> None:
+    """What the catalog's unload asks of Triton."""
+    with triton_grpc.InferenceServerClient(server.triton_grpc) as triton:
+        triton.unload_model(model, unload_dependents=True)
+    deadline = time.monotonic() + 30
+    while model in ready(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+async def test_two_models_share_one_tokenizer_that_stays_while_either_is_loaded(
+    shared_repository: Path, tmp_path: Path
+) -> None:
+    (tokenizer,) = [p.name for p in shared_repository.glob("*__tokenizer")]
+    assert tokenizer.startswith(SHARED_PREFIX)
+    server = start_server(shared_repository, tmp_path, "share-x", pin="")
+    try:
+        alone = resident(server)
+        await rank(server, "share-y")
+        added = resident(server) - alone
+        print(f"resident: {alone >> 20} MB with one model, +{added >> 20} MB for a second")
+        assert {"share-x", "share-y", tokenizer} <= ready(server)
+        assert len(stubs_of(server, tokenizer.removesuffix("__tokenizer"))) == 1
+
+        unload(server, "share-y")
+        assert tokenizer in ready(server), "share-x still uses it"
+        assert await rank(server, "share-x") == "share-x"
+        await rank(server, "share-y")
+        unload(server, "share-x")
+        assert tokenizer in ready(server), "share-y still uses it"
+        assert await rank(server, "share-y") == "share-y"
+        unload(server, "share-y")
+        assert tokenizer not in ready(server), "no model uses it"
     finally:
         stop_server(server)

@@ -34,6 +34,7 @@ from reranker.builder.install import (
     install_checkpoint,
     pair_tokenizer,
 )
+from reranker.builder.sharing import share_tokenizer
 from reranker.builder.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, ModelKind, Precision, Runtime, ServedModel
 from reranker.contract.tensors import TOKEN_TENSORS
@@ -158,7 +159,12 @@ def default_model(options: BuildOptions) -> ServedModel:
 
 
 def build_default(options: BuildOptions, repository: Path) -> ServedModel:
-    """The offline default: all-MiniLM-L6-v2 (a bi-encoder), exported as a pair scorer."""
+    """The offline default: all-MiniLM-L6-v2 (a bi-encoder), exported as a pair scorer; it
+    shares the tokenizer model of any other model there whose tokenization is the same."""
+    return share_tokenizer(_build_default(options, repository), repository)
+
+
+def _build_default(options: BuildOptions, repository: Path) -> ServedModel:
     from transformers import AutoModel, AutoTokenizer
 
     from reranker.backend.scorers import PairCosineScorer
@@ -323,7 +329,14 @@ def _probe(endpoint: str, timeout_s: float = 3.0) -> None:
 def build(
     source: str, options: BuildOptions, repository: Path, cache_dir: Path | None = None
 ) -> ServedModel:
-    """Builds one served model into ``repository`` from any supported source."""
+    """Builds one served model into ``repository`` from any supported source; it shares the
+    tokenizer model of any other there whose tokenization is the same."""
+    return share_tokenizer(_build(source, options, repository, cache_dir), repository)
+
+
+def _build(
+    source: str, options: BuildOptions, repository: Path, cache_dir: Path | None
+) -> ServedModel:
     path = Path(source)
     if not path.exists():
         if source.startswith((".", "/")) or source.count("/") != 1:

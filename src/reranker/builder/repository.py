@@ -3,6 +3,7 @@ the entry points of the Python-backend ones (the artifacts are installed separat
 
 from __future__ import annotations
 
+import py_compile
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -45,6 +46,11 @@ def write_configs(model: ServedModel, repository: Path, tuning: TritonTuning | N
         (repository / directory / "config.pbtxt").write_text(text_format.MessageToString(config))
         if module is not None:
             role = module.rsplit(".", 1)[1]
-            (version / "model.py").write_text(_MODEL_PY.format(role=role, module=module))
+            entry_point = version / "model.py"
+            entry_point.write_text(_MODEL_PY.format(role=role, module=module))
+            # Compiled now: a stub compiling it at load would write __pycache__ into the
+            # model's folder, and Triton reloads a model whose folder changed when an
+            # ensemble using it loads next (a shared tokenizer, and every model using it).
+            py_compile.compile(str(entry_point), doraise=True)
         else:
             (version / "model.py").unlink(missing_ok=True)

@@ -153,6 +153,9 @@ class ServedModel:
     # Whether the ensemble reports each row's tokens (every build since it could; a model
     # built before reports none, and its calls' usage counts 0).
     counts_tokens: bool = True
+    # The tokenizer model its ensemble runs, where that is one it shares with other served
+    # models of the same tokenization ("": its own, NAME__tokenizer).
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -201,7 +204,7 @@ class ServedModel:
 
     @property
     def tokenizer_model(self) -> str:
-        return self.name + TOKENIZER_SUFFIX
+        return self.tokenizer or self.name + TOKENIZER_SUFFIX
 
     @property
     def encoder_model(self) -> str:

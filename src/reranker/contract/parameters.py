@@ -21,6 +21,7 @@ from reranker.contract.model import (
     ONNX_FILE,
     PROCESSOR_DIR,
     TOKENIZER_FILE,
+    TOKENIZER_SUFFIX,
     Activation,
     Device,
     ModelKind,
@@ -191,10 +192,12 @@ class EnsembleParameters:
         max_batch_size: int,
         tokenizer_outputs: typing.Iterable[str],
         graph_output: str = SCORE,
+        tokenizer: str = "",
     ) -> ServedModel:
         outputs = set(tokenizer_outputs)
         return ServedModel(
             name=name,
+            tokenizer="" if tokenizer == name + TOKENIZER_SUFFIX else tokenizer,
             kind=self.reranker_kind,
             token_inputs=tuple(name for name in TOKEN_TENSORS if name in outputs),
             max_batch_size=max_batch_size,

@@ -158,6 +158,7 @@ def describe(config: mc.ModelConfig) -> ServedModel | None:
         config.max_batch_size,
         tokenize.output_map,
         graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
+        tokenizer=tokenize.model_name,
     )
 
 
