@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,9 @@ def build_current(checkpoint: Path, options: Any, repository: Path) -> None:
         return
     for part in served_parts(name):
         shutil.rmtree(repository / part, ignore_errors=True)
-    build(str(checkpoint), options, repository)
+    # Each model with its own tokenizer model: the rows measure and profile a model's own
+    # processes (the catalog row measures sharing).
+    build(str(checkpoint), replace(options, share_tokenizer=False), repository)
     stamps[name] = fingerprint
     stamps_file.write_text(json.dumps(stamps, indent=1, sort_keys=True))
 

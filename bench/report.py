@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from catalog import catalog_targets
 from engines import WHOLE_ROWS, in_process_label
 from harness import Result
+from shared import shared_service_targets
 
 from reranker.backend.cpu import MATRIX_FEATURES, cpu_flags, has_native_bf16
 
@@ -162,7 +164,8 @@ def targets(
         *_causal_targets(run),
         *_multimodal_and_long_context_targets(run),
         *_memory_targets(machine),
-        *_shared_service_targets(machine),
+        *shared_service_targets(machine),
+        *catalog_targets(machine),
     ]
     return [Check(*check).verdict() for check in checks]
 
@@ -362,51 +365,6 @@ def _memory_targets(machine: dict[str, Any]) -> list[_Target]:
         )
         for kind in ("rss", "pss")
     ]
-
-
-def _shared_service_targets(machine: dict[str, Any]) -> list[_Target]:
-    rows = {row["service"]: row for row in machine.get("shared_service", [])}
-    fair, unbounded = rows.get("window"), rows.get("unbounded")
-
-    def times_alone(field: str, alone: str) -> float | None:
-        return fair[field] / fair[alone] if fair else None
-
-    return [
-        (
-            "small beside 600-doc call, p50 x alone",
-            times_alone("beside_large_p50_ms", "small_alone_p50_ms"),
-            "<=",
-            3.0,
-        ),
-        (
-            "small beside 600-doc call, p99 x alone",
-            times_alone("beside_large_p99_ms", "small_alone_p99_ms"),
-            "<=",
-            5.0,
-        ),
-        (
-            "priority 0 beside saturation, p50 x alone",
-            times_alone("urgent_beside_saturation_p50_ms", "small_alone_p50_ms"),
-            "<=",
-            2.0,
-        ),
-        (
-            "saturating load, window / unbounded",
-            _paired_ratio(fair, unbounded) if fair and unbounded else None,
-            ">=",
-            0.95,
-        ),
-    ]
-
-
-def _paired_ratio(row: dict[str, Any], partner: dict[str, Any]) -> float:
-    """The median over rounds of ``row``'s rate over ``partner``'s in the same round."""
-    import statistics
-
-    def runs(r: dict[str, Any]) -> list[float]:
-        return r.get("saturating_runs") or [r["saturating_pairs_per_s"]]
-
-    return statistics.median(a / b for a, b in zip(runs(row), runs(partner), strict=True))
 
 
 def target_lines(checks: Sequence[dict[str, Any]]) -> str:

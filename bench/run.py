@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from catalog import catalog_line, catalog_row
 from engines import (
     ROOT,
     SHORT_ROUNDS,
@@ -79,6 +80,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--no-vision", action="store_true", help="skip the multimodal row")
     parser.add_argument(
         "--no-shared", action="store_true", help="skip the shared-service row (bench/shared.py)"
+    )
+    parser.add_argument(
+        "--no-catalog", action="store_true", help="skip the catalog row (bench/catalog.py)"
     )
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     return parser.parse_args()
@@ -143,6 +147,12 @@ def main() -> int:
         memory = served_memory(args.workdir / "checkpoints" / "minilm", args.workdir)
     except Exception as error:  # noqa: BLE001 - recorded; the measured rows still count
         print(f"  memory measurement failed: {error!r}", flush=True)
+    catalog: dict[str, Any] = {}
+    if not args.no_catalog:
+        print(f"{run.elapsed()} catalog (20 models, 4 resident)", flush=True)
+        row = catalog_row(args.workdir)
+        print(f"  {catalog_line(row)}", flush=True)
+        catalog = asdict(row)
     _attach_flop_fractions(run.results, run.lengths, run.gemm)
     print()
     print(table(run.results))
@@ -164,6 +174,7 @@ def main() -> int:
         "perf_analyzer": run.perf,
         "vision_time_split": run.vision_split,
         "shared_service": run.shared_service,
+        "catalog": catalog,
         "results": [asdict(r) for r in run.results],
     }
     checks = targets(run.results, report)

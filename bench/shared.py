@@ -248,6 +248,51 @@ def shared_service_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def shared_service_targets(machine: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The row's targets (name, measured, comparison, goal) in a run's report."""
+    rows = {row["service"]: row for row in machine.get("shared_service", [])}
+    fair, unbounded = rows.get("window"), rows.get("unbounded")
+
+    def times_alone(field: str, alone: str) -> float | None:
+        return fair[field] / fair[alone] if fair else None
+
+    return [
+        (
+            "small beside 600-doc call, p50 x alone",
+            times_alone("beside_large_p50_ms", "small_alone_p50_ms"),
+            "<=",
+            3.0,
+        ),
+        (
+            "small beside 600-doc call, p99 x alone",
+            times_alone("beside_large_p99_ms", "small_alone_p99_ms"),
+            "<=",
+            5.0,
+        ),
+        (
+            "priority 0 beside saturation, p50 x alone",
+            times_alone("urgent_beside_saturation_p50_ms", "small_alone_p50_ms"),
+            "<=",
+            2.0,
+        ),
+        (
+            "saturating load, window / unbounded",
+            _paired_ratio(fair, unbounded) if fair and unbounded else None,
+            ">=",
+            0.95,
+        ),
+    ]
+
+
+def _paired_ratio(row: dict[str, Any], partner: dict[str, Any]) -> float:
+    """The median over rounds of ``row``'s rate over ``partner``'s in the same round."""
+
+    def runs(r: dict[str, Any]) -> list[float]:
+        return r.get("saturating_runs") or [r["saturating_pairs_per_s"]]
+
+    return statistics.median(a / b for a, b in zip(runs(row), runs(partner), strict=True))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench")

@@ -3,6 +3,7 @@ loopback ports and stops it: one way, shared by the test suite and the benchmark
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -156,3 +157,19 @@ def stop_server(server: Server, timeout_s: float = 30.0) -> int:
             server.process.kill()
             server.process.wait()
     return server.process.returncode
+
+
+def triton_resident_bytes(server: Server) -> int:
+    """Resident memory of the server's Triton and all its model processes (0: none runs)."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        children = psutil.Process(server.process.pid).children()
+        tritons = [p for p in children if p.name().startswith("tritonserver")]
+        if tritons:
+            total = 0
+            for process in [tritons[0], *tritons[0].children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += process.memory_info().rss
+            return total
+    return 0

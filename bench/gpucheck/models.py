@@ -37,6 +37,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
             precision=Precision(scale.precision),
             device=Device(scale.device),
             runtime=Runtime.TORCH,
+            share_tokenizer=False,  # each row measures its model's own processes
         )
         build(str(checkpoint), options, work / "model_repository")
         checkpoints[shape.name] = checkpoint
@@ -48,6 +49,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
             name=name,
             device=Device(scale.device),
             runtime=Runtime.TORCH,
+            share_tokenizer=False,  # each row measures its model's own processes
             precision_chosen=False,
             tuning=TritonTuning(shared_prefix=shared),
         )
@@ -64,6 +66,7 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
         device=Device(scale.device),
         runtime=Runtime.TORCH,
         precision_chosen=False,
+        share_tokenizer=False,
     )
     build(str(vision), options, work / "model_repository")
     checkpoints[VISION] = vision

@@ -19,6 +19,8 @@ from reranker.settings import SETTINGS, OptionSource, Settings
 if TYPE_CHECKING:
     from reranker.builder.triton_configs import TritonTuning
     from reranker.contract.model import ServedModel
+    from reranker.service.metrics import ServiceMetrics
+    from reranker.service.triton_server import TritonServer, TritonSupervisor
 
 log = logging.getLogger("reranker")
 
@@ -29,7 +31,6 @@ async def serve(settings: Settings) -> None:
     from reranker.service.metrics import ServiceMetrics
     from reranker.service.server import create_server
     from reranker.service.tracing import provider_for, tracer_from
-    from reranker.service.triton_server import TritonServer, TritonSupervisor
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -37,12 +38,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     metrics = ServiceMetrics()
-    triton = supervisor = None
-    if not settings.triton_url:
-        triton = TritonServer(settings)
-        supervisor = TritonSupervisor(triton, metrics)
-        log.info("starting tritonserver on %s (log: %s)", triton.grpc_url, settings.triton_log)
-        await asyncio.to_thread(triton.start)
+    triton, supervisor = await _launch_triton(settings, metrics)
     url = settings.triton_url or (triton.grpc_url if triton else "")
     tracer_provider = provider_for(settings.otlp_endpoint)
     engine = TritonEngine(
@@ -60,11 +56,9 @@ async def serve(settings: Settings) -> None:
         tracer_provider,
         triton.resident_bytes if triton else None,
     )
-    if settings.memory_budget_mb and not triton:
-        log.warning("memory_budget_mb bounds a launched Triton's memory: not kept with triton_url")
     loop.add_signal_handler(signal.SIGHUP, server.keys.reload)
     supervising = asyncio.create_task(supervisor.supervise()) if supervisor else None
-    _warn_if_exposed(settings)
+    _warn_about(settings, launched=triton is not None)
     try:
         metrics_note = ""
         if settings.metrics_port >= 0:
@@ -91,6 +85,20 @@ async def serve(settings: Settings) -> None:
             await asyncio.to_thread(triton.stop)
         if tracer_provider is not None:
             tracer_provider.shutdown()
+
+
+async def _launch_triton(
+    settings: Settings, metrics: ServiceMetrics
+) -> tuple[TritonServer | None, TritonSupervisor | None]:
+    """A Triton of its own and the supervisor that restarts it (none with ``triton_url``)."""
+    from reranker.service.triton_server import TritonServer, TritonSupervisor
+
+    if settings.triton_url:
+        return None, None
+    triton = TritonServer(settings)
+    log.info("starting tritonserver on %s (log: %s)", triton.grpc_url, settings.triton_log)
+    await asyncio.to_thread(triton.start)
+    return triton, TritonSupervisor(triton, metrics)
 
 
 def _announce(
@@ -124,7 +132,11 @@ def _announce(
         print(hint, flush=True)
 
 
-def _warn_if_exposed(settings: Settings) -> None:
+def _warn_about(settings: Settings, launched: bool) -> None:
+    """Settings that do not do what they say here: a memory budget without a launched Triton
+    to measure, and a server reachable beyond loopback without TLS or a key."""
+    if settings.memory_budget_mb and not launched:
+        log.warning("memory_budget_mb bounds a launched Triton's memory: not kept with triton_url")
     if settings.host in ("127.0.0.1", "::1", "localhost"):
         return
     if not settings.tls_cert_file:
@@ -147,6 +159,7 @@ def _build(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         onnx_file=args.onnx_file,
         accuracy_passages=args.accuracy_passages,
+        share_tokenizer=args.share_tokenizer,
         tuning=_tuning().resolve(args, os.environ),
     )
     print(f"building {name} into {args.repository}", file=sys.stderr)
@@ -257,6 +270,14 @@ def _add_build_arguments(build_parser: argparse.ArgumentParser) -> None:
         choices=[runtime.value for runtime in BUILT_RUNTIMES],
         help="onnx (default): serve the ONNX export; torch: serve the checkpoint itself with "
         "PyTorch (fp32 on CPU; fp16 or bf16 on a GPU, no container needed)",
+    )
+    build_parser.add_argument(
+        "--no-share-tokenizer",
+        dest="share_tokenizer",
+        action="store_false",
+        default=defaults.share_tokenizer,
+        help="give the model its own tokenizer model even where the repository holds one of "
+        "the same tokenization (shared by default)",
     )
     _tuning().add_arguments(build_parser)
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 from google.protobuf import text_format
@@ -23,9 +22,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.builder.builder import BuildOptions
 from reranker.builder.sharing import SHARED_PREFIX, share_tokenizer
-from reranker.service.engine import describe
+from reranker.service.triton_models import describe
 from tests.integration.conftest import Server, children, cmdline, start_server, stop_server
 from tests.integration.test_metrics import scrape, value
+from tests.launcher import triton_resident_bytes
 from tests.model_cache import cached_build
 
 PINNED, HOT, COLD, LATE = "catalog-a", "catalog-b", "catalog-c", "catalog-late"
@@ -168,11 +168,9 @@ async def test_a_model_removed_from_the_repository_is_unloaded_and_leaves_the_ca
 
 
 def resident(server: Server) -> int:
-    """Resident memory of the server's Triton and its model processes."""
-    triton = psutil.Process(
-        next(p for p in children(server.process.pid) if "tritonserver" in cmdline(p))
-    )
-    return sum(p.memory_info().rss for p in [triton, *triton.children(recursive=True)])
+    total = triton_resident_bytes(server)
+    assert total > 0, "Triton runs"
+    return total
 
 
 async def test_the_memory_budget_unloads_the_least_recent_model_to_fit_another(

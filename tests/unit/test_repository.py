@@ -17,7 +17,7 @@ from reranker.contract.model import (
     Runtime,
     ServedModel,
 )
-from reranker.service.engine import describe
+from reranker.service.triton_models import describe
 
 ROOT = Path(__file__).parents[2]
 MODEL = ServedModel(

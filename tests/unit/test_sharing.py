@@ -12,7 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from reranker.builder.repository import write_configs
 from reranker.builder.sharing import SHARED_PREFIX, share_tokenizer, tokenization_digest
 from reranker.contract.model import TOKENIZER_FILE, ServedModel
-from reranker.service.engine import describe
+from reranker.service.triton_models import describe
 from tests.unit.test_repository import MODEL
 
 

@@ -8,7 +8,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from reranker.service import errors
-from reranker.service.engine import _translate, classify
+from reranker.service.triton_errors import classify, translate
 
 URL = "127.0.0.1:8001"
 
@@ -73,5 +73,5 @@ def test_tritonclients_status_text_is_read_as_the_grpc_code(
 ) -> None:
     """tritonclient words a failed call's code as ``str(grpc.StatusCode)``; the code decides,
     whatever the message says."""
-    error = _translate(InferenceServerException("something went wrong", status), URL)
+    error = translate(InferenceServerException("something went wrong", status), URL)
     assert type(error) is kind

@@ -158,10 +158,14 @@ def default_model(options: BuildOptions) -> ServedModel:
     )
 
 
+def _shared(model: ServedModel, options: BuildOptions, repository: Path) -> ServedModel:
+    return share_tokenizer(model, repository) if options.share_tokenizer else model
+
+
 def build_default(options: BuildOptions, repository: Path) -> ServedModel:
     """The offline default: all-MiniLM-L6-v2 (a bi-encoder), exported as a pair scorer; it
     shares the tokenizer model of any other model there whose tokenization is the same."""
-    return share_tokenizer(_build_default(options, repository), repository)
+    return _shared(_build_default(options, repository), options, repository)
 
 
 def _build_default(options: BuildOptions, repository: Path) -> ServedModel:
@@ -331,7 +335,7 @@ def build(
 ) -> ServedModel:
     """Builds one served model into ``repository`` from any supported source; it shares the
     tokenizer model of any other there whose tokenization is the same."""
-    return share_tokenizer(_build(source, options, repository, cache_dir), repository)
+    return _shared(_build(source, options, repository, cache_dir), options, repository)
 
 
 def _build(

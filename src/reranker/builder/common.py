@@ -45,6 +45,9 @@ class BuildOptions:
     # Passages per query of the accuracy report a reduced precision on CPU writes (20 queries):
     # fewer make a quicker, coarser report.
     accuracy_passages: int = 40
+    # Whether the model runs a tokenizer model of the same tokenization that the repository
+    # already holds (reranker.builder.sharing) instead of its own.
+    share_tokenizer: bool = True
     # How Triton runs it: instances, threads, batching, queue delays.
     tuning: TritonTuning = field(default_factory=TritonTuning)
 

@@ -14,20 +14,12 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
-from google.protobuf import text_format
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from reranker.contract.model import ENCODER_SUFFIX, TOKENIZER_SUFFIX, ServedModel
-from reranker.contract.parameters import (
-    SERVED_MODEL_KEY,
-    EnsembleParameters,
-    ParameterError,
-    from_parameters,
-)
+from reranker.contract.model import ServedModel
 from reranker.contract.tensors import (
     DOCUMENT,
     DOCUMENT_IMAGE,
@@ -41,32 +33,18 @@ from reranker.contract.tensors import (
 )
 from reranker.service.dispatch import Dispatcher
 from reranker.service.errors import (
-    DeadlineExceeded,
     InferenceFailed,
     InvalidArgument,
-    ModelLoadFailed,
     ModelNotLoaded,
     ModelRestarting,
-    RerankError,
     Unavailable,
 )
 from reranker.service.scoring import BackendHealth, RowImages, Scores
+from reranker.service.triton_errors import translate
+from reranker.service.triton_models import TritonModels
 
 log = logging.getLogger(__name__)
 
-# How long an unload may take to show in Triton's index (its stubs finishing in-flight work).
-UNLOAD_WAIT_S = 60.0
-
-_UNREACHABLE = (
-    "StatusCode.UNAVAILABLE",
-    "failed to connect",
-    "Connection refused",
-    "Socket closed",
-)
-# What Triton says when a Python-backend stub process has died (Triton does not restart it).
-_STUB_DEAD = "is not healthy"
-# A model the service knows but Triton does not have loaded: Triton is (re)starting.
-_NOT_LOADED = ("Request for unknown model", "has no available versions")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _MESSAGE_BYTES = 256 * 1024 * 1024
 # Retries on the rank service -> Triton hop happen in one layer, the engine's own loop
@@ -143,25 +121,6 @@ def image_requests(images: RowImages, max_rows: int) -> list[list[int]]:
     return requests
 
 
-def describe(config: mc.ModelConfig) -> ServedModel | None:
-    """Reads a served model back from its ensemble's configuration (None if not one of ours).
-
-    Raises:
-        ParameterError: the ensemble is ours but its parameters cannot be read.
-    """
-    raw = {key: value.string_value for key, value in config.parameters.items()}
-    if config.platform != "ensemble" or SERVED_MODEL_KEY not in raw:
-        return None
-    tokenize, encode = config.ensemble_scheduling.step
-    return from_parameters(EnsembleParameters, raw, config.name).served_model(
-        config.name,
-        config.max_batch_size,
-        tokenize.output_map,
-        graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
-        tokenizer=tokenize.model_name,
-    )
-
-
 def _inputs(
     query: bytes, documents: list[str], images: tuple[bytes, list[bytes]] | None
 ) -> list[InferInput]:
@@ -213,34 +172,8 @@ def _refused_row(
     )
 
 
-# tritonclient hands a gRPC failure's code on as text (``str(grpc.StatusCode.X)``).
-_STATUS_CODES = {str(code): code for code in grpc.StatusCode}
-
-
-def _translate(error: InferenceServerException, url: str) -> RerankError:
-    status = _STATUS_CODES.get(error.status() or "")
-    return classify(status, error.message() or str(error), url)
-
-
-def classify(status: grpc.StatusCode | None, message: str, url: str) -> RerankError:
-    """The error a caller sees for a failed Triton request. Triton says most of what went
-    wrong only in its message text, so this is the one place that reads that text."""
-    if status is grpc.StatusCode.DEADLINE_EXCEEDED or "Deadline Exceeded" in message:
-        return DeadlineExceeded("the deadline passed before inference finished")
-    if status is grpc.StatusCode.UNAVAILABLE or any(s in message for s in _UNREACHABLE):
-        return Unavailable(f"inference server at {url} is unreachable")
-    if status is grpc.StatusCode.CANCELLED or message == "CANCELLED":
-        # Not the caller (that cancels this task): Triton dropped the request, shutting down.
-        return Unavailable(f"inference server at {url} cancelled the request (stopping?)")
-    if any(s in message for s in _NOT_LOADED):
-        return ModelNotLoaded(f"the model is not loaded: {message}")
-    if _STUB_DEAD in message:
-        return ModelRestarting(f"a model process died and is being restarted: {message}")
-    return InferenceFailed(f"inference failed: {message}")
-
-
-class TritonEngine:
-    """Knows the served models and scores rows with them."""
+class TritonEngine(TritonModels):
+    """Knows the served models (:class:`TritonModels`) and scores rows with them."""
 
     def __init__(
         self,
@@ -250,89 +183,12 @@ class TritonEngine:
         tracer: trace.Tracer | None = None,
         repository: Path | None = None,
     ) -> None:
-        """``repository``: Triton's model repository where this process can read it, to
-        describe models that are not loaded (None: they are listed by name alone)."""
-        self.url = url
-        self._repository = repository
+        client = triton_aio.InferenceServerClient(grpc_target(url), channel_args=_CHANNEL_ARGS)
+        super().__init__(url, client, repository)
         self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
         self._dispatch = Dispatcher(requests_in_flight_per_model)
-        self._client = triton_aio.InferenceServerClient(
-            grpc_target(url), channel_args=_CHANNEL_ARGS
-        )
-        self.models: dict[str, ServedModel] = {}
         self.health = BackendHealth()
-
-    async def refresh(self) -> dict[str, ServedModel]:
-        """Reads the served models from the ready ensembles of Triton's repository."""
-        try:
-            index = await self._client.get_model_repository_index()
-            models: dict[str, ServedModel] = {}
-            for entry in index.models:
-                if entry.state != "READY":
-                    continue
-                response = await self._client.get_model_config(entry.name)
-                try:
-                    model = describe(response.config)
-                except ParameterError as error:
-                    log.error("not serving %s: %s", entry.name, error)
-                    continue
-                if model is not None:
-                    models[model.name] = model
-        except InferenceServerException as error:
-            raise _translate(error, self.url) from None
-        self.models = models
-        return models
-
-    async def repository_models(self) -> list[str]:
-        try:
-            index = await self._client.get_model_repository_index()
-        except InferenceServerException as error:
-            raise _translate(error, self.url) from None
-        composing = (TOKENIZER_SUFFIX, ENCODER_SUFFIX)
-        names = (entry.name for entry in index.models if not entry.name.endswith(composing))
-        # Triton's index still lists a loaded model whose folder was removed; where the
-        # repository can be read from here, its folders are the word.
-        return sorted(
-            name
-            for name in names
-            if self._repository is None or (self._repository / name / "config.pbtxt").is_file()
-        )
-
-    def describe_unloaded(self, name: str) -> ServedModel | None:
-        if self._repository is None:
-            return None
-        try:
-            text = (self._repository / name / "config.pbtxt").read_text()
-            return describe(text_format.Parse(text, mc.ModelConfig()))
-        except (OSError, text_format.ParseError, ParameterError):
-            return None
-
-    async def load(self, name: str) -> None:
-        try:
-            await self._client.load_model(name)
-        except InferenceServerException as error:
-            raise ModelLoadFailed(
-                f"model {name!r} could not be loaded: {error.message()}"
-            ) from None
-        await self.refresh()
-
-    async def unload(self, name: str) -> None:
-        try:
-            # An ensemble's dependents are its composing models; one another loaded ensemble
-            # still uses (a shared tokenizer) stays.
-            await self._client.unload_model(name, unload_dependents=True)
-            # Triton answers before the unload completes: wait until it no longer lists the
-            # model as ready, so what is loaded is not read stale.
-            deadline = time.monotonic() + UNLOAD_WAIT_S
-            while time.monotonic() < deadline:
-                index = await self._client.get_model_repository_index()
-                if not any(e.name == name and e.state == "READY" for e in index.models):
-                    break
-                await asyncio.sleep(0.05)
-        except InferenceServerException as error:
-            raise _translate(error, self.url) from None
-        await self.refresh()
 
     async def score(
         self,
@@ -420,7 +276,7 @@ class TritonEngine:
                 refused = _refused_row(error, labels, images is not None)
                 if refused is not None:
                     raise refused from None
-                translated = _translate(error, self.url)
+                translated = translate(error, self.url)
                 if isinstance(translated, Unavailable):
                     dead = started if isinstance(translated, ModelRestarting) else None
                     self.health.failed(model, dead)
@@ -428,7 +284,7 @@ class TritonEngine:
                 # round robin sends the next attempt to another one. (A dead model process is
                 # not retried: Triton takes a second to report it, and the launcher is
                 # restarting it anyway.)
-                if type(translated) is Unavailable and attempt < _ATTEMPTS:
+                if type(translated) in (Unavailable, ModelNotLoaded) and attempt < _ATTEMPTS:
                     await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
                     continue
                 raise translated from None

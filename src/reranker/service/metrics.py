@@ -62,6 +62,16 @@ class ServiceMetrics:
             "Request fields no vendor documents, accepted and ignored, by route",
             ["route"],
         )
+        self._catalog_metrics(counter, histogram)
+        self.backend_restarts = counter(
+            "reranker_backend_restarts",
+            "Times Triton was restarted after it or a model process died",
+        )
+
+    def _catalog_metrics(
+        self, counter: Callable[..., Counter], histogram: Callable[..., Histogram]
+    ) -> None:
+        """The model catalog's: loads, unloads, their time, and the models resident."""
         self.model_loads = counter(
             "reranker_model_loads",
             "Model loads on a first call, by model and outcome (loaded, failed)",
@@ -69,7 +79,7 @@ class ServiceMetrics:
         )
         self.model_unloads = counter(
             "reranker_model_unloads",
-            "Model unloads, by model and reason (budget)",
+            "Model unloads, by model and reason (budget, removed)",
             ["model", "reason"],
         )
         self.model_load_seconds = histogram(
@@ -82,10 +92,8 @@ class ServiceMetrics:
             "Time calls waited for their model to load",
             buckets=_LOAD_BUCKETS,
         )
-        self.models_loaded = gauge("reranker_models_loaded", "Served models resident now")
-        self.backend_restarts = counter(
-            "reranker_backend_restarts",
-            "Times Triton was restarted after it or a model process died",
+        self.models_loaded = Gauge(
+            "reranker_models_loaded", "Served models resident now", registry=self.registry
         )
 
     def track_rows_in_flight(self, read: Callable[[], int]) -> None:

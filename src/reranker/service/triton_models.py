@@ -1,0 +1,127 @@
+"""Which served models Triton's repository holds and which of them are loaded, read from the
+ensembles' configurations, and loading and unloading them (Triton's explicit model control)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import tritonclient.grpc.aio as triton_aio
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+from reranker.contract.model import ENCODER_SUFFIX, TOKENIZER_SUFFIX, ServedModel
+from reranker.contract.parameters import (
+    SERVED_MODEL_KEY,
+    EnsembleParameters,
+    ParameterError,
+    from_parameters,
+)
+from reranker.contract.tensors import SCORE
+from reranker.service.errors import ModelLoadFailed
+from reranker.service.triton_errors import translate
+
+log = logging.getLogger(__name__)
+
+# How long an unload may take to show in Triton's index (its stubs finishing in-flight work).
+UNLOAD_WAIT_S = 60.0
+
+
+def describe(config: mc.ModelConfig) -> ServedModel | None:
+    """Reads a served model back from its ensemble's configuration (None if not one of ours).
+
+    Raises:
+        ParameterError: the ensemble is ours but its parameters cannot be read.
+    """
+    raw = {key: value.string_value for key, value in config.parameters.items()}
+    if config.platform != "ensemble" or SERVED_MODEL_KEY not in raw:
+        return None
+    tokenize, encode = config.ensemble_scheduling.step
+    return from_parameters(EnsembleParameters, raw, config.name).served_model(
+        config.name,
+        config.max_batch_size,
+        tokenize.output_map,
+        graph_output=next(name for name, tensor in encode.output_map.items() if tensor == SCORE),
+        tokenizer=tokenize.model_name,
+    )
+
+
+class TritonModels:
+    """The served models of one Triton (or its replicas) behind ``client``."""
+
+    def __init__(
+        self, url: str, client: triton_aio.InferenceServerClient, repository: Path | None
+    ) -> None:
+        """``repository``: Triton's model repository where this process can read it, to
+        describe models that are not loaded (None: they are listed by name alone)."""
+        self.url = url
+        self._client = client
+        self._repository = repository
+        self.models: dict[str, ServedModel] = {}
+
+    async def refresh(self) -> dict[str, ServedModel]:
+        """Reads the served models from the ready ensembles of Triton's repository."""
+        try:
+            index = await self._client.get_model_repository_index()
+            models: dict[str, ServedModel] = {}
+            for entry in index.models:
+                if entry.state != "READY":
+                    continue
+                response = await self._client.get_model_config(entry.name)
+                try:
+                    model = describe(response.config)
+                except ParameterError as error:
+                    log.error("not serving %s: %s", entry.name, error)
+                    continue
+                if model is not None:
+                    models[model.name] = model
+        except InferenceServerException as error:
+            raise translate(error, self.url) from None
+        self.models = models
+        return models
+
+    async def repository_models(self) -> list[str]:
+        try:
+            index = await self._client.get_model_repository_index()
+        except InferenceServerException as error:
+            raise translate(error, self.url) from None
+        composing = (TOKENIZER_SUFFIX, ENCODER_SUFFIX)
+        return sorted(entry.name for entry in index.models if not entry.name.endswith(composing))
+
+    def describe_unloaded(self, name: str) -> ServedModel | None:
+        if self._repository is None:
+            return None
+        try:
+            text = (self._repository / name / "config.pbtxt").read_text()
+            return describe(text_format.Parse(text, mc.ModelConfig()))
+        except (OSError, text_format.ParseError, ParameterError):
+            return None
+
+    async def load(self, name: str) -> None:
+        try:
+            await self._client.load_model(name)
+        except InferenceServerException as error:
+            raise ModelLoadFailed(
+                f"model {name!r} could not be loaded: {error.message()}"
+            ) from None
+        await self.refresh()
+
+    async def unload(self, name: str) -> None:
+        try:
+            # An ensemble's dependents are its composing models; one another loaded ensemble
+            # still uses (a shared tokenizer) stays.
+            await self._client.unload_model(name, unload_dependents=True)
+            # Triton answers before the unload completes: wait until it no longer lists the
+            # model as ready, so what is loaded is not read stale.
+            deadline = time.monotonic() + UNLOAD_WAIT_S
+            while time.monotonic() < deadline:
+                index = await self._client.get_model_repository_index()
+                if not any(e.name == name and e.state == "READY" for e in index.models):
+                    break
+                await asyncio.sleep(0.05)
+        except InferenceServerException as error:
+            raise translate(error, self.url) from None
+        await self.refresh()
