@@ -261,14 +261,17 @@ class ModelCatalog:
             log.info("unloaded model %s (reason: budget, to load %s)", victim, name)
 
     def _resident(self) -> int | None:
+        """The resident memory now, where it can be read (a launched Triton)."""
         read = self._residency.resident_bytes
-        return None if read is None or not self._residency.memory_budget_bytes else read()
+        return None if read is None else read()
 
     async def _released(self, victim: str, before: int) -> None:
         """Waits (5 s at most) for an unloaded model's processes to exit, which Triton does
-        not wait for: until the resident memory has fallen by half of what the model added
-        when it loaded (16 MB where that is not known)."""
-        target = before - max(self._expected_size(victim) // 2, 16 << 20)
+        not wait for: until the resident memory has fallen by 90% of what the model added
+        when it loaded (16 MB where that is not known). Without the wait, the next model
+        loads beside processes still exiting, and a run of cold calls holds several such
+        models over either bound."""
+        target = before - max(self._expected_size(victim) * 9 // 10, 16 << 20)
         deadline = self._clock() + RELEASE_WAIT_S
         while (self._resident() or 0) > target and self._clock() < deadline:
             await asyncio.sleep(0.1)
@@ -282,7 +285,7 @@ class ModelCatalog:
         bound = self._residency
         if bound.max_loaded and len(self._engine.models) >= bound.max_loaded:
             return True
-        resident = self._resident()
+        resident = self._resident() if bound.memory_budget_bytes else None
         if resident is None:
             return False
         return resident + self._expected_size(name) > bound.memory_budget_bytes
