@@ -46,7 +46,8 @@ async def serve(settings: Settings) -> None:
         settings.max_rows_per_request,
         settings.requests_in_flight_per_model,
         tracer_from(tracer_provider),
-        settings.model_repository if settings.model_repository.is_dir() else None,
+        # Describing unloaded models from files is right only for the Triton launched here.
+        None if settings.triton_url else settings.model_repository,
     )
     server = await create_server(
         settings,

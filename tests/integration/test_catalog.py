@@ -21,7 +21,8 @@ from reranker_client import AsyncRerankClient, UnavailableError
 from tritonclient.grpc import model_config_pb2 as mc
 
 from reranker.builder.builder import BuildOptions
-from reranker.builder.sharing import SHARED_PREFIX, share_tokenizer
+from reranker.builder.sharing import share_tokenizer
+from reranker.contract.model import SHARED_PREFIX
 from reranker.service.triton_models import describe
 from tests.integration.conftest import Server, children, cmdline, start_server, stop_server
 from tests.integration.test_metrics import scrape, value

@@ -80,7 +80,7 @@ async def test_no_model_is_unloaded_under_a_call() -> None:
 
 async def test_a_pinned_model_is_never_unloaded_and_a_model_that_cannot_fit_is_refused() -> None:
     core, scorer = catalog_core("c", max_loaded_models=2, pin="bi")
-    with pytest.raises(errors.ModelLoadFailed, match=r"does not fit \(max_loaded_models=2\)"):
+    with pytest.raises(errors.FailedPrecondition, match=r"does not fit \(max_loaded_models=2\)"):
         await call(core, "c")
     assert scorer.unloads == [] and scorer.loads == []
 
@@ -197,3 +197,15 @@ async def test_a_canary_for_a_model_unloaded_meanwhile_is_no_failure() -> None:
     scorer.served["bi"] = BI
     scorer.unloaded_on_purpose = False
     assert not await monitor.check(), "a model still listed as loaded fails its canary"
+
+
+async def test_the_implicit_default_is_the_repository_s_only_model_not_the_only_one_loaded() -> (
+    None
+):
+    scorer = FakeScorer(served={"cross": CROSS}, unloaded=repository("c"))  # type: ignore[arg-type]
+    core = RankCore(Settings(default_model=""), scorer, ServiceMetrics())
+    with pytest.raises(errors.InvalidArgument, match="model must be set"):
+        await core.rank(RankCall("q", ["a doc"]), 5.0)
+    alone = FakeScorer(served={"cross": CROSS})
+    core = RankCore(Settings(default_model=""), alone, ServiceMetrics())
+    assert (await core.rank(RankCall("q", ["a doc"]), 5.0)).model.name == "cross"

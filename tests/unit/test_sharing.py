@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from reranker.builder.common import BuildError, BuildOptions
 from reranker.builder.repository import write_configs
-from reranker.builder.sharing import SHARED_PREFIX, share_tokenizer, tokenization_digest
-from reranker.contract.model import TOKENIZER_FILE, ServedModel
+from reranker.builder.sharing import keep_private, share_tokenizer, tokenization_digest
+from reranker.contract.model import SHARED_PREFIX, TOKENIZER_FILE, ServedModel
 from reranker.service.triton_models import describe
 from tests.unit.test_repository import MODEL
 
@@ -61,3 +63,14 @@ def test_a_model_rebuilt_with_other_tokenization_leaves_the_shared_one(tmp_path:
     assert rebuilt.tokenizer == "" and ensemble_tokenizer(tmp_path, "a") == "a__tokenizer"
     assert ensemble_tokenizer(tmp_path, "b") == b.tokenizer
     assert (tmp_path / b.tokenizer / "1" / TOKENIZER_FILE).read_text() == "v1"
+
+
+def test_a_model_built_with_sharing_off_keeps_its_tokenizer_model_to_itself(tmp_path: Path) -> None:
+    alone = replace(MODEL, name="alone")
+    write_configs(alone, tmp_path)
+    (tmp_path / alone.tokenizer_model / "1" / TOKENIZER_FILE).write_text("v1")
+    keep_private(alone, tmp_path)
+    later = built(replace(MODEL, name="later"), tmp_path)
+    assert later.tokenizer == "" and ensemble_tokenizer(tmp_path, "alone") == "alone__tokenizer"
+    with pytest.raises(BuildError, match="may not start with 'shared-'"):
+        BuildOptions(name="shared-model")

@@ -34,7 +34,7 @@ from reranker.builder.install import (
     install_checkpoint,
     pair_tokenizer,
 )
-from reranker.builder.sharing import share_tokenizer
+from reranker.builder.sharing import keep_private, share_tokenizer
 from reranker.builder.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, ModelKind, Precision, Runtime, ServedModel
 from reranker.contract.tensors import TOKEN_TENSORS
@@ -159,7 +159,10 @@ def default_model(options: BuildOptions) -> ServedModel:
 
 
 def _shared(model: ServedModel, options: BuildOptions, repository: Path) -> ServedModel:
-    return share_tokenizer(model, repository) if options.share_tokenizer else model
+    if options.share_tokenizer:
+        return share_tokenizer(model, repository)
+    keep_private(model, repository)
+    return model
 
 
 def build_default(options: BuildOptions, repository: Path) -> ServedModel:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reranker.builder.triton_configs import TritonTuning
-from reranker.contract.model import BUILT_RUNTIMES, Device, Precision, Runtime
+from reranker.contract.model import BUILT_RUNTIMES, SHARED_PREFIX, Device, Precision, Runtime
 
 # The ONNX export a build serves from a directory or hub repository publishing several.
 DEFAULT_ONNX_FILE = "model.onnx"
@@ -55,6 +55,11 @@ class BuildOptions:
         if self.runtime not in BUILT_RUNTIMES:
             choices = ", ".join(BUILT_RUNTIMES)
             raise BuildError(f"a build serves runtime {choices}, not {self.runtime}")
+        if self.name.startswith(SHARED_PREFIX):
+            raise BuildError(
+                f"a served model's name may not start with {SHARED_PREFIX!r}: the names of "
+                f"shared tokenizer models do, got {self.name!r}"
+            )
         if self.accuracy_passages < 1:
             raise BuildError(f"accuracy passages must be at least 1, got {self.accuracy_passages}")
 

@@ -13,17 +13,20 @@ tokenizer again and leaves the others as they were."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from reranker.contract.model import TOKENIZER_SUFFIX, ServedModel
+from reranker.contract.model import SHARED_PREFIX, TOKENIZER_SUFFIX, ServedModel
 
-SHARED_PREFIX = "shared-"
 CONFIG_FILE = "config.pbtxt"
+# In a tokenizer model built with sharing off.
+PRIVATE_MARK = "private"
 
 
 def tokenization_digest(folder: Path) -> str:
@@ -59,23 +62,36 @@ def share_tokenizer(model: ServedModel, repository: Path) -> ServedModel:
         return model
     if not twin.name.startswith(SHARED_PREFIX):
         former = twin.name
-        twin = _rename(twin, repository / f"{SHARED_PREFIX}{digest[:16]}{TOKENIZER_SUFFIX}")
+        twin = _copy_as(twin, repository / f"{SHARED_PREFIX}{digest[:16]}{TOKENIZER_SUFFIX}")
         _point_ensembles(repository, former, twin.name)
+        shutil.rmtree(repository / former)
     _point_ensembles(repository, own.name, twin.name)
     shutil.rmtree(own)
     return replace(model, tokenizer=twin.name)
+
+
+def keep_private(model: ServedModel, repository: Path) -> None:
+    """Marks ``model``'s own tokenizer model as its alone: a later build never shares it (the
+    mark is one of the files the digest reads)."""
+    (repository / model.tokenizer_model / PRIVATE_MARK).write_text(model.name + "\n")
 
 
 def _shared_first(folder: Path) -> tuple[bool, str]:
     return not folder.name.startswith(SHARED_PREFIX), folder.name
 
 
-def _rename(folder: Path, target: Path) -> Path:
-    """Moves a model's own tokenizer model to its shared name, the configuration's too."""
-    folder.rename(target)
-    config = text_format.Parse((target / CONFIG_FILE).read_text(), mc.ModelConfig())
+def _copy_as(folder: Path, target: Path) -> Path:
+    """A copy of a model's own tokenizer model under its shared name (the configuration's
+    too), made beside the repository and moved in whole, so no step leaves an ensemble
+    pointing at a missing or half-written model: until the ensembles are repointed, they run
+    the original, which is removed last."""
+    staging = Path(tempfile.mkdtemp(prefix=".sharing-", dir=target.parent.parent)) / target.name
+    shutil.copytree(folder, staging)
+    config = text_format.Parse((staging / CONFIG_FILE).read_text(), mc.ModelConfig())
     config.name = target.name
-    (target / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    (staging / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    staging.rename(target)
+    staging.parent.rmdir()
     return target
 
 
@@ -89,4 +105,7 @@ def _point_ensembles(repository: Path, former: str, tokenizer: str) -> None:
         for step in steps:
             if step.model_name == former:
                 step.model_name = tokenizer
-        path.write_text(text_format.MessageToString(config))
+        # Replaced whole: a Triton loading the ensemble meanwhile reads the old or the new.
+        partial = path.with_name(CONFIG_FILE + ".partial")
+        partial.write_text(text_format.MessageToString(config))
+        os.replace(partial, path)

@@ -21,6 +21,8 @@ from pathlib import Path
 from reranker.contract.tensors import SCORE
 
 TOKENIZER_SUFFIX = "__tokenizer"
+# The name of a tokenizer model several served models share starts so; no served model's does.
+SHARED_PREFIX = "shared-"
 ENCODER_SUFFIX = "__encoder"
 TOKENIZER_FILE = "tokenizer.json"
 PROMPT_FILE = "prompt.json"

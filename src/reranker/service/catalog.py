@@ -24,7 +24,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from reranker.contract.model import ServedModel
-from reranker.service.errors import ModelLoadFailed, ModelLoading, RerankError
+from reranker.service.errors import (
+    FailedPrecondition,
+    ModelLoadFailed,
+    ModelLoading,
+    RerankError,
+)
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.scoring import Engine
 from reranker.settings import Settings
@@ -163,8 +168,8 @@ class ModelCatalog:
             await asyncio.sleep(interval_s)
             try:
                 await self.sweep()
-            except RerankError as error:
-                log.warning("catalog sweep failed: %s", error)
+            except Exception:  # logged; the next interval sweeps again
+                log.exception("catalog sweep failed")
 
     @contextlib.asynccontextmanager
     async def use(self, name: str, timeout_s: float) -> AsyncIterator[ServedModel]:
@@ -217,6 +222,9 @@ class ModelCatalog:
                     self._sizes[name] = max(0, (self._resident() or 0) - before)
                 model = self._engine.models.get(name)
                 if model is None:
+                    # Not one of ours (or its parameters cannot be read): not left resident
+                    # outside the bounds, which count served models only.
+                    await self._engine.unload(name)
                     raise ModelLoadFailed(f"model {name!r} loaded but is not a served model")
                 seconds = self._clock() - started
             self._seen_loaded.add(name)
@@ -226,7 +234,10 @@ class ModelCatalog:
             entry.failed_at = None
             return model
         except RerankError as error:
-            entry.failed_at, entry.failure = self._clock(), str(error)
+            # Only the model's own failure is remembered: an unreachable Triton (restarting)
+            # or a full bound may be over at the next call.
+            if isinstance(error, ModelLoadFailed):
+                entry.failed_at, entry.failure = self._clock(), str(error)
             self._metrics.model_loads.labels(name, "failed").inc()
             log.error("model %s failed to load: %s", name, error)
             raise
@@ -243,11 +254,14 @@ class ModelCatalog:
                 victim = self._least_recently_used(besides=name)
                 if victim is None:
                     if all(self.is_pinned(m) for m in self._engine.models if m != name):
-                        raise ModelLoadFailed(
+                        raise FailedPrecondition(
                             f"model {name!r} does not fit ({self._bounds()}) beside the "
                             "pinned models, and only unpinned models are unloaded"
                         )
-                    await self._call_ended.wait()
+                    # Woken by a call's end, or after a second: room may come otherwise too
+                    # (a restarted Triton, memory given back).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._call_ended.wait(), 1.0)
                     continue
                 self._entry(victim).unloading = True
             before = self._resident()
@@ -257,6 +271,7 @@ class ModelCatalog:
                 self._entry(victim).unloading = False
             if before is not None:
                 await self._released(victim, before)
+            self._seen_loaded.discard(victim)
             self._metrics.model_unloads.labels(victim, "budget").inc()
             log.info("unloaded model %s (reason: budget, to load %s)", victim, name)
 

@@ -120,6 +120,8 @@ class RankCore:
         self.limits = CallLimits.from_settings(settings)
         self.budget = RowBudget(settings.max_rows_in_flight)
         self.quotas = TeamQuotas()
+        # The repository's models as last read, for the implicit default.
+        self._repository_names: list[str] = []
         self.catalog = ModelCatalog(
             scorer, metrics, Residency.from_settings(settings, resident_bytes)
         )
@@ -135,11 +137,12 @@ class RankCore:
         return sorted(self._scorer.models)
 
     def default_model(self) -> str:
+        """The model a call that names none gets: the setting's, else the only model of the
+        repository (as last read; not merely the only one loaded now)."""
         if self.settings.default_model:
             return self.settings.default_model
-        if len(self._scorer.models) == 1:
-            return next(iter(self._scorer.models))
-        return ""
+        names = set(self._scorer.models) | set(self._repository_names)
+        return next(iter(names)) if len(names) == 1 else ""
 
     async def _served(self) -> Mapping[str, ServedModel]:
         if not self._scorer.models:
@@ -159,6 +162,8 @@ class RankCore:
         served = await self._served()
         if not served:
             raise Unavailable("no model is loaded yet")
+        if not name and not self.settings.default_model:
+            self._repository_names = await self._scorer.repository_models()
         chosen = name or self.default_model()
         if not chosen:
             raise InvalidArgument(
@@ -174,10 +179,12 @@ class RankCore:
     async def list_models(self) -> ModelListing:
         """Every model of the repository with its state, described where that is known."""
         await self._served()
+        states = await self.catalog.states()
+        self._repository_names = list(states)
         loaded = self._scorer.models
         listed = [
             ListedModel(name, state, loaded.get(name) or self._scorer.describe_unloaded(name))
-            for name, state in (await self.catalog.states()).items()
+            for name, state in states.items()
         ]
         return ModelListing(models=listed, default=self.default_model())
 
@@ -205,7 +212,9 @@ class RankCore:
                     await asyncio.to_thread(
                         check_images, call.query_image, valid.document_images, self.limits.images
                     )
-            return await self._rank_with(model, call, valid, timeout_s, start)
+            # What a load took comes out of the call's time.
+            left_s = max(0.001, timeout_s - (time.perf_counter() - start))
+            return await self._rank_with(model, call, valid, left_s, start)
 
     async def _rank_with(
         self, model: ServedModel, call: RankCall, valid: ValidCall, timeout_s: float, start: float

@@ -21,7 +21,7 @@ from reranker.contract.parameters import (
     from_parameters,
 )
 from reranker.contract.tensors import SCORE
-from reranker.service.errors import ModelLoadFailed
+from reranker.service.errors import ModelLoadFailed, ModelNotLoaded, Unavailable
 from reranker.service.triton_errors import translate
 
 log = logging.getLogger(__name__)
@@ -61,27 +61,39 @@ class TritonModels:
         self._client = client
         self._repository = repository
         self.models: dict[str, ServedModel] = {}
+        self._refreshing = asyncio.Lock()
 
     async def refresh(self) -> dict[str, ServedModel]:
-        """Reads the served models from the ready ensembles of Triton's repository."""
+        """Reads the served models from the ready ensembles of Triton's repository. One read
+        at a time, so a slow one begun before a load or an unload cannot land after the read
+        that follows it."""
+        async with self._refreshing:
+            try:
+                index = await self._client.get_model_repository_index()
+                models: dict[str, ServedModel] = {}
+                for entry in index.models:
+                    if entry.state == "READY":
+                        model = await self._read(entry.name)
+                        if model is not None:
+                            models[model.name] = model
+            except InferenceServerException as error:
+                raise translate(error, self.url) from None
+            self.models = models
+            return models
+
+    async def _read(self, name: str) -> ServedModel | None:
+        """A ready model's description (None: not one of ours, or gone since the index)."""
         try:
-            index = await self._client.get_model_repository_index()
-            models: dict[str, ServedModel] = {}
-            for entry in index.models:
-                if entry.state != "READY":
-                    continue
-                response = await self._client.get_model_config(entry.name)
-                try:
-                    model = describe(response.config)
-                except ParameterError as error:
-                    log.error("not serving %s: %s", entry.name, error)
-                    continue
-                if model is not None:
-                    models[model.name] = model
+            response = await self._client.get_model_config(name)
         except InferenceServerException as error:
-            raise translate(error, self.url) from None
-        self.models = models
-        return models
+            if isinstance(translate(error, self.url), ModelNotLoaded):
+                return None
+            raise
+        try:
+            return describe(response.config)
+        except ParameterError as error:
+            log.error("not serving %s: %s", name, error)
+            return None
 
     async def repository_models(self) -> list[str]:
         try:
@@ -104,6 +116,9 @@ class TritonModels:
         try:
             await self._client.load_model(name)
         except InferenceServerException as error:
+            translated = translate(error, self.url)
+            if type(translated) is Unavailable:  # Triton unreachable: not the model's fault
+                raise translated from None
             raise ModelLoadFailed(
                 f"model {name!r} could not be loaded: {error.message()}"
             ) from None
