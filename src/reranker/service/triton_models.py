@@ -82,12 +82,14 @@ class TritonModels:
             return models
 
     async def _read(self, name: str) -> ServedModel | None:
-        """A ready model's description (None: not one of ours, or gone since the index)."""
+        """A ready model's description (None: not one of ours). Replicas answer the index and
+        the configuration in turn, so one restarting may not know a model another listed:
+        such a model keeps the description it had, and one never described is left out."""
         try:
             response = await self._client.get_model_config(name)
         except InferenceServerException as error:
             if isinstance(translate(error, self.url), ModelNotLoaded):
-                return None
+                return self.models.get(name)
             raise
         try:
             return describe(response.config)
