@@ -81,6 +81,10 @@ class Residency:
     resident_bytes: Callable[[], int] | None = None
     load_timeout_s: float = 120.0
     retry_after_failure_s: float = 30.0
+    # Whether models whose folder left the repository are unloaded: for a Triton launched
+    # here only. Behind ``triton_url`` (replicas, answering in turn) one restarting replica's
+    # index would make another's models look removed.
+    follow_repository: bool = False
 
     @classmethod
     def from_settings(
@@ -93,6 +97,7 @@ class Residency:
             resident_bytes,
             settings.model_load_timeout_s,
             settings.model_load_retry_s,
+            follow_repository=not settings.triton_url,
         )
 
 
@@ -163,7 +168,10 @@ class ModelCatalog:
             log.info("unloaded model %s (reason: removed from the repository)", name)
 
     async def watch(self, interval_s: float) -> None:
-        """Sweeps every ``interval_s`` until cancelled; a failed sweep is retried then."""
+        """Sweeps every ``interval_s`` until cancelled, where it follows the repository; a
+        failed sweep is retried then."""
+        if not self._residency.follow_repository:
+            return
         while True:
             await asyncio.sleep(interval_s)
             try:
