@@ -114,8 +114,6 @@ class ModelCatalog:
         self._engine = engine
         self._metrics = metrics
         self._residency = residency
-        self._load_timeout_s = residency.load_timeout_s
-        self._retry_s = residency.retry_after_failure_s
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._seen_loaded: set[str] = set()
@@ -159,13 +157,7 @@ class ModelCatalog:
                 if entry.calls:
                     continue
                 entry.unloading = True
-                try:
-                    await self._engine.unload(name)
-                finally:
-                    entry.unloading = False
-                self._seen_loaded.discard(name)
-            self._metrics.model_unloads.labels(name, "removed").inc()
-            log.info("unloaded model %s (reason: removed from the repository)", name)
+                await self._unload(name, "removed", "removed from the repository")
 
     async def watch(self, interval_s: float) -> None:
         """Sweeps every ``interval_s`` until cancelled, where it follows the repository; a
@@ -185,7 +177,7 @@ class ModelCatalog:
         entry = self._entry(name)
         entry.calls += 1
         try:
-            model = await self._loaded(name, entry, min(timeout_s, self._load_timeout_s))
+            model = await self._loaded(name, entry, min(timeout_s, self._residency.load_timeout_s))
             entry.last_used = self._clock()
             yield model
         finally:
@@ -201,12 +193,14 @@ class ModelCatalog:
         if entry.loading is None:
             if entry.failed_at is not None:
                 since = self._clock() - entry.failed_at
-                if since < self._retry_s:
+                if since < self._residency.retry_after_failure_s:
                     error = ModelLoadFailed(
                         f"{entry.failure} (tried {since:.0f}s ago; tried again "
-                        f"{self._retry_s:.0f}s after a failure)"
+                        f"{self._residency.retry_after_failure_s:.0f}s after a failure)"
                     )
-                    error.retry_after_s = max(1, math.ceil(self._retry_s - since))
+                    error.retry_after_s = max(
+                        1, math.ceil(self._residency.retry_after_failure_s - since)
+                    )
                     raise error
             entry.loading = asyncio.create_task(self._load(name, entry))
         started = self._clock()
@@ -272,16 +266,22 @@ class ModelCatalog:
                         await asyncio.wait_for(self._call_ended.wait(), 1.0)
                     continue
                 self._entry(victim).unloading = True
-            before = self._resident()
-            try:
-                await self._engine.unload(victim)
-            finally:
-                self._entry(victim).unloading = False
-            if before is not None:
-                await self._released(victim, before)
-            self._seen_loaded.discard(victim)
-            self._metrics.model_unloads.labels(victim, "budget").inc()
-            log.info("unloaded model %s (reason: budget, to load %s)", victim, name)
+            await self._unload(victim, "budget", f"budget, to load {name}")
+
+    async def _unload(self, name: str, reason: str, why: str) -> None:
+        """Unloads ``name`` (marked unloading by the caller, with no await since it was
+        chosen), then waits for its processes to give their memory back, since the next
+        load may need it."""
+        before = self._resident()
+        try:
+            await self._engine.unload(name)
+        finally:
+            self._entry(name).unloading = False
+        if before is not None:
+            await self._released(name, before)
+        self._seen_loaded.discard(name)
+        self._metrics.model_unloads.labels(name, reason).inc()
+        log.info("unloaded model %s (reason: %s)", name, why)
 
     def _resident(self) -> int | None:
         """The resident memory now, where it can be read (a launched Triton)."""
