@@ -166,7 +166,9 @@ async def rank_server(
     from reranker.service.tracing import tracer_from
     from reranker.settings import Settings
 
-    config = Settings(**{"grpc_port": 0, "http_port": 0, "health_interval_s": 0.5, **settings})
+    # Over a Triton it did not launch, as `serve --triton-url` runs.
+    defaults = {"grpc_port": 0, "http_port": 0, "health_interval_s": 0.5, "triton_url": triton_url}
+    config = Settings(**{**defaults, **settings})
     engine = TritonEngine(
         triton_url,
         config.max_rows_per_request,

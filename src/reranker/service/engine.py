@@ -52,8 +52,12 @@ _MESSAGE_BYTES = 256 * 1024 * 1024
 # up but still loading its models answers with an error message, not a status), and gRPC's
 # round robin sends each attempt to the next ready replica. The caller -> rank service hop
 # retries in the client's service config only.
-_ATTEMPTS = 3
+# A replica stays connected while it unloads its models to stop (a second or two), answering
+# "unknown model" at once, and round robin keeps choosing it: the retries go on for a window
+# of time, not a count, so they outlast that while reaching the others many times over.
+_RETRY_WINDOW_S = 2.0
 _RETRY_BACKOFF_S = 0.05
+_RETRY_BACKOFF_MAX_S = 0.2
 _SERVICE_CONFIG: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
 _CHANNEL_ARGS = [
     ("grpc.max_send_message_length", _MESSAGE_BYTES),
@@ -156,6 +160,13 @@ def _scores(result: Any, model: str, rows: int, counted: bool) -> tuple[np.ndarr
     return scores.reshape(rows), int(tokens.sum()) if tokens is not None else 0
 
 
+def retry_pause(attempt: int, retry_until: float, now: float | None = None) -> float | None:
+    """The pause before retrying after failed attempt number ``attempt`` (from 1): doubling
+    from 50 ms up to 200 ms, or None once the retry would start past ``retry_until``."""
+    pause = min(_RETRY_BACKOFF_S * 2 ** (attempt - 1), _RETRY_BACKOFF_MAX_S)
+    return pause if (time.monotonic() if now is None else now) + pause < retry_until else None
+
+
 def _refused_row(
     error: InferenceServerException, labels: list[int], with_images: bool
 ) -> InvalidArgument | None:
@@ -251,7 +262,11 @@ class TritonEngine(TritonModels):
         model, rows = served.name, len(documents)
         inputs = _inputs(query, documents, images)
         outputs = [InferRequestedOutput(name) for name in _outputs(served)]
-        for attempt in range(1, _ATTEMPTS + 1):
+        begun = time.monotonic()
+        deadline, retry_until = begun + timeout_s, begun + min(timeout_s, _RETRY_WINDOW_S)
+        attempt = 0
+        while True:
+            attempt += 1
             started = time.monotonic()
             try:
                 with self._tracer.start_as_current_span(
@@ -266,7 +281,7 @@ class TritonEngine(TritonModels):
                         model,
                         inputs,
                         outputs=outputs,
-                        client_timeout=timeout_s,
+                        client_timeout=max(deadline - started, 0.001),
                         parameters=parameters,
                         headers=headers or None,
                     )
@@ -284,14 +299,16 @@ class TritonEngine(TritonModels):
                 # round robin sends the next attempt to another one. (A dead model process is
                 # not retried: Triton takes a second to report it, and the launcher is
                 # restarting it anyway.)
-                if type(translated) in (Unavailable, ModelNotLoaded) and attempt < _ATTEMPTS:
-                    await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
+                pause = retry_pause(attempt, retry_until)
+                if type(translated) in (Unavailable, ModelNotLoaded) and pause is not None:
+                    await asyncio.sleep(pause)
                     continue
                 raise translated from None
             except grpc.RpcError as error:  # raised directly by some channel failures
                 self.health.failed(model)
-                if attempt < _ATTEMPTS:
-                    await asyncio.sleep(_RETRY_BACKOFF_S * attempt)
+                pause = retry_pause(attempt, retry_until)
+                if pause is not None:
+                    await asyncio.sleep(pause)
                     continue
                 raise Unavailable(
                     f"inference server at {self.url} is unreachable: {error}"
