@@ -37,6 +37,7 @@ from reranker.service.errors import (
     InvalidArgument,
     ModelNotLoaded,
     ModelRestarting,
+    RerankError,
     Unavailable,
 )
 from reranker.service.scoring import BackendHealth, RowImages, Scores
@@ -52,10 +53,14 @@ _MESSAGE_BYTES = 256 * 1024 * 1024
 # up but still loading its models answers with an error message, not a status), and gRPC's
 # round robin sends each attempt to the next ready replica. The caller -> rank service hop
 # retries in the client's service config only.
-# A replica stays connected while it unloads its models to stop (a second or two), answering
-# "unknown model" at once, and round robin keeps choosing it: the retries go on for a window
-# of time, not a count, so they outlast that while reaching the others many times over.
-_RETRY_WINDOW_S = 2.0
+# An unreachable replica leaves round robin's choice at once (its connection fails), so
+# such a failure is tried 3 times and then reported: fast, where the only Triton is down.
+# A replica that unloads its models to stop stays connected meanwhile (a second or two),
+# answering "unknown model" at once, and round robin keeps choosing it: such a failure is
+# retried for a window of time instead, which outlasts that while reaching the others many
+# times over.
+_UNREACHABLE_ATTEMPTS = 3
+_NOT_LOADED_WINDOW_S = 2.0
 _RETRY_BACKOFF_S = 0.05
 _RETRY_BACKOFF_MAX_S = 0.2
 _SERVICE_CONFIG: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
@@ -160,11 +165,20 @@ def _scores(result: Any, model: str, rows: int, counted: bool) -> tuple[np.ndarr
     return scores.reshape(rows), int(tokens.sum()) if tokens is not None else 0
 
 
-def retry_pause(attempt: int, retry_until: float, now: float | None = None) -> float | None:
-    """The pause before retrying after failed attempt number ``attempt`` (from 1): doubling
-    from 50 ms up to 200 ms, or None once the retry would start past ``retry_until``."""
+def retry_pause(
+    error: type[RerankError], attempt: int, not_loaded_until: float, now: float | None = None
+) -> float | None:
+    """The pause before retrying after failed attempt number ``attempt`` (from 1) with
+    ``error``, or None where it is not retried: pauses double from 50 ms up to 200 ms; an
+    unreachable Triton is tried 3 times, a model not loaded until ``not_loaded_until``."""
     pause = min(_RETRY_BACKOFF_S * 2 ** (attempt - 1), _RETRY_BACKOFF_MAX_S)
-    return pause if (time.monotonic() if now is None else now) + pause < retry_until else None
+    if error is Unavailable:
+        return pause if attempt < _UNREACHABLE_ATTEMPTS else None
+    if error is ModelNotLoaded:
+        return (
+            pause if (time.monotonic() if now is None else now) + pause < not_loaded_until else None
+        )
+    return None
 
 
 def _refused_row(
@@ -263,7 +277,8 @@ class TritonEngine(TritonModels):
         inputs = _inputs(query, documents, images)
         outputs = [InferRequestedOutput(name) for name in _outputs(served)]
         begun = time.monotonic()
-        deadline, retry_until = begun + timeout_s, begun + min(timeout_s, _RETRY_WINDOW_S)
+        deadline = begun + timeout_s
+        not_loaded_until = begun + min(timeout_s, _NOT_LOADED_WINDOW_S)
         attempt = 0
         while True:
             attempt += 1
@@ -299,14 +314,14 @@ class TritonEngine(TritonModels):
                 # round robin sends the next attempt to another one. (A dead model process is
                 # not retried: Triton takes a second to report it, and the launcher is
                 # restarting it anyway.)
-                pause = retry_pause(attempt, retry_until)
-                if type(translated) in (Unavailable, ModelNotLoaded) and pause is not None:
+                pause = retry_pause(type(translated), attempt, not_loaded_until)
+                if pause is not None:
                     await asyncio.sleep(pause)
                     continue
                 raise translated from None
             except grpc.RpcError as error:  # raised directly by some channel failures
                 self.health.failed(model)
-                pause = retry_pause(attempt, retry_until)
+                pause = retry_pause(Unavailable, attempt, not_loaded_until)
                 if pause is not None:
                     await asyncio.sleep(pause)
                     continue
