@@ -86,13 +86,16 @@ async def rank(server: Server, model: str) -> str:
 
 
 async def listing(server: Server) -> dict[str, str]:
-    """The states ListModels gives, checked against /v1/models; an unloaded model is still
-    described (read from the repository)."""
+    """The states ListModels gives, checked against /v1/models and TEI's /info; an unloaded
+    model is still described (read from the repository)."""
     async with AsyncRerankClient(server.address, timeout=30) as client:
         models = await client.models()
     async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as http:
         cards = (await http.get("/v1/models")).json()["data"]
-    assert {card["id"]: card["state"] for card in cards} == {m.name: m.state for m in models}
+        info = (await http.get("/info")).json()
+    states = {m.name: m.state for m in models}
+    assert {card["id"]: card["state"] for card in cards} == states
+    assert {entry["model_id"]: entry["state"] for entry in info["models"]} == states
     for model in models:
         assert (model.kind, model.architecture) == ("bi-encoder", "BertModel"), model
     return {m.name: m.state for m in models}

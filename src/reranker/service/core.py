@@ -89,6 +89,8 @@ class ServerInfo:
     max_input_length: int
     max_client_batch_size: int
     max_concurrent_requests: int
+    # Every model of the catalog with its state, by name.
+    models: dict[str, ModelState]
     version: str = SERVER_VERSION
 
     @property
@@ -196,6 +198,7 @@ class RankCore:
             max_input_length=model.max_length,
             max_client_batch_size=self.limits.max_documents,
             max_concurrent_requests=self.budget.limit,
+            models=await self.catalog.states(),
         )
 
     async def rank(self, call: RankCall, timeout_s: float) -> RankOutcome:

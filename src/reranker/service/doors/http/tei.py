@@ -68,7 +68,15 @@ def tei_ranks(outcome: RankOutcome) -> list[TeiRank]:
     return [TeiRank(index=r.index, score=r.score, text=r.text) for r in outcome.results]
 
 
+class CatalogModel(BaseModel):
+    model_id: str
+    state: Literal["loaded", "loading", "unloaded", "failed"]
+
+
 class TeiInfo(BaseModel):
+    """TEI's fields, for the default model, and ``models``: every model of the catalog with
+    its state (this server serves many; TEI's clients read the fields they know)."""
+
     model_id: str
     model_sha: str | None = None
     model_dtype: str
@@ -81,6 +89,7 @@ class TeiInfo(BaseModel):
     auto_truncate: bool = True
     tokenization_workers: int = 1
     version: str
+    models: list[CatalogModel]
 
 
 def tei_info(info: ServerInfo) -> TeiInfo:
@@ -93,6 +102,9 @@ def tei_info(info: ServerInfo) -> TeiInfo:
         max_batch_tokens=info.max_batch_tokens,
         max_client_batch_size=info.max_client_batch_size,
         version=info.version,
+        models=[
+            CatalogModel(model_id=name, state=state.value) for name, state in info.models.items()
+        ],
     )
 
 
