@@ -104,9 +104,11 @@ def repository(
     # config and tokenizer files.
     exported = tmp_path_factory.mktemp("onnx-export")
     (exported / "onnx").mkdir()
-    shutil.copyfile(
-        root / (CROSS_ENCODER + ENCODER_SUFFIX) / "1" / ONNX_FILE, exported / "onnx" / ONNX_FILE
-    )
+    # The weights beside the graph travel with it, as a publisher's external data does.
+    for graph_file in (ONNX_FILE, ONNX_FILE + "_data"):
+        served = root / (CROSS_ENCODER + ENCODER_SUFFIX) / "1" / graph_file
+        if served.is_file():
+            shutil.copyfile(served, exported / "onnx" / graph_file)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(checkpoint / name, exported / name)
     cached_build(exported, BuildOptions(name=CROSS_ENCODER_FROM_ONNX), root)
