@@ -15,13 +15,13 @@ from reranker.builder.builder import DEFAULT_MODEL_NAME
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
-from tests.integration.conftest import free_port, rank_service
+from tests.integration.conftest import CROSS_ENCODER, DEFAULT_INT8, free_port, rank_service
 
 DOCUMENTS = ["rivers flow into the sea", "tax forms are due in april", "the delta of a river"]
 RANK = "/reranker.v1.Rank/Rank"
 
 
-def _triton(repository: Path, log: Path) -> TritonServer:
+def _triton(repository: Path, log: Path, pin: str = "") -> TritonServer:
     return TritonServer(
         Settings(
             model_repository=repository,
@@ -29,8 +29,17 @@ def _triton(repository: Path, log: Path) -> TritonServer:
             triton_http_port=free_port(),
             triton_metrics_port=free_port(),
             triton_log=log,
+            default_model=DEFAULT_MODEL_NAME if pin else "",
+            pin=pin,
         )
     )
+
+
+async def _ready(url: str) -> set[str]:
+    """The served models (ensembles) a Triton has loaded."""
+    async with triton_aio.InferenceServerClient(url) as client:
+        index = await client.get_model_repository_index()
+    return {m.name for m in index.models if m.state == "READY" and "__" not in m.name}
 
 
 async def _inferences(url: str) -> int:
@@ -119,3 +128,30 @@ async def test_calls_succeed_while_a_triton_and_a_rank_service_restart(
         for m in metrics
     ]
     assert all(c and c > 0 for c in calls), calls
+
+
+async def test_a_model_loads_and_unloads_on_every_replica(repository: Path, tmp_path: Path) -> None:
+    """Behind a list of replicas, the catalog's loads and unloads reach each of them, so a
+    call that round robin sends to either finds its model."""
+    tritons = [
+        _triton(repository, tmp_path / f"triton{i}.log", pin=DEFAULT_MODEL_NAME) for i in range(2)
+    ]
+    await asyncio.gather(*(asyncio.to_thread(t.start) for t in tritons))
+    urls = [t.grpc_url for t in tritons]
+    try:
+        assert [await _ready(url) for url in urls] == [{DEFAULT_MODEL_NAME}] * 2
+        async with (
+            rank_service(
+                ",".join(urls), default_model=DEFAULT_MODEL_NAME, max_loaded_models=2
+            ) as address,
+            AsyncRerankClient(address, timeout=120) as client,
+        ):
+            for model in (CROSS_ENCODER, DEFAULT_INT8):
+                for _ in range(4):  # round robin reaches both replicas
+                    results = await client.rank("where do rivers go", DOCUMENTS, model=model)
+                    assert sorted(r["corpus_id"] for r in results) == [0, 1, 2]
+                expected = {DEFAULT_MODEL_NAME, model}
+                assert [await _ready(url) for url in urls] == [expected] * 2, model
+    finally:
+        for triton in tritons:
+            await asyncio.to_thread(triton.stop)

@@ -84,6 +84,15 @@ def grpc_target(url: str) -> str:
     return url
 
 
+def replica_addresses(url: str) -> list[str]:
+    """The replicas a Triton URL names one by one (a comma-separated list), else the URL
+    alone (a name a resolver expands, ``dns:///``, is reached as a whole)."""
+    if ":///" in url:
+        return [url]
+    listed = url.split(":", 1)[1] if url.startswith(("ipv4:", "ipv6:")) else url
+    return [address.strip() for address in listed.split(",") if address.strip()]
+
+
 # Image bytes one request to Triton carries at most (a row's query and document images):
 # every row carries its query's image, and the request must stay well within the message
 # limit above.
@@ -209,7 +218,11 @@ class TritonEngine(TritonModels):
         repository: Path | None = None,
     ) -> None:
         client = triton_aio.InferenceServerClient(grpc_target(url), channel_args=_CHANNEL_ARGS)
-        super().__init__(url, client, repository)
+        replicas = [
+            triton_aio.InferenceServerClient(address, channel_args=_CHANNEL_ARGS)
+            for address in replica_addresses(url)
+        ]
+        super().__init__(url, client, repository, replicas if len(replicas) > 1 else None)
         self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
         self._dispatch = Dispatcher(requests_in_flight_per_model)
@@ -330,5 +343,3 @@ class TritonEngine(TritonModels):
                 ) from None
         return _scores(result, model, rows, served.counts_tokens)
 
-    async def close(self) -> None:
-        await self._client.close()

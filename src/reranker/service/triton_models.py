@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import tritonclient.grpc.aio as triton_aio
@@ -53,12 +54,19 @@ class TritonModels:
     """The served models of one Triton (or its replicas) behind ``client``."""
 
     def __init__(
-        self, url: str, client: triton_aio.InferenceServerClient, repository: Path | None
+        self,
+        url: str,
+        client: triton_aio.InferenceServerClient,
+        repository: Path | None,
+        replicas: list[triton_aio.InferenceServerClient] | None = None,
     ) -> None:
         """``repository``: Triton's model repository where this process can read it, to
-        describe models that are not loaded (None: they are listed by name alone)."""
+        describe models that are not loaded (None: they are listed by name alone).
+        ``replicas``: a client for each replica that ``client`` spreads calls over, where
+        they are known one by one; loads and unloads reach each of them."""
         self.url = url
         self._client = client
+        self._replicas = replicas or [client]
         self._repository = repository
         self.models: dict[str, ServedModel] = {}
         self._refreshing = asyncio.Lock()
@@ -115,8 +123,44 @@ class TritonModels:
             return None
 
     async def load(self, name: str) -> None:
+        await self._on_every_replica("load", self._load_on, name)
+        await self.refresh()
+
+    async def unload(self, name: str) -> None:
+        await self._on_every_replica("unload", self._unload_on, name)
+        await self.refresh()
+
+    async def _on_every_replica(
+        self,
+        what: str,
+        action: Callable[[triton_aio.InferenceServerClient, str], Awaitable[None]],
+        name: str,
+    ) -> None:
+        """``action`` on each replica at once. A replica that cannot be reached (restarting:
+        it loads the pinned models alone when it is back) is passed over while another one
+        answered; any other failure is the caller's."""
+        outcomes = await asyncio.gather(
+            *(action(replica, name) for replica in self._replicas), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        for failure in failures:
+            if type(failure) is not Unavailable:
+                raise failure
+        if len(failures) == len(outcomes):
+            raise failures[0]
+        if failures:
+            log.warning(
+                "%s of %s: %d of %d replicas unreachable (%s)",
+                what,
+                name,
+                len(failures),
+                len(outcomes),
+                failures[0],
+            )
+
+    async def _load_on(self, replica: triton_aio.InferenceServerClient, name: str) -> None:
         try:
-            await self._client.load_model(name)
+            await replica.load_model(name)
         except InferenceServerException as error:
             translated = translate(error, self.url)
             if type(translated) is Unavailable:  # Triton unreachable: not the model's fault
@@ -124,21 +168,23 @@ class TritonModels:
             raise ModelLoadFailed(
                 f"model {name!r} could not be loaded: {error.message()}"
             ) from None
-        await self.refresh()
 
-    async def unload(self, name: str) -> None:
+    async def _unload_on(self, replica: triton_aio.InferenceServerClient, name: str) -> None:
         try:
             # An ensemble's dependents are its composing models; one another loaded ensemble
             # still uses (a shared tokenizer) stays.
-            await self._client.unload_model(name, unload_dependents=True)
+            await replica.unload_model(name, unload_dependents=True)
             # Triton answers before the unload completes: wait until it no longer lists the
             # model as ready, so what is loaded is not read stale.
             deadline = time.monotonic() + UNLOAD_WAIT_S
             while time.monotonic() < deadline:
-                index = await self._client.get_model_repository_index()
+                index = await replica.get_model_repository_index()
                 if not any(e.name == name and e.state == "READY" for e in index.models):
                     break
                 await asyncio.sleep(0.05)
         except InferenceServerException as error:
             raise translate(error, self.url) from None
-        await self.refresh()
+
+    async def close(self) -> None:
+        for replica in {id(c): c for c in [self._client, *self._replicas]}.values():
+            await replica.close()
