@@ -229,6 +229,47 @@ class MemorySampler:
         self._thread.join(5)
 
 
+def memory_by_model(used_mib: dict[int, float], cmdlines: dict[int, list[str]]) -> dict[str, float]:
+    """GPU memory (MiB) by Triton model, from what each process holds (``used_mib`` by pid)
+    and the processes' command lines: a Python-backend stub runs ``<model>/<version>/model.py``;
+    any other process (Triton itself, its own backends) counts under its program's name."""
+    by_model: dict[str, float] = {}
+    for pid, mib in used_mib.items():
+        argv = cmdlines.get(pid) or [f"pid {pid}"]
+        if argv[0].endswith("triton_python_backend_stub") and len(argv) > 1:
+            name = Path(argv[1]).parents[1].name
+        else:
+            name = Path(argv[0]).name
+        by_model[name] = by_model.get(name, 0.0) + mib
+    return by_model
+
+
+def gpu_memory_by_model() -> dict[str, float]:
+    """What each loaded model holds on the GPU, its process's CUDA context included: what a
+    card must hold per model. Empty without nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        run = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        used: dict[int, float] = {}
+        for line in run.stdout.splitlines():
+            field, _, mib = line.partition(",")
+            with contextlib.suppress(ValueError):
+                used[int(field)] = float(mib)
+        cmdlines: dict[int, list[str]] = {}
+        for pid in used:
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                cmdlines[pid] = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        return memory_by_model(used, cmdlines)
+    return {}
+
+
 def gemm_tflops(scale: Scale) -> float:
     """The median fp16 (GPU) or fp32 (CPU) GEMM rate of one square product, in TFLOP/s."""
     import torch

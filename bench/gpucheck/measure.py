@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpucheck.machine import MemorySampler, gemm_tflops
+from gpucheck.machine import MemorySampler, gemm_tflops, gpu_memory_by_model
 from gpucheck.models import build_models
 from gpucheck.report import Results, targets
 from gpucheck.rows import (
@@ -181,6 +181,9 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
                 rows, checks = vision_rows(client, checkpoints[VISION], scale)
                 results.rows += rows
                 report["models"][VISION] = {"parity": checks}
+        if sampler is not None and server is not None:
+            # Every model of the check has run by now: each holds its context and weights.
+            report["gpu_memory_by_model_mib"] = gpu_memory_by_model()
     if sampler is not None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib

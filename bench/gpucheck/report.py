@@ -193,6 +193,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"- GPU memory: peak {report['gpu_memory_peak_mib']:.0f} MiB "
             f"(baseline {report['gpu_memory_baseline_mib']:.0f} MiB)"
         )
+    if report.get("gpu_memory_by_model_mib"):
+        held = report["gpu_memory_by_model_mib"]
+        cells = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(held.items()))
+        lines.append(f"- GPU memory by model process, CUDA context included (MiB): {cells}")
     if "gemm_tflops" in report:
         lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s")
     if "compile" in report:

@@ -53,3 +53,22 @@ def test_an_old_grpcio_is_refused_by_name_and_this_machine_passes(
     monkeypatch.setattr(importlib.metadata, "version", older)
     with pytest.raises(SystemExit, match=r"grpcio 1\.80\.0 is older than 1\.81\.1"):
         gpu_check.check_versions(None)
+
+
+def test_gpu_memory_is_told_by_model_from_the_processes_that_hold_it(
+    gpu_check: ModuleType,
+) -> None:
+    stub = "/opt/tritonserver/backends/python/triton_python_backend_stub"
+    cmdlines = {
+        10: ["/opt/tritonserver/bin/tritonserver", "--model-repository=/r"],
+        11: [stub, "/r/a__encoder/1/model.py", "x"],
+        12: [stub, "/r/b__encoder/1/model.py", "x"],
+        13: [stub, "/r/a__encoder/1/model.py", "x"],  # a second instance of a's encoder
+    }
+    used = {10: 300.0, 11: 500.0, 12: 450.0, 13: 480.0, 99: 7.0}
+    assert gpu_check.memory_by_model(used, cmdlines) == {
+        "tritonserver": 300.0,
+        "a__encoder": 980.0,
+        "b__encoder": 450.0,
+        "pid 99": 7.0,
+    }
