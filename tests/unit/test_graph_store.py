@@ -54,6 +54,8 @@ def test_inline_weights_move_beside_the_graph_and_score_the_same(tmp_path: Path)
     store_graph(tmp_path / "src" / "model.onnx", target)
     assert target.stat().st_size < 64 << 10
     assert (tmp_path / "repo" / "model.onnx_data").stat().st_size == weight.nbytes
+    data_mode = (tmp_path / "repo" / "model.onnx_data").stat().st_mode
+    assert data_mode & 0o777 == target.stat().st_mode & 0o777
     x = np.linspace(-1, 1, 2 * 64, dtype=np.float32).reshape(2, 64)
     np.testing.assert_array_equal(_run(target), _run(tmp_path / "src" / "model.onnx"))
     np.testing.assert_allclose(_run(target), x @ weight, rtol=1e-5, atol=1e-4)

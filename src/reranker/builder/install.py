@@ -113,6 +113,9 @@ def store_graph(source: Path, target: Path) -> None:
         location=data.name,
         size_threshold=1024,
     )
+    # onnx writes the data file for its owner alone; a server run as another user (a
+    # container's) reads it as it reads the graph.
+    data.chmod(target.stat().st_mode & 0o777)
 
 
 def check_precision(options: BuildOptions) -> None:
