@@ -85,6 +85,17 @@ async def rank(server: Server, model: str) -> str:
     return model
 
 
+def model_enums(node: object) -> list[list[str]]:
+    """The ``enum`` of every ``model`` property in an OpenAPI description."""
+    if isinstance(node, list):
+        return [enum for item in node for enum in model_enums(item)]
+    if not isinstance(node, dict):
+        return []
+    model = node.get("properties", {}).get("model", {})
+    found = [model["enum"]] if "enum" in model else []
+    return found + [enum for value in node.values() for enum in model_enums(value)]
+
+
 async def listing(server: Server) -> dict[str, str]:
     """The states ListModels gives, checked against /v1/models and TEI's /info; an unloaded
     model is still described (read from the repository)."""
@@ -93,9 +104,12 @@ async def listing(server: Server) -> dict[str, str]:
     async with httpx.AsyncClient(base_url=server.http_url, timeout=30) as http:
         cards = (await http.get("/v1/models")).json()["data"]
         info = (await http.get("/info")).json()
+        schema = (await http.get("/openapi.json")).json()
     states = {m.name: m.state for m in models}
     assert {card["id"]: card["state"] for card in cards} == states
     assert {entry["model_id"]: entry["state"] for entry in info["models"]} == states
+    enums = model_enums(schema)
+    assert enums and all(enum == ["", *sorted(states)] for enum in enums), enums
     for model in models:
         assert (model.kind, model.architecture) == ("bi-encoder", "BertModel"), model
     return {m.name: m.state for m in models}

@@ -134,9 +134,10 @@ class RankCore:
         limit = self.settings.inference_timeout_s
         return limit if remaining_s is None else max(0.001, min(limit, remaining_s))
 
-    def served_models(self) -> list[str]:
-        """The models served now, as last read from the engine."""
-        return sorted(self._scorer.models)
+    def catalog_models(self) -> list[str]:
+        """Every model a call may name: those loaded now and the rest of the repository, as
+        last read from the engine."""
+        return sorted(set(self._scorer.models) | set(self._repository_names))
 
     def default_model(self) -> str:
         """The model a call that names none gets: the setting's, else the only model of the
@@ -173,7 +174,7 @@ class RankCore:
             )
         if chosen in served:
             return chosen
-        catalog = await self._scorer.repository_models()
+        catalog = self._repository_names = await self._scorer.repository_models()
         if chosen not in catalog:
             raise InvalidArgument(f"model {chosen!r} is not served; served models: {catalog}")
         return chosen

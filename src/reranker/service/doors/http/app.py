@@ -124,9 +124,9 @@ def _answer_errors_in_shape(app: FastAPI) -> None:
 
 def describe_limits(schema: dict[str, Any], core: RankCore) -> dict[str, Any]:
     """The OpenAPI description with the ``x-*`` markers of :mod:`.fields` filled in from the
-    server's settings and the models it serves now."""
+    server's settings and the models of its catalog (loaded or not)."""
     settings = core.settings
-    served = ["", *sorted(core.served_models())]
+    served = ["", *core.catalog_models()]
     sizes = {"query": settings.max_query_bytes, "document": settings.max_document_bytes}
 
     def fill(node: Any) -> Any:
