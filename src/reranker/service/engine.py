@@ -342,4 +342,3 @@ class TritonEngine(TritonModels):
                     f"inference server at {self.url} is unreachable: {error}"
                 ) from None
         return _scores(result, model, rows, served.counts_tokens)
-
