@@ -8,7 +8,7 @@ sequence of 10-document calls: 80% to 3 hot models, 20% spread over the others. 
 - resident memory of Triton and all its model processes, sampled every 0.1 s, against what
   4 resident models take (Triton with the pinned model, plus 3 more, measured here);
 - hot-model calls against a server that serves just the 3 hot models (every one resident),
-  the same sequence of hot calls, p50;
+  the same sequence of hot calls, p50, resident memory sampled in both runs alike;
 - cold calls (a call whose model was not loaded when it was sent): p50 and p99;
 - time to SERVING with the whole catalog against a repository of one model (median of 3);
 - what each model loaded beside the first adds, sharing its tokenizer: resident memory and
@@ -226,7 +226,10 @@ def catalog_row(workdir: Path) -> CatalogRow:
     server, _ = start(hot_only, workdir / "catalog-server-hot", pin="*")
     try:
         hot_calls = [model for model in calls if model in names()[:HOT]]
-        alone = asyncio.run(run_sequence(server.address, hot_calls))
+        # Sampled as the catalog's run is: the sampler's thread shares this process and its
+        # 2 cores with the caller (without it in both, the hot calls read 10% apart).
+        with ResidentSampler(server):
+            alone = asyncio.run(run_sequence(server.address, hot_calls))
     finally:
         stop_server(server, 60)
 
