@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ _UNREACHABLE_ATTEMPTS = 3
 _NOT_LOADED_WINDOW_S = 2.0
 _RETRY_BACKOFF_S = 0.05
 _RETRY_BACKOFF_MAX_S = 0.2
+_RETRY_FLOOR_S = 0.05
 _SERVICE_CONFIG: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
 _CHANNEL_ARGS = [
     ("grpc.max_send_message_length", _MESSAGE_BYTES),
@@ -79,9 +81,10 @@ _CHANNEL_ARGS = [
 def grpc_target(url: str) -> str:
     """The gRPC target for Triton: ``host:port``, a comma-separated list of ``ip:port``
     replicas, or any gRPC target URI (``dns:///triton:8001`` resolves to every replica)."""
-    if "," in url and ":///" not in url and not url.startswith(("ipv4:", "ipv6:")):
-        return "ipv4:" + url
-    return url
+    if "," not in url or ":///" in url or url.startswith(("ipv4:", "ipv6:")):
+        return url
+    addresses = replica_addresses(url)
+    return ("ipv6:" if addresses[0].startswith("[") else "ipv4:") + ",".join(addresses)
 
 
 def replica_addresses(url: str) -> list[str]:
@@ -174,20 +177,33 @@ def _scores(result: Any, model: str, rows: int, counted: bool) -> tuple[np.ndarr
     return scores.reshape(rows), int(tokens.sum()) if tokens is not None else 0
 
 
-def retry_pause(
-    error: type[RerankError], attempt: int, not_loaded_until: float, now: float | None = None
-) -> float | None:
-    """The pause before retrying after failed attempt number ``attempt`` (from 1) with
-    ``error``, or None where it is not retried: pauses double from 50 ms up to 200 ms; an
-    unreachable Triton is tried 3 times, a model not loaded until ``not_loaded_until``."""
-    pause = min(_RETRY_BACKOFF_S * 2 ** (attempt - 1), _RETRY_BACKOFF_MAX_S)
-    if error is Unavailable:
-        return pause if attempt < _UNREACHABLE_ATTEMPTS else None
-    if error is ModelNotLoaded:
-        return (
-            pause if (time.monotonic() if now is None else now) + pause < not_loaded_until else None
-        )
-    return None
+@dataclass
+class Retries:
+    """When a failed request to Triton is tried again, within the call's ``deadline``:
+    pauses double from 50 ms up to 200 ms; an unreachable Triton is tried 3 times (counted
+    apart from other failures: a stopping replica first answers "unknown model", then stops
+    answering at all), a model not loaded until ``not_loaded_until``. A retry that could not
+    begin 50 ms before the deadline is not made: the caller gets the error itself, not a
+    deadline that a last, hopeless try ran into."""
+
+    deadline: float
+    not_loaded_until: float
+    failed: int = 0
+    unreachable: int = 0
+
+    def pause(self, error: type[RerankError], now: float | None = None) -> float | None:
+        """The pause before the next try after a failure with ``error`` (None: no retry)."""
+        now = time.monotonic() if now is None else now
+        self.failed += 1
+        pause = min(_RETRY_BACKOFF_S * 2 ** (self.failed - 1), _RETRY_BACKOFF_MAX_S)
+        if now + pause > self.deadline - _RETRY_FLOOR_S:
+            return None
+        if error is Unavailable:
+            self.unreachable += 1
+            return pause if self.unreachable < _UNREACHABLE_ATTEMPTS else None
+        if error is ModelNotLoaded:
+            return pause if now + pause < self.not_loaded_until else None
+        return None
 
 
 def _refused_row(
@@ -218,11 +234,12 @@ class TritonEngine(TritonModels):
         repository: Path | None = None,
     ) -> None:
         client = triton_aio.InferenceServerClient(grpc_target(url), channel_args=_CHANNEL_ARGS)
+        addresses = replica_addresses(url)
         replicas = [
             triton_aio.InferenceServerClient(address, channel_args=_CHANNEL_ARGS)
-            for address in replica_addresses(url)
+            for address in (addresses if len(addresses) > 1 else [])
         ]
-        super().__init__(url, client, repository, replicas if len(replicas) > 1 else None)
+        super().__init__(url, client, repository, replicas)
         self._tracer = tracer or trace.NoOpTracer()
         self._max_rows = max_rows_per_request
         self._dispatch = Dispatcher(requests_in_flight_per_model)
@@ -290,11 +307,9 @@ class TritonEngine(TritonModels):
         inputs = _inputs(query, documents, images)
         outputs = [InferRequestedOutput(name) for name in _outputs(served)]
         begun = time.monotonic()
-        deadline = begun + timeout_s
-        not_loaded_until = begun + min(timeout_s, _NOT_LOADED_WINDOW_S)
-        attempt = 0
+        retries = Retries(begun + timeout_s, begun + min(timeout_s, _NOT_LOADED_WINDOW_S))
         while True:
-            attempt += 1
+            attempt = retries.failed + 1
             started = time.monotonic()
             try:
                 with self._tracer.start_as_current_span(
@@ -309,7 +324,7 @@ class TritonEngine(TritonModels):
                         model,
                         inputs,
                         outputs=outputs,
-                        client_timeout=max(deadline - started, 0.001),
+                        client_timeout=max(retries.deadline - started, 0.001),
                         parameters=parameters,
                         headers=headers or None,
                     )
@@ -327,14 +342,14 @@ class TritonEngine(TritonModels):
                 # round robin sends the next attempt to another one. (A dead model process is
                 # not retried: Triton takes a second to report it, and the launcher is
                 # restarting it anyway.)
-                pause = retry_pause(type(translated), attempt, not_loaded_until)
+                pause = retries.pause(type(translated))
                 if pause is not None:
                     await asyncio.sleep(pause)
                     continue
                 raise translated from None
             except grpc.RpcError as error:  # raised directly by some channel failures
                 self.health.failed(model)
-                pause = retry_pause(Unavailable, attempt, not_loaded_until)
+                pause = retries.pause(Unavailable)
                 if pause is not None:
                     await asyncio.sleep(pause)
                     continue

@@ -4,6 +4,7 @@ ensembles' configurations, and loading and unloading them (Triton's explicit mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,13 +23,16 @@ from reranker.contract.parameters import (
     from_parameters,
 )
 from reranker.contract.tensors import SCORE
-from reranker.service.errors import ModelLoadFailed, ModelNotLoaded, Unavailable
+from reranker.service.errors import ModelLoadFailed, ModelNotLoaded, RerankError, Unavailable
 from reranker.service.triton_errors import translate
 
 log = logging.getLogger(__name__)
 
 # How long an unload may take to show in Triton's index (its stubs finishing in-flight work).
 UNLOAD_WAIT_S = 60.0
+# How long Triton may take to answer a load or an unload (a large model's load included): a
+# replica that never answers must not hold the catalog's one load at a time for good.
+MODEL_CONTROL_TIMEOUT_S = 900.0
 
 
 def describe(config: mc.ModelConfig) -> ServedModel | None:
@@ -124,11 +128,9 @@ class TritonModels:
 
     async def load(self, name: str) -> None:
         await self._on_every_replica("load", self._load_on, name)
-        await self.refresh()
 
     async def unload(self, name: str) -> None:
         await self._on_every_replica("unload", self._unload_on, name)
-        await self.refresh()
 
     async def _on_every_replica(
         self,
@@ -143,11 +145,15 @@ class TritonModels:
             *(action(replica, name) for replica in self._replicas), return_exceptions=True
         )
         failures = [o for o in outcomes if isinstance(o, BaseException)]
-        for failure in failures:
-            if type(failure) is not Unavailable:
-                raise failure
-        if len(failures) == len(outcomes):
-            raise failures[0]
+        fatal = next((f for f in failures if type(f) is not Unavailable), None)
+        if fatal is None and failures and len(failures) == len(outcomes):
+            fatal = failures[0]
+        if fatal is not None:
+            # Read again all the same: some replicas may have done it.
+            with contextlib.suppress(RerankError):
+                await self.refresh()
+            raise fatal
+        await self.refresh()
         if failures:
             log.warning(
                 "%s of %s: %d of %d replicas unreachable (%s)",
@@ -160,7 +166,7 @@ class TritonModels:
 
     async def _load_on(self, replica: triton_aio.InferenceServerClient, name: str) -> None:
         try:
-            await replica.load_model(name)
+            await replica.load_model(name, client_timeout=MODEL_CONTROL_TIMEOUT_S)
         except InferenceServerException as error:
             translated = translate(error, self.url)
             if type(translated) is Unavailable:  # Triton unreachable: not the model's fault
@@ -173,7 +179,9 @@ class TritonModels:
         try:
             # An ensemble's dependents are its composing models; one another loaded ensemble
             # still uses (a shared tokenizer) stays.
-            await replica.unload_model(name, unload_dependents=True)
+            await replica.unload_model(
+                name, unload_dependents=True, client_timeout=MODEL_CONTROL_TIMEOUT_S
+            )
             # Triton answers before the unload completes: wait until it no longer lists the
             # model as ready, so what is loaded is not read stale.
             deadline = time.monotonic() + UNLOAD_WAIT_S
@@ -186,5 +194,5 @@ class TritonModels:
             raise translate(error, self.url) from None
 
     async def close(self) -> None:
-        for replica in {id(c): c for c in [self._client, *self._replicas]}.values():
-            await replica.close()
+        clients = {id(c): c for c in [self._client, *self._replicas]}.values()
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
