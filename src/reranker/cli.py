@@ -19,10 +19,37 @@ from reranker.settings import SETTINGS, OptionSource, Settings
 if TYPE_CHECKING:
     from reranker.builder.triton_configs import TritonTuning
     from reranker.contract.model import ServedModel
+    from reranker.service.engine import TritonEngine
     from reranker.service.metrics import ServiceMetrics
+    from reranker.service.server import RankServer
     from reranker.service.triton_server import TritonServer, TritonSupervisor
 
 log = logging.getLogger("reranker")
+
+
+async def _serve_until(
+    stop: asyncio.Event,
+    settings: Settings,
+    server: RankServer,
+    engine: TritonEngine,
+    metrics: ServiceMetrics,
+    url: str,
+) -> None:
+    """Starts serving, announces the endpoints once the models are ready, and returns when
+    ``stop`` is set."""
+    metrics_note = ""
+    if settings.metrics_port >= 0:
+        metrics_port = metrics.serve(settings.host, settings.metrics_port)
+        metrics_note = f"; metrics on http://{settings.host}:{metrics_port}/metrics"
+    await server.start()
+    starting = asyncio.create_task(server.monitor.serving.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        endpoints = f"{settings.host}:{server.grpc_port}", server.http_port, url
+        _announce(settings, endpoints, engine.models.values(), metrics_note)
+    await stopping
+    starting.cancel()
 
 
 async def serve(settings: Settings) -> None:
@@ -61,19 +88,7 @@ async def serve(settings: Settings) -> None:
     supervising = asyncio.create_task(supervisor.supervise()) if supervisor else None
     _warn_about(settings, launched=triton is not None)
     try:
-        metrics_note = ""
-        if settings.metrics_port >= 0:
-            metrics_port = metrics.serve(settings.host, settings.metrics_port)
-            metrics_note = f"; metrics on http://{settings.host}:{metrics_port}/metrics"
-        await server.start()
-        starting = asyncio.create_task(server.monitor.serving.wait())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            endpoints = f"{settings.host}:{server.grpc_port}", server.http_port, url
-            _announce(settings, endpoints, engine.models.values(), metrics_note)
-        await stopping
-        starting.cancel()
+        await _serve_until(stop, settings, server, engine, metrics, url)
     finally:
         log.info(
             "shutting down: draining in-flight calls for up to %.1fs", settings.shutdown_grace_s

@@ -10,7 +10,7 @@ from typing import Any
 from reranker.service.engine import TritonEngine
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scoring import Scores
+from reranker.service.scoring import ScoreCall, Scores
 from reranker.settings import Settings
 from tests.integration.conftest import Server
 
@@ -28,12 +28,10 @@ class CanaryCountingEngine(TritonEngine):
 
     canaries = 0
 
-    async def score(
-        self, model: Any, query: str, documents: Sequence[str], *args: Any, **kwargs: Any
-    ) -> Scores:
-        if query == "canary":
+    async def score(self, call: ScoreCall) -> Scores:
+        if call.query == "canary":
             self.canaries += 1
-        return await super().score(model, query, documents, *args, **kwargs)
+        return await super().score(call)
 
 
 async def canaries_reach(
@@ -48,7 +46,8 @@ async def canaries_reach(
 async def a_round(engine: CanaryCountingEngine, models: Sequence[Any]) -> float:
     """One call to every model at once; its time."""
     started = time.monotonic()
-    await asyncio.gather(*(engine.score(m, "where do rivers go", ["the sea"], 30) for m in models))
+    calls = [ScoreCall(m, "where do rivers go", ["the sea"], 30) for m in models]
+    await asyncio.gather(*(engine.score(call) for call in calls))
     return time.monotonic() - started
 
 

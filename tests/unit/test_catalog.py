@@ -12,14 +12,13 @@ from typing import Any
 
 import pytest
 
-from reranker.contract.model import ServedModel
 from reranker.service import errors
 from reranker.service.calls import RankCall
 from reranker.service.catalog import ModelState, parse_pins
 from reranker.service.core import RankCore
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scoring import Scores
+from reranker.service.scoring import ScoreCall, Scores
 from reranker.service.triton_server import TritonServer
 from reranker.settings import Settings
 from tests.unit.test_core import BI, CROSS, FakeScorer
@@ -182,12 +181,13 @@ class UnloadedUnderTheCanary(FakeScorer):
 
     unloaded_on_purpose = True
 
-    async def score(self, model: ServedModel, *args: Any, **kwargs: Any) -> Scores:
-        if model.name != "bi":
-            return await super().score(model, *args, **kwargs)
+    async def score(self, call: ScoreCall) -> Scores:
+        name = call.model.name
+        if name != "bi":
+            return await super().score(call)
         if self.unloaded_on_purpose:
-            self.served.pop(model.name, None)
-        raise errors.ModelNotLoaded(f"the model is not loaded: {model.name}")
+            self.served.pop(name, None)
+        raise errors.ModelNotLoaded(f"the model is not loaded: {name}")
 
 
 async def test_a_canary_for_a_model_unloaded_meanwhile_is_no_failure() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from reranker.contract.model import Activation, ModelKind, ServedModel
-from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
+from reranker.contract.tensors import TruncationOptions
 from reranker.service import errors
 from reranker.service.callers import Caller, calling_as
 from reranker.service.calls import ChunkingRequest, RankCall, Truncation
@@ -26,7 +26,7 @@ from reranker.service.doors.http.nim import NimRequest
 from reranker.service.doors.http.tei import TeiRequest
 from reranker.service.errors import InvalidArgument
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scoring import BackendHealth, RowImages, Scores
+from reranker.service.scoring import BackendHealth, RowImages, ScoreCall, Scores
 from reranker.settings import Settings
 
 CROSS = ServedModel(
@@ -85,24 +85,15 @@ class FakeScorer:
         if name not in self.removed:
             self.unloaded[name] = model
 
-    async def score(
-        self,
-        model: ServedModel,
-        query: str,
-        documents: Sequence[str],
-        timeout_s: float,
-        options: TruncationOptions = LONGEST_FIRST,
-        labels: Sequence[int] | None = None,
-        images: RowImages | None = None,
-        priority: int = 0,
-    ) -> Scores:
-        self.calls.append((list(documents), options, labels))
-        self.priorities.append(priority)
-        self.images.append(images)
+    async def score(self, call: ScoreCall) -> Scores:
+        documents = call.documents
+        self.calls.append((list(documents), call.options, call.labels))
+        self.priorities.append(call.priority)
+        self.images.append(call.images)
         if self.gate is not None:
             await self.gate.wait()
         values = np.array([len(d) - 5.0 for d in documents], dtype=np.float32)
-        return Scores(values, 1, 0.0, tokens=sum(len(query) + len(d) for d in documents))
+        return Scores(values, 1, 0.0, tokens=sum(len(call.query) + len(d) for d in documents))
 
 
 class FakeChunker:

@@ -3,22 +3,20 @@ deadline header and error answers, and routes' shapes, with no Triton."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import pytest
 from opentelemetry import trace
 
-from reranker.contract.model import ServedModel
-from reranker.contract.tensors import LONGEST_FIRST, TruncationOptions
 from reranker.service.callers import KeyRing
 from reranker.service.core import RankCore
 from reranker.service.doors.http.app import create_app
 from reranker.service.doors.http.gate import Gate
 from reranker.service.health import HealthMonitor
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scoring import RowImages, Scores
+from reranker.service.scoring import ScoreCall, Scores
 from reranker.settings import Settings
 from tests.http_errors import error_message
 from tests.unit.test_core import FakeScorer
@@ -27,20 +25,10 @@ KEY = "secret-key"
 
 
 class BrokenScorer(FakeScorer):
-    async def score(
-        self,
-        model: ServedModel,
-        query: str,
-        documents: Sequence[str],
-        timeout_s: float,
-        options: TruncationOptions = LONGEST_FIRST,
-        labels: Sequence[int] | None = None,
-        images: RowImages | None = None,
-        priority: int = 0,
-    ) -> Scores:
-        if query == "break":
+    async def score(self, call: ScoreCall) -> Scores:
+        if call.query == "break":
             raise RuntimeError("a bug")
-        return await super().score(model, query, documents, timeout_s, options, labels)
+        return await super().score(call)
 
 
 def client(metrics: ServiceMetrics | None = None, **settings: Any) -> httpx.AsyncClient:

@@ -32,7 +32,7 @@ from reranker.service.images import check_images
 from reranker.service.limits import CallLimits, RowBudget, TeamQuotas
 from reranker.service.metrics import ServiceMetrics
 from reranker.service.results import RankedDocument, activate, assemble
-from reranker.service.scoring import Engine, RowImages, Scores
+from reranker.service.scoring import Engine, RowImages, ScoreCall, Scores
 from reranker.service.validation import ChunkingChoice, ValidCall, check_call, for_model
 from reranker.settings import Settings
 
@@ -271,13 +271,15 @@ class RankCore:
         if chunking is None:
             with self._hold(len(documents), caller, priority):
                 scores = await self._scorer.score(
-                    model,
-                    call.query,
-                    documents,
-                    timeout_s,
-                    options,
-                    images=images,
-                    priority=priority,
+                    ScoreCall(
+                        model,
+                        call.query,
+                        documents,
+                        timeout_s,
+                        options,
+                        images=images,
+                        priority=priority,
+                    )
                 )
             return scores, scores.values
         with self._hold(len(documents), caller, priority):
@@ -294,12 +296,14 @@ class RankCore:
             self._metrics.stage_seconds.labels("chunk").observe(time.perf_counter() - start)
         with self._hold(len(chunks), caller, priority):
             scores = await self._scorer.score(
-                model,
-                call.query,
-                [c.text for c in chunks],
-                timeout_s,
-                options,
-                labels=[c.document for c in chunks],
-                priority=priority,
+                ScoreCall(
+                    model,
+                    call.query,
+                    [c.text for c in chunks],
+                    timeout_s,
+                    options,
+                    labels=[c.document for c in chunks],
+                    priority=priority,
+                )
             )
         return scores, best_per_document(scores.values, chunks, len(documents))

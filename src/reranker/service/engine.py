@@ -17,7 +17,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 from tritonclient.utils import InferenceServerException
 
 from reranker.contract.model import ServedModel
@@ -30,7 +30,6 @@ from reranker.contract.tensors import (
     SCORE,
     TOKENS,
     OverflowReport,
-    TruncationOptions,
 )
 from reranker.service.dispatch import Dispatcher
 from reranker.service.errors import (
@@ -41,7 +40,7 @@ from reranker.service.errors import (
     RerankError,
     Unavailable,
 )
-from reranker.service.scoring import BackendHealth, RowImages, Scores
+from reranker.service.scoring import BackendHealth, RowImages, ScoreCall, Scores
 from reranker.service.triton_errors import translate
 from reranker.service.triton_models import TritonModels
 
@@ -245,23 +244,11 @@ class TritonEngine(TritonModels):
         self._dispatch = Dispatcher(requests_in_flight_per_model)
         self.health = BackendHealth()
 
-    async def score(
-        self,
-        model: ServedModel,
-        query: str,
-        documents: Sequence[str],
-        timeout_s: float,
-        options: TruncationOptions = LONGEST_FIRST,
-        labels: Sequence[int] | None = None,
-        images: RowImages | None = None,
-        priority: int = 0,
-    ) -> Scores:
+    async def score(self, call: ScoreCall) -> Scores:
         """Scores every document against the query, in as few requests as the model allows,
-        each sent when the dispatcher gives it a place (:mod:`reranker.service.dispatch`).
-
-        ``labels[i]`` is the caller's index of ``documents[i]`` (default ``i``), for errors.
-        A model that takes images is sent each row's images (empty bytes: none).
-        """
+        each sent when the dispatcher gives it a place (:mod:`reranker.service.dispatch`)."""
+        model, documents, labels = call.model, call.documents, call.labels
+        images = call.images
         if model.takes_images and images is None:
             images = RowImages(b"", [b""] * len(documents))
         max_rows = max(1, min(self._max_rows, model.max_batch_size))
@@ -270,17 +257,19 @@ class TritonEngine(TritonModels):
         else:
             plan = image_requests(images, max_rows)
         start = time.perf_counter()
-        encoded_query = query.encode("utf-8")
+        encoded_query = call.query.encode("utf-8")
+        options = call.options
         parameters = options.parameters() if options != LONGEST_FIRST else None
-        call = object()
+        # Identifies this call's requests to the dispatcher, which takes turns between calls.
+        turn_key = object()
 
         async def dispatched(rows: list[int]) -> tuple[np.ndarray, int]:
-            async with self._dispatch.slot(model.name, call, priority):
+            async with self._dispatch.slot(model.name, turn_key, call.priority):
                 return await self._infer(
                     model,
                     encoded_query,
                     [documents[i] for i in rows],
-                    timeout_s,
+                    call.timeout_s,
                     parameters,
                     [labels[i] if labels is not None else i for i in rows],
                     None if images is None else (images.query, [images.documents[i] for i in rows]),
@@ -292,6 +281,32 @@ class TritonEngine(TritonModels):
             values[rows] = part
         tokens = sum(counted for _, counted in parts)
         return Scores(values, len(plan), time.perf_counter() - start, tokens)
+
+    async def _infer_once(
+        self,
+        model: str,
+        inputs: list[InferInput],
+        outputs: list[InferRequestedOutput],
+        time_left_s: float,
+        parameters: dict[str, int | str] | None,
+        attributes: dict[str, int],
+    ) -> InferResult:
+        with self._tracer.start_as_current_span(
+            "triton.infer",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"triton.model": model, **attributes},
+        ):
+            # Triton joins its own spans to the caller's trace from this header.
+            headers: dict[str, str] = {}
+            _PROPAGATOR.inject(headers)
+            return await self._client.infer(
+                model,
+                inputs,
+                outputs=outputs,
+                client_timeout=max(time_left_s, 0.001),
+                parameters=parameters,
+                headers=headers or None,
+            )
 
     async def _infer(
         self,
@@ -309,25 +324,16 @@ class TritonEngine(TritonModels):
         begun = time.monotonic()
         retries = Retries(begun + timeout_s, begun + min(timeout_s, _NOT_LOADED_WINDOW_S))
         while True:
-            attempt = retries.failed + 1
             started = time.monotonic()
             try:
-                with self._tracer.start_as_current_span(
-                    "triton.infer",
-                    kind=trace.SpanKind.CLIENT,
-                    attributes={"triton.model": model, "triton.rows": rows, "attempt": attempt},
-                ):
-                    # Triton joins its own spans to the caller's trace from this header.
-                    headers: dict[str, str] = {}
-                    _PROPAGATOR.inject(headers)
-                    result = await self._client.infer(
-                        model,
-                        inputs,
-                        outputs=outputs,
-                        client_timeout=max(retries.deadline - started, 0.001),
-                        parameters=parameters,
-                        headers=headers or None,
-                    )
+                result = await self._infer_once(
+                    model,
+                    inputs,
+                    outputs,
+                    retries.deadline - started,
+                    parameters,
+                    attributes={"triton.rows": rows, "attempt": retries.failed + 1},
+                )
                 self.health.answered(model)
                 break
             except InferenceServerException as error:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from reranker.contract.model import ServedModel
 from reranker.service.errors import ModelNotLoaded, ModelRestarting, RerankError
 from reranker.service.metrics import ServiceMetrics
-from reranker.service.scoring import Engine
+from reranker.service.scoring import Engine, ScoreCall
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class HealthMonitor:
         if health.answered_within(model.name, self._interval_s):
             return True
         try:
-            await self._engine.score(model, "canary", ["canary"], timeout_s=CANARY_TIMEOUT_S)
+            await self._engine.score(ScoreCall(model, "canary", ["canary"], CANARY_TIMEOUT_S))
         except ModelRestarting as error:
             log.error("model %s failed its canary: %s", model.name, error)
             return False

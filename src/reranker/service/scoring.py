@@ -37,6 +37,23 @@ class RowImages:
     documents: Sequence[bytes]
 
 
+@dataclass(frozen=True)
+class ScoreCall:
+    """What the core asks of the engine: every document scored against the query, the
+    scores in the documents' order."""
+
+    model: ServedModel
+    query: str
+    documents: Sequence[str]
+    timeout_s: float
+    options: TruncationOptions = LONGEST_FIRST
+    # labels[i] is the caller's index of documents[i] (default i), named in errors.
+    labels: Sequence[int] | None = None
+    # A model that takes images is sent each row's images (empty bytes: none).
+    images: RowImages | None = None
+    priority: int = 0
+
+
 class BackendHealth:
     """What calls have learned about the backend's models. The engine records it as calls
     go; :class:`HealthMonitor` reads it to decide when to probe and when to restart."""
@@ -106,14 +123,4 @@ class Engine(Protocol):
         """Unloads ``name`` and the composing models no other loaded model uses."""
         ...
 
-    async def score(
-        self,
-        model: ServedModel,
-        query: str,
-        documents: Sequence[str],
-        timeout_s: float,
-        options: TruncationOptions = LONGEST_FIRST,
-        labels: Sequence[int] | None = None,
-        images: RowImages | None = None,
-        priority: int = 0,
-    ) -> Scores: ...
+    async def score(self, call: ScoreCall) -> Scores: ...
