@@ -58,10 +58,12 @@ $(BENCH): $(DEV_INSTALLED) bench/requirements.txt
 	  chmod +x perf_analyzer
 	touch $@
 
-# The wheels bench/gpu_check installs on a GPU machine without network (60 MiB at most):
-# make gpu-kit, copy the tree with build/gpu-kit over, run bench/gpu_check OUT --wheels build/gpu-kit
+# What bench/gpu_check brings to a GPU machine without network (60 MiB at most), for its
+# Python (GPU_PYTHON): make gpu-kit, carry build/gpu-kit with the tree, and run
+# bench/gpu_check OUT --wheels build/gpu-kit (README: "The GPU check").
+GPU_PYTHON ?= 3.12
 gpu-kit: $(INSTALLED)
-	$(PY) bench/gpu_kit.py --output build/gpu-kit
+	$(PY) bench/gpu_kit.py --output build/gpu-kit --python-version $(GPU_PYTHON)
 
 # The GPU check's call sizes, concurrency (up to 64 callers) and 1000-document call, on CPU
 # with a tiny model: the row budget, the sweep and the report, exercised without a GPU.

@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gpu_kit import MANIFEST
+
 from gpucheck import __doc__ as DESCRIPTION
 from gpucheck.machine import (
     Stopped,
@@ -25,18 +27,21 @@ from gpucheck.machine import (
     kit_environment,
     versions,
 )
-from gpucheck.measure import measure
-from gpucheck.report import Results, markdown
+from gpucheck.measure import measure, planned_steps
+from gpucheck.preflight import preflight
+from gpucheck.report import DeadlineReached, Results, markdown
 from gpucheck.scale import CPU, DRY_RUN, GPU, SOURCES
 
 # The package's folder: what the kit's interpreter runs again.
 PACKAGE = Path(__file__).resolve().parent
+# Inside a 600 s command limit: the rest stops the server and writes the report.
+DEADLINE_S = 540.0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(DESCRIPTION or "").split("\n\n")[0])
     parser.add_argument("output", type=Path, help="folder for results.json and results.md")
-    parser.add_argument("--wheels", type=Path, help="folder of wheels (make gpu-kit)")
+    parser.add_argument("--wheels", type=Path, help="the kit's folder (make gpu-kit)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU (fp32)")
     parser.add_argument(
         "--scale",
@@ -45,9 +50,38 @@ def main(argv: list[str] | None = None) -> int:
         "call sizes, concurrency and row counts (the default on a GPU; with --cpu, a dry run "
         "with a tiny model)",
     )
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=DEADLINE_S,
+        help="the run ends by then, with its report written: a step in progress is cut "
+        "short and the steps not begun are recorded as skipped (default: %(default)s, inside "
+        "a 600 s command limit)",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--in-kit-environment", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--stub-python", default="", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _in_kit(args: argparse.Namespace, argv: list[str], work: Path, started: float) -> int:
+    """The check again, under the kit's environment, with the time left."""
+    environment = kit_environment(args.wheels, work)
+    left = args.deadline_s - (time.monotonic() - started)
+    again = [str(environment.python), str(PACKAGE), *argv, "--in-kit-environment"]
+    again += ["--workdir", str(work), "--stub-python", str(environment.stub_python)]
+    again += ["--deadline-s", f"{left:.0f}"]
+    child = subprocess.Popen(again)
+    try:
+        return child.wait()
+    except Stopped:  # passed on, so the child's own cleanup runs
+        child.terminate()
+        child.wait(120)
+        return 143
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -56,38 +90,35 @@ def main(argv: list[str] | None = None) -> int:
         scale = CPU
     args.output.mkdir(parents=True, exist_ok=True)
     # Before anything is installed: what the project's and the kit's generated code needs.
-    check_numpy()
+    check_numpy(args.wheels)
     check_versions(args.wheels)
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         if args.wheels and not args.in_kit_environment:
-            python = kit_environment(args.wheels, work)
-            again = [str(python), str(PACKAGE), *(sys.argv[1:] if argv is None else argv)]
-            again += ["--in-kit-environment", "--workdir", str(work)]
-            child = subprocess.Popen(again)
-            try:
-                return child.wait()
-            except Stopped:  # passed on, so the child's own cleanup runs
-                child.terminate()
-                child.wait(120)
-                return 143
+            return _in_kit(args, sys.argv[1:] if argv is None else argv, work, started)
         sys.path[:0] = [str(p) for p in SOURCES]
         report: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d"),
             "scale": asdict(scale),
             "versions": versions(),
-            "kit": sorted(w.name for w in args.wheels.glob("*.whl")) if args.wheels else [],
+            "kit": json.loads((args.wheels / MANIFEST).read_text()) if args.wheels else None,
             "device": device_facts(scale),
         }
         print(f"GPU check on {report['device']['device']}: {json.dumps(report['versions'])}")
-        results = Results(args.output, report, started)
+        results = Results(args.output, report, started, args.deadline_s)
+        report["preflight"] = preflight(scale, args.stub_python)
+        print(f"preflight: {json.dumps(report['preflight'])}", flush=True)
+        results.arm_deadline()
         try:
-            measure(scale, work, results)
+            measure(scale, work, results, args.stub_python)
         except Stopped as stopped:
+            results.disarm_deadline()
+            results.skip_the_rest(planned_steps(scale), str(stopped))
             print(f"stopped ({stopped}); every process it started is stopped", file=sys.stderr)
-            return 143
+            return 1 if isinstance(stopped, DeadlineReached) else 143
         finally:
+            results.disarm_deadline()
             results.write()
     print(markdown(report))
     print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import platform
 import re
@@ -12,9 +13,11 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,43 +32,94 @@ def _stop(signum: int, _frame: Any) -> None:
     raise Stopped(f"signal {signum}")
 
 
-def kit_environment(kit: Path, work: Path) -> Path:
-    """A virtual environment holding the kit's wheels (installed with ``--no-deps``) that
-    sees this interpreter's packages and the project's tree through a ``.pth`` file; returns
-    its interpreter. The check runs again under it, so that the rank service and Triton's
-    Python-backend stubs, which find their packages through the interpreter on ``PATH``
-    (they ignore ``PYTHONPATH``), all see the same packages."""
+_PRINT_PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+
+
+def _venv(folder: Path) -> Path:
+    """A virtual environment of this interpreter, without pip; its package folder."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    return Path(
+        subprocess.run(
+            [str(folder / "bin" / "python"), "-c", _PRINT_PURELIB],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+
+
+def _unpack(archive: Path, folder: Path) -> None:
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder, filter="tar")
+
+
+def _visible_folders() -> list[str]:
+    """The project's tree, then this interpreter's package folders (PyTorch and the rest)."""
     import site
     import sysconfig
 
-    from gpu_kit import LIMIT_BYTES
-
-    wheels = sorted(kit.glob("*.whl"))
-    if not wheels:
-        raise SystemExit(f"error: {kit} holds no wheels (make gpu-kit makes them)")
-    size = sum(w.stat().st_size for w in wheels)
-    if size > LIMIT_BYTES:
-        raise SystemExit(f"error: the kit is {size / 2**20:.1f} MiB, over 60 MiB")
-    environment = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True)
-    python = environment / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-    command += ["--disable-pip-version-check", "--target", purelib, *map(str, wheels)]
-    subprocess.run(command, check=True)
-    # The project's tree, then this interpreter's package folders (PyTorch and the rest).
-    here = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], *sys.path]
-    folders = [str(p) for p in SOURCES] + [
+    # In this interpreter's order, so the environments import what it imports.
+    here = [*sys.path, *site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    return [str(p) for p in SOURCES] + [
         p for p in dict.fromkeys(here) if p and Path(p).is_dir() and "-packages" in p
     ]
-    (Path(purelib) / "reranker-gpu-check.pth").write_text("\n".join(folders) + "\n")
-    print(f"installed {len(wheels)} wheels ({size / 2**20:.1f} MiB) into {environment}")
-    return python
+
+
+@dataclass(frozen=True)
+class KitEnvironment:
+    """The check's interpreter, and the one Triton's Python-backend stubs run in."""
+
+    python: Path
+    stub_python: Path
+
+
+def kit_environment(kit: Path, work: Path) -> KitEnvironment:
+    """Two virtual environments that see this interpreter's packages and the project's tree
+    through a ``.pth`` file. The check's holds the kit's wheels (``--no-deps``), Triton
+    unpacked, and the kit's grpcio and protobuf where this machine's are older than the
+    generated code needs. The stubs' holds, in front of all that, the kit's numpy 1, which
+    they are built against; the check itself keeps this machine's numpy. The check runs again
+    under the first, so the rank service and Triton see the same packages; Triton's stubs,
+    which find their environment through ``PATH`` (they ignore ``PYTHONPATH``), get the
+    second through the rank service's ``triton_python``."""
+    from gpu_kit import LIMIT_BYTES, MANIFEST, kit_size
+
+    manifest = json.loads((kit / MANIFEST).read_text()) if (kit / MANIFEST).is_file() else None
+    if manifest is None:
+        raise SystemExit(f"error: {kit} holds no {MANIFEST} (make gpu-kit makes the kit)")
+    if manifest["python"] != f"{sys.version_info.major}.{sys.version_info.minor}":
+        raise SystemExit(
+            f"error: the kit is for Python {manifest['python']}, this is "
+            f"{platform.python_version()} (make gpu-kit GPU_PYTHON=...)"
+        )
+    size = kit_size(kit)
+    if size > LIMIT_BYTES:
+        raise SystemExit(f"error: the kit is {size / 2**20:.1f} MiB, over 60 MiB")
+    purelib = _venv(work / "venv")
+    wheels = [kit / "wheels" / name for name in manifest["wheels"]]
+    older = outdated(kit)
+    wheels += [
+        wheel
+        for wheel in (kit / "fallback" / name for name in manifest["fallback_wheels"])
+        if any(wheel.name.startswith(package.replace("-", "_")) for package in older)
+    ]
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    command += ["--disable-pip-version-check", "--target", str(purelib), *map(str, wheels)]
+    if wheels:
+        subprocess.run(command, check=True)
+    _unpack(kit / manifest["triton"]["archive"], purelib)
+    folders = _visible_folders()
+    (purelib / "reranker-gpu-check.pth").write_text("\n".join(folders) + "\n")
+    stub_purelib = _venv(work / "stub-venv")
+    _unpack(kit / manifest["stub_numpy"]["archive"], stub_purelib)
+    (stub_purelib / "reranker-gpu-check.pth").write_text("\n".join([str(purelib), *folders]) + "\n")
+    installed = ", ".join(sorted(older)) or "none"
+    print(
+        f"kit ({size / 2**20:.1f} MiB): {len(wheels)} wheels and Triton into {purelib} "
+        f"(from the kit, as this machine's are older: {installed}); numpy "
+        f"{manifest['stub_numpy']['version']} for the stubs into {stub_purelib}"
+    )
+    return KitEnvironment(work / "venv" / "bin" / "python", work / "stub-venv" / "bin" / "python")
 
 
 def versions() -> dict[str, str]:
@@ -73,6 +127,7 @@ def versions() -> dict[str, str]:
 
     found = {"python": platform.python_version()}
     for name in (
+        "numpy",
         "torch",
         "transformers",
         "tokenizers",
@@ -87,15 +142,16 @@ def versions() -> dict[str, str]:
     return found
 
 
-def check_numpy() -> None:
+def check_numpy(kit: Path | None) -> None:
     """Triton's Python-backend stubs in the nvidia-pytriton wheel are built against numpy 1:
-    under numpy 2 they misread every input tensor and crash."""
+    under numpy 2 they misread every input tensor and crash. The kit brings them numpy 1 of
+    their own; without it they run on this interpreter's."""
     import numpy
 
-    if int(numpy.__version__.split(".")[0]) >= 2:
+    if kit is None and int(numpy.__version__.split(".")[0]) >= 2:
         raise SystemExit(
-            f"error: numpy {numpy.__version__}: the Triton of nvidia-pytriton 0.7.0 needs "
-            "numpy < 2 (its Python-backend stubs crash under numpy 2; 1.26.4 is tested)"
+            f"error: numpy {numpy.__version__} and no kit: the Triton of nvidia-pytriton 0.7.0 "
+            "needs numpy < 2 for its Python-backend stubs (--wheels KIT brings them 1.26.4)"
         )
 
 
@@ -123,7 +179,7 @@ def _generated_texts(kit: Path | None) -> list[str]:
     """The generated gRPC and protobuf modules the check will import: the project's, and
     tritonclient's from the kit's wheel (or as installed)."""
     texts = [p.read_text() for p in (ROOT / "api").rglob("*_pb2*.py")]
-    wheel = next(iter(sorted(kit.glob("tritonclient-*.whl"))), None) if kit else None
+    wheel = next(iter(sorted(kit.glob("wheels/tritonclient-*.whl"))), None) if kit else None
     if wheel is not None:
         with zipfile.ZipFile(wheel) as archive:
             texts += [
@@ -139,24 +195,35 @@ def _generated_texts(kit: Path | None) -> list[str]:
     return texts
 
 
-def check_versions(kit: Path | None) -> None:
-    """Refuses, before installing anything, a machine whose protobuf or grpcio is older than
-    the generated code needs (it would fail at import, after the environment is built)."""
+def outdated(kit: Path | None) -> dict[str, str]:
+    """protobuf or grpcio, where this machine's is missing or older than the generated code
+    needs (it checks at import), with what is wrong."""
     from importlib.metadata import PackageNotFoundError, version
 
-    problems = []
+    problems = {}
     for package, least in needed_versions(_generated_texts(kit)).items():
+        needed = ".".join(map(str, least))
         try:
             have = version(package)
         except PackageNotFoundError:
-            problems.append(f"{package} is not installed (>= {'.'.join(map(str, least))} needed)")
+            problems[package] = f"{package} is not installed (>= {needed} needed)"
             continue
         if _release(have) < least:
-            problems.append(f"{package} {have} is older than {'.'.join(map(str, least))}")
+            problems[package] = f"{package} {have} is older than {needed}"
+    return problems
+
+
+def check_versions(kit: Path | None) -> None:
+    """Refuses, before installing anything, a machine whose protobuf or grpcio is older than
+    the generated code needs, where the kit does not bring a newer one."""
+    problems = outdated(kit)
+    if kit is not None:
+        carried = json.loads((kit / "kit.json").read_text()).get("fallback", {})
+        problems = {name: problem for name, problem in problems.items() if name not in carried}
     if problems:
         raise SystemExit(
-            "error: " + "; ".join(problems) + ": the generated gRPC code of this project and "
-            "of tritonclient checks this at import; install a newer one first"
+            "error: " + "; ".join(problems.values()) + ": the generated gRPC code of this "
+            "project and of tritonclient checks this at import; install a newer one first"
         )
 
 

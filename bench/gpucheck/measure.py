@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import statistics
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gpucheck import models
 from gpucheck.machine import MemorySampler, gemm_tflops, gpu_memory_by_model
-from gpucheck.models import build_models
 from gpucheck.report import Results, targets
 from gpucheck.rows import (
     causal_rows,
@@ -26,12 +25,20 @@ from gpucheck.rows import (
     triton_statistics,
     vision_rows,
 )
-from gpucheck.scale import CALL_TIMEOUT_S, CAUSAL, PARITY_BOUND, QUERY, ROOT, VISION, Scale
+from gpucheck.scale import CALL_TIMEOUT_S, CAUSAL, PARITY_BOUND, QUERY, VISION, Scale
+
+TRITON_STARTUP_TIMEOUT_S = 240
+# The compile check's most time, and the time it leaves before the deadline for the targets,
+# the report and stopping the server.
+COMPILE_BUDGET_S = 150
+COMPILE_MARGIN_S = 45
+MODEL_STEPS = ("parity", "workload a", "large call", "small callers")
 
 
-def server_settings(scale: Scale) -> dict[str, str]:
+def server_settings(scale: Scale, stub_python: str = "") -> dict[str, str]:
     """The rank service sized for the load the check sends: every row of the largest sweep in
-    flight at once (twice over, for the canaries and a margin), the 1000-document call."""
+    flight at once (twice over, for the canaries and a margin), the 1000-document call; its
+    Triton's Python models run in ``stub_python``'s environment (the kit's numpy 1)."""
     in_flight = max(
         max(scale.concurrency) * scale.documents,
         scale.small_callers * scale.small_documents,
@@ -41,6 +48,7 @@ def server_settings(scale: Scale) -> dict[str, str]:
         "http_port": "-1",
         "max_documents_per_call": str(max(scale.large_call, scale.documents)),
         "max_rows_in_flight": str(2 * in_flight),
+        "triton_python": stub_python,
     }
     if scale.device == "cpu":
         # On CPU the sweep's last callers wait for every row ahead of them (6,400 at the
@@ -48,14 +56,26 @@ def server_settings(scale: Scale) -> dict[str, str]:
         # completes, so a call is bounded by the client's deadline alone, not the 60 s default.
         settings["inference_timeout_s"] = str(CALL_TIMEOUT_S)
     if scale.device == "gpu":
-        # The GPU launch profile's, for a first CUDA load of the checkpoints.
-        with open(ROOT / "server_config" / "gpu-pip.toml", "rb") as profile:
-            timeout_s = tomllib.load(profile)["triton_startup_timeout_s"]
-        settings["triton_startup_timeout_s"] = str(timeout_s)
+        # Loading seeded checkpoints onto the GPU takes seconds; a start that takes longer
+        # than this has failed, and the lease is better spent on the steps that do not need
+        # the server.
+        settings["triton_startup_timeout_s"] = str(TRITON_STARTUP_TIMEOUT_S)
     return settings
 
 
-def measure(scale: Scale, work: Path, results: Results) -> None:
+def _missing(model: str, checkpoints: dict[str, Path]) -> str:
+    return f"{model} did not build" if model not in checkpoints else "the server did not start"
+
+
+def planned_steps(scale: Scale) -> list[str]:
+    """Every step of a whole run, in order: what a run cut short reports as skipped."""
+    steps = [f"build {name}" for name in models.builders(scale)] + ["gemm", "server"]
+    for shape in scale.shapes:
+        steps += [f"{shape.name}: {part}" for part in MODEL_STEPS]
+    return [*steps, f"{CAUSAL}: shared prompt", f"{VISION}: pages", "compile", "targets"]
+
+
+def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -> None:
     import torch
     from harness import Case, interleave
     from reranker_client import RerankClient
@@ -66,10 +86,15 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
     from tests.launcher import start_server, stop_server
 
     report, elapsed = results.report, results.elapsed
+    unable = report.get("preflight", {}).get("cannot_run", {})
     checkpoints: dict[str, Path] = {}
-    with results.step("build"):
-        checkpoints = build_models(scale, work)
-        print(f"{elapsed()} built {', '.join(checkpoints)}", flush=True)
+    for name, build in models.builders(scale).items():
+        if name in unable:
+            results.skip(f"build {name}", unable[name])
+            continue
+        with results.step(f"build {name}"):
+            checkpoints[name] = build(scale, work)
+            print(f"{elapsed()} built {name}", flush=True)
     tflops = 0.0
     with results.step("gemm"):
         tflops = report["gemm_tflops"] = gemm_tflops(scale)
@@ -89,13 +114,15 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
         if sampler is not None:
             stack.enter_context(sampler)
         client = server = None
-        if checkpoints:
+        if "server" in unable:
+            results.skip("server", unable["server"])
+        elif checkpoints:
             with results.step("server"):
                 server = start_server(
                     work / "model_repository",
                     work / "server",
-                    scale.shapes[0].name,
-                    **server_settings(scale),
+                    next(iter(checkpoints)),
+                    **server_settings(scale, stub_python),
                 )
                 stack.callback(stop_server, server, 60)
                 print(f"{elapsed()} server up at {server.address}", flush=True)
@@ -103,7 +130,8 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
         for shape in scale.shapes:
             model = shape.name
             if client is None or server is None or model not in checkpoints:
-                results.skip(model, "no server or no checkpoint")
+                for part in MODEL_STEPS:
+                    results.skip(f"{model}: {part}", _missing(model, checkpoints))
                 continue
             checkpoint = checkpoints[model]
             facts: dict[str, Any] = report["models"].setdefault(model, {"shape": asdict(shape)})
@@ -171,12 +199,16 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
             del cross_encoder
             if scale.device == "gpu":
                 torch.cuda.empty_cache()
-        if client is not None and CAUSAL in checkpoints:
+        if client is None or CAUSAL not in checkpoints:
+            results.skip(f"{CAUSAL}: shared prompt", _missing(CAUSAL, checkpoints))
+        else:
             with results.step(f"{CAUSAL}: shared prompt"):
                 results.rows += causal_rows(
                     client, checkpoints[CAUSAL], all_documents[: scale.causal_documents], scale
                 )
-        if client is not None and VISION in checkpoints:
+        if client is None or VISION not in checkpoints:
+            results.skip(f"{VISION}: pages", _missing(VISION, checkpoints))
+        else:
             with results.step(f"{VISION}: pages"):
                 rows, checks = vision_rows(client, checkpoints[VISION], scale)
                 results.rows += rows
@@ -188,9 +220,13 @@ def measure(scale: Scale, work: Path, results: Results) -> None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib
     first = scale.shapes[0].name
-    if first in checkpoints:
+    # Last, as it may take longest: its modes run while the deadline leaves time for them.
+    budget_s = min(COMPILE_BUDGET_S, results.time_left() - COMPILE_MARGIN_S)
+    if first in checkpoints and budget_s <= 0:
+        results.skip("compile", f"{results.time_left():.0f} s left before the deadline")
+    elif first in checkpoints:
         with results.step("compile"):
             print(f"{elapsed()} torch.compile check", flush=True)
-            report["compile"] = compile_check(checkpoints[first], scale, budget_s=150)
+            report["compile"] = compile_check(checkpoints[first], scale, budget_s=budget_s)
     with results.step("targets"):
         report["targets"] = targets(results.rows, scale, report)

@@ -1,46 +1,46 @@
-"""The check's seeded checkpoints, built for the torch runtime into one repository."""
+"""The check's seeded checkpoints, each built for the torch runtime into one repository: one
+function a model, so a model that cannot be made or built costs its own rows alone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from gpucheck.scale import CAUSAL, VISION, Scale
+from gpucheck.scale import CAUSAL, VISION, Scale, Shape
 
 
-def build_models(scale: Scale, work: Path) -> dict[str, Path]:
-    """Seeded checkpoints, each built into one repository for the torch runtime; the causal
-    one twice, as built (each call's shared prompt runs once) and with rows run whole."""
+def build_shape(shape: Shape, scale: Scale, work: Path) -> Path:
+    """A BERT cross-encoder of ``shape``, built as ``shape.name``."""
+    from reranker.builder.builder import BuildOptions, build
+    from reranker.contract.model import Device, Precision, Runtime
+    from tests.checkpoints import bert_cross_encoder
+
+    checkpoint = bert_cross_encoder(
+        work / "checkpoints" / shape.name,
+        shape.hidden,
+        shape.layers,
+        shape.heads,
+        shape.intermediate,
+    )
+    options = BuildOptions(
+        name=shape.name,
+        precision=Precision(scale.precision),
+        device=Device(scale.device),
+        runtime=Runtime.TORCH,
+        share_tokenizer=False,  # each row measures its model's own processes
+    )
+    build(str(checkpoint), options, work / "model_repository")
+    return checkpoint
+
+
+def build_causal(scale: Scale, work: Path) -> Path:
+    """Qwen3-Reranker's shape, built twice: as served (each call's shared prompt runs once)
+    and with rows run whole."""
     from reranker.builder.builder import BuildOptions, build
     from reranker.builder.triton_configs import TritonTuning
-    from reranker.contract.model import Device, Precision, Runtime
-    from tests.checkpoints import (
-        QWEN3_0_6B,
-        QWEN3_VL_2B,
-        QWEN3_VL_PIXELS,
-        QWEN3_VL_SMALL,
-        bert_cross_encoder,
-        qwen3_reranker,
-        qwen3_vl_reranker,
-    )
+    from reranker.contract.model import Device, Runtime
+    from tests.checkpoints import QWEN3_0_6B, qwen3_reranker
 
-    checkpoints = {}
-    for shape in scale.shapes:
-        checkpoint = bert_cross_encoder(
-            work / "checkpoints" / shape.name,
-            shape.hidden,
-            shape.layers,
-            shape.heads,
-            shape.intermediate,
-        )
-        options = BuildOptions(
-            name=shape.name,
-            precision=Precision(scale.precision),
-            device=Device(scale.device),
-            runtime=Runtime.TORCH,
-            share_tokenizer=False,  # each row measures its model's own processes
-        )
-        build(str(checkpoint), options, work / "model_repository")
-        checkpoints[shape.name] = checkpoint
     causal = qwen3_reranker(
         work / "checkpoints" / CAUSAL, layers=scale.causal_layers, shape=QWEN3_0_6B
     )
@@ -49,12 +49,20 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
             name=name,
             device=Device(scale.device),
             runtime=Runtime.TORCH,
-            share_tokenizer=False,  # each row measures its model's own processes
+            share_tokenizer=False,
             precision_chosen=False,
             tuning=TritonTuning(shared_prefix=shared),
         )
         build(str(causal), options, work / "model_repository")
-    checkpoints[CAUSAL] = causal
+    return causal
+
+
+def build_vision(scale: Scale, work: Path) -> Path:
+    """A vision-language reranker of Qwen3-VL-2B's shape (or a small one)."""
+    from reranker.builder.builder import BuildOptions, build
+    from reranker.contract.model import Device, Runtime
+    from tests.checkpoints import QWEN3_VL_2B, QWEN3_VL_PIXELS, QWEN3_VL_SMALL, qwen3_vl_reranker
+
     vision = qwen3_vl_reranker(
         work / "checkpoints" / VISION,
         shape=QWEN3_VL_2B if scale.vision_full_shape else QWEN3_VL_SMALL,
@@ -69,5 +77,15 @@ def build_models(scale: Scale, work: Path) -> dict[str, Path]:
         share_tokenizer=False,
     )
     build(str(vision), options, work / "model_repository")
-    checkpoints[VISION] = vision
-    return checkpoints
+    return vision
+
+
+def builders(scale: Scale) -> dict[str, Callable[[Scale, Path], Path]]:
+    """Each model's builder, by the model's name, in the order they are built."""
+    found: dict[str, Callable[[Scale, Path], Path]] = {
+        shape.name: (lambda s, w, shape=shape: build_shape(shape, s, w))  # type: ignore[misc]
+        for shape in scale.shapes
+    }
+    found[CAUSAL] = lambda s, w: build_causal(s, w)
+    found[VISION] = lambda s, w: build_vision(s, w)
+    return found

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,51 @@ from gpucheck.rows import Row
 from gpucheck.scale import CAUSAL, VISION, Scale
 
 
+class DeadlineReached(Stopped):
+    """The run's ``--deadline-s`` is spent: the step in progress is cut short, the steps not
+    begun are recorded as skipped, and the report is written."""
+
+
+def _deadline_reached(_signum: int, _frame: Any) -> None:
+    raise DeadlineReached("the run's deadline is reached")
+
+
 class Results:
     """The report, written to the output folder after every step, each step guarded: a step
     that fails records its error and the run goes on with what does not depend on it, so a
-    late failure (a compile error, say) loses none of the earlier measurements."""
+    late failure (a compile error, say) loses none of the earlier measurements. Steps not run
+    (the deadline came first, or the machine cannot run them) are recorded with the reason."""
 
-    def __init__(self, output: Path, report: dict[str, Any], started: float) -> None:
+    def __init__(
+        self,
+        output: Path,
+        report: dict[str, Any],
+        started: float,
+        deadline_s: float = float("inf"),
+    ) -> None:
         self.output = output
         self.report = report
         self.report.setdefault("steps", {})
         self.rows: list[Row] = []
         self._started = started
+        self._deadline = started + deadline_s
+        self.report["deadline_s"] = deadline_s if deadline_s != float("inf") else None
 
     def elapsed(self) -> str:
         return f"[{time.monotonic() - self._started:5.0f} s]"
+
+    def time_left(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def arm_deadline(self) -> None:
+        """From now on, the deadline interrupts whatever step runs (SIGALRM, main thread)."""
+        left = self.time_left()
+        if left != float("inf"):
+            signal.signal(signal.SIGALRM, _deadline_reached)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
+    def disarm_deadline(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -39,7 +71,8 @@ class Results:
         entry: dict[str, Any] = {"ok": True}
         try:
             yield
-        except Stopped:
+        except Stopped as stopped:
+            entry = {"ok": False, "error": f"stopped: {stopped}"}
             raise
         except Exception as error:  # noqa: BLE001 - recorded, and the run goes on
             entry = {"ok": False, "error": f"{type(error).__name__}: {error}"}
@@ -52,6 +85,17 @@ class Results:
 
     def skip(self, name: str, reason: str) -> None:
         self.report["steps"][name] = {"ok": False, "error": f"skipped: {reason}", "seconds": 0.0}
+        self.write()
+
+    def skip_the_rest(self, planned: Sequence[str], reason: str) -> None:
+        """Every planned step that has not run, recorded as skipped for ``reason``."""
+        for name in planned:
+            if name not in self.report["steps"]:
+                self.report["steps"][name] = {
+                    "ok": False,
+                    "error": f"skipped: {reason}",
+                    "seconds": 0.0,
+                }
         self.write()
 
     @property
@@ -201,8 +245,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s")
     if "compile" in report:
         lines.append(f"- torch.compile: {json.dumps(report['compile'])}")
+    if report.get("preflight"):
+        lines.append(f"- preflight: {json.dumps(report['preflight'])}")
     for name, step in report.get("steps", {}).items():
         if not step["ok"]:
-            lines.append(f"- step {name!r} failed: {step['error']}")
+            skipped = step["error"].startswith("skipped: ")
+            what = "skipped" if skipped else "failed"
+            reason = step["error"].removeprefix("skipped: ")
+            lines.append(f"- step {name!r} {what}: {reason}")
     lines.append(f"- wall time: {report.get('wall_s', 0.0):.0f} s")
     return "\n".join(lines) + "\n"

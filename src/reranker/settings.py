@@ -73,6 +73,11 @@ class Settings:
     triton_metrics_port: int = option(8002, "metrics port of launched Triton")
     triton_log: Path = option(Path("logs/tritonserver.log"), "log file of launched Triton")
     triton_startup_timeout_s: float = option(120.0, "how long to wait for Triton to become ready")
+    triton_python: str = option(
+        "",
+        "Python interpreter of the environment launched Triton's Python-backend models run in "
+        "(empty: this one's); its folder goes first on Triton's PATH, where they find it",
+    )
     max_rows_per_request: int = option(
         32, "largest inference request a call is split into (capped by the model)"
     )

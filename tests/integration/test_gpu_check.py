@@ -100,3 +100,48 @@ def test_the_gpu_check_runs_its_steps_on_cpu_and_leaves_nothing_running(tmp_path
         if str(tmp_path) in " ".join(p.info["cmdline"] or [])
     ]
     assert leftovers == []
+
+
+# The check at its small CPU scale with two models: a vision-language model whose build
+# fails, and MiniLM's shape.
+FAILING_VISION_BUILD = """
+import sys
+sys.path.insert(0, {bench!r})
+from gpucheck import cli, models
+
+def build_vision(scale, work):
+    raise RuntimeError("the processor cannot be made under this transformers")
+
+def builders(scale):
+    # The failing build first: the ones after it still build.
+    return {{"qwen3-vl": build_vision,
+             "minilm-l6": lambda s, w: models.build_shape(s.shapes[0], s, w)}}
+
+models.builders = builders
+sys.exit(cli.main({argv!r}))
+"""
+
+
+@pytest.mark.timeout(HANG_GUARD_S + 60)
+def test_a_model_that_fails_to_build_costs_its_own_rows_alone(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    argv = [str(output), "--cpu", "--workdir", str(tmp_path / "w")]
+    script = FAILING_VISION_BUILD.format(bench=str(ROOT / "bench"), argv=argv)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((output / "results.json").read_text())
+    steps = report["steps"]
+    failed = {name: step["error"] for name, step in steps.items() if not step["ok"]}
+    assert "the processor cannot be made" in failed.pop("build qwen3-vl")
+    assert failed.pop("qwen3-vl: pages") == "skipped: qwen3-vl did not build"
+    # The rest that was built ran whole: the server, and every step of MiniLM's shape.
+    assert all(step["ok"] for name, step in steps.items() if name.startswith("minilm-l6"))
+    assert steps["server"]["ok"] and steps["targets"]["ok"]
+    cases = {(r["engine"], r["case"]) for r in report["rows"] if r["model"] == "minilm-l6"}
+    assert {("this server", "a"), ("this server", "large"), ("this server", "small")} <= cases
+    assert (
+        "- step 'qwen3-vl: pages' skipped: qwen3-vl did not build"
+        in (output / "results.md").read_text()
+    )

@@ -72,3 +72,21 @@ def test_gpu_memory_is_told_by_model_from_the_processes_that_hold_it(
         "b__encoder": 450.0,
         "pid 99": 7.0,
     }
+
+
+def test_an_old_grpcio_passes_where_the_kit_carries_a_newer_one(
+    gpu_check: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real = importlib.metadata.version
+
+    def older(package: str) -> str:
+        return "1.80.0" if package == "grpcio" else real(package)
+
+    monkeypatch.setattr(gpu_check, "_generated_texts", lambda kit: [TRITON_GRPC])
+    monkeypatch.setattr(importlib.metadata, "version", older)
+    assert set(gpu_check.outdated(tmp_path)) == {"grpcio"}
+    (tmp_path / "kit.json").write_text('{"fallback": {"grpcio": "1.85.1"}}')
+    gpu_check.check_versions(tmp_path)  # the kit's grpcio is installed in its place
+    (tmp_path / "kit.json").write_text('{"fallback": {"protobuf": "6.33.6"}}')
+    with pytest.raises(SystemExit, match=r"grpcio 1\.80\.0 is older"):
+        gpu_check.check_versions(tmp_path)

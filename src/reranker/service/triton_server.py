@@ -155,12 +155,14 @@ class TritonServer:
         ]
 
     @staticmethod
-    def environment() -> dict[str, str]:
+    def environment(python: str = "") -> dict[str, str]:
         """The stub embeds the system libpython: it needs the base interpreter's LIBDIR on the
-        library path, and finds this virtual environment through ``PATH``."""
+        library path, and finds its virtual environment (``python``'s, else this one's)
+        through ``PATH``."""
         # Triton and its stubs need none of the rank service's settings (an API key among them).
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        interpreter = Path(python or sys.executable)
+        env["PATH"] = os.pathsep.join([str(interpreter.parent), env.get("PATH", "")])
         libdir = sysconfig.get_config_var("LIBDIR")
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in [libdir, env.get("LD_LIBRARY_PATH", "")] if p
@@ -178,7 +180,7 @@ class TritonServer:
                 dies_with_parent(self.command(backends)),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=self.environment(),
+                env=self.environment(self._settings.triton_python),
                 # Its own process group: a Ctrl-C reaches the launcher, which stops the rank
                 # service first and Triton after it, so in-flight calls can drain.
                 start_new_session=True,
