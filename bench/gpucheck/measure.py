@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict
@@ -63,6 +64,14 @@ def server_settings(scale: Scale, stub_python: str = "") -> dict[str, str]:
     return settings
 
 
+def encoder_instances(work: Path, model: str) -> int:
+    """The instances of ``model``'s encoder, as its built configuration gives them (0: no
+    such configuration)."""
+    path = work / "model_repository" / f"{model}__encoder" / "config.pbtxt"
+    config = path.read_text() if path.is_file() else ""
+    return sum(int(count) for count in re.findall(r"\bcount: (\d+)", config))
+
+
 def _missing(model: str, checkpoints: dict[str, Path]) -> str:
     return f"{model} did not build" if model not in checkpoints else "the server did not start"
 
@@ -95,6 +104,8 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
         with results.step(f"build {name}"):
             checkpoints[name] = build(scale, work)
             print(f"{elapsed()} built {name}", flush=True)
+            # What the GPU figures were measured with: each encoder's instance count.
+            report.setdefault("encoder_instances", {})[name] = encoder_instances(work, name)
     tflops = 0.0
     with results.step("gemm"):
         tflops = report["gemm_tflops"] = gemm_tflops(scale)

@@ -241,6 +241,9 @@ def markdown(report: dict[str, Any]) -> str:
         held = report["gpu_memory_by_model_mib"]
         cells = ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(held.items()))
         lines.append(f"- GPU memory by model process, CUDA context included (MiB): {cells}")
+    if report.get("encoder_instances"):
+        cells = ", ".join(f"{m} {n}" for m, n in report["encoder_instances"].items())
+        lines.append(f"- encoder instances (the figures above are with these): {cells}")
     if "gemm_tflops" in report:
         lines.append(f"- GEMM: {report['gemm_tflops']:.1f} TFLOP/s")
     if "compile" in report:

@@ -265,6 +265,13 @@ def test_kserve_routes_to_triton_grpc_and_outlasts_an_engine_build() -> None:
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     assert startup["httpGet"] == container["readinessProbe"]["httpGet"]
+    # The rank service in front waits as long before its liveness probe may restart it.
+    waits = transformer["startupProbe"]
+    assert waits["grpc"] == transformer["livenessProbe"]["grpc"]
+    assert (
+        waits["periodSeconds"] * waits["failureThreshold"]
+        >= startup["periodSeconds"] * startup["failureThreshold"]
+    )
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"] for v in runtime["spec"]["volumes"]}
     assert mounts["engine-cache"] == TENSORRT_CACHE and "engine-cache" in volumes

@@ -179,3 +179,20 @@ def test_a_small_dev_shm_skips_the_vision_row_alone(monkeypatch: pytest.MonkeyPa
     assert set(found["cannot_run"]) == {VISION}, found
     assert "/dev/shm has 64 MiB free" in found["cannot_run"][VISION]
     assert found["found"]["shm_needed_by_vision_mib"] > 64
+
+
+def test_parity_orders_only_what_the_reference_tells_apart() -> None:
+    from gpucheck.rows import order_kept
+
+    bound = 0.01
+    reference = [0.90, 0.50, 0.505, 0.10]
+    # 0.50 and 0.505 are within twice the bound: either order keeps the ranking.
+    assert order_kept([0.90, 0.509, 0.501, 0.10], reference, bound)
+    assert order_kept([0.899, 0.50, 0.505, 0.11], reference, bound)
+    # Told apart by the reference, swapped by the server: not kept.
+    assert not order_kept([0.40, 0.50, 0.505, 0.10], reference, bound)
+    # A document outside the reference's top ten that the server lifts above one inside it.
+    eleven = [1.0 - i / 20 for i in range(11)]
+    lifted = [*eleven[:10], eleven[0] + 0.001]
+    assert not order_kept(lifted, eleven, bound)
+    assert order_kept(eleven, eleven, bound)

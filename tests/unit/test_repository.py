@@ -150,8 +150,9 @@ TORCH_GPU_MODEL = replace(MODEL, device=Device.GPU, precision=Precision.FP16, ru
 def test_torch_gpu_encoder_is_a_python_model_on_a_gpu_instance_merging_ragged_batches() -> None:
     config = _parsed(encoder_config(TORCH_GPU_MODEL))
     assert config.backend == "python" and not config.platform
-    assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [
-        (mc.ModelInstanceGroup.KIND_GPU, [0])
+    # Two instances: one plans and pads on CPU while the other runs on the GPU.
+    assert [(g.kind, list(g.gpus), g.count) for g in config.instance_group] == [
+        (mc.ModelInstanceGroup.KIND_GPU, [0], 2)
     ]
     assert all(i.allow_ragged_batch for i in config.input)
     assert [(o.name, list(o.dims)) for o in config.output] == [("SCORE", [1])]

@@ -94,6 +94,11 @@ class TritonTuning:
         512, "rows of several callers the PyTorch GPU encoder merges into one execution"
     )
     torch_gpu_max_rows_per_run: int = option(256, "rows one PyTorch GPU run holds at most")
+    torch_gpu_encoder_instances: int = option(
+        2,
+        "PyTorch GPU encoder instances: while one runs on the GPU, another plans and pads its "
+        "next execution on CPU",
+    )
     torch_gpu_max_tokens_per_run: int = option(
         1 << 16, "padded tokens one PyTorch GPU run holds at most"
     )
@@ -194,7 +199,9 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
         return gpu_encoder_config(model, tuning)
     if model.runtime is Runtime.TORCH:
         return torch_encoder_config(model, tuning)
-    config = _python_encoder(model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning)
+    config = _python_encoder(
+        model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning.encoder_instances
+    )
     _dynamic_batching(config, tuning.encoder_queue_delay_us)
     runtime, precision_hint = cpu_runtime(model.precision)
     _parameters(
@@ -213,7 +220,7 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
 
 
 def _python_encoder(
-    model: ServedModel, max_batch_size: int, kind: int, tuning: TritonTuning
+    model: ServedModel, max_batch_size: int, kind: int, instances: int
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.encoder_model, backend="python")
     config.max_batch_size = max_batch_size
@@ -221,7 +228,7 @@ def _python_encoder(
         # Ragged: requests padded to different lengths still merge into one execution.
         config.input.add(name=name, data_type=data_type, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
-    group = config.instance_group.add(count=tuning.encoder_instances, kind=kind)
+    group = config.instance_group.add(count=instances, kind=kind)
     if kind == mc.ModelInstanceGroup.KIND_GPU:
         group.gpus.append(0)
     return config
@@ -238,7 +245,7 @@ def torch_encoder_config(
         model,
         max(model.max_batch_size, tuning.torch_gpu_max_batch_size) if gpu else model.max_batch_size,
         mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
-        tuning,
+        tuning.torch_gpu_encoder_instances if gpu else tuning.encoder_instances,
     )
     _dynamic_batching(
         config, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
