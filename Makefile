@@ -7,12 +7,12 @@ INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.installed-dev
 DEFAULT_MODEL := model_repository/all-minilm-l6-v2-biencoder__tokenizer/1/tokenizer.json
 
-.PHONY: serve test test-unit lint format proto install models bench bench-env load gpu-kit gpu-dry-run clean
+.PHONY: serve test test-unit lint format proto install models bench bench-env load gpu-kit gpu-emulation gpu-dry-run clean
 
 serve: models  ## build the default model if needed, then run Triton + the rank service
 	$(PY) -m reranker serve
 
-test: lint  ## lint, type-check, check the dependency rule and run the whole test suite
+test: lint gpu-emulation  ## lint, type-check, check the dependency rule and run the whole test suite
 	$(PY) -m pytest
 
 test-unit: $(DEV_INSTALLED)  ## the unit tests alone: seconds, no Triton
@@ -65,6 +65,23 @@ GPU_PYTHON ?= 3.12
 gpu-kit: $(INSTALLED)
 	$(PY) bench/gpu_kit.py --output build/gpu-kit --python-version $(GPU_PYTHON)
 
+# The GPU check's dry run in `make test` runs as on the lent GPU machine, as far as this one
+# allows: under that image's package versions (torch, transformers, sentence-transformers,
+# numpy 2; bench/gpu-image-requirements.txt) and through a kit for this machine's Python laid
+# out as `make gpu-kit` lays it out (compressed faster: the layout is what is tested).
+GPU_IMAGE_ENV := build/gpu-image-env
+GPU_TEST_KIT := build/gpu-kit-here
+gpu-emulation: $(GPU_IMAGE_ENV)/.installed $(GPU_TEST_KIT)/kit.json
+
+$(GPU_IMAGE_ENV)/.installed: bench/gpu-image-requirements.txt | $(INSTALLED)
+	$(UV) venv -q --clear -p "$$($(PY) -c 'import sys; print(sys._base_executable)')" $(GPU_IMAGE_ENV)
+	$(UV_PIP) install -q --python $(GPU_IMAGE_ENV)/bin/python -r bench/gpu-image-requirements.txt
+	touch $@
+
+$(GPU_TEST_KIT)/kit.json: bench/gpu_kit.py | $(INSTALLED)
+	$(PY) bench/gpu_kit.py --output $(GPU_TEST_KIT) --preset 1 \
+	  --python-version "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+
 # The GPU check's call sizes, concurrency (up to 64 callers) and 1000-document call, on CPU
 # with a tiny model: the row budget, the sweep and the report, exercised without a GPU.
 gpu-dry-run: $(DEV_INSTALLED)
@@ -91,11 +108,12 @@ comma := ,
 PIP_INDEXES = $(call pip_setting,extra-index-url)
 PIP_WHEELS = $(subst $(eval) ,$(comma),$(strip $(call pip_setting,find-links)))
 PIP_CONSTRAINT = $(call pip_setting,constraint)
-UV_INSTALL = $(if $(PIP_INDEXES),UV_EXTRA_INDEX_URL="$(PIP_INDEXES)") \
+UV_PIP = $(if $(PIP_INDEXES),UV_EXTRA_INDEX_URL="$(PIP_INDEXES)") \
 	$(if $(PIP_WHEELS),UV_FIND_LINKS="$(PIP_WHEELS)") \
 	$(if $(PIP_CONSTRAINT),UV_CONSTRAINT="$(PIP_CONSTRAINT)") \
 	UV_INDEX_STRATEGY=unsafe-best-match UV_NATIVE_TLS=1 \
-	$(UV) pip install -q --python $(PY)
+	$(UV) pip
+UV_INSTALL = $(UV_PIP) install -q --python $(PY)
 
 # torch and torchvision first and on their own, from this machine's disk (a build that also
 # runs on the CPU; no CPU build of torchvision matches torch 2.13): anything that depends on

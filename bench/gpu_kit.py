@@ -109,19 +109,19 @@ def unzip(wheel: Path, folder: Path) -> None:
                 path.chmod(mode & 0o777)
 
 
-def pack(wheel: Path, archive: Path, slim: Callable[[Path], object]) -> None:
-    """``wheel`` unpacked, slimmed by ``slim``, as an xz tarball (about two thirds of the
-    wheel's zip size)."""
+def pack(wheel: Path, archive: Path, slim: Callable[[Path], object], preset: int = 6) -> None:
+    """``wheel`` unpacked, slimmed by ``slim``, as an xz tarball (at preset 6, about two
+    thirds of the wheel's zip size)."""
     with tempfile.TemporaryDirectory() as scratch:
         unpacked = Path(scratch)
         unzip(wheel, unpacked)
         slim(unpacked)
-        with tarfile.open(archive, "w:xz", preset=6) as tar:
+        with tarfile.open(archive, "w:xz", preset=preset) as tar:
             for path in sorted(unpacked.iterdir()):
                 tar.add(path, arcname=path.name)
 
 
-def make_kit(output: Path, python_version: str) -> dict[str, object]:
+def make_kit(output: Path, python_version: str, preset: int = 6) -> dict[str, object]:
     """The kit for ``python_version`` in ``output`` (emptied first); returns its manifest."""
     if output.exists():
         shutil.rmtree(output)
@@ -134,9 +134,14 @@ def make_kit(output: Path, python_version: str) -> dict[str, object]:
     fallback = download(pinned(FALLBACK), output / "fallback", python_version)
     with tempfile.TemporaryDirectory() as scratch:
         (triton,) = download([f"{TRITON}=={version(TRITON)}"], Path(scratch) / "t", python_version)
-        pack(triton, output / TRITON_ARCHIVE, lambda folder: slim_triton(folder, python_version))
+        pack(
+            triton,
+            output / TRITON_ARCHIVE,
+            lambda folder: slim_triton(folder, python_version),
+            preset,
+        )
         (numpy,) = download([f"numpy=={STUB_NUMPY}"], Path(scratch) / "n", python_version)
-        pack(numpy, output / STUB_NUMPY_ARCHIVE, slim_numpy)
+        pack(numpy, output / STUB_NUMPY_ARCHIVE, slim_numpy, preset)
     manifest: dict[str, object] = {
         "python": python_version,
         "wheels": [w.name for w in wheels],
@@ -157,8 +162,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--python-version", default="3.12", help="of the GPU machine")
+    parser.add_argument(
+        "--preset", type=int, default=6, help="xz preset (lower: faster, larger; 6 travels)"
+    )
     args = parser.parse_args()
-    make_kit(args.output, args.python_version)
+    make_kit(args.output, args.python_version, args.preset)
     for path in sorted(p for p in args.output.rglob("*") if p.is_file()):
         print(f"  {path.stat().st_size / 2**20:6.2f} MiB  {path.relative_to(args.output)}")
     size = kit_size(args.output)

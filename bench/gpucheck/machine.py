@@ -75,14 +75,14 @@ class KitEnvironment:
 
 def kit_environment(kit: Path, work: Path) -> KitEnvironment:
     """Two virtual environments that see this interpreter's packages and the project's tree
-    through a ``.pth`` file. The check's holds the kit's wheels (``--no-deps``), Triton
+    through a ``.pth`` file. The check's holds the kit's wheels (unpacked), Triton
     unpacked, and the kit's grpcio and protobuf where this machine's are older than the
     generated code needs. The stubs' holds, in front of all that, the kit's numpy 1, which
     they are built against; the check itself keeps this machine's numpy. The check runs again
     under the first, so the rank service and Triton see the same packages; Triton's stubs,
     which find their environment through ``PATH`` (they ignore ``PYTHONPATH``), get the
     second through the rank service's ``triton_python``."""
-    from gpu_kit import LIMIT_BYTES, MANIFEST, kit_size
+    from gpu_kit import LIMIT_BYTES, MANIFEST, kit_size, unzip
 
     manifest = json.loads((kit / MANIFEST).read_text()) if (kit / MANIFEST).is_file() else None
     if manifest is None:
@@ -103,10 +103,9 @@ def kit_environment(kit: Path, work: Path) -> KitEnvironment:
         for wheel in (kit / "fallback" / name for name in manifest["fallback_wheels"])
         if any(wheel.name.startswith(package.replace("-", "_")) for package in older)
     ]
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
-    command += ["--disable-pip-version-check", "--target", str(purelib), *map(str, wheels)]
-    if wheels:
-        subprocess.run(command, check=True)
+    # A wheel unpacked is a wheel installed, short of scripts (none here): no pip needed.
+    for wheel in wheels:
+        unzip(wheel, purelib)
     _unpack(kit / manifest["triton"]["archive"], purelib)
     folders = _visible_folders()
     (purelib / "reranker-gpu-check.pth").write_text("\n".join(folders) + "\n")
