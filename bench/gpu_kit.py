@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal, cast
 
 WHEELS = (
     "tritonclient",
@@ -54,6 +55,7 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 LIMIT_BYTES = 60 * 1024 * 1024
+XzPreset = Literal[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 MANIFEST = "kit.json"
 TRITON_ARCHIVE = "triton.tar.xz"
 STUB_NUMPY_ARCHIVE = "stub-numpy.tar.xz"
@@ -109,7 +111,7 @@ def unzip(wheel: Path, folder: Path) -> None:
                 path.chmod(mode & 0o777)
 
 
-def pack(wheel: Path, archive: Path, slim: Callable[[Path], object], preset: int = 6) -> None:
+def pack(wheel: Path, archive: Path, slim: Callable[[Path], object], preset: XzPreset = 6) -> None:
     """``wheel`` unpacked, slimmed by ``slim``, as an xz tarball (at preset 6, about two
     thirds of the wheel's zip size)."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -121,7 +123,7 @@ def pack(wheel: Path, archive: Path, slim: Callable[[Path], object], preset: int
                 tar.add(path, arcname=path.name)
 
 
-def make_kit(output: Path, python_version: str, preset: int = 6) -> dict[str, object]:
+def make_kit(output: Path, python_version: str, preset: XzPreset = 6) -> dict[str, object]:
     """The kit for ``python_version`` in ``output`` (emptied first); returns its manifest."""
     if output.exists():
         shutil.rmtree(output)
@@ -163,10 +165,14 @@ def main() -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--python-version", default="3.12", help="of the GPU machine")
     parser.add_argument(
-        "--preset", type=int, default=6, help="xz preset (lower: faster, larger; 6 travels)"
+        "--preset",
+        type=int,
+        default=6,
+        choices=range(10),
+        help="xz preset (lower: faster, larger; 6 travels)",
     )
     args = parser.parse_args()
-    make_kit(args.output, args.python_version, args.preset)
+    make_kit(args.output, args.python_version, cast(XzPreset, args.preset))
     for path in sorted(p for p in args.output.rglob("*") if p.is_file()):
         print(f"  {path.stat().st_size / 2**20:6.2f} MiB  {path.relative_to(args.output)}")
     size = kit_size(args.output)

@@ -22,6 +22,10 @@ from reranker.contract.model import Precision
 from reranker.contract.parameters import TorchCompile
 
 # The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
+# Served shapes (rows, length) a compiled model runs at load: the second differs from the
+# first in both, so the one recompilation with symbolic shapes happens then.
+_COMPILE_WARM_UP_SHAPES = ((16, 128), (32, 64))
+
 TORCH_DTYPES = {
     Precision.FP32: torch.float32,
     Precision.FP16: torch.float16,
@@ -98,10 +102,14 @@ class TorchRunner:
         self._after_prefix: Callable[..., torch.Tensor] | None = (
             getattr(scorer, "after_prefix", None) if shared_prefix else None
         )
+        # Compiled with automatic dynamic shapes: the first shape compiles static, the next
+        # one that differs recompiles once with symbolic rows and length, which then serves
+        # every ragged batch (static shapes would recompile for each new (rows, length)).
+        self._compiled = compile_mode is not TorchCompile.EAGER
         self._forward = (
-            scorer
-            if compile_mode is TorchCompile.EAGER
-            else torch.compile(scorer, mode=compile_mode.value, dynamic=False)
+            torch.compile(scorer, mode=compile_mode.value, dynamic=None)
+            if self._compiled
+            else scorer
         )
         self._pinned = self._device.type == "cuda"
         self._staging: dict[str, torch.Tensor] = {}
@@ -118,12 +126,16 @@ class TorchRunner:
 
     def _warm_up(self) -> None:
         """One small forward at load: a CUDA setup that cannot run the model (a runtime the
-        driver does not support, say) fails the model's load instead of its first request."""
-        feeds = {name: np.zeros((1, 8), dtype=np.int64) for name in self._inputs}
-        for name in ("input_ids", "attention_mask"):
-            if name in feeds:
-                feeds[name][:] = 1
-        self.run(feeds)
+        driver does not support, say) fails the model's load instead of its first request.
+        A compiled model also runs two served shapes, so both its compilations (static, then
+        dynamic) happen at load rather than in the first calls."""
+        shapes = [(1, 8), *(_COMPILE_WARM_UP_SHAPES if self._compiled else [])]
+        for rows, length in shapes:
+            feeds = {name: np.zeros((rows, length), dtype=np.int64) for name in self._inputs}
+            for name in ("input_ids", "attention_mask"):
+                if name in feeds:
+                    feeds[name][:] = 1
+            self.run(feeds)
 
     @property
     def input_names(self) -> list[str]:

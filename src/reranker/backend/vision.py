@@ -196,6 +196,22 @@ class VisionLanguageRunner:
         )
         self._network = network.eval().to(self._device)
         self._relevant, self._irrelevant = relevance
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One short text row at load, as the text runner does: a device that cannot run the
+        model fails the load, not a first call, and the first call does not pay CUDA's setup."""
+        tokens = np.ones(8, np.int64)
+        self.run(
+            [
+                VisionRow(
+                    tokens,
+                    np.zeros(8, np.int64),
+                    np.zeros((0, 3), np.int64),
+                    np.zeros((0, self.patch_values), np.float32),
+                )
+            ]
+        )
 
     def run(self, rows: Sequence[VisionRow]) -> np.ndarray:
         torch = self._torch
