@@ -107,6 +107,7 @@ def test_gpu_encoder_is_onnx_runtime_with_tensorrt_fp16_and_a_cached_engine() ->
     assert tensorrt.name == "tensorrt"
     parameters = dict(tensorrt.parameters)
     assert parameters["precision_mode"] == "FP16"
+    assert parameters["trt_layer_norm_fp32_fallback"] == "true"
     assert parameters["trt_engine_cache_enable"] == "true"
     assert parameters["trt_engine_cache_path"] == "/engine_cache"
     # One profile over what the tokenizer produces: buckets 64..512, up to 16 rows.
@@ -116,6 +117,7 @@ def test_gpu_encoder_is_onnx_runtime_with_tensorrt_fp16_and_a_cached_engine() ->
     fp32 = _parsed(encoder_config(replace(GPU_MODEL, precision=Precision.FP32)))
     (fp32_tensorrt,) = fp32.optimization.execution_accelerators.gpu_execution_accelerator
     assert fp32_tensorrt.parameters["precision_mode"] == "FP32"
+    assert "trt_layer_norm_fp32_fallback" not in fp32_tensorrt.parameters
 
 
 def test_gpu_tokenizer_runs_on_cpu_and_pads_to_buckets() -> None:
