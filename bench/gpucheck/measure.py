@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -201,7 +202,14 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
                 facts["stages_workload_a"] = stage_times(before, after, model)
             with results.step(f"{model}: large call"):
                 case = Case("this server", model, "large", 1, served(large), len(large))
+                # The server alone, with every request of the call queued: how idle the
+                # encoder's instances stay while it plans and pads on CPU.
+                before, began = triton_statistics(server.triton_grpc), time.monotonic()
                 results.rows += [row_of(r, "large") for r in interleave([case], scale.rounds)]
+                wall_s = time.monotonic() - began
+                after = triton_statistics(server.triton_grpc)
+                instances = {"encoder": report["encoder_instances"].get(model, 1)}
+                facts["stages_large_call"] = stage_times(before, after, model, wall_s, instances)
             with results.step(f"{model}: small callers"):
                 case = Case(
                     "this server", model, "small", scale.small_callers, served(small), len(small)

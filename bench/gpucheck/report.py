@@ -229,9 +229,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     for model, facts_of in report.get("models", {}).items():
         lines.append(f"- {model}: parity {json.dumps(facts_of.get('parity', {}))}")
-        for stage, times in facts_of.get("stages_workload_a", {}).items():
-            cells = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
-            lines.append(f"  - {stage}: {cells}")
+        for step in ("workload_a", "large_call"):
+            for stage, times in facts_of.get(f"stages_{step}", {}).items():
+                cells = ", ".join(f"{k} {v:.2f}" for k, v in times.items())
+                lines.append(f"  - {stage} ({step.replace('_', ' ')}): {cells}")
     if "gpu_memory_peak_mib" in report:
         lines.append(
             f"- GPU memory: peak {report['gpu_memory_peak_mib']:.0f} MiB "

@@ -59,28 +59,45 @@ def triton_statistics(triton_address: str) -> dict[str, dict[str, float]]:
             "requests": float(inference.get("success", {}).get("count", 0)),
             "queue_ns": float(inference.get("queue", {}).get("ns", 0)),
             "compute_ns": float(inference.get("compute_infer", {}).get("ns", 0)),
+            # Once per execution (the inference statistics count an execution once for each
+            # request merged into it).
+            "execution_compute_ns": sum(
+                float(batch.get("compute_infer", {}).get("ns", 0))
+                for batch in model.get("batch_stats", [])
+            ),
         }
     return out
 
 
 def stage_times(
-    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], model: str
+    before: dict[str, dict[str, float]],
+    after: dict[str, dict[str, float]],
+    model: str,
+    wall_s: float = 0.0,
+    instances: dict[str, int] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """What the tokenizer and encoder of ``model`` did between two snapshots: rows per
-    execution (how well requests merged), queue time per request, compute per execution
-    and per row."""
+    """What the tokenizer and encoder of ``model`` did between two snapshots ``wall_s``
+    apart: rows per execution (how well requests merged), queue time per request, compute per
+    execution and per row, and the fraction of the time its instances (``instances`` by
+    stage, default 1) were idle."""
     times = {}
     for stage in ("tokenizer", "encoder"):
         name = f"{model}__{stage}"
         delta = {k: after[name][k] - before.get(name, {}).get(k, 0.0) for k in after[name]}
         requests, executions = max(delta["requests"], 1), max(delta["executions"], 1)
         rows = max(delta["inferences"], 1)
+        executing_ns = delta.get("execution_compute_ns", 0.0) or delta["compute_ns"]
         times[stage] = {
             "rows_per_execution": delta["inferences"] / executions,
             "queue_ms_per_request": delta["queue_ns"] / requests / 1e6,
-            "compute_ms_per_execution": delta["compute_ns"] / executions / 1e6,
-            "compute_us_per_row": delta["compute_ns"] / rows / 1e3,
+            "compute_ms_per_execution": executing_ns / executions / 1e6,
+            "compute_us_per_row": executing_ns / rows / 1e3,
         }
+        if wall_s > 0:
+            count = (instances or {}).get(stage, 1)
+            busy = executing_ns / 1e9 / (wall_s * count)
+            times[stage]["instances"] = count
+            times[stage]["idle_fraction"] = max(0.0, 1.0 - busy)
     return times
 
 

@@ -65,6 +65,9 @@ def test_the_gpu_check_runs_under_the_images_versions_and_leaves_nothing_running
         # Concurrent callers' requests merged into shared encoder executions.
         assert stages["encoder"]["rows_per_execution"] > 20, stages
         assert stages["tokenizer"]["compute_us_per_row"] > 0
+        # The server alone on the 1000-document call: its one encoder instance's idle time.
+        encoder = report["models"][model]["stages_large_call"]["encoder"]
+        assert encoder["instances"] == 1 and 0 <= encoder["idle_fraction"] < 1, encoder
         rows = [r for r in report["rows"] if r["model"] == model]
         assert {(r["engine"], r["case"], r["concurrency"]) for r in rows} >= {
             ("CrossEncoder.rank bs=32", "a", 1),

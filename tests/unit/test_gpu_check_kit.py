@@ -196,3 +196,25 @@ def test_parity_orders_only_what_the_reference_tells_apart() -> None:
     lifted = [*eleven[:10], eleven[0] + 0.001]
     assert not order_kept(lifted, eleven, bound)
     assert order_kept(eleven, eleven, bound)
+
+
+def test_stage_times_count_an_execution_once_and_the_encoders_idle_time() -> None:
+    from gpucheck.rows import stage_times
+
+    def stats(executions: float, execution_ns: float) -> dict[str, dict[str, float]]:
+        # Each execution merged 4 requests of 8 rows: the inference statistics count its
+        # time once for each request, the batch statistics once.
+        counts = {"inferences": 32 * executions, "executions": executions}
+        counts |= {"requests": 4 * executions, "queue_ns": 0.0}
+        counts |= {"compute_ns": 4 * execution_ns, "execution_compute_ns": execution_ns}
+        return {"m__tokenizer": dict(counts), "m__encoder": dict(counts)}
+
+    before, after = stats(10, 1e9), stats(30, 3e9)  # 20 executions, 2 s of executing
+    times = stage_times(before, after, "m", wall_s=4.0, instances={"encoder": 2})
+    encoder = times["encoder"]
+    assert encoder["rows_per_execution"] == 32
+    assert encoder["compute_ms_per_execution"] == 100.0  # 2 s over 20 executions
+    # 2 s of executing over 4 s of two instances: idle three quarters of the time.
+    assert encoder["instances"] == 2 and encoder["idle_fraction"] == 0.75
+    assert times["tokenizer"]["idle_fraction"] == 0.5
+    assert "idle_fraction" not in stage_times(before, after, "m")["encoder"]
