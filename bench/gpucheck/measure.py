@@ -4,6 +4,7 @@ the large call and the small callers; the causal-LM and multimodal rows; compile
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import statistics
@@ -73,6 +74,28 @@ def encoder_instances(work: Path, model: str) -> int:
     return sum(int(count) for count in re.findall(r"\bcount: (\d+)", config))
 
 
+def large_call(
+    model: str,
+    call: Callable[[], object],
+    documents: int,
+    server: Any,
+    results: Results,
+    facts: dict[str, Any],
+    scale: Scale,
+) -> None:
+    """The large call's row, and the server's stages during it: with every request of the
+    call queued, how idle the encoder's instances stay while each plans and pads on CPU."""
+    from harness import Case, interleave
+
+    case = Case("this server", model, "large", 1, call, documents)
+    before, began = triton_statistics(server.triton_grpc), time.monotonic()
+    results.rows += [row_of(r, "large") for r in interleave([case], scale.rounds)]
+    wall_s = time.monotonic() - began
+    after = triton_statistics(server.triton_grpc)
+    instances = {"encoder": results.report["encoder_instances"].get(model, 1)}
+    facts["stages_large_call"] = stage_times(before, after, model, wall_s, instances)
+
+
 def _missing(model: str, checkpoints: dict[str, Path]) -> str:
     return f"{model} did not build" if model not in checkpoints else "the server did not start"
 
@@ -82,6 +105,7 @@ def planned_steps(scale: Scale) -> list[str]:
     steps = [f"build {name}" for name in models.builders(scale)] + ["gemm", "server"]
     for shape in scale.shapes:
         steps += [f"{shape.name}: {part}" for part in MODEL_STEPS]
+    steps.append(f"{models.other_instances(scale)[0]}: large call")
     return [*steps, f"{CAUSAL}: shared prompt", f"{VISION}: pages", "compile", "targets"]
 
 
@@ -201,15 +225,7 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
                 results.rows += found
                 facts["stages_workload_a"] = stage_times(before, after, model)
             with results.step(f"{model}: large call"):
-                case = Case("this server", model, "large", 1, served(large), len(large))
-                # The server alone, with every request of the call queued: how idle the
-                # encoder's instances stay while it plans and pads on CPU.
-                before, began = triton_statistics(server.triton_grpc), time.monotonic()
-                results.rows += [row_of(r, "large") for r in interleave([case], scale.rounds)]
-                wall_s = time.monotonic() - began
-                after = triton_statistics(server.triton_grpc)
-                instances = {"encoder": report["encoder_instances"].get(model, 1)}
-                facts["stages_large_call"] = stage_times(before, after, model, wall_s, instances)
+                large_call(model, served(large), len(large), server, results, facts, scale)
             with results.step(f"{model}: small callers"):
                 case = Case(
                     "this server", model, "small", scale.small_callers, served(small), len(small)
@@ -218,6 +234,14 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
             del cross_encoder
             if scale.device == "gpu":
                 torch.cuda.empty_cache()
+        variant = models.other_instances(scale)[0]
+        if client is None or server is None or variant not in checkpoints:
+            results.skip(f"{variant}: large call", _missing(variant, checkpoints))
+        else:
+            with results.step(f"{variant}: large call"):
+                facts = report["models"].setdefault(variant, {})
+                ranks = functools.partial(client.rank, QUERY, large, model=variant)
+                large_call(variant, ranks, len(large), server, results, facts, scale)
         if client is None or CAUSAL not in checkpoints:
             results.skip(f"{CAUSAL}: shared prompt", _missing(CAUSAL, checkpoints))
         else:

@@ -9,9 +9,19 @@ from pathlib import Path
 from gpucheck.scale import CAUSAL, VISION, Scale, Shape
 
 
-def build_shape(shape: Shape, scale: Scale, work: Path) -> Path:
-    """A BERT cross-encoder of ``shape``, built as ``shape.name``."""
+def other_instances(scale: Scale) -> tuple[str, int]:
+    """The first shape again, built with the encoder instance count the default does not
+    give (1 on a GPU, where 2 is the default; 2 on CPU): its name and that count, so the
+    check measures both."""
+    count = 1 if scale.device == "gpu" else 2
+    return f"{scale.shapes[0].name}-{count}x", count
+
+
+def build_shape(shape: Shape, scale: Scale, work: Path, instances: int = 0) -> Path:
+    """A BERT cross-encoder of ``shape``, built as ``shape.name`` (with ``instances``
+    encoder instances: as :func:`other_instances` names it)."""
     from reranker.builder.builder import BuildOptions, build
+    from reranker.builder.triton_configs import TritonTuning
     from reranker.contract.model import Device, Precision, Runtime
     from tests.checkpoints import bert_cross_encoder
 
@@ -22,12 +32,22 @@ def build_shape(shape: Shape, scale: Scale, work: Path) -> Path:
         shape.heads,
         shape.intermediate,
     )
+    if instances:
+        name = other_instances(scale)[0]
+        tuning = (
+            TritonTuning(torch_gpu_encoder_instances=instances)
+            if scale.device == "gpu"
+            else TritonTuning(encoder_instances=instances)
+        )
+    else:
+        name, tuning = shape.name, TritonTuning()
     options = BuildOptions(
-        name=shape.name,
+        name=name,
         precision=Precision(scale.precision),
         device=Device(scale.device),
         runtime=Runtime.TORCH,
         share_tokenizer=False,  # each row measures its model's own processes
+        tuning=tuning,
     )
     build(str(checkpoint), options, work / "model_repository")
     return checkpoint
@@ -86,6 +106,9 @@ def builders(scale: Scale) -> dict[str, Callable[[Scale, Path], Path]]:
         shape.name: (lambda s, w, shape=shape: build_shape(shape, s, w))  # type: ignore[misc]
         for shape in scale.shapes
     }
+    variant, count = other_instances(scale)
+    first = scale.shapes[0]
+    found[variant] = lambda s, w: build_shape(first, s, w, count)
     found[CAUSAL] = lambda s, w: build_causal(s, w)
     found[VISION] = lambda s, w: build_vision(s, w)
     return found

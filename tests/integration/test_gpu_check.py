@@ -80,6 +80,12 @@ def test_the_gpu_check_runs_under_the_images_versions_and_leaves_nothing_running
         }
         assert all(r["pairs_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
         assert f"| this server | {model} | a | 64 |" in table
+    # The same model with the other instance count (2 on CPU, where 1 is the default).
+    encoder = report["models"]["minilm-l6-2x"]["stages_large_call"]["encoder"]
+    assert encoder["instances"] == 2 and 0 <= encoder["idle_fraction"] < 1, encoder
+    assert ("this server", "minilm-l6-2x", "large") in {
+        (r["engine"], r["model"], r["case"]) for r in report["rows"]
+    }
     causal = {(r["engine"], r["concurrency"]): r for r in report["rows"] if r["case"] == "causal"}
     assert set(causal) == {
         ("CrossEncoder.rank", 1),
@@ -143,7 +149,7 @@ def test_a_model_that_fails_to_build_costs_its_own_rows_alone(tmp_path: Path) ->
     assert "the processor cannot be made" in failed.pop("build qwen3-vl")
     assert failed.pop("qwen3-vl: pages") == "skipped: qwen3-vl did not build"
     # The rest that was built ran whole: the server, and every step of MiniLM's shape.
-    assert all(step["ok"] for name, step in steps.items() if name.startswith("minilm-l6"))
+    assert all(step["ok"] for name, step in steps.items() if name.startswith("minilm-l6:"))
     assert steps["server"]["ok"] and steps["targets"]["ok"]
     cases = {(r["engine"], r["case"]) for r in report["rows"] if r["model"] == "minilm-l6"}
     assert {("this server", "a"), ("this server", "large"), ("this server", "small")} <= cases
