@@ -135,6 +135,9 @@ class TorchRunner:
             for name in ("input_ids", "attention_mask"):
                 if name in feeds:
                     feeds[name][:] = 1
+            # Rows that differ from their first token run whole through the compiled
+            # forward (rows sharing a prompt would take the shared-prefix path instead).
+            feeds["input_ids"][:, 0] = np.arange(1, rows + 1)
             self.run(feeds)
 
     @property
