@@ -29,7 +29,7 @@ from gpucheck.machine import (
 )
 from gpucheck.measure import measure, planned_steps
 from gpucheck.preflight import preflight
-from gpucheck.report import DeadlineReached, Results, markdown
+from gpucheck.report import DeadlineReached, Results, markdown, targets
 from gpucheck.scale import CPU, DRY_RUN, GPU, SOURCES
 
 # The package's folder: what the kit's interpreter runs again.
@@ -64,6 +64,17 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+LOG_TAIL_LINES = 500
+
+
+def keep_log_tails(logs: Path, output: Path) -> None:
+    """The last lines of the rank service's and Triton's logs beside the report: the work
+    folder they are in goes with the run."""
+    for log in sorted(logs.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        (output / f"{log.stem}.tail.log").write_text("\n".join(lines) + "\n")
+
+
 def _in_kit(args: argparse.Namespace, argv: list[str], work: Path, started: float) -> int:
     """The check again, under the kit's environment, with the time left."""
     environment = kit_environment(args.wheels, work)
@@ -74,10 +85,11 @@ def _in_kit(args: argparse.Namespace, argv: list[str], work: Path, started: floa
     child = subprocess.Popen(again)
     try:
         return child.wait()
-    except Stopped:  # passed on, so the child's own cleanup runs
-        child.terminate()
-        child.wait(120)
-        return 143
+    except Stopped:
+        # Passed on (a child already stopping ignores it), so the child's own cleanup runs
+        # and writes its report; its exit code is the run's.
+        child.send_signal(signal.SIGINT)
+        return child.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,18 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"GPU check on {report['device']['device']}: {json.dumps(report['versions'])}")
         results = Results(args.output, report, started, args.deadline_s)
-        report["preflight"] = preflight(scale, args.stub_python)
+        try:
+            report["preflight"] = preflight(scale, args.stub_python)
+        except Exception as error:  # noqa: BLE001 - the check goes on without its verdicts
+            report["preflight"] = {"error": f"{type(error).__name__}: {error}"}
         print(f"preflight: {json.dumps(report['preflight'])}", flush=True)
         results.arm_deadline()
         try:
             measure(scale, work, results, args.stub_python)
         except Stopped as stopped:
             results.disarm_deadline()
+            # What was measured is judged, whatever was cut short.
+            report["targets"] = targets(results.rows, scale, report)
             results.skip_the_rest(planned_steps(scale), str(stopped))
             print(f"stopped ({stopped}); every process it started is stopped", file=sys.stderr)
             return 1 if isinstance(stopped, DeadlineReached) else 143
         finally:
             results.disarm_deadline()
+            keep_log_tails(work / "server", args.output)
             results.write()
     print(markdown(report))
     print(f"wrote {args.output / 'results.json'} and {args.output / 'results.md'}")

@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,11 +25,17 @@ from typing import Any
 from gpucheck.scale import ROOT, SOURCES, Scale
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT: unwinds through every ``finally`` so nothing is left running."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT: unwinds through every ``finally`` so nothing is left running. A
+    ``BaseException``, so no library's ``except Exception`` (torch's compiler wraps what it
+    catches, model loaders retry) swallows it and the run overruns its limit."""
 
 
 def _stop(signum: int, _frame: Any) -> None:
+    # One stop: a second signal (a process group's, then a parent's) must not cut the
+    # cleanup short that this one starts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Stopped(f"signal {signum}")
 
 

@@ -66,10 +66,10 @@ def server_settings(scale: Scale, stub_python: str = "") -> dict[str, str]:
     return settings
 
 
-def encoder_instances(work: Path, model: str) -> int:
-    """The instances of ``model``'s encoder, as its built configuration gives them (0: no
-    such configuration)."""
-    path = work / "model_repository" / f"{model}__encoder" / "config.pbtxt"
+def instances_of(work: Path, model: str, stage: str = "encoder") -> int:
+    """The instances of ``model``'s encoder (or tokenizer), as its built configuration gives
+    them (0: no such configuration)."""
+    path = work / "model_repository" / f"{model}__{stage}" / "config.pbtxt"
     config = path.read_text() if path.is_file() else ""
     return sum(int(count) for count in re.findall(r"\bcount: (\d+)", config))
 
@@ -82,6 +82,7 @@ def large_call(
     results: Results,
     facts: dict[str, Any],
     scale: Scale,
+    work: Path,
 ) -> None:
     """The large call's row, and the server's stages during it: with every request of the
     call queued, how idle the encoder's instances stay while each plans and pads on CPU."""
@@ -92,7 +93,7 @@ def large_call(
     results.rows += [row_of(r, "large") for r in interleave([case], scale.rounds)]
     wall_s = time.monotonic() - began
     after = triton_statistics(server.triton_grpc)
-    instances = {"encoder": results.report["encoder_instances"].get(model, 1)}
+    instances = {stage: instances_of(work, model, stage) for stage in ("tokenizer", "encoder")}
     facts["stages_large_call"] = stage_times(before, after, model, wall_s, instances)
 
 
@@ -106,7 +107,7 @@ def planned_steps(scale: Scale) -> list[str]:
     for shape in scale.shapes:
         steps += [f"{shape.name}: {part}" for part in MODEL_STEPS]
     steps.append(f"{models.other_instances(scale)[0]}: large call")
-    return [*steps, f"{CAUSAL}: shared prompt", f"{VISION}: pages", "compile", "targets"]
+    return [*steps, f"{CAUSAL}: shared prompt", f"{VISION}: pages", "targets", "compile"]
 
 
 def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -> None:
@@ -130,7 +131,7 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
             checkpoints[name] = build(scale, work)
             print(f"{elapsed()} built {name}", flush=True)
             # What the GPU figures were measured with: each encoder's instance count.
-            report.setdefault("encoder_instances", {})[name] = encoder_instances(work, name)
+            report.setdefault("encoder_instances", {})[name] = instances_of(work, name)
     tflops = 0.0
     with results.step("gemm"):
         tflops = report["gemm_tflops"] = gemm_tflops(scale)
@@ -225,7 +226,7 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
                 results.rows += found
                 facts["stages_workload_a"] = stage_times(before, after, model)
             with results.step(f"{model}: large call"):
-                large_call(model, served(large), len(large), server, results, facts, scale)
+                large_call(model, served(large), len(large), server, results, facts, scale, work)
             with results.step(f"{model}: small callers"):
                 case = Case(
                     "this server", model, "small", scale.small_callers, served(small), len(small)
@@ -241,7 +242,7 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
             with results.step(f"{variant}: large call"):
                 facts = report["models"].setdefault(variant, {})
                 ranks = functools.partial(client.rank, QUERY, large, model=variant)
-                large_call(variant, ranks, len(large), server, results, facts, scale)
+                large_call(variant, ranks, len(large), server, results, facts, scale, work)
         if client is None or CAUSAL not in checkpoints:
             results.skip(f"{CAUSAL}: shared prompt", _missing(CAUSAL, checkpoints))
         else:
@@ -262,6 +263,10 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
     if sampler is not None:
         report["gpu_memory_peak_mib"] = sampler.peak_mib
         report["gpu_memory_baseline_mib"] = sampler.baseline_mib
+    # The targets need nothing of the compile check: judged before it, they survive its
+    # being cut short.
+    with results.step("targets"):
+        report["targets"] = targets(results.rows, scale, report)
     first = scale.shapes[0].name
     # Last, as it may take longest: its modes run while the deadline leaves time for them.
     budget_s = min(COMPILE_BUDGET_S, results.time_left() - COMPILE_MARGIN_S)
@@ -271,5 +276,3 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
         with results.step("compile"):
             print(f"{elapsed()} torch.compile check", flush=True)
             report["compile"] = compile_check(checkpoints[first], scale, budget_s=budget_s)
-    with results.step("targets"):
-        report["targets"] = targets(results.rows, scale, report)

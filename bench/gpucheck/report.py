@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,8 @@ from gpucheck.machine import Stopped
 from gpucheck.rows import Row
 from gpucheck.scale import CAUSAL, VISION, Scale
 
+DEADLINE_REACHED = "the run's deadline is reached"
+
 
 class DeadlineReached(Stopped):
     """The run's ``--deadline-s`` is spent: the step in progress is cut short, the steps not
@@ -25,7 +28,9 @@ class DeadlineReached(Stopped):
 
 
 def _deadline_reached(_signum: int, _frame: Any) -> None:
-    raise DeadlineReached("the run's deadline is reached")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise DeadlineReached(DEADLINE_REACHED)
 
 
 class Results:
@@ -67,6 +72,8 @@ class Results:
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
+        if self.time_left() <= 0:  # the alarm came while no step ran
+            raise DeadlineReached(DEADLINE_REACHED)
         started = time.monotonic()
         entry: dict[str, Any] = {"ok": True}
         try:
@@ -105,8 +112,14 @@ class Results:
     def write(self) -> None:
         self.report["rows"] = [asdict(r) for r in self.rows]
         self.report["wall_s"] = time.monotonic() - self._started
-        (self.output / "results.json").write_text(json.dumps(self.report, indent=2) + "\n")
-        (self.output / "results.md").write_text(markdown(self.report))
+        # Whole or not at all: a stop while writing leaves the last complete report.
+        for name, text in (
+            ("results.json", json.dumps(self.report, indent=2) + "\n"),
+            ("results.md", markdown(self.report)),
+        ):
+            partial = self.output / f".{name}.partial"
+            partial.write_text(text)
+            os.replace(partial, self.output / name)
 
 
 def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[str, Any]]:

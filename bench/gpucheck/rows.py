@@ -164,13 +164,17 @@ def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, 
 
     if scale.device != "gpu":
         return {"skipped": "on CPU"}
-    shapes = [(64, 128), (32, 256)]
+    # Two served batch shapes, and one row alone (a one-document call's shape).
+    shapes = [(64, 128), (32, 256), (1, 128)]
     results: dict[str, Any] = {}
     started = time.monotonic()
+    last_mode_s = 0.0
     for mode in (Compile.EAGER, Compile.DEFAULT, Compile.REDUCE_OVERHEAD):
-        if time.monotonic() - started > budget_s:
+        # A mode begins only where one as long as the last fits in what is left.
+        if time.monotonic() - started + last_mode_s > budget_s:
             results[mode.value] = "skipped: over the time budget"
             continue
+        mode_started = time.monotonic()
         runner = TorchRunner(
             checkpoint,
             bi_encoder=False,
@@ -199,6 +203,7 @@ def compile_check(checkpoint: Path, scale: Scale, budget_s: float) -> dict[str, 
             measured[f"{rows}x{length} rows/s"] = 20 * rows / (time.perf_counter() - start)
         results[mode.value] = measured
         del runner
+        last_mode_s = time.monotonic() - mode_started
     return results
 
 

@@ -55,6 +55,9 @@ def test_the_gpu_check_runs_under_the_images_versions_and_leaves_nothing_running
     assert found["versions"]["numpy"].startswith("2.") and found["stub_numpy"] == "1.26.4"
     assert found["versions"]["torch"].startswith("2.11.") and report["kit"]["python"]
     table = (output / "results.md").read_text()
+    # The servers' logs end with the run's work folder: their tails are kept beside it.
+    assert "SERVING" in (output / "reranker.tail.log").read_text()
+    assert (output / "tritonserver.tail.log").stat().st_size > 0
     assert report["device"]["device"].startswith("CPU")
     for model in ("minilm-l6",):
         parity = report["models"][model]["parity"]["fp32 reference"]

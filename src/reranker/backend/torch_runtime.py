@@ -23,8 +23,9 @@ from reranker.contract.parameters import TorchCompile
 
 # The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
 # Served shapes (rows, length) a compiled model runs at load: the second differs from the
-# first in both, so the one recompilation with symbolic shapes happens then.
-_COMPILE_WARM_UP_SHAPES = ((16, 128), (32, 64))
+# first in both, so the one recompilation with symbolic shapes happens then; a single row
+# (torch specializes a dimension of 1) gets its own graph at load too.
+_COMPILE_WARM_UP_SHAPES = ((16, 128), (32, 64), (1, 64))
 
 TORCH_DTYPES = {
     Precision.FP32: torch.float32,
