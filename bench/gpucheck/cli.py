@@ -93,10 +93,24 @@ def _in_kit(args: argparse.Namespace, argv: list[str], work: Path, started: floa
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The run, its signal handling in place for its length only: a stop ignores later
+    signals through its cleanup, and processes started after the run (a caller's, when it is
+    called in-process) must not inherit that."""
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+    previous = {sig: signal.getsignal(sig) for sig in handled}
+    try:
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        return _run(argv)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None) -> int:
     args = _arguments(argv)
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     scale = {(False, "gpu"): GPU, (True, "gpu"): DRY_RUN}.get((args.cpu, args.scale), GPU)
     if args.cpu and args.scale != "gpu":
         scale = CPU

@@ -5,6 +5,7 @@ report, every step not run carrying the reason."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -142,10 +143,14 @@ def test_the_deadline_cuts_a_step_short_and_the_report_names_every_step_not_run(
             reached.append("past the deadline")
 
     monkeypatch.setattr(cli, "measure", measuring)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     code = cli.main([str(tmp_path / "out"), "--cpu", "--deadline-s", "3"])
     assert time.monotonic() - started < 25
     assert code == 1
+    # This process's signal handling is as it was: what it starts next does not inherit a
+    # stop's ignored signals.
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     assert reached == ["bert-base"]
     report = json.loads((tmp_path / "out" / "results.json").read_text())
     steps = report["steps"]
