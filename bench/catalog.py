@@ -142,12 +142,9 @@ def settled_resident(server: Server) -> int:
 
 def tree_pss(server: Server) -> int:
     """The PSS of the server's Triton and all its model processes."""
-    import psutil
+    from tests.launcher import triton_resident_bytes
 
-    (triton,) = [
-        p for p in psutil.Process(server.process.pid).children() if "tritonserver" in p.name()
-    ]
-    return sum(p.memory_full_info().pss for p in [triton, *triton.children(recursive=True)])
+    return triton_resident_bytes(server, proportional=True)
 
 
 async def run_sequence(address: str, calls: list[str]) -> list[tuple[str, bool, float]]:

@@ -159,8 +159,10 @@ def stop_server(server: Server, timeout_s: float = 30.0) -> int:
     return server.process.returncode
 
 
-def triton_resident_bytes(server: Server) -> int:
-    """Resident memory of the server's Triton and all its model processes (0: none runs)."""
+def triton_resident_bytes(server: Server, proportional: bool = False) -> int:
+    """Resident memory of the server's Triton and all its model processes (0: none runs):
+    RSS, or with ``proportional`` PSS (a page shared by several processes counted once in
+    all, split among them)."""
     import psutil
 
     with contextlib.suppress(psutil.NoSuchProcess):
@@ -170,6 +172,10 @@ def triton_resident_bytes(server: Server) -> int:
             total = 0
             for process in [tritons[0], *tritons[0].children(recursive=True)]:
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    total += process.memory_info().rss
+                    total += (
+                        process.memory_full_info().pss
+                        if proportional
+                        else process.memory_info().rss
+                    )
             return total
     return 0

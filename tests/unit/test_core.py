@@ -54,8 +54,9 @@ class FakeScorer:
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
     load_gate: asyncio.Event | None = None
-    # Models whose folder left the repository.
+    # Models whose folder left the repository, and how often the repository was read.
     removed: set[str] = field(default_factory=set)
+    repository_reads: int = 0
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
@@ -65,6 +66,7 @@ class FakeScorer:
         return self.served
 
     async def repository_models(self) -> list[str]:
+        self.repository_reads += 1
         return sorted({*self.served, *self.unloaded} - self.removed)
 
     def describe_unloaded(self, name: str) -> ServedModel | None:
@@ -499,3 +501,14 @@ def test_the_version_is_read_from_pyproject_where_the_tree_is_not_installed(
     monkeypatch.setattr(importlib.metadata, "version", missing)
     pyproject = Path(__file__).parents[2] / "pyproject.toml"
     assert core._package_version() == tomllib.loads(pyproject.read_text())["project"]["version"]
+
+
+async def test_server_info_reads_the_repository_only_where_the_models_are_shown() -> None:
+    core, scorer = core_with(default_model="cross")
+    info = await core.server_info()
+    assert scorer.repository_reads == 1
+    assert info.model_id == "cross" and set(info.models) == {"cross", "bi"}
+    # tei.v1.Info has no field for the catalog: nothing is read for it.
+    bare = await core.server_info(with_models=False)
+    assert scorer.repository_reads == 1 and bare.models == {}
+    assert (bare.model_id, bare.max_input_length) == (info.model_id, info.max_input_length)

@@ -89,7 +89,7 @@ class ServerInfo:
     max_input_length: int
     max_client_batch_size: int
     max_concurrent_requests: int
-    # Every model of the catalog with its state, by name.
+    # Every model of the catalog with its state, by name (empty where not asked for).
     models: dict[str, ModelState]
     version: str = SERVER_VERSION
 
@@ -191,7 +191,9 @@ class RankCore:
         ]
         return ModelListing(models=listed, default=self.default_model())
 
-    async def server_info(self) -> ServerInfo:
+    async def server_info(self, with_models: bool = True) -> ServerInfo:
+        """The default model and limits; with every catalog model's state where asked (a read
+        of the repository's index, which ``tei.v1.Info`` has no field for)."""
         model = await self.model("")
         return ServerInfo(
             model_id=model.name,
@@ -199,7 +201,7 @@ class RankCore:
             max_input_length=model.max_length,
             max_client_batch_size=self.limits.max_documents,
             max_concurrent_requests=self.budget.limit,
-            models=await self.catalog.states(),
+            models=await self.catalog.states() if with_models else {},
         )
 
     async def rank(self, call: RankCall, timeout_s: float) -> RankOutcome:

@@ -103,7 +103,7 @@ class InfoServicer(CoreServicer, tei_grpc.InfoServicer):
     async def Info(
         self, request: tei.InfoRequest, context: grpc.aio.ServicerContext
     ) -> tei.InfoResponse:
-        info = await self._core.server_info()
+        info = await self._core.server_info(with_models=False)
         return tei.InfoResponse(
             version=info.version,
             model_id=info.model_id,
