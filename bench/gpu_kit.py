@@ -76,21 +76,16 @@ def download(pins: list[str], folder: Path, python_version: str) -> list[Path]:
     return sorted(folder.glob("*.whl"))
 
 
-def slim_triton(unpacked: Path, python_version: str) -> list[str]:
-    """Removes the other Pythons' stubs and the libpython only one of them links; returns
-    what it removed."""
-    removed = []
+def slim_triton(unpacked: Path, python_version: str) -> None:
+    """Removes the other Pythons' stubs and the libpython only one of them links."""
     for stub in sorted((unpacked / STUBS).iterdir()):
         if stub.name != python_version:
             shutil.rmtree(stub)
-            removed.append(f"stub {stub.name}")
     minor = python_version.split(".")[1]
     for library in sorted(unpacked.glob("nvidia_pytriton.libs/libpython3-*")):
         match = _BUNDLED_LIBPYTHON.match(library.name)
         if match is not None and match.group(1) != minor:
             library.unlink()
-            removed.append(library.name)
-    return removed
 
 
 def slim_numpy(unpacked: Path) -> None:
@@ -135,7 +130,7 @@ def make_kit(output: Path, python_version: str, preset: XzPreset = 6) -> dict[st
     wheels = download(pinned(WHEELS), output / "wheels", python_version)
     fallback = download(pinned(FALLBACK), output / "fallback", python_version)
     with tempfile.TemporaryDirectory() as scratch:
-        (triton,) = download([f"{TRITON}=={version(TRITON)}"], Path(scratch) / "t", python_version)
+        (triton,) = download(pinned((TRITON,)), Path(scratch) / "t", python_version)
         pack(
             triton,
             output / TRITON_ARCHIVE,

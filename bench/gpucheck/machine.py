@@ -31,11 +31,15 @@ class Stopped(BaseException):
     catches, model loaders retry) swallows it and the run overruns its limit."""
 
 
-def _stop(signum: int, _frame: Any) -> None:
-    # One stop: a second signal (a process group's, then a parent's) must not cut the
-    # cleanup short that this one starts.
+def ignore_further_signals() -> None:
+    """One stop: a second signal (a process group's, then a parent's) must not cut short the
+    cleanup that the first starts."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    ignore_further_signals()
     raise Stopped(f"signal {signum}")
 
 
@@ -91,9 +95,9 @@ def kit_environment(kit: Path, work: Path) -> KitEnvironment:
     second through the rank service's ``triton_python``."""
     from gpu_kit import LIMIT_BYTES, MANIFEST, kit_size, unzip
 
-    manifest = json.loads((kit / MANIFEST).read_text()) if (kit / MANIFEST).is_file() else None
-    if manifest is None:
+    if not (kit / MANIFEST).is_file():
         raise SystemExit(f"error: {kit} holds no {MANIFEST} (make gpu-kit makes the kit)")
+    manifest = json.loads((kit / MANIFEST).read_text())
     if manifest["python"] != f"{sys.version_info.major}.{sys.version_info.minor}":
         raise SystemExit(
             f"error: the kit is for Python {manifest['python']}, this is "
@@ -222,9 +226,11 @@ def outdated(kit: Path | None) -> dict[str, str]:
 def check_versions(kit: Path | None) -> None:
     """Refuses, before installing anything, a machine whose protobuf or grpcio is older than
     the generated code needs, where the kit does not bring a newer one."""
+    from gpu_kit import MANIFEST
+
     problems = outdated(kit)
     if kit is not None:
-        carried = json.loads((kit / "kit.json").read_text()).get("fallback", {})
+        carried = json.loads((kit / MANIFEST).read_text()).get("fallback", {})
         problems = {name: problem for name, problem in problems.items() if name not in carried}
     if problems:
         raise SystemExit(

@@ -24,14 +24,6 @@ def vision_shm_bytes(scale: Scale) -> int:
     return 2 * scale.vision_pages * width * height * _PIXEL_VALUE_BYTES
 
 
-def stub_binary() -> Path:
-    """The Python-backend stub Triton will run for this interpreter."""
-    from reranker.service.triton_server import triton_home
-
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return triton_home() / "python_backend_stubs" / version / "triton_python_backend_stub"
-
-
 def unresolved_libraries(binary: Path, environment: dict[str, str]) -> list[str]:
     """The shared libraries ``binary`` links that the loader cannot find under
     ``environment`` (``ldd``'s "not found" lines)."""
@@ -54,11 +46,11 @@ def stub_numpy(stub_python: str) -> str:
 
 def preflight(scale: Scale, stub_python: str) -> dict[str, Any]:
     """What was found, and ``cannot_run``: step or model name -> why not."""
-    from reranker.service.triton_server import TritonServer
+    from reranker.service.triton_server import TritonServer, stub_path
 
     found: dict[str, Any] = {"versions": versions(), "stub_numpy": stub_numpy(stub_python)}
     cannot_run: dict[str, str] = {}
-    stub = stub_binary()
+    stub = stub_path()
     if not stub.is_file():
         cannot_run["server"] = f"Triton has no Python-backend stub for this Python ({stub})"
     elif shutil.which("ldd") is not None:

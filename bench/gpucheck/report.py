@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpucheck.machine import Stopped
+from gpucheck.machine import Stopped, ignore_further_signals
 from gpucheck.rows import Row
 from gpucheck.scale import CAUSAL, VISION, Scale
 
@@ -28,8 +28,7 @@ class DeadlineReached(Stopped):
 
 
 def _deadline_reached(_signum: int, _frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_further_signals()
     raise DeadlineReached(DEADLINE_REACHED)
 
 
@@ -91,18 +90,14 @@ class Results:
             self.write()
 
     def skip(self, name: str, reason: str) -> None:
-        self.report["steps"][name] = {"ok": False, "error": f"skipped: {reason}", "seconds": 0.0}
-        self.write()
+        self.skip_the_rest([name], reason)
 
     def skip_the_rest(self, planned: Sequence[str], reason: str) -> None:
         """Every planned step that has not run, recorded as skipped for ``reason``."""
         for name in planned:
-            if name not in self.report["steps"]:
-                self.report["steps"][name] = {
-                    "ok": False,
-                    "error": f"skipped: {reason}",
-                    "seconds": 0.0,
-                }
+            self.report["steps"].setdefault(
+                name, {"ok": False, "error": f"skipped: {reason}", "seconds": 0.0}
+            )
         self.write()
 
     @property

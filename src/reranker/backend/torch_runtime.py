@@ -21,12 +21,12 @@ from reranker.backend.scorers import PairCosineScorer, relevance_scorer
 from reranker.contract.model import Precision
 from reranker.contract.parameters import TorchCompile
 
-# The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
 # Served shapes (rows, length) a compiled model runs at load: the second differs from the
 # first in both, so the one recompilation with symbolic shapes happens then; a single row
 # (torch specializes a dimension of 1) gets its own graph at load too.
 _COMPILE_WARM_UP_SHAPES = ((16, 128), (32, 64), (1, 64))
 
+# The precisions the PyTorch runtime serves (contract.parameters.TORCH_PRECISIONS).
 TORCH_DTYPES = {
     Precision.FP32: torch.float32,
     Precision.FP16: torch.float16,
@@ -128,8 +128,8 @@ class TorchRunner:
     def _warm_up(self) -> None:
         """One small forward at load: a CUDA setup that cannot run the model (a runtime the
         driver does not support, say) fails the model's load instead of its first request.
-        A compiled model also runs two served shapes, so both its compilations (static, then
-        dynamic) happen at load rather than in the first calls."""
+        A compiled model also runs served shapes, so its compilations (static, then dynamic,
+        and a single row's) happen at load rather than in the first calls."""
         shapes = [(1, 8), *(_COMPILE_WARM_UP_SHAPES if self._compiled else [])]
         for rows, length in shapes:
             feeds = {name: np.zeros((rows, length), dtype=np.int64) for name in self._inputs}

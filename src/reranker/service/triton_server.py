@@ -42,16 +42,21 @@ def triton_home() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
+def stub_path() -> Path:
+    """The wheel's Python-backend stub for this interpreter's Python version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return triton_home() / "python_backend_stubs" / version / "triton_python_backend_stub"
+
+
 def assemble_backends(target: Path) -> Path:
     """Creates ``target/python`` with the Python backend and the stub for this interpreter."""
     home = triton_home()
     python_backend = target / "python"
     python_backend.mkdir(parents=True, exist_ok=True)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
     sources = [
         home / "backends" / "python" / "libtriton_python.so",
         home / "backends" / "python" / "triton_python_backend_utils.py",
-        home / "python_backend_stubs" / version / "triton_python_backend_stub",
+        stub_path(),
     ]
     for source in sources:
         if not source.exists():
