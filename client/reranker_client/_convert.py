@@ -64,7 +64,7 @@ class ModelInfo:
 
     Attributes:
         name: Name to pass as ``model=``.
-        kind: ``"cross-encoder"``, ``"bi-encoder"`` or ``"causal-lm"``.
+        kind: ``"cross-encoder"``, ``"bi-encoder"``, ``"causal-lm"`` or ``"late-interaction"``.
         max_length: Longest input, in tokens, the model reads.
         is_default: Whether it is used when no model is named.
         architecture: The checkpoint's architecture name.
@@ -98,6 +98,7 @@ _KIND_NAMES = {
     pb.MODEL_KIND_CROSS_ENCODER: "cross-encoder",
     pb.MODEL_KIND_BI_ENCODER: "bi-encoder",
     pb.MODEL_KIND_CAUSAL_LM: "causal-lm",
+    pb.MODEL_KIND_LATE_INTERACTION: "late-interaction",
 }
 
 

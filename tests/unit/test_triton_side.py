@@ -62,6 +62,9 @@ def _site(tmp_path: Path, packages: tuple[str, ...]) -> Path:
         # A vision-language reranker's tokenizer model: the processor itself is imported at
         # load, from the image that serves it.
         ("reranker.backend.models.processor", ("numpy", "PIL")),
+        # A late-interaction reranker's: its encoder imports ONNX Runtime at load.
+        ("reranker.backend.models.late_tokenizer", ("numpy", "tokenizers")),
+        ("reranker.backend.models.late_encoder", ("numpy", "tokenizers")),
     ],
 )
 def test_a_triton_model_imports_with_only_its_runtime_packages(

@@ -124,7 +124,7 @@ class PairTokenizer:
     def __init__(self, tokenizer: Tokenizer, config: PairTokenizerConfig) -> None:
         """Takes ``tokenizer`` over: its padding and truncation are turned off."""
         self._config = config
-        self.pad_id = _pad_token_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self._encoder = tokenizer
         self._encoder.no_padding()
         self._encoder.no_truncation()
@@ -251,7 +251,7 @@ class PairTokenizer:
         }
 
 
-def _pad_token_id(tokenizer: Tokenizer) -> int:
+def pad_token_id(tokenizer: Tokenizer) -> int:
     if tokenizer.padding is not None:
         return int(tokenizer.padding["pad_id"])
     for token in ("[PAD]", "<pad>", "<PAD>"):

@@ -34,6 +34,7 @@ from reranker.builder.install import (
     install_checkpoint,
     pair_tokenizer,
 )
+from reranker.builder.late_interaction import build_late_interaction, is_late_interaction
 from reranker.builder.sharing import keep_private, share_tokenizer
 from reranker.builder.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, ModelKind, Precision, Runtime, ServedModel
@@ -53,6 +54,10 @@ _HUB_FILES = (
     "processor_config.json",
     "preprocessor_config.json",
     "video_preprocessor_config.json",
+    # Late-interaction (ColBERT) rerankers: what MultiVectorEncoder reads besides the backbone.
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "artifact.metadata",
 )
 
 
@@ -308,6 +313,12 @@ def hub_patterns(model_id: str, files: set[str], onnx: bool, onnx_file: str) -> 
     or the checkpoint's weights."""
     patterns = [f for f in _HUB_FILES if f in files]
     patterns += [f for f in files if f.endswith("LogitScore/config.json")]
+    # A sentence-transformers module's own folder ("1_Dense/..."): a ColBERT's projection.
+    modules = [f for f in files if "/" in f and f.split("_", 1)[0].isdigit()]
+    late = "artifact.metadata" in files or any("Dense/" in f for f in modules)
+    patterns += modules
+    if late:
+        onnx = False  # MultiVectorEncoder reads the weights; the build exports its own graph
     if onnx and f"onnx/{onnx_file}" in files:
         return [*patterns, f"onnx/{onnx_file}", f"onnx/{onnx_file}_data"]
     if onnx and onnx_file != DEFAULT_ONNX_FILE:
@@ -356,6 +367,8 @@ def _build(
         )
     if not path.is_dir():
         raise BuildError(f"{source} is not a directory")
+    if is_late_interaction(path):
+        return build_late_interaction(path, options, repository)
     if options.onnx_file != DEFAULT_ONNX_FILE and _onnx_file(path, options.onnx_file) is None:
         exports = sorted(p.name for p in (*path.glob("*.onnx"), *path.glob("onnx/*.onnx")))
         raise BuildError(f"{source} holds no {options.onnx_file}; it has {exports}")

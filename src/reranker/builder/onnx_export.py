@@ -26,14 +26,15 @@ def export_module(
     output: str,
     path: Path,
     axes: dict[str, dict[int, str]] | None = None,
+    output_axes: dict[int, str] | None = None,
 ) -> None:
     """Exports ``module`` (its ``forward`` takes ``inputs`` positionally, in their order) with
-    one output named ``output``, ``[batch, 1]``. Every input's axes are dynamic: ``axes``
-    names them, by default batch and sequence."""
+    one output named ``output``, by default ``[batch, 1]``. Every input's axes are dynamic:
+    ``axes`` names them, by default batch and sequence; ``output_axes`` the output's."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(inputs)
     axes = {name: {0: "batch", 1: "sequence"} for name in names} | (axes or {})
-    axes[output] = {0: "batch"}
+    axes[output] = output_axes or {0: "batch"}
     # The legacy exporter: its graphs quantize with ONNX Runtime; the dynamo one's do not.
     torch.onnx.export(
         module,

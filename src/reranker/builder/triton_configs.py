@@ -32,6 +32,7 @@ from reranker.contract.parameters import (
 from reranker.contract.tensors import (
     DOCUMENT,
     IMAGE_INPUTS,
+    LATE_TOKEN_TENSORS,
     PIXEL_VALUES,
     QUERY,
     SCORE,
@@ -119,17 +120,22 @@ class TritonTuning:
     torch_compile: TorchCompile = option(
         TorchCompile.EAGER, "PyTorch encoder: eager, default or reduce-overhead (torch.compile)"
     )
+    document_cache_mb: int = option(
+        0,
+        "late-interaction rerankers: MiB of document vectors each encoder instance keeps, "
+        "least recently used out first (0: off); a document seen before skips the encoder",
+    )
 
 
 DEFAULT_TUNING = TritonTuning()
 
 
-def _parameters(config: mc.ModelConfig, values: object) -> None:
+def set_parameters(config: mc.ModelConfig, values: object) -> None:
     for key, value in to_parameters(values).items():
         config.parameters[key].string_value = value
 
 
-def _string_inputs(config: mc.ModelConfig, model: ServedModel) -> None:
+def string_inputs(config: mc.ModelConfig, model: ServedModel) -> None:
     for name in _row_inputs(model):
         config.input.add(name=name, data_type=mc.TYPE_STRING, dims=[1])
 
@@ -139,8 +145,10 @@ def _row_inputs(model: ServedModel) -> tuple[str, ...]:
     return (QUERY, DOCUMENT, *IMAGE_INPUTS) if model.takes_images else (QUERY, DOCUMENT)
 
 
-def _encoder_inputs(model: ServedModel) -> list[tuple[str, int]]:
+def encoder_inputs(model: ServedModel) -> list[tuple[str, int]]:
     """What the tokenizer model hands the encoder, with its data type."""
+    if model.kind is ModelKind.LATE_INTERACTION:
+        return [(name, mc.TYPE_INT64) for name in LATE_TOKEN_TENSORS]
     if model.takes_images:
         return [(name, mc.TYPE_INT64) for name in VISION_TOKEN_TENSORS] + [
             (PIXEL_VALUES, mc.TYPE_FP32)
@@ -148,7 +156,7 @@ def _encoder_inputs(model: ServedModel) -> list[tuple[str, int]]:
     return [(name, mc.TYPE_INT64) for name in model.token_inputs]
 
 
-def _dynamic_batching(config: mc.ModelConfig, queue_delay_us: int) -> None:
+def dynamic_batching(config: mc.ModelConfig, queue_delay_us: int) -> None:
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = queue_delay_us
     # No ``default_queue_policy``: with one (a queue size, per-request timeouts) Triton 2.51's
@@ -160,19 +168,19 @@ def _dynamic_batching(config: mc.ModelConfig, queue_delay_us: int) -> None:
 def tokenizer_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.tokenizer_model, backend="python")
     config.max_batch_size = model.max_batch_size
-    _string_inputs(config, model)
-    for name, data_type in _encoder_inputs(model):
+    string_inputs(config, model)
+    for name, data_type in encoder_inputs(model):
         config.output.add(name=name, data_type=data_type, dims=[-1])
     config.output.add(name=TOKENS, data_type=mc.TYPE_INT32, dims=[1])
     instances = (
         tuning.gpu_tokenizer_instances if model.device is Device.GPU else tuning.tokenizer_instances
     )
     config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-    _dynamic_batching(config, tuning.tokenizer_queue_delay_us)
+    dynamic_batching(config, tuning.tokenizer_queue_delay_us)
     if model.takes_images:
-        _parameters(config, ProcessorParameters(max_length=model.max_length))
+        set_parameters(config, ProcessorParameters(max_length=model.max_length))
         return config
-    _parameters(
+    set_parameters(
         config,
         TokenizerParameters(
             max_length=model.max_length,
@@ -199,12 +207,12 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
         return gpu_encoder_config(model, tuning)
     if model.runtime is Runtime.TORCH:
         return torch_encoder_config(model, tuning)
-    config = _python_encoder(
+    config = python_encoder(
         model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning.encoder_instances
     )
-    _dynamic_batching(config, tuning.encoder_queue_delay_us)
+    dynamic_batching(config, tuning.encoder_queue_delay_us)
     runtime, precision_hint = cpu_runtime(model.precision)
-    _parameters(
+    set_parameters(
         config,
         GraphEncoderParameters(
             runtime=runtime,
@@ -219,12 +227,12 @@ def encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) ->
     return config
 
 
-def _python_encoder(
+def python_encoder(
     model: ServedModel, max_batch_size: int, kind: int, instances: int
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.encoder_model, backend="python")
     config.max_batch_size = max_batch_size
-    for name, data_type in _encoder_inputs(model):
+    for name, data_type in encoder_inputs(model):
         # Ragged: requests padded to different lengths still merge into one execution.
         config.input.add(name=name, data_type=data_type, dims=[-1], allow_ragged_batch=True)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
@@ -241,20 +249,20 @@ def torch_encoder_config(
     instance (the backend tells it its device) merging several callers' requests into large
     ragged executions; on CPU, the CPU encoder's batching in fp32."""
     gpu = model.device is Device.GPU
-    config = _python_encoder(
+    config = python_encoder(
         model,
         max(model.max_batch_size, tuning.torch_gpu_max_batch_size) if gpu else model.max_batch_size,
         mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
         tuning.torch_gpu_encoder_instances if gpu else tuning.encoder_instances,
     )
-    _dynamic_batching(
+    dynamic_batching(
         config, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
     )
     if gpu:
         config.dynamic_batching.preferred_batch_size.extend(
             b for b in (64, 128, 256, 512) if b <= config.max_batch_size
         )
-    _parameters(
+    set_parameters(
         config,
         TorchEncoderParameters(
             runtime=Runtime.TORCH,
@@ -294,7 +302,7 @@ def gpu_encoder_config(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING
     config.instance_group.add(
         count=tuning.encoder_instances, kind=mc.ModelInstanceGroup.KIND_GPU, gpus=[0]
     )
-    _dynamic_batching(config, tuning.gpu_queue_delay_us)
+    dynamic_batching(config, tuning.gpu_queue_delay_us)
     config.dynamic_batching.preferred_batch_size.extend(
         b for b in GPU_PREFERRED_BATCH_SIZES if b <= model.max_batch_size
     )
@@ -337,7 +345,7 @@ def tensorrt_profile(model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING) 
 def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     config = mc.ModelConfig(name=model.name, platform="ensemble")
     config.max_batch_size = model.max_batch_size
-    _string_inputs(config, model)
+    string_inputs(config, model)
     config.output.add(name=SCORE, data_type=mc.TYPE_FP32, dims=[1])
     config.output.add(name=TOKENS, data_type=mc.TYPE_INT32, dims=[1])
     tokenize = config.ensemble_scheduling.step.add(
@@ -346,10 +354,10 @@ def ensemble_config(model: ServedModel) -> mc.ModelConfig:
     encode = config.ensemble_scheduling.step.add(model_name=model.encoder_model, model_version=-1)
     for name in _row_inputs(model):
         tokenize.input_map[name] = name
-    for name, _ in _encoder_inputs(model):
+    for name, _ in encoder_inputs(model):
         tokenize.output_map[name] = name
         encode.input_map[name] = name
     tokenize.output_map[TOKENS] = TOKENS
     encode.output_map[model.graph_output if model.native_encoder else SCORE] = SCORE
-    _parameters(config, EnsembleParameters.of(model))
+    set_parameters(config, EnsembleParameters.of(model))
     return config

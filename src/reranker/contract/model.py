@@ -38,6 +38,9 @@ class ModelKind(enum.StrEnum):
     BI_ENCODER = "bi-encoder"
     # A causal LM scoring the pair inside its prompt by its relevance tokens' logits.
     CAUSAL_LM = "causal-lm"
+    # Late interaction (ColBERT): query and documents encoded apart into token vectors,
+    # scored by MaxSim.
+    LATE_INTERACTION = "late-interaction"
 
 
 class Device(enum.StrEnum):
@@ -93,6 +96,10 @@ class Scoring(enum.StrEnum):
     LOGIT = "logit"
     COSINE = "cosine"
     LOGIT_DIFF = "logit-diff"
+    # The sum over query tokens of each one's best dot product with a document token (or
+    # that sum over the query's token count): not a probability, never activated.
+    MAXSIM = "maxsim"
+    MEAN_MAXSIM = "mean-maxsim"
 
 
 class PairMode(enum.StrEnum):
@@ -105,6 +112,9 @@ class PairMode(enum.StrEnum):
     # A vision-language reranker: the pair as query and document messages, text or images,
     # rendered by the checkpoint's own processor.
     MESSAGES = "messages"
+    # A late-interaction reranker: query and document tokenized apart, each with its own
+    # prefix and length.
+    APART = "apart"
 
 
 # Fields given as plain strings (a checkpoint's config, a test) become their enum here, so a
@@ -158,6 +168,9 @@ class ServedModel:
     # The tokenizer model its ensemble runs, where that is one it shares with other served
     # models of the same tokenization ("": its own, NAME__tokenizer).
     tokenizer: str = ""
+    # Whether a late-interaction reranker divides MaxSim by the query's scored tokens
+    # (sentence-transformers' "meanmaxsim").
+    mean_maxsim: bool = False
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -183,6 +196,8 @@ class ServedModel:
             return Scoring.COSINE
         if self.kind is ModelKind.CAUSAL_LM:
             return Scoring.LOGIT_DIFF
+        if self.kind is ModelKind.LATE_INTERACTION:
+            return Scoring.MEAN_MAXSIM if self.mean_maxsim else Scoring.MAXSIM
         return Scoring.SIGMOID if self.activation is Activation.SIGMOID else Scoring.LOGIT
 
     @property
@@ -200,6 +215,8 @@ class ServedModel:
     def pair_mode(self) -> PairMode:
         if self.takes_images:
             return PairMode.MESSAGES
+        if self.kind is ModelKind.LATE_INTERACTION:
+            return PairMode.APART
         if self.kind is ModelKind.CAUSAL_LM and self.templated:
             return PairMode.PROMPT
         return PairMode.SEPARATE if self.kind is ModelKind.BI_ENCODER else PairMode.JOINT

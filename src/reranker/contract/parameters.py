@@ -166,6 +166,74 @@ class TorchEncoderParameters(EncoderParameters):
             )
 
 
+class QueryExpansion(enum.StrEnum):
+    """How a late-interaction reranker widens a short query with its expansion token
+    (``[MASK]``), as sentence-transformers' ``query_expansion`` does: not at all, to exactly
+    the width (``fixed``: a longer query is cut to it), or to at least the width (``min``)."""
+
+    NONE = "none"
+    FIXED = "fixed"
+    MIN = "min"
+
+
+@dataclass(frozen=True)
+class LateTokenizerParameters:
+    """A late-interaction reranker's tokenizer model: the query and the document of a row
+    tokenized apart, each with its own prefix and length."""
+
+    # Tokens a query or a document may hold, special tokens and prefix included.
+    query_length: int
+    document_length: int
+    # Characters kept of each text before tokenizing (see tensors.max_chars).
+    max_chars: int
+    query_prefix: str = ""
+    document_prefix: str = ""
+    expansion: QueryExpansion = QueryExpansion.NONE
+    # The width an expanded query reaches.
+    expansion_length: int = 0
+    expansion_token_id: int = 0
+    # Whether the encoder attends to the expansion tokens (MaxSim scores them either way).
+    attend_to_expansion: bool = False
+    # Token ids MaxSim leaves out of documents (and of queries, where ``skiplist_queries``).
+    skiplist_ids: tuple[int, ...] = ()
+    skiplist_queries: bool = False
+    tokenizer_file: str = TOKENIZER_FILE
+    length_buckets: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "query_length", "document_length", "max_chars")
+        _at_least(self, 0, "expansion_length", "expansion_token_id")
+        expanded = self.expansion is not QueryExpansion.NONE
+        if expanded != (self.expansion_length > 0):
+            raise ParameterError("expansion_length is set exactly when queries are expanded")
+        if self.expansion is QueryExpansion.FIXED and self.expansion_length != self.query_length:
+            raise ParameterError("a fixed expansion's length is the query length")
+
+
+# Bytes of query vectors an encoder instance keeps (256 queries of 32 tokens x 128 dims): a
+# call split into several requests encodes its query once.
+QUERY_CACHE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class LateEncoderParameters(EncoderParameters):
+    """A late-interaction reranker's encoder: the ONNX graph (backbone, projection,
+    normalization) run by ONNX Runtime on queries and documents, then MaxSim."""
+
+    onnx_file: str = ONNX_FILE
+    mean_maxsim: bool = False
+    # Bytes of document vectors kept (least recently used first out; 0: no cache).
+    document_cache_bytes: int = 0
+    query_cache_bytes: int = QUERY_CACHE_BYTES
+    intra_op_spin_us: int = INTRA_OP_SPIN_US
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least(self, 0, "document_cache_bytes", "query_cache_bytes", "intra_op_spin_us")
+        if self.runtime is not Runtime.ONNX:
+            raise ParameterError(f"a late-interaction encoder runs onnx, got {self.runtime}")
+
+
 @dataclass(frozen=True)
 class EnsembleParameters:
     """What describes a served model to the rank service, on its ensemble."""
@@ -180,6 +248,7 @@ class EnsembleParameters:
     family: str = ""
     takes_instruction: bool = False
     takes_images: bool = False
+    mean_maxsim: bool = False
 
     @classmethod
     def of(cls, model: ServedModel) -> EnsembleParameters:

@@ -33,6 +33,17 @@ MM_TOKEN_TYPE_IDS = "mm_token_type_ids"
 IMAGE_GRID_THW = "image_grid_thw"
 PIXEL_VALUES = "pixel_values"
 VISION_TOKEN_TENSORS = ("input_ids", "attention_mask", MM_TOKEN_TYPE_IDS, IMAGE_GRID_THW)
+# What a late-interaction (ColBERT) reranker's tokenizer model hands its encoder, one row each:
+# the document as the model reads it and the positions MaxSim scores (its skiplist removed),
+# and the row's query, expanded to its width, with the positions the encoder attends to and
+# those MaxSim scores (the expansion included).
+DOCUMENT_SCORED_MASK = "document_scored_mask"
+QUERY_INPUT_IDS = "query_input_ids"
+QUERY_ATTENTION_MASK = "query_attention_mask"
+QUERY_SCORED_MASK = "query_scored_mask"
+LATE_DOCUMENT_TENSORS = ("input_ids", "attention_mask", DOCUMENT_SCORED_MASK)
+LATE_QUERY_TENSORS = (QUERY_INPUT_IDS, QUERY_ATTENTION_MASK, QUERY_SCORED_MASK)
+LATE_TOKEN_TENSORS = (*LATE_DOCUMENT_TENSORS, *LATE_QUERY_TENSORS)
 
 # Request parameters a rank call's truncation options travel as.
 _PARAM_MAX_DOCUMENT_TOKENS = "max_document_tokens"
@@ -53,6 +64,9 @@ def max_chars(max_tokens: int) -> int:
     return max_tokens * CHARS_PER_TOKEN
 
 
+# What an overflow report says does not fit.
+PAIR, QUERY_PART, DOCUMENT_PART = "pair", "query", "document"
+
 # A refused overflow crosses Triton as error text: this prefix, then the fields as JSON.
 _OVERFLOW_PREFIX = "reranker.overflow "
 
@@ -66,6 +80,9 @@ class OverflowReport:
     limit: int
     # True when the text was clipped before tokenizing: it has more than ``tokens`` tokens.
     clipped: bool
+    # What does not fit: the pair (PAIR), or, for a model that reads them apart (late
+    # interaction), the row's QUERY or its DOCUMENT.
+    part: str = PAIR
 
     def encode(self) -> str:
         return _OVERFLOW_PREFIX + json.dumps(asdict(self), sort_keys=True)
@@ -83,6 +100,7 @@ class OverflowReport:
                 tokens=int(fields["tokens"]),
                 limit=int(fields["limit"]),
                 clipped=bool(fields["clipped"]),
+                part=str(fields.get("part", PAIR)),
             )
         except (ValueError, KeyError, TypeError):
             return None

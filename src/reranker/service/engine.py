@@ -24,9 +24,11 @@ from reranker.contract.model import ServedModel
 from reranker.contract.tensors import (
     DOCUMENT,
     DOCUMENT_IMAGE,
+    DOCUMENT_PART,
     LONGEST_FIRST,
     QUERY,
     QUERY_IMAGE,
+    QUERY_PART,
     SCORE,
     TOKENS,
     OverflowReport,
@@ -215,9 +217,16 @@ def _refused_row(
         return None
     more = "more than " if overflow.clipped else ""
     why = "its images' tokens cannot be cut" if with_images else "truncation is REFUSE"
+    if overflow.part == QUERY_PART:
+        return InvalidArgument(
+            f"the query has {more}{overflow.tokens} tokens; the model reads at most "
+            f"{overflow.limit} query tokens ({why})"
+        )
+    what = " document tokens" if overflow.part == DOCUMENT_PART else ""
+    with_query = "" if what else " with the query"
     return InvalidArgument(
-        f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens "
-        f"with the query; the model reads at most {overflow.limit} ({why})"
+        f"documents[{labels[overflow.row]}] has {more}{overflow.tokens} tokens{with_query}; "
+        f"the model reads at most {overflow.limit}{what} ({why})"
     )
 
 

@@ -73,6 +73,11 @@ def for_model(valid: ValidCall, call: RankCall, model: ServedModel) -> ValidCall
             f"chunking is not offered for causal-LM rerankers ({model.name!r}): their "
             "prompt is cut at the model's max length, the end of a long document first"
         )
+    if chunking is not None and model.kind is ModelKind.LATE_INTERACTION:
+        raise InvalidArgument(
+            f"chunking is not offered for late-interaction rerankers ({model.name!r}): a "
+            "document is read up to the model's document length, as MultiVectorEncoder reads it"
+        )
     if call.instruction:  # an empty one is none, as CrossEncoder's empty prompt is
         options = replace(options, instruction=call.instruction)
     if call.images is not None:

@@ -19,6 +19,7 @@ class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_KIND_CROSS_ENCODER: _ClassVar[ModelKind]
     MODEL_KIND_BI_ENCODER: _ClassVar[ModelKind]
     MODEL_KIND_CAUSAL_LM: _ClassVar[ModelKind]
+    MODEL_KIND_LATE_INTERACTION: _ClassVar[ModelKind]
 
 class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_CROSS_ENCODER: ModelKind
 MODEL_KIND_BI_ENCODER: ModelKind
 MODEL_KIND_CAUSAL_LM: ModelKind
+MODEL_KIND_LATE_INTERACTION: ModelKind
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADED: ModelState
 MODEL_STATE_LOADING: ModelState

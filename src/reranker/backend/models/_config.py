@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
+from reranker.backend.cpu import available_cores, intra_op_threads
 from reranker.contract.parameters import from_parameters
 
 Params = TypeVar("Params")
@@ -38,3 +40,19 @@ class ModelArgs:
 
     def input_names(self) -> list[str]:
         return [item["name"] for item in self.config["input"]]
+
+
+def runtime_threads(model: ModelArgs, configured: int) -> int:
+    """The configured thread count, or (0) an equal share of the cores this process may use
+    now, which follows the host or container the server starts on."""
+    if configured > 0:
+        return configured
+    cores, instances = available_cores(), max(1, model.instances())
+    threads = intra_op_threads(cores, instances)
+    print(
+        f"{model.name}: {instances} instance(s) x {threads} intra-op thread(s) "
+        f"on {cores} available core(s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return threads

@@ -12,6 +12,17 @@ from reranker.backend.batching import split_rows
 from reranker.contract.tensors import TOKENS
 
 
+def request_texts(request: Any, name: str) -> list[str]:
+    array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
+    texts = []
+    for row, value in enumerate(array):
+        try:
+            texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{name} row {row} is not valid UTF-8") from error
+    return texts
+
+
 def with_token_counts(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The tokenizer's tensors and each row's token count (its ``attention_mask`` covers the
     whole row, a shared prompt prefix included)."""

@@ -8,16 +8,14 @@ and split back per request.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.batching import RunCost, micro_batches, pad_batch, pool_rows
-from reranker.backend.cpu import available_cores, intra_op_threads
 from reranker.backend.heap import HeapTrimmer
-from reranker.backend.models._config import ModelArgs
+from reranker.backend.models._config import ModelArgs, runtime_threads
 from reranker.backend.models._responses import score_responses
 from reranker.backend.runtimes import GraphRunner, load_runner
 from reranker.contract.model import ModelKind, Runtime
@@ -28,29 +26,13 @@ from reranker.contract.parameters import (
 )
 
 
-def _threads(model: ModelArgs, configured: int) -> int:
-    """The configured thread count, or (0) an equal share of the cores this process may use
-    now, which follows the host or container the server starts on."""
-    if configured > 0:
-        return configured
-    cores, instances = available_cores(), max(1, model.instances())
-    threads = intra_op_threads(cores, instances)
-    print(
-        f"{model.name}: {instances} instance(s) x {threads} intra-op thread(s) "
-        f"on {cores} available core(s)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return threads
-
-
 def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, EncoderParameters]:
     if model.parameters(EncoderParameters).runtime is not Runtime.TORCH:
         graph = model.parameters(GraphEncoderParameters)
         runner = load_runner(
             model.version_dir / graph.onnx_file,
             graph.runtime,
-            _threads(model, graph.intra_op_threads),
+            runtime_threads(model, graph.intra_op_threads),
             graph.inference_precision,
             graph.intra_op_spin_us,
         )
@@ -70,7 +52,7 @@ def _runner(model: ModelArgs, args: dict[str, str]) -> tuple[GraphRunner, Encode
         input_names=model.input_names(),
         device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
         dtype=torch.torch_dtype,
-        threads=0 if on_gpu else _threads(model, torch.intra_op_threads),
+        threads=0 if on_gpu else runtime_threads(model, torch.intra_op_threads),
         compile_mode=torch.torch_compile,
         relevance=(relevance[0], relevance[1]) if relevance else None,
         shared_prefix=torch.shared_prefix,
@@ -94,7 +76,7 @@ class _VisionLanguageEncoder:
             (relevant, irrelevant),
             device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
             dtype=TORCH_DTYPES[torch.torch_dtype],
-            threads=0 if on_gpu else _threads(model, torch.intra_op_threads),
+            threads=0 if on_gpu else runtime_threads(model, torch.intra_op_threads),
         )
         self._inputs = model.input_names()
         self._max_rows = torch.max_rows_per_run

@@ -10,24 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import triton_python_backend_utils as pb_utils
-
 from reranker.backend.models._config import ModelArgs
-from reranker.backend.models._responses import respond_each, tensor_response, with_token_counts
+from reranker.backend.models._responses import (
+    request_texts,
+    respond_each,
+    tensor_response,
+    with_token_counts,
+)
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.contract.parameters import TokenizerParameters
 from reranker.contract.tensors import DOCUMENT, QUERY, TruncationOptions
-
-
-def _texts(request: Any, name: str) -> list[str]:
-    array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
-    texts = []
-    for row, value in enumerate(array):
-        try:
-            texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{name} row {row} is not valid UTF-8") from error
-    return texts
 
 
 class TritonPythonModel:
@@ -50,8 +42,8 @@ class TritonPythonModel:
         self._outputs = model.output_names()
 
     def _respond(self, request: Any) -> Any:
-        queries = _texts(request, QUERY)
-        documents = _texts(request, DOCUMENT)
+        queries = request_texts(request, QUERY)
+        documents = request_texts(request, DOCUMENT)
         if len(queries) != len(documents):
             raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
         options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))

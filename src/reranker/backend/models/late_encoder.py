@@ -1,0 +1,102 @@
+"""Late-interaction encoder model: the merged rows of every request, each distinct query and
+document encoded once by the ONNX graph (token vectors: backbone, projection, normalization),
+a document seen before taken from the bounded cache when it is on, and one MaxSim score per
+row (``backend.late_interaction``).
+
+The document cache lives in this process (each encoder instance holds its own), bounded by
+``document_cache_bytes``; its hits and misses are counted on Triton's metrics endpoint as
+``reranker_document_cache_hits_total`` and ``reranker_document_cache_misses_total``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from reranker.backend.batching import RunCost
+from reranker.backend.heap import HeapTrimmer
+from reranker.backend.late_interaction import LateScorer, VectorCache
+from reranker.backend.models._config import ModelArgs, runtime_threads
+from reranker.backend.models._responses import score_responses
+from reranker.backend.runtimes import create_session
+from reranker.contract.model import ENCODER_SUFFIX
+from reranker.contract.parameters import LateEncoderParameters
+
+
+class _TokenVectors:
+    """The graph under ONNX Runtime: padded ids and attention in, token vectors out."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._output = session.get_outputs()[0].name
+        self._inputs = {i.name for i in session.get_inputs()}
+
+    def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": attention}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (vectors,) = self._session.run([self._output], feeds)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class _Counter:
+    """A counter on Triton's metrics endpoint, labelled with the served model. Its family
+    lives as long as its metric: Triton refuses a metric whose family is gone."""
+
+    def __init__(self, name: str, description: str, model: str) -> None:
+        self._family = pb_utils.MetricFamily(
+            name=name, description=description, kind=pb_utils.MetricFamily.COUNTER
+        )
+        self._metric = self._family.Metric(labels={"model": model})
+
+    def increment(self, by: int) -> None:
+        if by:
+            self._metric.increment(by)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        model = ModelArgs(args)
+        parameters = model.parameters(LateEncoderParameters)
+        session = create_session(
+            model.version_dir / parameters.onnx_file,
+            runtime_threads(model, parameters.intra_op_threads),
+            parameters.intra_op_spin_us,
+        )
+        cache = parameters.document_cache_bytes
+        self._scorer = LateScorer(
+            _TokenVectors(session),
+            parameters.max_attention_cells,
+            parameters.max_rows_per_run,
+            RunCost(overhead_tokens=parameters.run_overhead_tokens),
+            mean=parameters.mean_maxsim,
+            document_cache=VectorCache(cache) if cache else None,
+            query_cache=VectorCache(parameters.query_cache_bytes),
+        )
+        self._inputs = model.input_names()
+        (self._output,) = model.output_names()
+        self._trim_heap = HeapTrimmer()
+        served = model.name.removesuffix(ENCODER_SUFFIX)
+        self._hits = _Counter(
+            "reranker_document_cache_hits_total", "documents whose vectors were cached", served
+        )
+        self._misses = _Counter(
+            "reranker_document_cache_misses_total", "documents the encoder ran", served
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        tensors = [
+            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self._inputs}
+            for r in requests
+        ]
+        before = (self._scorer.counts.hits, self._scorer.counts.misses)
+
+        def score() -> tuple[np.ndarray, list[int]]:
+            return self._scorer.score(tensors)
+
+        responses = score_responses(requests, self._output, score, self._trim_heap)
+        self._hits.increment(self._scorer.counts.hits - before[0])
+        self._misses.increment(self._scorer.counts.misses - before[1])
+        return responses

@@ -1,0 +1,295 @@
+"""Builds a late-interaction (ColBERT) reranker from what sentence-transformers'
+``MultiVectorEncoder`` loads: a PyLate / sentence-transformers folder
+(``config_sentence_transformers.json`` of model type ``MultiVectorEncoder`` or ``ColBERT``)
+or a Stanford ColBERT checkpoint (``HF_ColBERT``).
+
+``MultiVectorEncoder`` itself reads the checkpoint (its legacy fix-ups included), and the build
+takes from it what serving needs: the tokenizer as it tokenizes (prefix tokens registered),
+the query and document prefixes and lengths, the query expansion, the skiplist, and one ONNX
+graph of its modules from the backbone to the token vectors (projection and normalization
+included), checked against the modules themselves.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+from tritonclient.grpc import model_config_pb2 as mc
+
+from reranker.builder.common import BuildError, BuildOptions, architecture, read_json, step
+from reranker.builder.install import EXPORT_TOLERANCE, store_graph, write_tokenizer
+from reranker.builder.repository import (
+    LATE_ENCODER_MODULE,
+    LATE_TOKENIZER_MODULE,
+    write_models,
+)
+from reranker.builder.triton_configs import (
+    TritonTuning,
+    dynamic_batching,
+    ensemble_config,
+    python_encoder,
+    set_parameters,
+    string_inputs,
+)
+from reranker.contract.model import (
+    Activation,
+    Device,
+    ModelKind,
+    Precision,
+    Runtime,
+    ServedModel,
+    onnx_path,
+)
+from reranker.contract.parameters import (
+    LateEncoderParameters,
+    LateTokenizerParameters,
+    QueryExpansion,
+)
+from reranker.contract.tensors import LATE_TOKEN_TENSORS, TOKENS, max_chars
+
+_ST_CONFIG = "config_sentence_transformers.json"
+_MODEL_TYPES = ("MultiVectorEncoder", "ColBERT")
+STANFORD_ARCHITECTURE = "HF_ColBERT"
+_VECTORS = "token_vectors"
+
+
+def is_late_interaction(source: Path) -> bool:
+    """Whether ``MultiVectorEncoder`` loads ``source``, as it tells its own kinds apart."""
+    st_config = source / _ST_CONFIG
+    if st_config.is_file() and read_json(st_config).get("model_type") in _MODEL_TYPES:
+        return True
+    config = source / "config.json"
+    return config.is_file() and STANFORD_ARCHITECTURE in (
+        read_json(config).get("architectures") or []
+    )
+
+
+def _check_options(options: BuildOptions) -> None:
+    if options.runtime is not Runtime.ONNX or options.device is not Device.CPU:
+        raise BuildError(
+            "a late-interaction reranker is served by ONNX Runtime on CPU here "
+            f"(asked: runtime {options.runtime.value} on {options.device.value})"
+        )
+    if options.precision is not Precision.FP32:
+        raise BuildError(
+            f"a late-interaction reranker is served in fp32 (asked: {options.precision.value})"
+        )
+
+
+def _modules(encoder: Any) -> tuple[Any, list[nn.Module], Any]:
+    """The backbone, the modules between it and the scoring mask, and the mask; refuses a
+    pipeline it cannot serve, naming the module."""
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    modules = list(encoder)
+    backbone, rest = modules[0], modules[1:]
+    if not isinstance(backbone, Transformer):
+        raise BuildError(f"the first module is a {type(backbone).__name__}, not a Transformer")
+    if "message" in backbone.modality_config or "image" in backbone.modality_config:
+        raise BuildError(
+            "image or chat-template late-interaction models (ColPali, ColQwen) are not served; "
+            "text ColBERT models are"
+        )
+    masks = [m for m in rest if isinstance(m, MultiVectorMask)]
+    if len(masks) != 1:
+        raise BuildError(f"expected one MultiVectorMask module, found {len(masks)}")
+    (mask,) = masks
+    if mask.keep_only_token_ids:
+        raise BuildError("keep_only_token_ids (image-patch documents) is not served")
+    projections = [m for m in rest if m is not mask]
+    for module in projections:
+        if not isinstance(module, Dense | Normalize):
+            raise BuildError(
+                f"module {type(module).__name__} is not served: a late-interaction pipeline "
+                "here is Transformer, Dense projections, Normalize and MultiVectorMask"
+            )
+    return backbone, projections, mask
+
+
+class _TokenVectors(nn.Module):
+    """The modules from the backbone to the token vectors, as one function of the ids."""
+
+    def __init__(self, backbone: nn.Module, projections: list[nn.Module]) -> None:
+        super().__init__()
+        self.stack = nn.ModuleList([backbone, *projections])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        features: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "modality": "text",
+        }
+        for module in self.stack:
+            features = module(features)
+        return features["token_embeddings"]
+
+
+def _prefix(encoder: Any, role: str) -> str:
+    """The prompt ``encode_query`` / ``encode_document`` put before the text."""
+    prompts = encoder.prompts or {}
+    if role in prompts:
+        return str(prompts[role] or "")
+    default = encoder.default_prompt_name
+    return str(prompts.get(default) or "") if default else ""
+
+
+def tokenizer_parameters(encoder: Any, options: BuildOptions) -> LateTokenizerParameters:
+    """What the tokenizer model needs to tokenize as ``encoder`` does."""
+    backbone, _, mask = _modules(encoder)
+    ceiling = int(backbone.max_seq_length)
+    expansion = backbone.query_expansion
+    document_length = options.max_length or int(backbone.document_length or ceiling)
+    query_length = int(backbone.query_length or ceiling)
+    token_id = 0
+    if expansion is not None:
+        tokenizer = encoder.tokenizer
+        if expansion.get("token") is not None:
+            token_id = tokenizer.convert_tokens_to_ids(expansion["token"])
+        else:
+            token_id = tokenizer.mask_token_id
+            if token_id is None:
+                token_id = tokenizer.eos_token_id
+        if token_id is None:
+            raise BuildError("query expansion is on, but the tokenizer has no [MASK] or EOS token")
+        if expansion["strategy"] == "fixed":
+            query_length = int(expansion["length"])
+        else:
+            query_length = max(query_length, int(expansion["length"]))
+    skiplist = mask._skiplist_ids
+    tasks = set(mask.skiplist_tasks)
+    return LateTokenizerParameters(
+        query_length=query_length,
+        document_length=document_length,
+        max_chars=max_chars(max(query_length, document_length)),
+        query_prefix=_prefix(encoder, "query"),
+        document_prefix=_prefix(encoder, "document"),
+        expansion=QueryExpansion(expansion["strategy"]) if expansion else QueryExpansion.NONE,
+        expansion_length=int(expansion["length"]) if expansion else 0,
+        expansion_token_id=int(token_id),
+        attend_to_expansion=bool(expansion and expansion["attend"]),
+        skiplist_ids=tuple(int(i) for i in skiplist.tolist())
+        if skiplist is not None and "document" in tasks
+        else (),
+        skiplist_queries="query" in tasks and skiplist is not None,
+        length_buckets=options.tuning.length_buckets,
+    )
+
+
+def build_late_interaction(source: Path, options: BuildOptions, repository: Path) -> ServedModel:
+    """Exports what ``MultiVectorEncoder`` loads from ``source`` and installs it."""
+    from sentence_transformers import MultiVectorEncoder
+
+    from reranker.backend.late_interaction import LateTokenizer
+    from reranker.builder.onnx_export import export_module
+
+    _check_options(options)
+    with step(f"loading {source} as sentence-transformers' MultiVectorEncoder"):
+        encoder = MultiVectorEncoder(
+            str(source), device="cpu", model_kwargs={"attn_implementation": "eager"}
+        ).eval()
+    backbone, projections, _ = _modules(encoder)
+    parameters = tokenizer_parameters(encoder, options)
+    tokenizer = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
+    network = backbone.auto_model
+    config = read_json(source / "config.json") if (source / "config.json").is_file() else {}
+    model = ServedModel(
+        name=options.name,
+        kind=ModelKind.LATE_INTERACTION,
+        architecture=architecture(config, type(network).__name__),
+        max_length=parameters.document_length,
+        activation=Activation.NONE,
+        token_inputs=LATE_TOKEN_TENSORS,
+        max_batch_size=options.max_batch_size,
+        family=str(network.config.model_type),
+        mean_maxsim=encoder.similarity_fn_name == "meanmaxsim",
+    )
+    vectors = _TokenVectors(backbone, projections).eval()
+    late = LateTokenizer(Tokenizer.from_str(tokenizer.to_str()), parameters)
+    sample = late.documents(
+        ["A reranker orders documents by relevance.", "The Nile is about 6,650 km long. " * 3]
+    )
+    inputs = {name: torch.from_numpy(sample[name]) for name in ("input_ids", "attention_mask")}
+    target = onnx_path(model, repository)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.with_name(target.name + "_data").unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "model.onnx"
+        with step(f"exporting {model.architecture} and its projection to ONNX"), torch.no_grad():
+            export_module(vectors, inputs, _VECTORS, graph, output_axes={0: "batch", 1: "sequence"})
+        _check_export(graph, vectors, sample)
+        store_graph(graph, target)
+    write_tokenizer(model, tokenizer, None, repository)
+    write_late_configs(model, parameters, repository, options.tuning)
+    return model
+
+
+def _check_export(graph: Path, vectors: nn.Module, sample: dict[str, np.ndarray]) -> None:
+    from reranker.backend.runtimes import create_session
+
+    session = create_session(graph, 0)
+    feeds = {name: sample[name] for name in ("input_ids", "attention_mask")}
+    (exported,) = session.run(None, feeds)
+    with torch.no_grad():
+        expected = vectors(*(torch.from_numpy(feeds[n]) for n in feeds)).numpy()
+    real = sample["attention_mask"].astype(bool)
+    error = float(np.abs(exported - expected)[real].max())
+    print(f"  export check: max |onnx - torch| over token vectors = {error:.2e}", file=sys.stderr)
+    if error > EXPORT_TOLERANCE:
+        raise BuildError(f"ONNX export differs from the modules by {error:.2e}")
+
+
+def write_late_configs(
+    model: ServedModel,
+    parameters: LateTokenizerParameters,
+    repository: Path,
+    tuning: TritonTuning,
+) -> None:
+    """The ensemble, the late-interaction tokenizer and its encoder."""
+    tokenizer = _tokenizer_config(model, parameters, tuning)
+    encoder = python_encoder(
+        model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning.encoder_instances
+    )
+    dynamic_batching(encoder, tuning.encoder_queue_delay_us)
+    set_parameters(
+        encoder,
+        LateEncoderParameters(
+            runtime=Runtime.ONNX,
+            intra_op_threads=tuning.intra_op_threads,
+            max_attention_cells=tuning.max_attention_cells,
+            max_rows_per_run=tuning.max_rows_per_run,
+            mean_maxsim=model.mean_maxsim,
+            document_cache_bytes=tuning.document_cache_mb << 20,
+            intra_op_spin_us=tuning.intra_op_spin_us,
+        ),
+    )
+    write_models(
+        repository,
+        [
+            (model.name, ensemble_config(model), None),
+            (model.tokenizer_model, tokenizer, LATE_TOKENIZER_MODULE),
+            (model.encoder_model, encoder, LATE_ENCODER_MODULE),
+        ],
+    )
+
+
+def _tokenizer_config(
+    model: ServedModel, parameters: LateTokenizerParameters, tuning: TritonTuning
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=model.tokenizer_model, backend="python")
+    config.max_batch_size = model.max_batch_size
+    string_inputs(config, model)
+    for name in LATE_TOKEN_TENSORS:
+        config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
+    config.output.add(name=TOKENS, data_type=mc.TYPE_INT32, dims=[1])
+    config.instance_group.add(count=tuning.tokenizer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    dynamic_batching(config, tuning.tokenizer_queue_delay_us)
+    set_parameters(config, parameters)
+    return config

@@ -1,0 +1,137 @@
+"""Late-interaction (ColBERT) checkpoints made locally, in the two layouts sentence-transformers'
+``MultiVectorEncoder`` loads: PyLate's (a sentence-transformers folder: Transformer with query
+and document lengths and [MASK] expansion, a bias-free Dense projection, the punctuation
+skiplist, Normalize; ``[Q] ``/``[D] `` prompts) and Stanford ColBERT's (``HF_ColBERT``: BERT
+weights beside ``linear.weight``, ``artifact.metadata``, ``[unused0]``/``[unused1]``
+markers). Weights are seeded; the tokenizers are trained here on real English text."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+from tests.checkpoints import _corpus
+
+MARKERS = ["[unused0]", "[unused1]", "[Q]", "[D]"]
+
+
+def _wordpiece(directory: Path, vocab_size: int = 6000) -> Any:
+    """A BERT WordPiece tokenizer whose vocabulary holds ColBERT's marker tokens as ordinary
+    entries (as bert-base-uncased's ``[unused0]`` is), saved to ``directory``."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import AutoTokenizer
+
+    trained = BertWordPieceTokenizer(lowercase=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *MARKERS]
+    trained.train_from_iterator(_corpus(), vocab_size=vocab_size, special_tokens=specials)
+    directory.mkdir(parents=True, exist_ok=True)
+    trained.save_model(str(directory))
+    settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def _bert(tokenizer: Any, hidden: int, layers: int, seed: int) -> Any:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
+        intermediate_size=hidden * 4,
+        max_position_embeddings=512,
+        initializer_range=0.05,
+    )
+    torch.manual_seed(seed)
+    return BertModel(config).eval()
+
+
+def pylate_colbert(
+    target: Path,
+    hidden: int = 64,
+    layers: int = 2,
+    dim: int = 32,
+    query_length: int = 16,
+    document_length: int = 48,
+    attend_to_expansion: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A sentence-transformers / PyLate ColBERT (answerai-colbert-small's layout, smaller)."""
+    import torch
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    backbone = target.parent / (target.name + "-backbone")
+    tokenizer = _wordpiece(backbone)
+    _bert(tokenizer, hidden, layers, seed).save_pretrained(backbone)
+    transformer = Transformer(
+        str(backbone),
+        query_length=query_length,
+        document_length=document_length,
+        query_expansion={
+            "strategy": "fixed",
+            "attend": attend_to_expansion,
+            "length": query_length,
+        },
+    )
+    torch.manual_seed(seed + 1)
+    projection = Dense(
+        hidden,
+        dim,
+        bias=False,
+        activation_function=torch.nn.Identity(),
+        module_input_name="token_embeddings",
+    )
+    modules = [
+        transformer,
+        projection,
+        MultiVectorMask(skiplist_words=list(string.punctuation)),
+        Normalize(module_input_name="token_embeddings"),
+    ]
+    model = MultiVectorEncoder(
+        modules=modules, prompts={"query": "[Q] ", "document": "[D] "}, device="cpu"
+    )
+    model.save(str(target))
+    return target
+
+
+def stanford_colbert(
+    target: Path,
+    hidden: int = 64,
+    layers: int = 2,
+    dim: int = 32,
+    query_maxlen: int = 16,
+    doc_maxlen: int = 40,
+    seed: int = 0,
+) -> Path:
+    """A Stanford ColBERT checkpoint (colbertv2.0's layout, smaller): ``HF_ColBERT``."""
+    import torch
+    from safetensors.torch import save_file
+
+    tokenizer = _wordpiece(target)
+    bert = _bert(tokenizer, hidden, layers, seed)
+    torch.manual_seed(seed + 1)
+    weights = {f"bert.{name}": tensor.contiguous() for name, tensor in bert.state_dict().items()}
+    weights["linear.weight"] = torch.randn(dim, hidden) / hidden**0.5
+    save_file(weights, str(target / "model.safetensors"))
+    config = bert.config.to_dict()
+    config["architectures"] = ["HF_ColBERT"]
+    (target / "config.json").write_text(json.dumps(config, indent=1))
+    metadata = {
+        "query_token_id": "[unused0]",
+        "doc_token_id": "[unused1]",
+        "query_maxlen": query_maxlen,
+        "doc_maxlen": doc_maxlen,
+        "mask_punctuation": True,
+        "attend_to_mask_tokens": False,
+        "dim": dim,
+    }
+    (target / "artifact.metadata").write_text(json.dumps(metadata, indent=1))
+    return target
