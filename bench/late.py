@@ -6,7 +6,8 @@ length 180; seeded, PyLate layout) ranking workload a's 100 documents (55-80 wor
   ``encode_document`` + ``similarity``, at its best batch size;
 - ONNX Runtime in-process on the served graph and tokenizer, documents sorted by length and
   run in batches of the best size, MaxSim in numpy;
-- this server (gRPC, one call at a time): documents/s;
+- this server (gRPC): documents/s with one caller, and with four callers at once (c=4, what
+  the ratios are judged on, as the cross-encoder rows are);
 - the same server with the document cache on: a call of documents it has not seen, then the
   same call again.
 
@@ -23,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,15 @@ def _onnx_runtime(repository: Path, model: str) -> Callable[[list[str], int], ob
     return rank
 
 
+def _callers(client: Any, document_sets: list[list[str]], model: str) -> None:
+    """One call a document set, all at once, as that many callers send them. The sets
+    differ: the encoder runs a document that repeats within an execution once."""
+    with ThreadPoolExecutor(len(document_sets)) as pool:
+        calls = [pool.submit(client.rank, QUERY, d, model=model) for d in document_sets]
+        for call in calls:
+            call.result()
+
+
 def late_row(workdir: Path, rounds: int = 5) -> dict[str, Any]:
     from reranker_client import RerankClient
 
@@ -125,6 +136,7 @@ def late_row(workdir: Path, rounds: int = 5) -> dict[str, Any]:
         cached_build(checkpoint, BuildOptions(name="colbert-cached", tuning=cache), repository)
     documents = workload("a")
     count = len(documents)
+    callers = [documents, *(workload("a", seed=seed) for seed in (1, 2, 3))]
     in_process = {
         "multi_vector_encoder": _multi_vector_encoder(checkpoint),
         "onnx_runtime": _onnx_runtime(repository, "colbert"),
@@ -139,12 +151,13 @@ def late_row(workdir: Path, rounds: int = 5) -> dict[str, Any]:
     server = start_server(
         repository, workdir / "late-server", "colbert", max_documents_per_call="1000"
     )
-    timings: dict[str, list[float]] = {"server": [], "cold": [], "cached": []}
+    timings: dict[str, list[float]] = {"server": [], "server_c4": [], "cold": [], "cached": []}
     try:
         with RerankClient(server.address, timeout=600) as client:
             client.rank(QUERY, documents, model="colbert")  # warm-up
             for round_ in range(rounds):
                 timings["server"].append(_timed(client.rank, QUERY, documents, model="colbert"))
+                timings["server_c4"].append(_timed(_callers, client, callers, "colbert") / 4)
                 fresh = workload("a", seed=100 + round_)
                 for name in ("cold", "cached"):
                     timings[name].append(_timed(client.rank, QUERY, fresh, model="colbert-cached"))
@@ -158,9 +171,10 @@ def late_row(workdir: Path, rounds: int = 5) -> dict[str, Any]:
         "documents_per_call": count,
         "documents_per_s": {name: round(rate, 1) for name, rate in rates.items()},
         "best_batch_size": {name: size for name, (_, size) in best.items()},
+        # The server as the cross-encoder rows judge it: four callers at once (c=4).
         "ratios": {
-            "server_vs_multi_vector_encoder": rates["server"] / rates["multi_vector_encoder"],
-            "server_vs_onnx_runtime": rates["server"] / rates["onnx_runtime"],
+            "server_vs_multi_vector_encoder": rates["server_c4"] / rates["multi_vector_encoder"],
+            "server_vs_onnx_runtime": rates["server_c4"] / rates["onnx_runtime"],
             "cached": rates["cached"] / rates["cold"],
         },
     }

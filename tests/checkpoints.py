@@ -117,17 +117,11 @@ def electra_cross_encoder(target: Path, layers: int = 2, seed: int = 0) -> Path:
     return _save(ElectraForSequenceClassification(config), tokenizer, target)
 
 
-def modernbert_cross_encoder(target: Path, layers: int = 3, seed: int = 0) -> Path:
-    """A ModernBERT cross-encoder as Alibaba-NLP/gte-reranker-modernbert-base is laid out:
-    a byte-level BPE with ``[CLS] q [SEP] d [SEP]`` pairs and no token types, RoPE, local
-    attention in all but every third layer; a 32-token window so test pairs run past it."""
-    import torch
+def modernbert_tokenizer() -> Any:
+    """A byte-level BPE with ModernBERT's specials and ``[CLS] q [SEP] d [SEP]`` pairs, no token
+    types, trained on real English text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import (
-        ModernBertConfig,
-        ModernBertForSequenceClassification,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
@@ -141,7 +135,7 @@ def modernbert_cross_encoder(target: Path, layers: int = 3, seed: int = 0) -> Pa
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         model_max_length=512,
         pad_token="[PAD]",
@@ -151,21 +145,41 @@ def modernbert_cross_encoder(target: Path, layers: int = 3, seed: int = 0) -> Pa
         mask_token="[MASK]",
         model_input_names=["input_ids", "attention_mask"],
     )
-    config = ModernBertConfig(
-        vocab_size=bpe.get_vocab_size(),
+
+
+def modernbert_config(tokenizer: Any, layers: int, **settings: Any) -> Any:
+    """ModernBERT with RoPE and local attention in all but every third layer, over a 32-token
+    window so test texts run past it."""
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=layers,
         num_attention_heads=4,
         local_attention=32,
         max_position_embeddings=512,
-        pad_token_id=bpe.token_to_id("[PAD]"),
-        cls_token_id=cls,
-        sep_token_id=sep,
-        bos_token_id=cls,
-        eos_token_id=sep,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
         initializer_range=0.1,
-        architectures=["ModernBertForSequenceClassification"],
+        **settings,
+    )
+
+
+def modernbert_cross_encoder(target: Path, layers: int = 3, seed: int = 0) -> Path:
+    """A ModernBERT cross-encoder as Alibaba-NLP/gte-reranker-modernbert-base is laid out:
+    a byte-level BPE with ``[CLS] q [SEP] d [SEP]`` pairs and no token types, RoPE, local
+    attention in all but every third layer; a 32-token window so test pairs run past it."""
+    import torch
+    from transformers import ModernBertForSequenceClassification
+
+    tokenizer = modernbert_tokenizer()
+    config = modernbert_config(
+        tokenizer, layers, architectures=["ModernBertForSequenceClassification"]
     )
     config.num_labels = 1
     torch.manual_seed(seed)

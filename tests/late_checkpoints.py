@@ -12,7 +12,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from tests.checkpoints import _corpus
+from tests.checkpoints import _corpus, modernbert_config, modernbert_tokenizer
 
 MARKERS = ["[unused0]", "[unused1]", "[Q]", "[D]"]
 
@@ -60,17 +60,29 @@ def pylate_colbert(
     query_length: int = 16,
     document_length: int = 48,
     attend_to_expansion: bool = False,
+    modernbert: bool = False,
     seed: int = 0,
 ) -> Path:
-    """A sentence-transformers / PyLate ColBERT (answerai-colbert-small's layout, smaller)."""
+    """A sentence-transformers / PyLate ColBERT (answerai-colbert-small's layout, smaller; with
+    ``modernbert``, GTE-ModernColBERT's backbone: byte-level BPE, RoPE, local attention)."""
     import torch
     from sentence_transformers import MultiVectorEncoder
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
     from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
 
     backbone = target.parent / (target.name + "-backbone")
-    tokenizer = _wordpiece(backbone)
-    _bert(tokenizer, hidden, layers, seed).save_pretrained(backbone)
+    if modernbert:
+        from transformers import ModernBertModel
+
+        tokenizer = modernbert_tokenizer()
+        torch.manual_seed(seed)
+        network = ModernBertModel(modernbert_config(tokenizer, layers)).eval()
+        hidden = network.config.hidden_size
+        tokenizer.save_pretrained(backbone)
+    else:
+        tokenizer = _wordpiece(backbone)
+        network = _bert(tokenizer, hidden, layers, seed)
+    network.save_pretrained(backbone)
     transformer = Transformer(
         str(backbone),
         query_length=query_length,

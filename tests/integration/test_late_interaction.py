@@ -1,5 +1,5 @@
-"""Late-interaction (ColBERT) rerankers end to end: a PyLate / sentence-transformers layout and a
-Stanford ColBERT (``HF_ColBERT``) layout, each seeded and built here by the real builder,
+"""Late-interaction (ColBERT) rerankers end to end: a PyLate / sentence-transformers layout (on a
+BERT and on a ModernBERT backbone) and a Stanford ColBERT (``HF_ColBERT``) layout, each seeded and built here by the real builder,
 served through Triton and matched against sentence-transformers' ``MultiVectorEncoder``
 (``similarity(encode_query(q), encode_document(docs))``) on the same folder; calls merged by
 Triton's batcher, the document cache, every door, and the refusals."""
@@ -33,7 +33,7 @@ PARITY = 1e-4
 MERGED = 1e-5
 LONG_QUERY = " ".join(["which rivers flow north and how long are they"] * 4)
 PUNCTUATION_ONLY = "!!! ... ??? ;;; --- ***"
-LAYOUTS = ("pylate", "stanford")
+LAYOUTS = ("pylate", "stanford", "modernbert")
 CACHED = "pylate-cached"
 
 
@@ -43,6 +43,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "pylate": pylate_colbert(root / "pylate"),
         "stanford": stanford_colbert(root / "stanford"),
+        "modernbert": pylate_colbert(root / "modernbert", modernbert=True),
     }
 
 

@@ -307,3 +307,18 @@ def test_a_build_fingerprint_follows_the_options_and_every_byte_and_name_of_the_
     assert changed != first
     (source / "config.json").rename(source / "configs.json")  # the same bytes, in order
     assert build_fingerprint(options, source) not in (first, changed)
+
+
+def test_hub_downloads_a_colbert_s_weights_and_module_folders_not_its_onnx_export() -> None:
+    metadata = {"config.json", "tokenizer.json", "modules.json", "README.md"}
+    pylate = {
+        "config_sentence_transformers.json",
+        "sentence_bert_config.json",
+        "1_Dense/config.json",
+        "1_Dense/model.safetensors",
+        "model.safetensors",
+    }
+    published = {"onnx/model.onnx"}
+    assert _fetched(metadata | pylate | published, onnx=True) == (metadata - {"README.md"}) | pylate
+    stanford = {"artifact.metadata", "model.safetensors", "vocab.txt"}
+    assert _fetched(metadata | stanford, onnx=True) == (metadata - {"README.md"}) | stanford
