@@ -35,6 +35,7 @@ from engines import (
 )
 from flops import GemmRates, flops_per_pair
 from harness import Result, interleave
+from late import late_line, late_row
 from memory import served_memory
 from models import CAUSAL_LAYERS, build_models
 from report import cpu_facts, plot, show, table, target_lines, targets
@@ -83,6 +84,9 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-catalog", action="store_true", help="skip the catalog row (bench/catalog.py)"
+    )
+    parser.add_argument(
+        "--no-late", action="store_true", help="skip the late-interaction row (bench/late.py)"
     )
     parser.add_argument("--show", type=Path, help="print the table of an earlier results.json")
     return parser.parse_args()
@@ -153,6 +157,11 @@ def main() -> int:
         row = catalog_row(args.workdir)
         print(f"  {catalog_line(row)}", flush=True)
         catalog = asdict(row)
+    late: dict[str, Any] = {}
+    if not args.no_late:
+        print(f"{run.elapsed()} late interaction (ColBERT, 100 documents a call)", flush=True)
+        late = late_row(args.workdir)
+        print(f"  {late_line(late)}", flush=True)
     _attach_flop_fractions(run.results, run.lengths, run.gemm)
     print()
     print(table(run.results))
@@ -175,6 +184,7 @@ def main() -> int:
         "vision_time_split": run.vision_split,
         "shared_service": run.shared_service,
         "catalog": catalog,
+        "late_interaction": late,
         "results": [asdict(r) for r in run.results],
     }
     checks = targets(run.results, report)
