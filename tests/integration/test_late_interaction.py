@@ -1,8 +1,9 @@
 """Late-interaction (ColBERT) rerankers end to end: a PyLate / sentence-transformers layout (on a
-BERT and on a ModernBERT backbone) and a Stanford ColBERT (``HF_ColBERT``) layout, each seeded and built here by the real builder,
-served through Triton and matched against sentence-transformers' ``MultiVectorEncoder``
-(``similarity(encode_query(q), encode_document(docs))``) on the same folder; calls merged by
-Triton's batcher, the document cache, every door, and the refusals."""
+BERT and on a ModernBERT backbone) and a Stanford ColBERT (``HF_ColBERT``) layout, each seeded
+and built here by the real builder, served through Triton and matched against
+sentence-transformers' ``MultiVectorEncoder`` (``similarity(encode_query(q),
+encode_document(docs))``) on the same folder; calls merged by Triton's batcher, the document
+cache, every door, and the refusals."""
 
 from __future__ import annotations
 

@@ -83,7 +83,9 @@ class TritonPythonModel:
             "reranker_document_cache_hits_total", "documents whose vectors were cached", served
         )
         self._misses = _Counter(
-            "reranker_document_cache_misses_total", "documents the encoder ran", served
+            "reranker_document_cache_misses_total",
+            "documents not found in the cache (each distinct one is encoded once)",
+            served,
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
