@@ -61,6 +61,10 @@ def pylate_colbert(
     document_length: int = 48,
     attend_to_expansion: bool = False,
     modernbert: bool = False,
+    expansion: str | None = "fixed",
+    expansion_length: int | None = None,
+    skiplist_tasks: tuple[str, ...] = ("document",),
+    similarity: str = "maxsim",
     seed: int = 0,
 ) -> Path:
     """A sentence-transformers / PyLate ColBERT (answerai-colbert-small's layout, smaller; with
@@ -87,10 +91,12 @@ def pylate_colbert(
         str(backbone),
         query_length=query_length,
         document_length=document_length,
-        query_expansion={
-            "strategy": "fixed",
+        query_expansion=None
+        if expansion is None
+        else {
+            "strategy": expansion,
             "attend": attend_to_expansion,
-            "length": query_length,
+            "length": expansion_length or query_length,
         },
     )
     torch.manual_seed(seed + 1)
@@ -104,11 +110,16 @@ def pylate_colbert(
     modules = [
         transformer,
         projection,
-        MultiVectorMask(skiplist_words=list(string.punctuation)),
+        MultiVectorMask(
+            skiplist_words=list(string.punctuation), skiplist_tasks=list(skiplist_tasks)
+        ),
         Normalize(module_input_name="token_embeddings"),
     ]
     model = MultiVectorEncoder(
-        modules=modules, prompts={"query": "[Q] ", "document": "[D] "}, device="cpu"
+        modules=modules,
+        prompts={"query": "[Q] ", "document": "[D] "},
+        device="cpu",
+        similarity_fn_name=similarity,
     )
     model.save(str(target))
     return target

@@ -181,6 +181,27 @@ def test_cached_documents_skip_the_encoder_and_score_identically(late_server: Se
     assert _encoder_counts(late_server, f"{CACHED}__encoder")[0] > runs[0]
 
 
+def test_the_cache_stays_within_its_bound_and_evicts_the_least_recently_used(
+    late_server: Server,
+) -> None:
+    """1 MiB holds fewer than 200 of these documents' vectors (each cut to 48 tokens, less
+    punctuation, of 32 floats, and 300 bytes an entry): after 400 others, the first ones are
+    no longer there."""
+    first = [f"the first documents, number {i}: rivers run to the sea " * 6 for i in range(10)]
+    others = [f"another document, number {i}, about lakes and hills " * 6 for i in range(400)]
+    with RerankClient(late_server.address, timeout=120) as client:
+        client.rank("where do rivers end", first, model=CACHED)
+        for start in range(0, len(others), 100):
+            client.rank("where do rivers end", others[start : start + 100], model=CACHED)
+        hits, misses = _cache_counts(late_server)
+        client.rank("where do rivers end", first, model=CACHED)
+        after = _cache_counts(late_server)
+        client.rank("where do rivers end", others[-10:], model=CACHED)
+        recent = _cache_counts(late_server)
+    assert (after[0] - hits, after[1] - misses) == (0, len(first))
+    assert (recent[0] - after[0], recent[1] - after[1]) == (10, 0)
+
+
 def test_every_door_serves_maxsim_scores_and_names_the_kind(late_server: Server) -> None:
     query, documents = _calls()[2]
     with RerankClient(late_server.address, timeout=120) as client:
@@ -245,3 +266,75 @@ def test_the_build_refuses_what_it_cannot_serve(
 ) -> None:
     with pytest.raises(BuildError, match=named):
         build(str(checkpoints["pylate"]), replace(BuildOptions(name="late"), **options), tmp_path)
+
+
+# Each knob of the tokenization and scoring that the layouts above leave at one value.
+VARIANTS = {
+    "min-expansion-attended": {
+        "expansion": "min",
+        "expansion_length": 12,
+        "query_length": 24,
+        "attend_to_expansion": True,
+    },
+    "fixed-expansion-attended": {"attend_to_expansion": True},
+    "no-expansion": {"expansion": None},
+    "skiplist-on-queries-too": {"skiplist_tasks": ("query", "document")},
+    "skiplist-on-queries-only": {"skiplist_tasks": ("query",)},
+    "meanmaxsim": {"similarity": "meanmaxsim"},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_expansion_skiplist_and_similarity_is_read_as_multi_vector_encoder_reads_it(
+    tmp_path: Path, variant: str
+) -> None:
+    """The served tokenizer and encoder code, in-process on the built files, against
+    ``MultiVectorEncoder`` on the same folder: the same token ids and scores."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from reranker.backend.batching import RunCost
+    from reranker.backend.late_interaction import LateScorer, LateTokenizer
+    from reranker.backend.runtimes import create_session
+    from reranker.contract.parameters import (
+        LateEncoderParameters,
+        LateTokenizerParameters,
+        from_parameters,
+    )
+
+    checkpoint = pylate_colbert(tmp_path / variant, **VARIANTS[variant])  # type: ignore[arg-type]
+    model = build(str(checkpoint), BuildOptions(name="late", share_tokenizer=False), tmp_path)
+
+    def parameters(folder: str, kind: type) -> object:
+        config = text_format.Parse(
+            (tmp_path / folder / "config.pbtxt").read_text(), mc.ModelConfig()
+        )
+        raw = {key: value.string_value for key, value in config.parameters.items()}
+        return from_parameters(kind, raw, folder)
+
+    tokenizer_parameters = parameters(model.tokenizer_model, LateTokenizerParameters)
+    encoder_parameters = parameters(model.encoder_model, LateEncoderParameters)
+    tokenizer = LateTokenizer.from_file(
+        str(tmp_path / model.tokenizer_model / "1" / "tokenizer.json"),
+        tokenizer_parameters,  # type: ignore[arg-type]
+    )
+    session = create_session(tmp_path / model.encoder_model / "1" / "model.onnx", 0)
+    scorer = LateScorer(
+        lambda ids, attention: session.run(None, {"input_ids": ids, "attention_mask": attention})[
+            0
+        ],
+        1 << 22,
+        16,
+        RunCost(),
+        mean=encoder_parameters.mean_maxsim,  # type: ignore[attr-defined]
+    )
+    encoder = MultiVectorEncoder(str(checkpoint), device="cpu")
+    for query, documents in _calls():
+        rows, _ = tokenizer.queries([query])
+        features = encoder.preprocess([query], prompt=encoder.prompts["query"], task="query")
+        width = features["input_ids"].shape[1]
+        assert rows["query_input_ids"][0, :width].tolist() == features["input_ids"][0].tolist()
+        request = {name: np.repeat(values, len(documents), axis=0) for name, values in rows.items()}
+        request.update(tokenizer.documents(documents))
+        served, _ = scorer.score([request])
+        assert np.abs(served - _reference(encoder, query, documents)).max() <= PARITY

@@ -205,12 +205,14 @@ def test_a_chat_template_that_cannot_carry_a_pair_is_refused() -> None:
     )
 
 
-def _fetched(files: set[str], onnx: bool = False, onnx_file: str = "model.onnx") -> set[str]:
+def _fetched(
+    files: set[str], onnx: bool = False, onnx_file: str = "model.onnx", late: bool = False
+) -> set[str]:
     from fnmatch import fnmatch
 
     from reranker.builder.builder import hub_patterns
 
-    patterns = hub_patterns("org/m", files, onnx, onnx_file)
+    patterns = hub_patterns("org/m", files, onnx, onnx_file, late)
     return {f for f in files if any(fnmatch(f, pattern) for pattern in patterns)}
 
 
@@ -319,6 +321,14 @@ def test_hub_downloads_a_colbert_s_weights_and_module_folders_not_its_onnx_expor
         "model.safetensors",
     }
     published = {"onnx/model.onnx"}
-    assert _fetched(metadata | pylate | published, onnx=True) == (metadata - {"README.md"}) | pylate
+    fetched = _fetched(metadata | pylate | published, onnx=True, late=True)
+    assert fetched == (metadata - {"README.md"}) | pylate
     stanford = {"artifact.metadata", "model.safetensors", "vocab.txt"}
-    assert _fetched(metadata | stanford, onnx=True) == (metadata - {"README.md"}) | stanford
+    assert (
+        _fetched(metadata | stanford, onnx=True, late=True) == (metadata - {"README.md"}) | stanford
+    )
+    # A bi-encoder with a Dense module (LaBSE's layout) keeps its published export.
+    assert _fetched(metadata | pylate | published, onnx=True) == (
+        (metadata - {"README.md"})
+        | {"config_sentence_transformers.json", "sentence_bert_config.json", *published}
+    )

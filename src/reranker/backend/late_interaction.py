@@ -77,9 +77,6 @@ class LateTokenizer:
         self.pad_id = pad_token_id(tokenizer)
         self._query = _Finisher.of(tokenizer, parameters.query_length)
         self._document = _Finisher.of(tokenizer, parameters.document_length)
-        self._prefix_tokens = len(
-            tokenizer.encode(parameters.document_prefix, add_special_tokens=False)
-        )
         self._skiplist = np.asarray(parameters.skiplist_ids, dtype=np.int64)
 
     @classmethod
@@ -100,27 +97,28 @@ class LateTokenizer:
         Raises:
             LateOverflow: a document does not fit and ``options.refuse`` is set.
         """
-        limit, finisher = self._parameters.document_length, self._document
+        p, finisher = self._parameters, self._document
+        if not texts:
+            raise ValueError("a request holds no rows")
+        limit = p.document_length
         rows = []
-        for row, encoding in enumerate(self._encode(self._parameters.document_prefix, texts)):
+        for row, encoding in enumerate(self._encode(p.document_prefix, texts)):
             if options.max_document_tokens:
-                encoding.truncate(self._prefix_tokens + options.max_document_tokens)
+                start = _text_start(encoding, len(self._parameters.document_prefix))
+                encoding.truncate(start + options.max_document_tokens)
             length = len(encoding) + finisher.specials
             if options.refuse and length > limit:
-                clipped = len(texts[row]) > self._parameters.max_chars
+                clipped = len(texts[row]) > p.max_chars
                 raise LateOverflow(OverflowReport(row, length, limit, clipped, DOCUMENT_PART))
             rows.append(finisher.tokenizer.post_process(encoding).ids)
-        width = padded_length(max(map(len, rows)), self._parameters.length_buckets)
+        width = padded_length(max(map(len, rows)), p.length_buckets)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(rows), width), dtype=np.int64)
         for r, row_ids in enumerate(rows):
             ids[r, : len(row_ids)] = row_ids
             attention[r, : len(row_ids)] = 1
-        return {
-            "input_ids": ids,
-            "attention_mask": attention,
-            DOCUMENT_SCORED_MASK: self._without_skiplist(ids, attention),
-        }
+        scored = self._without_skiplist(ids, attention) if p.skiplist_documents else attention
+        return {"input_ids": ids, "attention_mask": attention, DOCUMENT_SCORED_MASK: scored}
 
     def queries(
         self, texts: Sequence[str], options: TruncationOptions = LONGEST_FIRST
@@ -132,6 +130,8 @@ class LateTokenizer:
             LateOverflow: a query does not fit and ``options.refuse`` is set.
         """
         p, finisher = self._parameters, self._query
+        if not texts:
+            raise ValueError("a request holds no rows")
         rows = []
         for row, encoding in enumerate(self._encode(p.query_prefix, texts)):
             length = len(encoding) + finisher.specials
@@ -160,18 +160,29 @@ class LateTokenizer:
         return tensors, np.array([len(row_ids) for row_ids in rows], dtype=np.int64)
 
     def _without_skiplist(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``mask`` less the positions of skiplist tokens."""
         if not self._skiplist.size:
             return mask.copy()
         return mask * ~np.isin(ids, self._skiplist)
 
 
+def _text_start(encoding: Encoding, prefix_chars: int) -> int:
+    """The first token of ``encoding`` that holds a character of the text after its prefix
+    (a byte-level BPE joins the prefix's last space to the text's first word)."""
+    for index, (_, end) in enumerate(encoding.offsets):
+        if end > prefix_chars:
+            return index
+    return len(encoding)
+
+
 def maxsim(query: np.ndarray, document: np.ndarray, mean: bool = False) -> float:
     """MaxSim of a query's scored token vectors ``[q, dim]`` against a document's
-    ``[d, dim]``: each query token's best dot product, summed (``mean``: over ``q``)."""
-    if not len(document):
-        return EMPTY_DOCUMENT_SCORE
-    best = (query @ document.T).max(axis=1).astype(np.float64)
-    total = float(best.sum())
+    ``[d, dim]``: each query token's best dot product, summed (``mean``: over ``q``). A
+    document with no vector scores ``EMPTY_DOCUMENT_SCORE`` before that division, as in
+    sentence-transformers."""
+    total = EMPTY_DOCUMENT_SCORE
+    if len(document):
+        total = float((query @ document.T).max(axis=1).astype(np.float64).sum())
     return total / max(len(query), 1) if mean else total
 
 
@@ -179,7 +190,8 @@ class VectorCache:
     """Token vectors by key, least recently used out first, within ``capacity_bytes``
     (the vectors' bytes and a fixed allowance an entry for its key and bookkeeping)."""
 
-    ENTRY_OVERHEAD_BYTES = 200
+    # An entry's array header, key and ordered-dict slot (measured: about 260 bytes).
+    ENTRY_OVERHEAD_BYTES = 300
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
@@ -275,11 +287,13 @@ class LateScorer:
                 found[row.key] = cached
             else:
                 missing[row.key] = row
+        hits = sum(1 for row in rows if row.key in found)
+        encoded = self._encode(list(missing.values()))
         if counted and cache is not None:
-            hits = sum(1 for row in rows if row.key in found)
+            # Every row counts: a document repeated within an execution is one miss a row,
+            # though it is encoded once.
             self.counts.hits += hits
             self.counts.misses += len(rows) - hits
-        encoded = self._encode(list(missing.values()))
         for key, vectors in encoded.items():
             found[key] = vectors
             if cache is not None:

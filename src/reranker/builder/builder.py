@@ -286,7 +286,8 @@ def download(
         _probe(constants.ENDPOINT)
         with step(f"listing {model_id} on the Hugging Face hub"):
             files = set(list_repo_files(model_id))
-        patterns = hub_patterns(model_id, files, onnx, onnx_file)
+        late = _late_interaction_on_hub(model_id, files, cache_dir)
+        patterns = hub_patterns(model_id, files, onnx, onnx_file, late)
         with step(f"downloading {model_id}"):
             return Path(snapshot_download(model_id, allow_patterns=patterns, cache_dir=cache_dir))
     except BuildError:
@@ -307,18 +308,32 @@ _PYTORCH_BINS = ("pytorch_model*.bin", "pytorch_model*.bin.index.json")
 _VOCABULARIES = ("vocab.txt", "*.model", "merges.txt", "vocab.json")
 
 
-def hub_patterns(model_id: str, files: set[str], onnx: bool, onnx_file: str) -> list[str]:
+def _late_interaction_on_hub(model_id: str, files: set[str], cache_dir: Path | None) -> bool:
+    """Whether the hub repository holds what ``MultiVectorEncoder`` loads: Stanford ColBERT's
+    metadata, or a sentence-transformers configuration of that model type (read first)."""
+    if "artifact.metadata" in files:
+        return True
+    if "config_sentence_transformers.json" not in files:
+        return False
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(model_id, "config_sentence_transformers.json", cache_dir=cache_dir)
+    return is_late_interaction(Path(path).parent)
+
+
+def hub_patterns(
+    model_id: str, files: set[str], onnx: bool, onnx_file: str, late: bool = False
+) -> list[str]:
     """What to download of a hub repository holding ``files``: its configuration and
     tokenizer, and either the ONNX export ``onnx_file`` (where ``onnx`` and it is published)
-    or the checkpoint's weights."""
+    or the checkpoint's weights; for a late-interaction reranker (``late``), always the
+    weights and its modules' folders (the build exports its own graph)."""
     patterns = [f for f in _HUB_FILES if f in files]
     patterns += [f for f in files if f.endswith("LogitScore/config.json")]
-    # A sentence-transformers module's own folder ("1_Dense/..."): a ColBERT's projection.
-    modules = [f for f in files if "/" in f and f.split("_", 1)[0].isdigit()]
-    late = "artifact.metadata" in files or any("Dense/" in f for f in modules)
-    patterns += modules
     if late:
-        onnx = False  # MultiVectorEncoder reads the weights; the build exports its own graph
+        # A sentence-transformers module's own folder ("1_Dense/..."): a ColBERT's projection.
+        patterns += [f for f in files if "/" in f and f.split("_", 1)[0].isdigit()]
+        onnx = False
     if onnx and f"onnx/{onnx_file}" in files:
         return [*patterns, f"onnx/{onnx_file}", f"onnx/{onnx_file}_data"]
     if onnx and onnx_file != DEFAULT_ONNX_FILE:

@@ -133,17 +133,38 @@ class _TokenVectors(nn.Module):
 
 
 def _prefix(encoder: Any, role: str) -> str:
-    """The prompt ``encode_query`` / ``encode_document`` put before the text."""
-    prompts = encoder.prompts or {}
-    if role in prompts:
-        return str(prompts[role] or "")
-    default = encoder.default_prompt_name
-    return str(prompts.get(default) or "") if default else ""
+    """The prompt ``encode_query`` / ``encode_document`` put before the text (their role's
+    prompt: they never fall back to another)."""
+    return str((encoder.prompts or {}).get(role) or "")
+
+
+# Beyond this, a tokenizer states no limit of its own (transformers' VERY_LARGE_INTEGER).
+_UNBOUNDED_LENGTH = 1_000_000
+
+
+def _check_tokenization(encoder: Any, backbone: Any) -> None:
+    """Refuses what the tokenizer model does not reproduce, naming it."""
+    tokenizer = encoder.tokenizer
+    for side in ("padding_side", "truncation_side"):
+        if getattr(tokenizer, side, "right") != "right":
+            raise BuildError(
+                f"the tokenizer's {side} is {getattr(tokenizer, side)!r}; late-interaction "
+                "rows are served padded and cut on the right"
+            )
+    kwargs = backbone.processing_kwargs or {}
+    if kwargs.get("text") or kwargs.get("common"):
+        raise BuildError(
+            f"the Transformer module's processing_kwargs {kwargs} change how texts are "
+            "tokenized, which is not served"
+        )
+    if int(backbone.max_seq_length or _UNBOUNDED_LENGTH) >= _UNBOUNDED_LENGTH:
+        raise BuildError("the backbone states no max sequence length; give --max-length")
 
 
 def tokenizer_parameters(encoder: Any, options: BuildOptions) -> LateTokenizerParameters:
     """What the tokenizer model needs to tokenize as ``encoder`` does."""
     backbone, _, mask = _modules(encoder)
+    _check_tokenization(encoder, backbone)
     ceiling = int(backbone.max_seq_length)
     expansion = backbone.query_expansion
     document_length = options.max_length or int(backbone.document_length or ceiling)
@@ -175,10 +196,9 @@ def tokenizer_parameters(encoder: Any, options: BuildOptions) -> LateTokenizerPa
         expansion_length=int(expansion["length"]) if expansion else 0,
         expansion_token_id=int(token_id),
         attend_to_expansion=bool(expansion and expansion["attend"]),
-        skiplist_ids=tuple(int(i) for i in skiplist.tolist())
-        if skiplist is not None and "document" in tasks
-        else (),
-        skiplist_queries="query" in tasks and skiplist is not None,
+        skiplist_ids=tuple(int(i) for i in skiplist.tolist()) if skiplist is not None else (),
+        skiplist_documents="document" in tasks,
+        skiplist_queries="query" in tasks,
         length_buckets=options.tuning.length_buckets,
     )
 

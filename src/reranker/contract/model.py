@@ -112,9 +112,6 @@ class PairMode(enum.StrEnum):
     # A vision-language reranker: the pair as query and document messages, text or images,
     # rendered by the checkpoint's own processor.
     MESSAGES = "messages"
-    # A late-interaction reranker: query and document tokenized apart, each with its own
-    # prefix and length.
-    APART = "apart"
 
 
 # Fields given as plain strings (a checkpoint's config, a test) become their enum here, so a
@@ -215,8 +212,6 @@ class ServedModel:
     def pair_mode(self) -> PairMode:
         if self.takes_images:
             return PairMode.MESSAGES
-        if self.kind is ModelKind.LATE_INTERACTION:
-            return PairMode.APART
         if self.kind is ModelKind.CAUSAL_LM and self.templated:
             return PairMode.PROMPT
         return PairMode.SEPARATE if self.kind is ModelKind.BI_ENCODER else PairMode.JOINT

@@ -194,8 +194,9 @@ class LateTokenizerParameters:
     expansion_token_id: int = 0
     # Whether the encoder attends to the expansion tokens (MaxSim scores them either way).
     attend_to_expansion: bool = False
-    # Token ids MaxSim leaves out of documents (and of queries, where ``skiplist_queries``).
+    # Token ids MaxSim leaves out of the texts of the roles named below.
     skiplist_ids: tuple[int, ...] = ()
+    skiplist_documents: bool = True
     skiplist_queries: bool = False
     tokenizer_file: str = TOKENIZER_FILE
     length_buckets: tuple[int, ...] = ()

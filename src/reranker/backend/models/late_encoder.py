@@ -31,12 +31,9 @@ class _TokenVectors:
     def __init__(self, session: Any) -> None:
         self._session = session
         self._output = session.get_outputs()[0].name
-        self._inputs = {i.name for i in session.get_inputs()}
 
     def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": ids, "attention_mask": attention}
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)
         (vectors,) = self._session.run([self._output], feeds)
         return np.asarray(vectors, dtype=np.float32)
 
