@@ -193,14 +193,19 @@ def _save(model: Any, tokenizer: Any, target: Path) -> Path:
     return target
 
 
-def wordpiece_tokenizer(directory: Path, vocab_size: int = 8000) -> Any:
+def wordpiece_tokenizer(
+    directory: Path, vocab_size: int = 8000, entries: tuple[str, ...] = ()
+) -> Any:
     """A BERT WordPiece tokenizer (uncased, ``[CLS] q [SEP] d [SEP]`` pairs) trained on real
-    English text, saved to ``directory``: for BERT-shaped checkpoints made with no download."""
+    English text, saved to ``directory``: for BERT-shaped checkpoints made with no download.
+    ``entries`` are vocabulary entries it holds besides (as bert-base-uncased's ``[unused0]``):
+    ordinary tokens once it is read back from its vocabulary."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import AutoTokenizer
 
     trained = BertWordPieceTokenizer(lowercase=True)
-    trained.train_from_iterator(_corpus(), vocab_size=vocab_size)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *entries]
+    trained.train_from_iterator(_corpus(), vocab_size=vocab_size, special_tokens=specials)
     directory.mkdir(parents=True, exist_ok=True)
     trained.save_model(str(directory))
     # Loaded back from vocab.txt as transformers 4 and 5 both do, then saved with its

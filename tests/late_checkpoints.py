@@ -12,27 +12,15 @@ import string
 from pathlib import Path
 from typing import Any
 
-from tests.checkpoints import _corpus, modernbert_config, modernbert_tokenizer
+from tests.checkpoints import modernbert_config, modernbert_tokenizer, wordpiece_tokenizer
 
 MARKERS = ["[unused0]", "[unused1]", "[Q]", "[D]"]
 
 
-def _wordpiece(directory: Path, vocab_size: int = 6000) -> Any:
+def _wordpiece(directory: Path) -> Any:
     """A BERT WordPiece tokenizer whose vocabulary holds ColBERT's marker tokens as ordinary
-    entries (as bert-base-uncased's ``[unused0]`` is), saved to ``directory``."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import AutoTokenizer
-
-    trained = BertWordPieceTokenizer(lowercase=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *MARKERS]
-    trained.train_from_iterator(_corpus(), vocab_size=vocab_size, special_tokens=specials)
-    directory.mkdir(parents=True, exist_ok=True)
-    trained.save_model(str(directory))
-    settings = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}
-    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return tokenizer
+    entries, saved to ``directory``."""
+    return wordpiece_tokenizer(directory, vocab_size=6000, entries=tuple(MARKERS))
 
 
 def _bert(tokenizer: Any, hidden: int, layers: int, seed: int) -> Any:
