@@ -23,7 +23,7 @@ from sentence_transformers import MultiVectorEncoder
 from reranker.builder.builder import BuildOptions, build
 from reranker.builder.common import BuildError
 from reranker.builder.triton_configs import TritonTuning
-from reranker.contract.model import Precision, Runtime
+from reranker.contract.model import Device, Precision, Runtime
 from tests.integration.conftest import Server, start_server, stop_server
 from tests.late_checkpoints import pylate_colbert, stanford_colbert
 from tests.model_cache import cached_build
@@ -36,6 +36,8 @@ LONG_QUERY = " ".join(["which rivers flow north and how long are they"] * 4)
 PUNCTUATION_ONLY = "!!! ... ??? ;;; --- ***"
 LAYOUTS = ("pylate", "stanford", "modernbert")
 CACHED = "pylate-cached"
+# The same checkpoint under the PyTorch runtime (its GPU path), here in fp32 on CPU.
+TORCH = "stanford-torch"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,8 @@ def late_server(
         cached_build(checkpoint, BuildOptions(name=name), repository)
     cache = TritonTuning(document_cache_mb=1)
     cached_build(checkpoints["pylate"], BuildOptions(name=CACHED, tuning=cache), repository)
+    torch_options = BuildOptions(name=TORCH, runtime=Runtime.TORCH)
+    cached_build(checkpoints["stanford"], torch_options, repository)
     server = start_server(repository, tmp_path_factory.mktemp("late_server"), "pylate")
     try:
         yield server
@@ -89,11 +93,12 @@ def _reference(encoder: MultiVectorEncoder, query: str, documents: list[str]) ->
     return similarity.numpy()[0].astype(np.float64)
 
 
-@pytest.mark.parametrize("model", [*LAYOUTS, CACHED])
+@pytest.mark.parametrize("model", [*LAYOUTS, CACHED, TORCH])
 def test_scores_and_order_match_multi_vector_encoder(
     late_server: Server, checkpoints: dict[str, Path], model: str
 ) -> None:
-    encoder = MultiVectorEncoder(str(checkpoints[model.removesuffix("-cached")]), device="cpu")
+    source = checkpoints[model.removesuffix("-cached").removesuffix("-torch")]
+    encoder = MultiVectorEncoder(str(source), device="cpu")
     worst = 0.0
     with RerankClient(late_server.address, timeout=120) as client:
         for query, documents in _calls():
@@ -257,8 +262,9 @@ def test_options_that_do_not_apply_or_do_not_fit_are_refused_by_name(
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ({"precision": Precision.INT8}, "fp32"),
-        ({"runtime": Runtime.TORCH}, "runtime torch"),
+        ({"precision": Precision.INT8}, "fp32 on CPU"),
+        ({"runtime": Runtime.TORCH, "precision": Precision.INT8}, "int8"),
+        ({"device": Device.GPU}, "--runtime torch"),
     ],
 )
 def test_the_build_refuses_what_it_cannot_serve(

@@ -17,6 +17,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer, models
@@ -231,6 +232,19 @@ def row_key(*parts: np.ndarray) -> bytes:
 VectorRun = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class OnnxTokenVectors:
+    """The graph under ONNX Runtime: padded ids and attention in, token vectors out."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._output = session.get_outputs()[0].name
+
+    def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": attention}
+        (vectors,) = self._session.run([self._output], feeds)
+        return np.asarray(vectors, dtype=np.float32)
+
+
 @dataclass
 class CacheCounts:
     hits: int = 0
@@ -249,9 +263,11 @@ class LateScorer:
         mean: bool = False,
         document_cache: VectorCache | None = None,
         query_cache: VectorCache | None = None,
+        max_tokens: int = 0,
     ) -> None:
         self._run = run
         self._max_cells, self._max_rows, self._cost = max_cells, max_rows, cost
+        self._max_tokens = max_tokens
         self._mean = mean
         self.document_cache = document_cache
         self._query_cache = query_cache
@@ -303,7 +319,8 @@ class LateScorer:
     def _encode(self, rows: list[_Row]) -> dict[bytes, np.ndarray]:
         lengths = [len(row.ids) for row in rows]
         encoded: dict[bytes, np.ndarray] = {}
-        for batch in micro_batches(lengths, self._max_cells, self._max_rows, self._cost):
+        plan = micro_batches(lengths, self._max_cells, self._max_rows, self._cost, self._max_tokens)
+        for batch in plan:
             width = max(lengths[i] for i in batch)
             ids = np.zeros((len(batch), width), dtype=np.int64)
             attention = np.zeros((len(batch), width), dtype=np.int64)

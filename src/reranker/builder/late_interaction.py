@@ -12,8 +12,10 @@ included), checked against the modules themselves.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,16 @@ from tokenizers import Tokenizer
 from torch import nn
 from tritonclient.grpc import model_config_pb2 as mc
 
+from reranker.backend.late_interaction import LateTokenizer, VectorRun
+from reranker.backend.late_torch import PROJECTION_FILE
+from reranker.backend.runtimes import create_session
 from reranker.builder.common import BuildError, BuildOptions, architecture, read_json, step
-from reranker.builder.install import EXPORT_TOLERANCE, store_graph, write_tokenizer
+from reranker.builder.install import (
+    EXPORT_TOLERANCE,
+    check_precision,
+    store_graph,
+    write_tokenizer,
+)
 from reranker.builder.repository import (
     LATE_ENCODER_MODULE,
     LATE_TOKENIZER_MODULE,
@@ -45,6 +55,7 @@ from reranker.contract.model import (
     Precision,
     Runtime,
     ServedModel,
+    checkpoint_path,
     onnx_path,
 )
 from reranker.contract.parameters import (
@@ -72,14 +83,18 @@ def is_late_interaction(source: Path) -> bool:
 
 
 def _check_options(options: BuildOptions) -> None:
-    if options.runtime is not Runtime.ONNX or options.device is not Device.CPU:
+    if options.runtime is Runtime.TORCH:
+        check_precision(options)  # fp32 on CPU; fp16, bf16 or fp32 on a GPU
+        return
+    if options.device is not Device.CPU:
         raise BuildError(
-            "a late-interaction reranker is served by ONNX Runtime on CPU here "
-            f"(asked: runtime {options.runtime.value} on {options.device.value})"
+            "on a GPU a late-interaction reranker is served by the PyTorch runtime "
+            "(--runtime torch): Triton's onnxruntime backend does not compute MaxSim"
         )
     if options.precision is not Precision.FP32:
         raise BuildError(
-            f"a late-interaction reranker is served in fp32 (asked: {options.precision.value})"
+            "a late-interaction reranker is served in fp32 on CPU "
+            f"(asked: {options.precision.value})"
         )
 
 
@@ -207,9 +222,6 @@ def build_late_interaction(source: Path, options: BuildOptions, repository: Path
     """Exports what ``MultiVectorEncoder`` loads from ``source`` and installs it."""
     from sentence_transformers import MultiVectorEncoder
 
-    from reranker.backend.late_interaction import LateTokenizer
-    from reranker.builder.onnx_export import export_module
-
     _check_options(options)
     with step(f"loading {source} as sentence-transformers' MultiVectorEncoder"):
         encoder = MultiVectorEncoder(
@@ -236,34 +248,95 @@ def build_late_interaction(source: Path, options: BuildOptions, repository: Path
     sample = late.documents(
         ["A reranker orders documents by relevance.", "The Nile is about 6,650 km long. " * 3]
     )
-    inputs = {name: torch.from_numpy(sample[name]) for name in ("input_ids", "attention_mask")}
+    model = replace(
+        model, runtime=options.runtime, precision=options.precision, device=options.device
+    )
     target = onnx_path(model, repository)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.with_name(target.name + "_data").unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        graph = Path(scratch) / "model.onnx"
-        with step(f"exporting {model.architecture} and its projection to ONNX"), torch.no_grad():
-            export_module(vectors, inputs, _VECTORS, graph, output_axes={0: "batch", 1: "sequence"})
-        _check_export(graph, vectors, sample)
-        store_graph(graph, target)
+    for stale in (target, target.with_name(target.name + "_data"), target.parent / PROJECTION_FILE):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_path(model, repository), ignore_errors=True)
+    if options.runtime is Runtime.TORCH:
+        _install_checkpoint(model, backbone, projections, vectors, sample, repository)
+    else:
+        _install_graph(model, vectors, sample, target)
     write_tokenizer(model, tokenizer, None, repository)
     write_late_configs(model, parameters, repository, options.tuning)
     return model
 
 
-def _check_export(graph: Path, vectors: nn.Module, sample: dict[str, np.ndarray]) -> None:
-    from reranker.backend.runtimes import create_session
+def _install_graph(
+    model: ServedModel, vectors: nn.Module, sample: dict[str, np.ndarray], target: Path
+) -> None:
+    from reranker.builder.onnx_export import export_module
 
-    session = create_session(graph, 0)
-    feeds = {name: sample[name] for name in ("input_ids", "attention_mask")}
-    (exported,) = session.run(None, feeds)
+    inputs = {name: torch.from_numpy(sample[name]) for name in ("input_ids", "attention_mask")}
+    with tempfile.TemporaryDirectory() as scratch:
+        graph = Path(scratch) / "model.onnx"
+        with step(f"exporting {model.architecture} and its projection to ONNX"), torch.no_grad():
+            export_module(vectors, inputs, _VECTORS, graph, output_axes={0: "batch", 1: "sequence"})
+        session = create_session(graph, 0)
+        _check_vectors(
+            "export",
+            lambda ids, attention: session.run(
+                None, {"input_ids": ids, "attention_mask": attention}
+            )[0],
+            vectors,
+            sample,
+        )
+        store_graph(graph, target)
+
+
+def _install_checkpoint(
+    model: ServedModel,
+    backbone: Any,
+    projections: list[nn.Module],
+    vectors: nn.Module,
+    sample: dict[str, np.ndarray],
+    repository: Path,
+) -> None:
+    """The backbone's checkpoint and the projection beside the PyTorch encoder, checked to
+    give the token vectors the modules give."""
+    from sentence_transformers.base.modules import Dense, Normalize
+
+    from reranker.backend.late_torch import TorchTokenVectors, save_projection
+
+    layers: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    normalize = False
+    for module in projections:
+        if normalize:
+            raise BuildError("the torch runtime serves Normalize only after every Dense")
+        if isinstance(module, Normalize):
+            normalize = True
+        elif isinstance(module, Dense):
+            if not isinstance(module.activation_function, nn.Identity) or module.use_residual:
+                raise BuildError(
+                    "the torch runtime serves linear projections (Dense with an identity "
+                    "activation, no residual); use --runtime onnx"
+                )
+            layers.append((module.linear.weight, module.linear.bias))
+    checkpoint = checkpoint_path(model, repository)
+    with step(f"saving the backbone to {checkpoint}"):
+        backbone.auto_model.save_pretrained(checkpoint)
+        projection = checkpoint.parent / PROJECTION_FILE
+        save_projection(projection, layers, normalize)
+    _check_vectors("load", TorchTokenVectors(checkpoint, projection), vectors, sample)
+
+
+def _check_vectors(
+    what: str, served: VectorRun, vectors: nn.Module, sample: dict[str, np.ndarray]
+) -> None:
+    """Refuses a served runner whose token vectors differ from the modules' on ``sample``."""
+    ids, attention = sample["input_ids"], sample["attention_mask"]
     with torch.no_grad():
-        expected = vectors(*(torch.from_numpy(feeds[n]) for n in feeds)).numpy()
-    real = sample["attention_mask"].astype(bool)
-    error = float(np.abs(exported - expected)[real].max())
-    print(f"  export check: max |onnx - torch| over token vectors = {error:.2e}", file=sys.stderr)
+        expected = vectors(torch.from_numpy(ids), torch.from_numpy(attention)).numpy()
+    real = attention.astype(bool)
+    error = float(np.abs(served(ids, attention) - expected)[real].max())
+    print(
+        f"  {what} check: max |served - modules| over token vectors = {error:.2e}", file=sys.stderr
+    )
     if error > EXPORT_TOLERANCE:
-        raise BuildError(f"ONNX export differs from the modules by {error:.2e}")
+        raise BuildError(f"the served token vectors differ from the modules by {error:.2e}")
 
 
 def write_late_configs(
@@ -274,17 +347,26 @@ def write_late_configs(
 ) -> None:
     """The ensemble, the late-interaction tokenizer and its encoder."""
     tokenizer = _tokenizer_config(model, parameters, tuning)
+    gpu = model.device is Device.GPU
     encoder = python_encoder(
-        model, model.max_batch_size, mc.ModelInstanceGroup.KIND_CPU, tuning.encoder_instances
+        model,
+        model.max_batch_size,
+        mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
+        tuning.torch_gpu_encoder_instances if gpu else tuning.encoder_instances,
     )
-    dynamic_batching(encoder, tuning.encoder_queue_delay_us)
+    dynamic_batching(
+        encoder, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
+    )
     set_parameters(
         encoder,
         LateEncoderParameters(
-            runtime=Runtime.ONNX,
+            runtime=model.runtime,
             intra_op_threads=tuning.intra_op_threads,
-            max_attention_cells=tuning.max_attention_cells,
-            max_rows_per_run=tuning.max_rows_per_run,
+            max_attention_cells=tuning.max_attention_cells * (64 if gpu else 1),
+            max_rows_per_run=tuning.torch_gpu_max_rows_per_run if gpu else tuning.max_rows_per_run,
+            max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run if gpu else 0,
+            run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
+            torch_dtype=model.precision if model.runtime is Runtime.TORCH else Precision.FP32,
             mean_maxsim=model.mean_maxsim,
             document_cache_bytes=tuning.document_cache_mb << 20,
             intra_op_spin_us=tuning.intra_op_spin_us,

@@ -219,9 +219,13 @@ QUERY_CACHE_BYTES = 4 << 20
 @dataclass(frozen=True)
 class LateEncoderParameters(EncoderParameters):
     """A late-interaction reranker's encoder: the ONNX graph (backbone, projection,
-    normalization) run by ONNX Runtime on queries and documents, then MaxSim."""
+    normalization) run by ONNX Runtime, or the checkpoint and projection run by PyTorch, on
+    queries and documents, then MaxSim."""
 
     onnx_file: str = ONNX_FILE
+    # The PyTorch runtime's backbone checkpoint and projection (its graph is the ONNX one's).
+    checkpoint_dir: str = CHECKPOINT_DIR
+    torch_dtype: Precision = Precision.FP32
     mean_maxsim: bool = False
     # Bytes of document vectors kept (least recently used first out; 0: no cache).
     document_cache_bytes: int = 0
@@ -231,8 +235,12 @@ class LateEncoderParameters(EncoderParameters):
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least(self, 0, "document_cache_bytes", "query_cache_bytes", "intra_op_spin_us")
-        if self.runtime is not Runtime.ONNX:
-            raise ParameterError(f"a late-interaction encoder runs onnx, got {self.runtime}")
+        if self.runtime not in (Runtime.ONNX, Runtime.TORCH):
+            raise ParameterError(
+                f"a late-interaction encoder runs onnx or torch, got {self.runtime}"
+            )
+        if self.torch_dtype not in TORCH_PRECISIONS:
+            raise ParameterError(f"torch_dtype must be fp32, fp16 or bf16, got {self.torch_dtype}")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Late-interaction encoder model: the merged rows of every request, each distinct query and
-document encoded once by the ONNX graph (token vectors: backbone, projection, normalization),
-a document seen before taken from the bounded cache when it is on, and one MaxSim score per
-row (``backend.late_interaction``).
+document encoded once into token vectors (backbone, projection, normalization: the ONNX graph
+under ONNX Runtime, or the checkpoint under PyTorch), a document seen before taken from the
+bounded cache when it is on, and one MaxSim score per row (``backend.late_interaction``).
 
 The document cache lives in this process (each encoder instance holds its own), bounded by
 ``document_cache_bytes``; its hits and misses are counted on Triton's metrics endpoint as
@@ -17,25 +17,42 @@ import triton_python_backend_utils as pb_utils
 
 from reranker.backend.batching import RunCost
 from reranker.backend.heap import HeapTrimmer
-from reranker.backend.late_interaction import LateScorer, VectorCache
+from reranker.backend.late_interaction import (
+    LateScorer,
+    OnnxTokenVectors,
+    VectorCache,
+    VectorRun,
+)
 from reranker.backend.models._config import ModelArgs, runtime_threads
 from reranker.backend.models._responses import score_responses
 from reranker.backend.runtimes import create_session
-from reranker.contract.model import ENCODER_SUFFIX
+from reranker.contract.model import ENCODER_SUFFIX, Runtime
 from reranker.contract.parameters import LateEncoderParameters
 
 
-class _TokenVectors:
-    """The graph under ONNX Runtime: padded ids and attention in, token vectors out."""
+def _vectors(
+    model: ModelArgs, parameters: LateEncoderParameters, args: dict[str, str]
+) -> VectorRun:
+    """The token vectors' runner: ONNX Runtime on the graph, or PyTorch on the checkpoint
+    (on the instance's GPU, or on CPU)."""
+    if parameters.runtime is not Runtime.TORCH:
+        session = create_session(
+            model.version_dir / parameters.onnx_file,
+            runtime_threads(model, parameters.intra_op_threads),
+            parameters.intra_op_spin_us,
+        )
+        return OnnxTokenVectors(session)
+    from reranker.backend.late_torch import PROJECTION_FILE, TorchTokenVectors
+    from reranker.backend.torch_runtime import instance_device
 
-    def __init__(self, session: Any) -> None:
-        self._session = session
-        self._output = session.get_outputs()[0].name
-
-    def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": attention}
-        (vectors,) = self._session.run([self._output], feeds)
-        return np.asarray(vectors, dtype=np.float32)
+    on_gpu = args["model_instance_kind"] == "GPU"
+    return TorchTokenVectors(
+        model.version_dir / parameters.checkpoint_dir,
+        model.version_dir / PROJECTION_FILE,
+        device=instance_device(args["model_instance_kind"], args["model_instance_device_id"]),
+        dtype=parameters.torch_dtype,
+        threads=0 if on_gpu else runtime_threads(model, parameters.intra_op_threads),
+    )
 
 
 class _Counter:
@@ -57,20 +74,16 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         parameters = model.parameters(LateEncoderParameters)
-        session = create_session(
-            model.version_dir / parameters.onnx_file,
-            runtime_threads(model, parameters.intra_op_threads),
-            parameters.intra_op_spin_us,
-        )
         cache = parameters.document_cache_bytes
         self._scorer = LateScorer(
-            _TokenVectors(session),
+            _vectors(model, parameters, args),
             parameters.max_attention_cells,
             parameters.max_rows_per_run,
             RunCost(overhead_tokens=parameters.run_overhead_tokens),
             mean=parameters.mean_maxsim,
             document_cache=VectorCache(cache) if cache else None,
             query_cache=VectorCache(parameters.query_cache_bytes),
+            max_tokens=parameters.max_tokens_per_run,
         )
         self._inputs = model.input_names()
         (self._output,) = model.output_names()
