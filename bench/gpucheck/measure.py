@@ -21,6 +21,7 @@ from gpucheck.rows import (
     causal_rows,
     compile_check,
     flops_per_pair,
+    late_rows,
     parity,
     ranks_at,
     row_of,
@@ -28,7 +29,7 @@ from gpucheck.rows import (
     triton_statistics,
     vision_rows,
 )
-from gpucheck.scale import CALL_TIMEOUT_S, CAUSAL, PARITY_BOUND, QUERY, VISION, Scale
+from gpucheck.scale import CALL_TIMEOUT_S, CAUSAL, LATE, PARITY_BOUND, QUERY, VISION, Scale
 
 TRITON_STARTUP_TIMEOUT_S = 240
 # The compile check's most time, and the time it leaves before the deadline for the targets,
@@ -107,7 +108,14 @@ def planned_steps(scale: Scale) -> list[str]:
     for shape in scale.shapes:
         steps += [f"{shape.name}: {part}" for part in MODEL_STEPS]
     steps.append(f"{models.other_instances(scale)[0]}: large call")
-    return [*steps, f"{CAUSAL}: shared prompt", f"{VISION}: pages", "targets", "compile"]
+    return [
+        *steps,
+        f"{CAUSAL}: shared prompt",
+        f"{VISION}: pages",
+        f"{LATE}: late interaction",
+        "targets",
+        "compile",
+    ]
 
 
 def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -> None:
@@ -257,6 +265,17 @@ def measure(scale: Scale, work: Path, results: Results, stub_python: str = "") -
                 rows, checks = vision_rows(client, checkpoints[VISION], scale)
                 results.rows += rows
                 report["models"][VISION] = {"parity": checks}
+        if client is None or LATE not in checkpoints:
+            results.skip(f"{LATE}: late interaction", _missing(LATE, checkpoints))
+        else:
+            with results.step(f"{LATE}: late interaction"):
+                documents = all_documents[: scale.late_documents]
+                rows, checks = late_rows(client, checkpoints[LATE], documents, scale)
+                results.rows += rows
+                report["models"][LATE] = {
+                    "parity": {"fp32 reference": checks},
+                    "reference_engine": "MultiVectorEncoder",
+                }
         if sampler is not None and server is not None:
             # Every model of the check has run by now: each holds its context and weights.
             report["gpu_memory_by_model_mib"] = gpu_memory_by_model()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from gpucheck.scale import CAUSAL, VISION, Scale, Shape
+from gpucheck.scale import CAUSAL, LATE, VISION, Scale, Shape
 
 
 def other_instances(scale: Scale) -> tuple[str, int]:
@@ -100,6 +100,31 @@ def build_vision(scale: Scale, work: Path) -> Path:
     return vision
 
 
+def build_late(scale: Scale, work: Path) -> Path:
+    """A late-interaction reranker (ColBERT) of answerai-colbert-small-v1's shape (or a small
+    one), served by the PyTorch runtime on the device (fp16 on a GPU)."""
+    from reranker.builder.builder import BuildOptions, build
+    from reranker.contract.model import Device, Precision, Runtime
+    from tests.late_checkpoints import pylate_colbert
+
+    target = work / "checkpoints" / LATE
+    if scale.late_full_shape:
+        late = pylate_colbert(
+            target, hidden=384, layers=6, dim=96, query_length=32, document_length=180
+        )
+    else:
+        late = pylate_colbert(target)
+    options = BuildOptions(
+        name=LATE,
+        device=Device(scale.device),
+        runtime=Runtime.TORCH,
+        precision=Precision(scale.precision),
+        share_tokenizer=False,
+    )
+    build(str(late), options, work / "model_repository")
+    return late
+
+
 def builders(scale: Scale) -> dict[str, Callable[[Scale, Path], Path]]:
     """Each model's builder, by the model's name, in the order they are built."""
     found: dict[str, Callable[[Scale, Path], Path]] = {
@@ -111,4 +136,5 @@ def builders(scale: Scale) -> dict[str, Callable[[Scale, Path], Path]]:
     found[variant] = lambda s, w: build_shape(first, s, w, count)
     found[CAUSAL] = lambda s, w: build_causal(s, w)
     found[VISION] = lambda s, w: build_vision(s, w)
+    found[LATE] = lambda s, w: build_late(s, w)
     return found

@@ -17,7 +17,7 @@ from typing import Any
 
 from gpucheck.machine import Stopped, ignore_further_signals
 from gpucheck.rows import Row
-from gpucheck.scale import CAUSAL, VISION, Scale
+from gpucheck.scale import CAUSAL, LATE, VISION, Scale
 
 DEADLINE_REACHED = "the run's deadline is reached"
 
@@ -126,10 +126,11 @@ def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[
 
     checks = []
     for model, facts in sorted(report.get("models", {}).items()):
+        engine = facts.get("reference_engine", "CrossEncoder")
         for reference, check in facts.get("parity", {}).items():
             checks.append(
                 {
-                    "target": f"{model}: parity with CrossEncoder ({reference}), max |diff|",
+                    "target": f"{model}: parity with {engine} ({reference}), max |diff|",
                     "measured": check["max_abs_diff"],
                     "goal": f"<= {check['bound']:g}, finite, same top 10",
                     "met": check["passed"],
@@ -156,6 +157,19 @@ def targets(rows: list[Row], scale: Scale, report: dict[str, Any]) -> list[dict[
                 "measured": pages.pairs_per_s / reference.pairs_per_s,
                 "goal": ">= 1.2",
                 "met": pages.pairs_per_s >= 1.2 * reference.pairs_per_s,
+            }
+        )
+    late, encoder = (
+        find("this server", LATE, "late", 4),
+        find("MultiVectorEncoder", LATE, "late", 1),
+    )
+    if late and encoder:
+        checks.append(
+            {
+                "target": f"{LATE}: c=4 / MultiVectorEncoder",
+                "measured": late.pairs_per_s / encoder.pairs_per_s,
+                "goal": ">= 1.3",
+                "met": late.pairs_per_s >= 1.3 * encoder.pairs_per_s,
             }
         )
     level = 16 if 16 in scale.concurrency else max(scale.concurrency)

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpucheck.scale import CAUSAL, CAUSAL_INSTRUCTION, PARITY_BOUND, QUERY, VISION, Scale, Shape
+from gpucheck.scale import (
+    CAUSAL,
+    CAUSAL_INSTRUCTION,
+    LATE,
+    LATE_PARITY_BOUND,
+    PARITY_BOUND,
+    QUERY,
+    VISION,
+    Scale,
+    Shape,
+)
 
 
 @dataclass
@@ -247,6 +257,46 @@ def causal_rows(client: Any, checkpoint: Path, documents: list[str], scale: Scal
         row.paired_ratio = result.paired_ratio
         rows.append(row)
     return rows
+
+
+class _MaxSimReference:
+    """``MultiVectorEncoder`` answering :func:`parity`'s ``predict``: one call's MaxSim."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+
+    def predict(self, pairs: list[tuple[str, str]]) -> list[float]:
+        (query,) = {q for q, _ in pairs}
+        vectors = self.encoder.encode_document([d for _, d in pairs])
+        similarity = self.encoder.similarity(self.encoder.encode_query([query]), vectors)
+        return [float(s) for s in similarity[0].float().cpu()]
+
+    def rank(self, documents: list[str]) -> object:
+        return self.predict([(QUERY, d) for d in documents])
+
+
+def late_rows(
+    client: Any, checkpoint: Path, documents: list[str], scale: Scale
+) -> tuple[list[Row], dict[str, Any]]:
+    """A late-interaction reranker (ColBERT) on one call of ``documents``: sentence-transformers'
+    ``MultiVectorEncoder`` (``encode_query`` + ``encode_document`` + ``similarity``) on the same
+    device, and this server at concurrency 1 and 4; and its MaxSim scores against
+    ``MultiVectorEncoder``'s in fp32."""
+    from functools import partial
+
+    from harness import Case, interleave
+    from sentence_transformers import MultiVectorEncoder
+
+    device = "cuda" if scale.device == "gpu" else "cpu"
+    reference = _MaxSimReference(MultiVectorEncoder(str(checkpoint), device=device))
+    checks = parity(client, reference, LATE, documents, LATE_PARITY_BOUND[scale.precision])
+    n = len(documents)
+    served = partial(client.rank, QUERY, documents, model=LATE)
+    cases = [
+        Case("MultiVectorEncoder", LATE, "late", 1, partial(reference.rank, documents), n),
+        *(Case("this server", LATE, "late", c, served, n) for c in (1, 4)),
+    ]
+    return [row_of(result, "late") for result in interleave(cases, scale.rounds)], checks
 
 
 def vision_rows(client: Any, checkpoint: Path, scale: Scale) -> tuple[list[Row], dict[str, Any]]:

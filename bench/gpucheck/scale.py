@@ -48,6 +48,10 @@ class Scale:
     vision_layers: tuple[int, int] = (4, 4)
     vision_pages: int = 20
     vision_page_size: tuple[int, int] = (768, 1024)
+    # The late-interaction row: answerai-colbert-small-v1's shape (BERT, 6 layers, hidden 384,
+    # 96-dim vectors; or a small one), one call of this many documents.
+    late_full_shape: bool = True
+    late_documents: int = 100
     # Workload a's documents cut to their first this many words (None: whole). The dry run
     # sends the GPU's row counts; its rows' length is not what it checks.
     document_words: int | None = None
@@ -87,6 +91,7 @@ DRY_RUN = Scale(
     vision_layers=(1, 1),
     vision_pages=4,
     vision_page_size=(160, 200),
+    late_full_shape=False,
     document_words=12,
 )
 CPU = Scale(
@@ -107,6 +112,8 @@ CPU = Scale(
     vision_layers=(1, 1),
     vision_pages=4,
     vision_page_size=(160, 200),
+    late_full_shape=False,
+    late_documents=20,
 )
 
 
@@ -120,3 +127,7 @@ CAUSAL_INSTRUCTION = "Given a web search query, retrieve relevant passages that 
 # Largest |served - reference| of sigmoid scores a parity check accepts: fp32 serving is
 # CrossEncoder's arithmetic; fp16 or bf16 serving differs by its rounding.
 PARITY_BOUND = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 5e-3}
+# The late-interaction row's model, and its bound on MaxSim scores (sums of a query's token
+# similarities: MultiVectorEncoder's arithmetic in fp32, within 1e-4 as make test holds it).
+LATE = "colbert-small"
+LATE_PARITY_BOUND = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 5e-3}

@@ -98,10 +98,15 @@ def test_the_gpu_check_runs_under_the_images_versions_and_leaves_nothing_running
     assert causal[("this server", 4)]["paired_ratio"] > 0
     pages = {(r["engine"], r["concurrency"]) for r in report["rows"] if r["case"] == "pages"}
     assert pages == {("CrossEncoder.rank", 1), ("this server", 1), ("this server", 4)}
+    late = {(r["engine"], r["concurrency"]) for r in report["rows"] if r["case"] == "late"}
+    assert late == {("MultiVectorEncoder", 1), ("this server", 1), ("this server", 4)}
+    parity = report["models"]["colbert-small"]["parity"]["fp32 reference"]
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4, parity
     assert {t["target"].split(":")[0] for t in report["targets"]} == {
         "minilm-l6",
         "qwen3",
         "qwen3-vl",
+        "colbert-small",
     }
     assert all(t["met"] for t in report["targets"] if "parity" in t["target"])
     # A CPU build: one instance of each encoder; the figures say so.
