@@ -201,3 +201,40 @@ def test_scoring_names_how_the_default_score_is_made() -> None:
     assert MODEL.scoring == "sigmoid"
     assert replace(MODEL, activation=Activation.NONE).scoring == "logit"
     assert replace(MODEL, kind=ModelKind.BI_ENCODER, activation=Activation.NONE).scoring == "cosine"
+
+
+def test_a_gpu_late_interaction_model_merges_callers_and_feeds_its_encoder(
+    tmp_path: Path,
+) -> None:
+    from reranker.builder.late_interaction import write_late_configs
+    from reranker.builder.triton_configs import TritonTuning
+    from reranker.contract.model import ModelKind, Runtime
+    from reranker.contract.parameters import LateTokenizerParameters
+    from reranker.contract.tensors import LATE_TOKEN_TENSORS
+
+    tuning = TritonTuning()
+    late = replace(
+        GPU_MODEL,
+        name="colbert",
+        kind=ModelKind.LATE_INTERACTION,
+        runtime=Runtime.TORCH,
+        token_inputs=LATE_TOKEN_TENSORS,
+    )
+    tokenizer = LateTokenizerParameters(query_length=32, document_length=180, max_chars=2880)
+    write_late_configs(late, tokenizer, tmp_path, tuning)
+    encoder = text_format.Parse(
+        (tmp_path / late.encoder_model / "config.pbtxt").read_text(), mc.ModelConfig()
+    )
+    tokenizer_model = text_format.Parse(
+        (tmp_path / late.tokenizer_model / "config.pbtxt").read_text(), mc.ModelConfig()
+    )
+    assert encoder.max_batch_size == tuning.torch_gpu_max_batch_size
+    assert list(encoder.dynamic_batching.preferred_batch_size) == [64, 128, 256, 512]
+    (group,) = encoder.instance_group
+    assert (group.kind, group.count) == (
+        mc.ModelInstanceGroup.KIND_GPU,
+        tuning.torch_gpu_encoder_instances,
+    )
+    assert encoder.parameters["runtime"].string_value == "torch"
+    assert encoder.parameters["torch_dtype"].string_value == late.precision.value
+    assert tokenizer_model.instance_group[0].count == tuning.gpu_tokenizer_instances

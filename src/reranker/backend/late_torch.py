@@ -39,7 +39,10 @@ class TorchTokenVectors:
         self._device, self._dtype = torch.device(device), TORCH_DTYPES[dtype]
         # Loaded in fp32 and cast after: the keyword for a load dtype differs between
         # transformers releases, ``Module.to`` does not.
-        network = AutoModel.from_pretrained(checkpoint, attn_implementation="sdpa")
+        try:
+            network = AutoModel.from_pretrained(checkpoint, attn_implementation="sdpa")
+        except ValueError:  # an architecture without an SDPA implementation
+            network = AutoModel.from_pretrained(checkpoint)
         self._network = network.eval().to(self._device, self._dtype)
         weights = load_file(str(projection))
         self._layers = [
@@ -53,6 +56,9 @@ class TorchTokenVectors:
         ]
         with safe_open(str(projection), framework="pt") as stored:
             self._normalize = (stored.metadata() or {}).get(NORMALIZE_KEY) == "true"
+        # One small run at load: a device that cannot run the model fails the load, not the
+        # first call, and the first call does not pay the kernels' set-up.
+        self(np.ones((1, 8), dtype=np.int64), np.ones((1, 8), dtype=np.int64))
 
     def __call__(self, ids: np.ndarray, attention: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -348,15 +348,21 @@ def write_late_configs(
     """The ensemble, the late-interaction tokenizer and its encoder."""
     tokenizer = _tokenizer_config(model, parameters, tuning)
     gpu = model.device is Device.GPU
+    # On a GPU, several callers' requests merge into large executions, as the PyTorch
+    # encoders of the other kinds do (builder.triton_configs.torch_encoder_config).
     encoder = python_encoder(
         model,
-        model.max_batch_size,
+        max(model.max_batch_size, tuning.torch_gpu_max_batch_size) if gpu else model.max_batch_size,
         mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
         tuning.torch_gpu_encoder_instances if gpu else tuning.encoder_instances,
     )
     dynamic_batching(
         encoder, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
     )
+    if gpu:
+        encoder.dynamic_batching.preferred_batch_size.extend(
+            b for b in (64, 128, 256, 512) if b <= encoder.max_batch_size
+        )
     set_parameters(
         encoder,
         LateEncoderParameters(
@@ -391,7 +397,10 @@ def _tokenizer_config(
     for name in LATE_TOKEN_TENSORS:
         config.output.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
     config.output.add(name=TOKENS, data_type=mc.TYPE_INT32, dims=[1])
-    config.instance_group.add(count=tuning.tokenizer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    # Tokenizing runs on CPU beside a GPU encoder: more instances keep it fed.
+    gpu = model.device is Device.GPU
+    instances = tuning.gpu_tokenizer_instances if gpu else tuning.tokenizer_instances
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     dynamic_batching(config, tuning.tokenizer_queue_delay_us)
     set_parameters(config, parameters)
     return config
