@@ -132,7 +132,8 @@ async def test_calls_succeed_while_a_triton_and_a_rank_service_restart(
 
 async def test_a_model_loads_and_unloads_on_every_replica(repository: Path, tmp_path: Path) -> None:
     """Behind a list of replicas, the catalog's loads and unloads reach each of them, so a
-    call that round robin sends to either finds its model."""
+    call that round robin sends to either finds its model; a replica that restarts gets the
+    resident models back."""
     tritons = [
         _triton(repository, tmp_path / f"triton{i}.log", pin=DEFAULT_MODEL_NAME) for i in range(2)
     ]
@@ -142,7 +143,10 @@ async def test_a_model_loads_and_unloads_on_every_replica(repository: Path, tmp_
         assert [await _ready(url) for url in urls] == [{DEFAULT_MODEL_NAME}] * 2
         async with (
             rank_service(
-                ",".join(urls), default_model=DEFAULT_MODEL_NAME, max_loaded_models=2
+                ",".join(urls),
+                default_model=DEFAULT_MODEL_NAME,
+                max_loaded_models=2,
+                health_interval_s=1.0,
             ) as address,
             AsyncRerankClient(address, timeout=120) as client,
         ):
@@ -152,6 +156,14 @@ async def test_a_model_loads_and_unloads_on_every_replica(repository: Path, tmp_
                     assert sorted(r["corpus_id"] for r in results) == [0, 1, 2]
                 expected = {DEFAULT_MODEL_NAME, model}
                 assert [await _ready(url) for url in urls] == [expected] * 2, model
+            # A replica back from a restart has its pinned model alone: the catalog loads
+            # the resident one onto it again, no call needed.
+            await asyncio.to_thread(tritons[1].stop)
+            await asyncio.to_thread(tritons[1].start)
+            deadline = time.monotonic() + 60
+            while (ready := await _ready(urls[1])) != expected:
+                assert time.monotonic() < deadline, ready
+                await asyncio.sleep(0.5)
     finally:
         for triton in tritons:
             await asyncio.to_thread(triton.stop)

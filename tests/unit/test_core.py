@@ -87,6 +87,9 @@ class FakeScorer:
         if name not in self.removed:
             self.unloaded[name] = model
 
+    async def restore_replicas(self) -> list[str]:
+        return []
+
     async def score(self, call: ScoreCall) -> Scores:
         documents = call.documents
         self.calls.append((list(documents), call.options, call.labels))

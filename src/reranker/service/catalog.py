@@ -159,16 +159,23 @@ class ModelCatalog:
                 entry.unloading = True
                 await self._unload(name, "removed", "removed from the repository")
 
+    async def restore_replicas(self) -> None:
+        """Loads the resident models onto a replica that lacks them (back from a restart),
+        between the catalog's own loads and unloads."""
+        async with self._loading:
+            await self._engine.restore_replicas()
+
     async def watch(self, interval_s: float) -> None:
-        """Sweeps every ``interval_s`` until cancelled, where it follows the repository; a
-        failed sweep is retried then."""
-        if not self._residency.follow_repository:
-            return
+        """Every ``interval_s`` until cancelled: sweeps where it follows the repository, and
+        restores the resident models on replicas that lack them; a failure is retried
+        then."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.sweep()
-            except Exception:  # logged; the next interval sweeps again
+                if self._residency.follow_repository:
+                    await self.sweep()
+                await self.restore_replicas()
+            except Exception:  # logged; the next interval tries again
                 log.exception("catalog sweep failed")
 
     @contextlib.asynccontextmanager

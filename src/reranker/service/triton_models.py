@@ -164,6 +164,33 @@ class TritonModels:
                 failures[0],
             )
 
+    async def restore_replicas(self) -> list[str]:
+        """Loads onto each replica the served models loaded here that it lacks: a replica
+        back from a restart, or passed over while unreachable during a load, has its pinned
+        models alone. Returns what it loaded (``model@replica``); an unreachable replica
+        waits for the next time."""
+        if len(self._replicas) < 2:
+            return []
+        indexes = await asyncio.gather(
+            *(replica.get_model_repository_index() for replica in self._replicas),
+            return_exceptions=True,
+        )
+        restored = []
+        for number, (replica, index) in enumerate(zip(self._replicas, indexes, strict=True)):
+            if isinstance(index, BaseException):
+                continue
+            ready = {entry.name for entry in index.models if entry.state == "READY"}
+            for name in sorted(set(self.models) - ready):
+                try:
+                    await self._load_on(replica, name)
+                except RerankError as error:
+                    log.warning("restoring %s on replica %d: %s", name, number, error)
+                    continue
+                restored.append(f"{name}@{number}")
+        if restored:
+            log.info("restored on replicas that lacked them: %s", ", ".join(restored))
+        return restored
+
     async def _load_on(self, replica: triton_aio.InferenceServerClient, name: str) -> None:
         try:
             await replica.load_model(name, client_timeout=MODEL_CONTROL_TIMEOUT_S)
