@@ -129,8 +129,9 @@ CAUSAL_INSTRUCTION = "Given a web search query, retrieve relevant passages that 
 PARITY_BOUND = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 5e-3}
 # The late-interaction row's model, and its bound on MaxSim scores against MultiVectorEncoder
 # in fp32: served in fp32, its arithmetic (1e-4, as make test holds it); in fp16 or bf16, the
-# bound asked of the row, though a score sums 32 query tokens' rounded cosines (about 3e-3
-# if their errors are random, more if not): a miss there is a finding, not a crash.
+# bound asked of the row, though a score sums 32 query tokens' rounded cosines (an estimate,
+# not measured: about 3e-3 if their errors are random, more if not): a miss there is a
+# finding, not a crash.
 LATE = "colbert-small"
 LATE_PARITY_BOUND = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 5e-3}
 LATE_CALLS_PER_RUN = 8

@@ -207,7 +207,11 @@ def test_the_cache_stays_within_its_bound_and_evicts_the_least_recently_used(
     assert (recent[0] - after[0], recent[1] - after[1]) == (10, 0)
 
 
-def test_every_door_serves_maxsim_scores_and_names_the_kind(late_server: Server) -> None:
+def test_every_door_serves_maxsim_scores_and_names_the_kind(
+    late_server: Server, checkpoints: dict[str, Path]
+) -> None:
+    from transformers import AutoTokenizer
+
     query, documents = _calls()[2]
     with RerankClient(late_server.address, timeout=120) as client:
         # The default model: TEI's shape serves that one alone.
@@ -220,6 +224,16 @@ def test_every_door_serves_maxsim_scores_and_names_the_kind(late_server: Server)
     for result in response.results:
         cohere_scores[result.index] = result.relevance_score
     assert np.abs(cohere_scores - grpc_scores).max() <= MERGED
+    # Usage: each row's query and document tokens as transformers' tokenizer counts them, cut
+    # to the query and document lengths (the query's expansion not counted).
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["pylate"])
+    query_tokens = len(tokenizer("[Q] " + query, truncation=True, max_length=16)["input_ids"])
+    document_tokens = [
+        len(tokenizer("[D] " + d, truncation=True, max_length=48)["input_ids"]) for d in documents
+    ]
+    assert response.meta is not None and response.meta.tokens is not None
+    expected = query_tokens * len(documents) + sum(document_tokens)
+    assert response.meta.tokens.input_tokens == expected
     tei = httpx.post(
         late_server.http_url + "/rerank",
         json={"query": query, "texts": documents, "raw_scores": False},

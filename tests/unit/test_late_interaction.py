@@ -18,12 +18,12 @@ from tokenizers import Tokenizer
 from reranker.backend.batching import RunCost
 from reranker.backend.late_interaction import (
     EMPTY_DOCUMENT_SCORE,
-    LateOverflow,
     LateScorer,
     LateTokenizer,
     VectorCache,
     maxsim,
 )
+from reranker.backend.tokenization import Overflow
 from reranker.contract.parameters import LateTokenizerParameters, QueryExpansion
 from reranker.contract.tensors import QUERY_PART, TruncationOptions
 
@@ -158,7 +158,7 @@ def test_min_expansion_keeps_a_long_query_whole_and_refusal_names_the_query(
     assert rows["query_input_ids"].shape[1] == long
     assert rows["query_scored_mask"].sum(axis=1).tolist() == [10, long]
     assert rows["query_attention_mask"].sum(axis=1).tolist() == [10, long]
-    with pytest.raises(LateOverflow) as refused:
+    with pytest.raises(Overflow) as refused:
         late.queries(["word " * 20], TruncationOptions(refuse=True))
     assert (refused.value.report.part, refused.value.report.limit) == (QUERY_PART, 16)
 

@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer, models
 
 from reranker.contract.model import PairMode
-from reranker.contract.tensors import LONGEST_FIRST, OverflowReport, TruncationOptions
+from reranker.contract.tensors import LONGEST_FIRST, PAIR, OverflowReport, TruncationOptions
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ class Overflow(ValueError):
     """A row is longer than the model reads and the request refused truncation. Its message is
     the structured :class:`~reranker.contract.tensors.OverflowReport` the service decodes."""
 
-    def __init__(self, row: int, tokens: int, limit: int, clipped: bool) -> None:
-        self.report = OverflowReport(row=row, tokens=tokens, limit=limit, clipped=clipped)
+    def __init__(self, row: int, tokens: int, limit: int, clipped: bool, part: str = PAIR) -> None:
+        self.report = OverflowReport(row, tokens, limit, clipped, part)
         super().__init__(self.report.encode())
 
 

@@ -23,6 +23,7 @@ from reranker.builder.common import (
     BuildError,
     BuildOptions,
     architecture,
+    is_late_interaction,
     max_length,
     read_json,
     step,
@@ -34,7 +35,6 @@ from reranker.builder.install import (
     install_checkpoint,
     pair_tokenizer,
 )
-from reranker.builder.late_interaction import build_late_interaction, is_late_interaction
 from reranker.builder.sharing import keep_private, share_tokenizer
 from reranker.builder.vision import build_vision_language, is_vision_language
 from reranker.contract.model import Activation, ModelKind, Precision, Runtime, ServedModel
@@ -383,6 +383,8 @@ def _build(
     if not path.is_dir():
         raise BuildError(f"{source} is not a directory")
     if is_late_interaction(path):
+        from reranker.builder.late_interaction import build_late_interaction
+
         return build_late_interaction(path, options, repository)
     if options.onnx_file != DEFAULT_ONNX_FILE and _onnx_file(path, options.onnx_file) is None:
         exports = sorted(p.name for p in (*path.glob("*.onnx"), *path.glob("onnx/*.onnx")))

@@ -128,3 +128,21 @@ def max_length(options: BuildOptions, *directories: Path) -> int:
 def architecture(config: dict[str, Any], fallback: str) -> str:
     architectures = config.get("architectures") or [fallback]
     return str(architectures[0])
+
+
+# What sentence-transformers' MultiVectorEncoder loads (builder.late_interaction), told apart
+# here without importing what builds it.
+_ST_CONFIG = "config_sentence_transformers.json"
+_MODEL_TYPES = ("MultiVectorEncoder", "ColBERT")
+STANFORD_ARCHITECTURE = "HF_ColBERT"
+
+
+def is_late_interaction(source: Path) -> bool:
+    """Whether ``MultiVectorEncoder`` loads ``source``, as it tells its own kinds apart."""
+    st_config = source / _ST_CONFIG
+    if st_config.is_file() and read_json(st_config).get("model_type") in _MODEL_TYPES:
+        return True
+    config = source / "config.json"
+    return config.is_file() and STANFORD_ARCHITECTURE in (
+        read_json(config).get("architectures") or []
+    )

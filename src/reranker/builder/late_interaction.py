@@ -42,9 +42,9 @@ from reranker.builder.repository import (
 )
 from reranker.builder.triton_configs import (
     TritonTuning,
+    device_encoder,
     dynamic_batching,
     ensemble_config,
-    python_encoder,
     set_parameters,
     string_inputs,
 )
@@ -65,21 +65,7 @@ from reranker.contract.parameters import (
 )
 from reranker.contract.tensors import LATE_TOKEN_TENSORS, TOKENS, max_chars
 
-_ST_CONFIG = "config_sentence_transformers.json"
-_MODEL_TYPES = ("MultiVectorEncoder", "ColBERT")
-STANFORD_ARCHITECTURE = "HF_ColBERT"
 _VECTORS = "token_vectors"
-
-
-def is_late_interaction(source: Path) -> bool:
-    """Whether ``MultiVectorEncoder`` loads ``source``, as it tells its own kinds apart."""
-    st_config = source / _ST_CONFIG
-    if st_config.is_file() and read_json(st_config).get("model_type") in _MODEL_TYPES:
-        return True
-    config = source / "config.json"
-    return config.is_file() and STANFORD_ARCHITECTURE in (
-        read_json(config).get("architectures") or []
-    )
 
 
 def _check_options(options: BuildOptions) -> None:
@@ -347,31 +333,14 @@ def write_late_configs(
 ) -> None:
     """The ensemble, the late-interaction tokenizer and its encoder."""
     tokenizer = _tokenizer_config(model, parameters, tuning)
-    gpu = model.device is Device.GPU
     # On a GPU, several callers' requests merge into large executions, as the PyTorch
-    # encoders of the other kinds do (builder.triton_configs.torch_encoder_config).
-    encoder = python_encoder(
-        model,
-        max(model.max_batch_size, tuning.torch_gpu_max_batch_size) if gpu else model.max_batch_size,
-        mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU,
-        tuning.torch_gpu_encoder_instances if gpu else tuning.encoder_instances,
-    )
-    dynamic_batching(
-        encoder, tuning.torch_gpu_queue_delay_us if gpu else tuning.encoder_queue_delay_us
-    )
-    if gpu:
-        encoder.dynamic_batching.preferred_batch_size.extend(
-            b for b in (64, 128, 256, 512) if b <= encoder.max_batch_size
-        )
+    # encoders of the other kinds do.
+    encoder, limits = device_encoder(model, tuning)
     set_parameters(
         encoder,
         LateEncoderParameters(
             runtime=model.runtime,
-            intra_op_threads=tuning.intra_op_threads,
-            max_attention_cells=tuning.max_attention_cells * (64 if gpu else 1),
-            max_rows_per_run=tuning.torch_gpu_max_rows_per_run if gpu else tuning.max_rows_per_run,
-            max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run if gpu else 0,
-            run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
+            **limits,
             torch_dtype=model.precision if model.runtime is Runtime.TORCH else Precision.FP32,
             mean_maxsim=model.mean_maxsim,
             document_cache_bytes=tuning.document_cache_mb << 20,

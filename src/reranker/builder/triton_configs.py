@@ -5,6 +5,7 @@ onnxruntime/TensorRT one) and the ensemble."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -242,12 +243,13 @@ def python_encoder(
     return config
 
 
-def torch_encoder_config(
+def device_encoder(
     model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING
-) -> mc.ModelConfig:
-    """The checkpoint under PyTorch in a Python-backend model: on a GPU, a ``KIND_GPU``
-    instance (the backend tells it its device) merging several callers' requests into large
-    ragged executions; on CPU, the CPU encoder's batching in fp32."""
+) -> tuple[mc.ModelConfig, dict[str, Any]]:
+    """A Python-backend encoder on the model's device, and the run limits of its
+    parameters: on a GPU, a ``KIND_GPU`` instance (the backend tells it its device) merging
+    several callers' requests into large ragged executions; on CPU, the CPU encoder's
+    batching."""
     gpu = model.device is Device.GPU
     config = python_encoder(
         model,
@@ -262,6 +264,24 @@ def torch_encoder_config(
         config.dynamic_batching.preferred_batch_size.extend(
             b for b in (64, 128, 256, 512) if b <= config.max_batch_size
         )
+    limits = {
+        "intra_op_threads": tuning.intra_op_threads,
+        "max_attention_cells": tuning.max_attention_cells * (64 if gpu else 1),
+        "max_rows_per_run": tuning.torch_gpu_max_rows_per_run if gpu else tuning.max_rows_per_run,
+        "max_tokens_per_run": tuning.torch_gpu_max_tokens_per_run if gpu else 0,
+        "run_overhead_tokens": tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
+    }
+    return config, limits
+
+
+def torch_encoder_config(
+    model: ServedModel, tuning: TritonTuning = DEFAULT_TUNING
+) -> mc.ModelConfig:
+    """The checkpoint under PyTorch in a Python-backend model on the model's device
+    (:func:`device_encoder`), fp32 on CPU."""
+    config, limits = device_encoder(model, tuning)
+    if model.takes_images and model.device is Device.CPU:
+        limits["max_tokens_per_run"] = tuning.vision_max_tokens_per_run
     set_parameters(
         config,
         TorchEncoderParameters(
@@ -269,13 +289,7 @@ def torch_encoder_config(
             scorer=model.kind,
             torch_dtype=model.precision,
             torch_compile=tuning.torch_compile,
-            intra_op_threads=tuning.intra_op_threads,
-            max_attention_cells=tuning.max_attention_cells * (64 if gpu else 1),
-            max_rows_per_run=tuning.torch_gpu_max_rows_per_run if gpu else tuning.max_rows_per_run,
-            max_tokens_per_run=tuning.torch_gpu_max_tokens_per_run
-            if gpu
-            else (tuning.vision_max_tokens_per_run if model.takes_images else 0),
-            run_overhead_tokens=tuning.torch_gpu_run_overhead_tokens if gpu else 16.0,
+            **limits,
             relevance_tokens=model.relevance_tokens or (),
             shared_prefix=tuning.shared_prefix
             and model.kind is ModelKind.CAUSAL_LM

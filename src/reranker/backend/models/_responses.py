@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from reranker.backend.batching import split_rows
-from reranker.contract.tensors import TOKENS
+from reranker.contract.tensors import DOCUMENT, QUERY, TOKENS, TruncationOptions
 
 
 def request_texts(request: Any, name: str) -> list[str]:
@@ -21,6 +22,16 @@ def request_texts(request: Any, name: str) -> list[str]:
         except UnicodeDecodeError as error:
             raise ValueError(f"{name} row {row} is not valid UTF-8") from error
     return texts
+
+
+def request_pairs(request: Any) -> tuple[list[str], list[str], TruncationOptions]:
+    """A request's (QUERY, DOCUMENT) rows and its truncation options."""
+    queries = request_texts(request, QUERY)
+    documents = request_texts(request, DOCUMENT)
+    if len(queries) != len(documents):
+        raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
+    options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
+    return queries, documents, options
 
 
 def with_token_counts(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

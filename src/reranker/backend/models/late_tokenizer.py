@@ -7,20 +7,16 @@ served gets its own error; the others in the batch go on.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from reranker.backend.late_interaction import LateTokenizer
 from reranker.backend.models._config import ModelArgs
-from reranker.backend.models._responses import request_texts, respond_each, tensor_response
+from reranker.backend.models._responses import request_pairs, respond_each, tensor_response
 from reranker.contract.parameters import LateTokenizerParameters
 from reranker.contract.tensors import (
-    DOCUMENT,
-    QUERY,
     TOKENS,
-    TruncationOptions,
 )
 
 
@@ -33,11 +29,7 @@ class TritonPythonModel:
         self._outputs = model.output_names()
 
     def _respond(self, request: Any) -> Any:
-        queries = request_texts(request, QUERY)
-        documents = request_texts(request, DOCUMENT)
-        if len(queries) != len(documents):
-            raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
-        options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
+        queries, documents, options = request_pairs(request)
         distinct = list(dict.fromkeys(queries))
         position = {query: index for index, query in enumerate(distinct)}
         rows = np.array([position[query] for query in queries])

@@ -12,14 +12,13 @@ from typing import Any
 
 from reranker.backend.models._config import ModelArgs
 from reranker.backend.models._responses import (
-    request_texts,
+    request_pairs,
     respond_each,
     tensor_response,
     with_token_counts,
 )
 from reranker.backend.tokenization import PairTokenizer, PairTokenizerConfig, PromptTemplate
 from reranker.contract.parameters import TokenizerParameters
-from reranker.contract.tensors import DOCUMENT, QUERY, TruncationOptions
 
 
 class TritonPythonModel:
@@ -42,11 +41,7 @@ class TritonPythonModel:
         self._outputs = model.output_names()
 
     def _respond(self, request: Any) -> Any:
-        queries = request_texts(request, QUERY)
-        documents = request_texts(request, DOCUMENT)
-        if len(queries) != len(documents):
-            raise ValueError("QUERY and DOCUMENT must hold the same number of rows")
-        options = TruncationOptions.from_parameters(json.loads(request.parameters() or "{}"))
+        queries, documents, options = request_pairs(request)
         tensors = self._tokenizer.pad(self._tokenizer.tokenize(queries, documents, options))
         return tensor_response(with_token_counts(tensors), self._outputs)
 
